@@ -1,0 +1,340 @@
+// The Python module fusedrnn._core: the native kernels over NumPy arrays.
+//
+// Its callers are fusedrnn.functional (which validates arguments and makes arrays contiguous,
+// with messages written for users) and the tests. The checks here are the last line: whatever
+// reaches a kernel has the shape, dtype and layout it assumes, so a misuse of _core raises
+// instead of reading out of bounds. The GIL is released around every kernel.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "cpu/gemm.h"
+#include "cpu/recurrence.h"
+
+namespace py = pybind11;
+using fusedrnn::cpu::CellKind;
+
+namespace {
+
+CellKind parse_cell(const std::string& name) {
+  if (name == "rnn_tanh") return CellKind::kRnnTanh;
+  if (name == "rnn_relu") return CellKind::kRnnRelu;
+  if (name == "lstm") return CellKind::kLstm;
+  if (name == "gru") return CellKind::kGru;
+  throw py::value_error("unknown cell '" + name + "': expected rnn_tanh, rnn_relu, lstm or gru");
+}
+
+std::string shape_str(const std::vector<int64_t>& shape) {
+  std::string s = "(";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + (shape.size() == 1 ? ",)" : ")");
+}
+
+// Checks that `obj` is a C-contiguous array of dtype T and exactly `shape`; returns its data.
+// None is allowed (and gives null) only when `optional`.
+template <class T>
+T* checked(const py::object& obj, const char* name, const std::vector<int64_t>& shape,
+           bool optional = false, bool writable = false) {
+  if (obj.is_none()) {
+    if (optional) return nullptr;
+    throw py::type_error(std::string(name) + " must be an array, not None");
+  }
+  if (!py::isinstance<py::array>(obj)) throw py::type_error(std::string(name) + " must be a numpy array");
+  auto arr = py::reinterpret_borrow<py::array>(obj);
+  if (!arr.dtype().is(py::dtype::of<T>())) {
+    throw py::type_error(std::string(name) + " has dtype " + std::string(py::str(arr.dtype())) +
+                         ", expected " + std::string(py::str(py::dtype::of<T>())));
+  }
+  std::vector<int64_t> actual(arr.shape(), arr.shape() + arr.ndim());
+  if (actual != shape) {
+    throw py::value_error(std::string(name) + " has shape " + shape_str(actual) + ", expected " +
+                          shape_str(shape));
+  }
+  if (!(arr.flags() & py::array::c_style)) throw py::value_error(std::string(name) + " must be C-contiguous");
+  if (writable && !arr.writeable()) throw py::value_error(std::string(name) + " must be writable");
+  return static_cast<T*>(arr.mutable_data());
+}
+
+const int64_t* checked_lengths(const py::object& obj, int64_t B, int64_t T) {
+  if (obj.is_none()) return nullptr;
+  const int64_t* len = checked<int64_t>(obj, "lengths", {B});
+  for (int64_t b = 0; b < B; ++b) {
+    if (len[b] < 0 || len[b] > T) {
+      throw py::value_error("lengths[" + std::to_string(b) + "] = " + std::to_string(len[b]) +
+                            " is outside [0, " + std::to_string(T) + "]");
+    }
+  }
+  return len;
+}
+
+template <class T>
+py::array_t<T> new_array(const std::vector<int64_t>& shape) {
+  return py::array_t<T>(std::vector<py::ssize_t>(shape.begin(), shape.end()));
+}
+
+py::object none() { return py::none(); }
+
+// forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training)
+//   -> (y, h_n, c_n | None, saved | None), saved = (gates [T,B,S*H], h [T+1,B,H], c [T+1,B,H] | None)
+template <class T>
+py::tuple forward_typed(CellKind cell, const py::array& x, const py::object& h0, const py::object& c0,
+                        const py::object& w_ih, const py::object& w_hh, const py::object& b_ih,
+                        const py::object& b_hh, const py::object& lengths, bool reverse, bool training) {
+  if (x.ndim() != 3) throw py::value_error("x must have 3 dimensions (T, B, I)");
+  const int64_t steps = x.shape(0), B = x.shape(1), I = x.shape(2);
+  if (!py::isinstance<py::array>(w_hh) || py::reinterpret_borrow<py::array>(w_hh).ndim() != 2) {
+    throw py::value_error("w_hh must be a 2-d array (G*H, H)");
+  }
+  const int G = fusedrnn::cpu::gate_count(cell), S = fusedrnn::cpu::saved_count(cell);
+  const bool has_c = fusedrnn::cpu::has_cell_state(cell);
+  const int64_t H = py::reinterpret_borrow<py::array>(w_hh).shape(1);
+
+  fusedrnn::cpu::ForwardArgs<T> a{};
+  a.T_ = steps, a.B = B, a.I = I, a.H = H, a.reverse = reverse;
+  a.x = checked<T>(x, "x", {steps, B, I});
+  a.h0 = checked<T>(h0, "h0", {B, H}, true);
+  a.c0 = has_c ? checked<T>(c0, "c0", {B, H}, true) : nullptr;
+  a.w_ih = checked<T>(w_ih, "w_ih", {G * H, I});
+  a.w_hh = checked<T>(w_hh, "w_hh", {G * H, H});
+  a.b_ih = checked<T>(b_ih, "b_ih", {G * H}, true);
+  a.b_hh = checked<T>(b_hh, "b_hh", {G * H}, true);
+  a.lengths = checked_lengths(lengths, B, steps);
+
+  auto y = new_array<T>({steps, B, H});
+  auto h_n = new_array<T>({B, H});
+  py::object c_n = none(), saved = none();
+  a.y = y.mutable_data();
+  a.h_n = h_n.mutable_data();
+  if (has_c) {
+    auto arr = new_array<T>({B, H});
+    a.c_n = arr.mutable_data();
+    c_n = arr;
+  }
+  if (training) {
+    auto gates = new_array<T>({steps, B, S * H});
+    auto hs = new_array<T>({steps + 1, B, H});
+    py::object cs = none();
+    a.saved_gates = gates.mutable_data();
+    a.saved_h = hs.mutable_data();
+    if (has_c) {
+      auto arr = new_array<T>({steps + 1, B, H});
+      a.saved_c = arr.mutable_data();
+      cs = arr;
+    }
+    saved = py::make_tuple(gates, hs, cs);
+  }
+  {
+    py::gil_scoped_release release;
+    fusedrnn::cpu::forward<T>(cell, a);
+  }
+  return py::make_tuple(y, h_n, c_n, saved);
+}
+
+// backward(cell, x, w_ih, w_hh, lengths, reverse, saved, dy, dh_n, dc_n, want_db_ih, want_db_hh)
+//   -> (dx, dh0, dc0 | None, dw_ih, dw_hh, db_ih | None, db_hh | None)
+template <class T>
+py::tuple backward_typed(CellKind cell, const py::array& x, const py::object& w_ih,
+                         const py::object& w_hh, const py::object& lengths, bool reverse,
+                         const py::tuple& saved, const py::object& dy, const py::object& dh_n,
+                         const py::object& dc_n, bool want_db_ih, bool want_db_hh) {
+  if (x.ndim() != 3) throw py::value_error("x must have 3 dimensions (T, B, I)");
+  if (saved.size() != 3) throw py::value_error("saved must be the 3-tuple that forward returned");
+  const int64_t steps = x.shape(0), B = x.shape(1), I = x.shape(2);
+  if (!py::isinstance<py::array>(w_hh) || py::reinterpret_borrow<py::array>(w_hh).ndim() != 2) {
+    throw py::value_error("w_hh must be a 2-d array (G*H, H)");
+  }
+  const int G = fusedrnn::cpu::gate_count(cell), S = fusedrnn::cpu::saved_count(cell);
+  const bool has_c = fusedrnn::cpu::has_cell_state(cell);
+  const int64_t H = py::reinterpret_borrow<py::array>(w_hh).shape(1);
+
+  fusedrnn::cpu::BackwardArgs<T> a{};
+  a.T_ = steps, a.B = B, a.I = I, a.H = H, a.reverse = reverse;
+  a.x = checked<T>(x, "x", {steps, B, I});
+  a.w_ih = checked<T>(w_ih, "w_ih", {G * H, I});
+  a.w_hh = checked<T>(w_hh, "w_hh", {G * H, H});
+  a.lengths = checked_lengths(lengths, B, steps);
+  a.saved_gates = checked<T>(saved[0], "saved gates", {steps, B, S * H});
+  a.saved_h = checked<T>(saved[1], "saved h", {steps + 1, B, H});
+  a.saved_c = has_c ? checked<T>(saved[2], "saved c", {steps + 1, B, H}) : nullptr;
+  a.dy = checked<T>(dy, "dy", {steps, B, H}, true);
+  a.dh_n = checked<T>(dh_n, "dh_n", {B, H}, true);
+  a.dc_n = has_c ? checked<T>(dc_n, "dc_n", {B, H}, true) : nullptr;
+
+  auto dx = new_array<T>({steps, B, I});
+  auto dh0 = new_array<T>({B, H});
+  auto dw_ih = new_array<T>({G * H, I});
+  auto dw_hh = new_array<T>({G * H, H});
+  py::object dc0 = none(), db_ih = none(), db_hh = none();
+  a.dx = dx.mutable_data();
+  a.dh0 = dh0.mutable_data();
+  a.dw_ih = dw_ih.mutable_data();
+  a.dw_hh = dw_hh.mutable_data();
+  if (has_c) {
+    auto arr = new_array<T>({B, H});
+    a.dc0 = arr.mutable_data();
+    dc0 = arr;
+  }
+  if (want_db_ih) {
+    auto arr = new_array<T>({G * H});
+    a.db_ih = arr.mutable_data();
+    db_ih = arr;
+  }
+  if (want_db_hh) {
+    auto arr = new_array<T>({G * H});
+    a.db_hh = arr.mutable_data();
+    db_hh = arr;
+  }
+  {
+    py::gil_scoped_release release;
+    fusedrnn::cpu::backward<T>(cell, a);
+  }
+  return py::make_tuple(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh);
+}
+
+bool is_float32(const py::array& x) {
+  if (x.dtype().is(py::dtype::of<float>())) return true;
+  if (x.dtype().is(py::dtype::of<double>())) return false;
+  throw py::type_error("x has dtype " + std::string(py::str(x.dtype())) + ", expected float32 or float64");
+}
+
+// C = A @ B through the general (threaded) GEMM, any strides; or C += A @ B into a given C.
+template <class T>
+py::object gemm_typed(const py::array& a, const py::array& b, const py::object& c_in) {
+  const int64_t M = a.shape(0), K = a.shape(1), N = b.shape(1);
+  py::array_t<T> c;
+  if (c_in.is_none()) {
+    c = new_array<T>({M, N});
+  } else {
+    checked<T>(c_in, "c", {M, N}, false, true);
+    c = py::reinterpret_borrow<py::array_t<T>>(c_in);
+  }
+  // numpy strides are in bytes and may be negative; the kernel takes element strides.
+  const T* a_data = static_cast<const T*>(a.data());
+  const T* b_data = static_cast<const T*>(b.data());
+  const int64_t a_rs = a.strides(0) / int64_t(sizeof(T)), a_cs = a.strides(1) / int64_t(sizeof(T));
+  const int64_t b_rs = b.strides(0) / int64_t(sizeof(T)), b_cs = b.strides(1) / int64_t(sizeof(T));
+  T* c_data = c.mutable_data();
+  const bool accumulate = !c_in.is_none();
+  {
+    py::gil_scoped_release release;
+    fusedrnn::cpu::gemm<T>(M, N, K, a_data, a_rs, a_cs, b_data, b_rs, b_cs, c_data, N, accumulate);
+  }
+  return c;
+}
+
+// The same product through pack_b + gemm_packed_b (the recurrence's path), one thread.
+template <class T>
+py::object gemm_packed_typed(const py::array& a, const py::array& b) {
+  const int64_t M = a.shape(0), K = a.shape(1), N = b.shape(1);
+  if (!(a.flags() & py::array::c_style)) throw py::value_error("a must be C-contiguous");
+  auto c = new_array<T>({M, N});
+  const T* a_data = static_cast<const T*>(a.data());
+  const T* b_data = static_cast<const T*>(b.data());
+  const int64_t b_rs = b.strides(0) / int64_t(sizeof(T)), b_cs = b.strides(1) / int64_t(sizeof(T));
+  T* c_data = c.mutable_data();
+  {
+    py::gil_scoped_release release;
+    std::vector<int64_t> col_offset(N);
+    for (int64_t j = 0; j < N; ++j) col_offset[j] = j * b_cs;
+    std::vector<T> packed(fusedrnn::cpu::packed_b_size<T>(K, N));
+    fusedrnn::cpu::pack_b<T>(K, N, b_data, col_offset.data(), b_rs, packed.data());
+    fusedrnn::cpu::gemm_packed_b<T>(M, N, K, a_data, K, packed.data(), c_data, N, false);
+  }
+  return c;
+}
+
+void check_matmul(const py::array& a, const py::array& b) {
+  if (a.ndim() != 2 || b.ndim() != 2) throw py::value_error("a and b must be 2-d");
+  if (a.shape(1) != b.shape(0)) throw py::value_error("a.shape[1] must equal b.shape[0]");
+  if (!a.dtype().is(b.dtype())) throw py::type_error("a and b must have the same dtype");
+  const auto item = a.itemsize();
+  for (int d = 0; d < 2; ++d) {
+    if (a.strides(d) % item || b.strides(d) % item) {
+      throw py::value_error("strides must be whole multiples of the element size");
+    }
+  }
+}
+
+int openmp_max_threads() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+void openmp_set_threads(int threads) {
+  if (threads < 1) throw py::value_error("the thread count must be at least 1, got " + std::to_string(threads));
+#ifdef _OPENMP
+  omp_set_num_threads(threads);
+#endif
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "fusedrnn native kernels (see fusedrnn.functional for the documented API)";
+  m.attr("__version__") = FUSEDRNN_VERSION;
+
+  m.def(
+      "forward",
+      [](const std::string& cell, const py::array& x, const py::object& h0, const py::object& c0,
+         const py::object& w_ih, const py::object& w_hh, const py::object& b_ih,
+         const py::object& b_hh, const py::object& lengths, bool reverse, bool training) {
+        const CellKind kind = parse_cell(cell);
+        return is_float32(x) ? forward_typed<float>(kind, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training)
+                             : forward_typed<double>(kind, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training);
+      },
+      py::arg("cell"), py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("w_ih"), py::arg("w_hh"),
+      py::arg("b_ih"), py::arg("b_hh"), py::arg("lengths"), py::arg("reverse"), py::arg("training"));
+
+  m.def(
+      "backward",
+      [](const std::string& cell, const py::array& x, const py::object& w_ih, const py::object& w_hh,
+         const py::object& lengths, bool reverse, const py::tuple& saved, const py::object& dy,
+         const py::object& dh_n, const py::object& dc_n, bool want_db_ih, bool want_db_hh) {
+        const CellKind kind = parse_cell(cell);
+        return is_float32(x) ? backward_typed<float>(kind, x, w_ih, w_hh, lengths, reverse, saved, dy, dh_n, dc_n, want_db_ih, want_db_hh)
+                             : backward_typed<double>(kind, x, w_ih, w_hh, lengths, reverse, saved, dy, dh_n, dc_n, want_db_ih, want_db_hh);
+      },
+      py::arg("cell"), py::arg("x"), py::arg("w_ih"), py::arg("w_hh"), py::arg("lengths"),
+      py::arg("reverse"), py::arg("saved"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"),
+      py::arg("want_db_ih"), py::arg("want_db_hh"));
+
+  m.def(
+      "gemm",
+      [](const py::array& a, const py::array& b, const py::object& c) {
+        check_matmul(a, b);
+        return is_float32(a) ? gemm_typed<float>(a, b, c) : gemm_typed<double>(a, b, c);
+      },
+      py::arg("a"), py::arg("b"), py::arg("c") = py::none(),
+      "a @ b through fusedrnn's own GEMM (any strides); with c, c += a @ b in place.");
+  m.def(
+      "gemm_packed",
+      [](const py::array& a, const py::array& b) {
+        check_matmul(a, b);
+        return is_float32(a) ? gemm_packed_typed<float>(a, b) : gemm_packed_typed<double>(a, b);
+      },
+      py::arg("a"), py::arg("b"), "a @ b through the packed single-thread path of the recurrence.");
+
+  m.def("isa_compiled", &fusedrnn::cpu::isa_compiled);
+  m.def("isa_selected", &fusedrnn::cpu::isa_selected);
+  m.def("set_isa", [](const std::string& name) { return fusedrnn::cpu::set_isa(name.c_str()); },
+        py::arg("name"), "Force a GEMM kernel set (avx512, avx2, portable); False if unavailable.");
+  m.def("max_threads", &openmp_max_threads);
+  m.def("set_max_threads", &openmp_set_threads, py::arg("threads"));
+#ifdef _OPENMP
+  m.attr("openmp") = true;
+#else
+  m.attr("openmp") = false;
+#endif
+  m.attr("compiler") = FUSEDRNN_COMPILER;
+  m.attr("cuda") = false;
+}

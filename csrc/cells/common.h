@@ -1,0 +1,39 @@
+// What every cell shares: the host/device qualifier, the recurrent state of one hidden unit of
+// one sequence, and the activations.
+//
+// A cell is a struct of static functions on ONE hidden unit of ONE sequence at one time step:
+//
+//   kGates          G, rows of weight_ih / weight_hh per hidden unit (gate order as PyTorch's)
+//   kSaved          values per unit that forward saves for backward (post-activation gates, ...)
+//   kHasCell        whether the state carries a cell value c besides h (LSTM)
+//   kSplitGradient  whether the gradient reaching W_hh h differs from the one reaching W_ih x
+//                   (GRU: the reset gate multiplies W_hn h + b_hn only)
+//
+//   forward(xg[G], hg[G], prev, next&, saved[kSaved])
+//       xg: W_ih x + b_ih of this unit, one value per gate; hg: W_hh h + b_hh, likewise.
+//   backward(saved, prev, next, d_next, dgx&[G], dgh&[G], d_prev&)
+//       d_next: total gradient reaching this step's new state (h and c);
+//       dgx / dgh: gradient of xg / hg (equal unless kSplitGradient);
+//       d_prev: the part of the gradient of the previous state that does NOT go through W_hh
+//       (the driver adds dgh . W_hh to it).
+//
+// Gradient contract: cells and kernels write (=) their outputs; the Python layer accumulates
+// (+=) into param.grad, as PyTorch does.
+#pragma once
+
+#if defined(__CUDACC__)
+#define FUSEDRNN_HD __host__ __device__ __forceinline__
+#else
+#define FUSEDRNN_HD inline
+#include "cpu/math.h"
+#endif
+
+namespace fusedrnn {
+
+template <class T>
+struct State {
+  T h;
+  T c;  // used by cells with kHasCell only
+};
+
+}  // namespace fusedrnn

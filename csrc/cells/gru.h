@@ -1,0 +1,60 @@
+// GRU cell, linear-before-reset form (PyTorch's and cuDNN's), one hidden unit of one sequence.
+// Gate order r, z, n.
+//
+//   x_k = (W_ih x + b_ih)_k     h_k = (W_hh h + b_hh)_k      k in {r, z, n}
+//   r  = sigmoid(x_r + h_r)     z = sigmoid(x_z + h_z)
+//   n  = tanh(x_n + r * h_n)
+//   h' = (1 - z) * n + z * h
+//
+// Saved for backward: r, z, n and h_n (the reset gate scales it, so its gradient needs it).
+//
+// Backward, given dh':
+//   da_n = dh' * (1 - z) * (1 - n^2)
+//   da_z = dh' * (h - n) * z (1 - z)
+//   da_r = da_n * h_n * r (1 - r)
+//   dgx = (da_r, da_z, da_n);   dgh = (da_r, da_z, da_n * r)   (hence kSplitGradient)
+//   previous state: dh_prev = dh' * z besides what flows through W_hh.
+#pragma once
+
+#include "cells/common.h"
+
+namespace fusedrnn {
+
+struct GruCell {
+  static constexpr int kGates = 3;
+  static constexpr int kSaved = 4;
+  static constexpr bool kHasCell = false;
+  static constexpr bool kSplitGradient = true;
+
+  template <class T>
+  FUSEDRNN_HD static void forward(const T* xg, const T* hg, const State<T>& prev, State<T>& next,
+                                  T* saved) {
+    const T r = sigmoid(xg[0] + hg[0]);
+    const T z = sigmoid(xg[1] + hg[1]);
+    const T n = tanh_(xg[2] + r * hg[2]);
+    next.h = (T(1) - z) * n + z * prev.h;
+    saved[0] = r;
+    saved[1] = z;
+    saved[2] = n;
+    saved[3] = hg[2];
+  }
+
+  template <class T>
+  FUSEDRNN_HD static void backward(const T* saved, const State<T>& prev, const State<T>& /*next*/,
+                                   const State<T>& d_next, T* dgx, T* dgh, State<T>& d_prev) {
+    const T r = saved[0], z = saved[1], n = saved[2], h_n = saved[3];
+    const T dh = d_next.h;
+    const T da_n = dh * (T(1) - z) * (T(1) - n * n);
+    const T da_z = dh * (prev.h - n) * z * (T(1) - z);
+    const T da_r = da_n * h_n * r * (T(1) - r);
+    dgx[0] = da_r;
+    dgx[1] = da_z;
+    dgx[2] = da_n;
+    dgh[0] = da_r;
+    dgh[1] = da_z;
+    dgh[2] = da_n * r;
+    d_prev.h = dh * z;
+  }
+};
+
+}  // namespace fusedrnn

@@ -1,0 +1,372 @@
+// ISA selection, packing, and the multi-threaded general GEMM driver. The arithmetic
+// lives in gemm_kernels.h, instantiated per ISA by gemm_{avx512,avx2,portable}.cc.
+//
+// General GEMM blocking (BLIS-style, per thread):
+//   for each column block of NC columns of this thread's columns
+//     for each KC slice of K            -> pack B(kc x nc) into panels (stays in L2/L3)
+//       for each MC block of this thread's rows -> pack A(mc x kc) into slabs (L2),
+//                                                 unless A is row-major: then read in place
+//         micro-kernel sweep: one B chunk in L1, A slabs stream past it
+// Every thread packs its own copies of the operands it needs, so the threads never wait
+// on each other: no barriers inside, one fork and one join per call.
+#include "gemm.h"
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <initializer_list>
+#include <memory>
+#include <new>
+
+#include "gemm_kernels.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace fusedrnn::cpu {
+namespace {
+
+using detail::GemmKernels;
+using detail::KernelTable;
+
+// ---------------------------------------------------------------------------------------
+// ISA selection
+
+enum class Isa : int { kPortable = 0, kAvx2 = 1, kAvx512 = 2 };
+
+const char* isa_name(Isa isa) {
+    switch (isa) {
+        case Isa::kAvx512: return "avx512";
+        case Isa::kAvx2: return "avx2";
+        default: return "portable";
+    }
+}
+
+bool isa_from_name(const char* name, Isa* out) {
+    if (name == nullptr) return false;
+    for (Isa isa : {Isa::kPortable, Isa::kAvx2, Isa::kAvx512}) {
+        if (std::strcmp(name, isa_name(isa)) == 0) {
+            *out = isa;
+            return true;
+        }
+    }
+    return false;
+}
+
+// True when this build contains the kernels and the CPU (and OS) can run them. The
+// flags checked are exactly the -m flags the ISA file is compiled with, since the
+// compiler is free to use any of them.
+bool isa_usable(Isa isa) {
+    switch (isa) {
+        case Isa::kPortable: return true;
+        case Isa::kAvx2:
+#if defined(FUSEDRNN_HAVE_AVX2)
+            return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+            return false;
+#endif
+        case Isa::kAvx512:
+#if defined(FUSEDRNN_HAVE_AVX512)
+            return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+                   __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw") &&
+                   __builtin_cpu_supports("fma");
+#else
+            return false;
+#endif
+    }
+    return false;
+}
+
+const KernelTable& kernel_table(Isa isa) {
+    switch (isa) {
+#if defined(FUSEDRNN_HAVE_AVX512)
+        case Isa::kAvx512: return detail::avx512_kernel_table();
+#endif
+#if defined(FUSEDRNN_HAVE_AVX2)
+        case Isa::kAvx2: return detail::avx2_kernel_table();
+#endif
+        default: return detail::portable_kernel_table();
+    }
+}
+
+Isa initial_isa() {
+#if defined(FUSEDRNN_HAVE_AVX2) || defined(FUSEDRNN_HAVE_AVX512)
+    __builtin_cpu_init();  // harmless if done already; needed if we run before constructors
+#endif
+    Isa best = Isa::kPortable;
+    for (Isa isa : {Isa::kAvx2, Isa::kAvx512})
+        if (isa_usable(isa)) best = isa;
+    // The environment may only ask for a lower family (e.g. to test or to work around a
+    // CPU problem); it cannot enable one the CPU lacks.
+    Isa wanted;
+    if (isa_from_name(std::getenv("FUSEDRNN_ISA"), &wanted) && isa_usable(wanted) &&
+        static_cast<int>(wanted) < static_cast<int>(best))
+        best = wanted;
+    return best;
+}
+
+std::atomic<int>& selected_isa() {
+    static std::atomic<int> selected{static_cast<int>(initial_isa())};
+    return selected;
+}
+
+template <class T>
+const GemmKernels<T>& kernels();
+template <>
+const GemmKernels<float>& kernels<float>() {
+    return kernel_table(static_cast<Isa>(selected_isa().load(std::memory_order_relaxed))).f32;
+}
+template <>
+const GemmKernels<double>& kernels<double>() {
+    return kernel_table(static_cast<Isa>(selected_isa().load(std::memory_order_relaxed))).f64;
+}
+
+// ---------------------------------------------------------------------------------------
+// Scratch memory: 64-byte aligned (one panel row = one cache line), kept per thread and
+// only grown, so repeated calls do not pay for allocation and page faults every time.
+
+struct AlignedFree {
+    void operator()(void* p) const { ::operator delete(p, std::align_val_t(64)); }
+};
+
+template <class T>
+T* thread_scratch(int slot, int64_t elements) {
+    struct Buffer {
+        std::unique_ptr<void, AlignedFree> data;
+        int64_t bytes = 0;
+    };
+    thread_local Buffer buffers[2];
+    Buffer& buf = buffers[slot];
+    const int64_t bytes = elements * static_cast<int64_t>(sizeof(T));
+    if (buf.bytes < bytes) {
+        buf.data.reset();
+        buf.data.reset(::operator new(static_cast<size_t>(bytes), std::align_val_t(64)));
+        buf.bytes = bytes;
+    }
+    return static_cast<T*>(buf.data.get());
+}
+
+// ---------------------------------------------------------------------------------------
+// Packing
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+// Packs B(k0 .. k0+kc, j0 .. j0+nc) of a strided B into panels of kc rows.
+template <class T>
+void pack_b_strided(int64_t kc, int64_t nc, const T* B, int64_t b_rs, int64_t b_cs, T* dst) {
+    constexpr int64_t P = kPanel<T>;
+    for (int64_t j0 = 0; j0 < nc; j0 += P, dst += kc * P) {
+        const int64_t cols = min64(P, nc - j0);
+        const T* src = B + j0 * b_cs;
+        if (b_cs == 1 && cols == P) {
+            // Row-major B: each panel row is one contiguous 64-byte copy.
+            for (int64_t k = 0; k < kc; ++k) std::memcpy(dst + k * P, src + k * b_rs, sizeof(T) * P);
+            continue;
+        }
+        for (int64_t k = 0; k < kc; ++k) {
+            T* row = dst + k * P;
+            for (int64_t r = 0; r < cols; ++r) row[r] = src[k * b_rs + r * b_cs];
+            for (int64_t r = cols; r < P; ++r) row[r] = T(0);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Threaded general GEMM
+
+// Block sizes in elements. KC x (2 panels) of B must stay in L1 next to a slab of A; an
+// MC x KC block of A must sit in half of L2; NC bounds the per-thread packed-B buffer.
+template <class T>
+struct Blocking {
+    static constexpr int64_t kKC = 256;
+    static constexpr int64_t kMC = 384 * 4 / static_cast<int64_t>(sizeof(T));  // 384 KiB of A
+    static constexpr int64_t kNC = 2048;
+};
+
+// Splits `total` into `parts` nearly equal pieces, each a multiple of `unit` except the
+// last; returns [begin, end) of piece `index`.
+void split_range(int64_t total, int64_t unit, int parts, int index, int64_t* begin, int64_t* end) {
+    const int64_t units = ceil_div(total, unit);
+    const int64_t lo = units * index / parts, hi = units * (index + 1) / parts;
+    *begin = min64(lo * unit, total);
+    *end = min64(hi * unit, total);
+}
+
+// Picks a rows x cols grid of threads for an M x N result: minimise the largest tile a
+// thread gets (rounded up to whole slabs and panels, as the kernels compute them) plus
+// the packing each thread repeats (its rows of A and its columns of B, once per K).
+void thread_grid(int64_t M, int64_t N, int rows_unit, int64_t cols_unit, int threads,
+                 int* grid_rows, int* grid_cols) {
+    constexpr int64_t kPackWeight = 16;  // roughly: copying one element ~ 16 multiply-adds
+    int64_t best = -1;
+    for (int tr = 1; tr <= threads; ++tr) {
+        if (threads % tr != 0) continue;
+        const int tc = threads / tr;
+        const int64_t rows = ceil_div(ceil_div(M, rows_unit), tr) * rows_unit;
+        const int64_t cols = ceil_div(ceil_div(N, cols_unit), tc) * cols_unit;
+        const int64_t cost = rows * cols + kPackWeight * (rows + cols);
+        if (best < 0 || cost <= best) {  // ties go to splitting rows, as most RNN GEMMs are tall
+            best = cost;
+            *grid_rows = tr;
+            *grid_cols = tc;
+        }
+    }
+}
+
+template <class T>
+void gemm_thread_tile(int64_t M, int64_t N, int64_t K, const T* A, int64_t a_rs, int64_t a_cs,
+                      const T* B, int64_t b_rs, int64_t b_cs, T* C, int64_t ldc, bool accumulate,
+                      const GemmKernels<T>& kern) {
+    using Blk = Blocking<T>;
+    // Even-sized blocks: K = 257 becomes 2 x 129, not 256 + 1.
+    const int64_t kc_max = ceil_div(K, ceil_div(K, Blk::kKC));
+    const int64_t mc_max = ceil_div(ceil_div(M, ceil_div(M, Blk::kMC)), kern.rows) * kern.rows;
+    const int64_t nc_max = min64(N, Blk::kNC);
+    // Row-major A is read in place (each row's KC slice is contiguous), which is as fast as
+    // a packed copy and saves making it; any other layout is packed into slabs first.
+    const bool pack_a = a_cs != 1;
+    T* b_pack = thread_scratch<T>(0, kc_max * ceil_div(nc_max, kPanel<T>) * kPanel<T>);
+    T* a_pack = pack_a ? thread_scratch<T>(1, mc_max * kc_max) : nullptr;
+
+    for (int64_t j0 = 0; j0 < N; j0 += nc_max) {
+        const int64_t nc = min64(nc_max, N - j0);
+        for (int64_t k0 = 0; k0 < K; k0 += kc_max) {
+            const int64_t kc = min64(kc_max, K - k0);
+            // Later K slices add onto what the earlier ones wrote.
+            const bool acc = accumulate || k0 > 0;
+            pack_b_strided(kc, nc, B + k0 * b_rs + j0 * b_cs, b_rs, b_cs, b_pack);
+            for (int64_t i0 = 0; i0 < M; i0 += mc_max) {
+                const int64_t mc = min64(mc_max, M - i0);
+                const T* a_block = A + i0 * a_rs + k0 * a_cs;
+                T* c_block = C + i0 * ldc + j0;
+                if (pack_a) {
+                    kern.pack_a(mc, kc, a_block, a_rs, a_cs, a_pack);
+                    kern.packed_a(mc, nc, kc, a_pack, 0, b_pack, c_block, ldc, acc);
+                } else {
+                    kern.row_major_a(mc, nc, kc, a_block, a_rs, b_pack, c_block, ldc, acc);
+                }
+            }
+        }
+    }
+}
+
+template <class T>
+void fill_rows(int64_t M, int64_t N, T* C, int64_t ldc) {
+    for (int64_t i = 0; i < M; ++i)
+        for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = T(0);
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------
+// Public API
+
+template <class T>
+int64_t packed_b_size(int64_t K, int64_t N) {
+    return ceil_div(N, kPanel<T>) * kPanel<T> * K;
+}
+
+template <class T>
+void pack_b(int64_t K, int64_t N, const T* src, const int64_t* col_offset, int64_t k_stride,
+            T* dst) {
+    constexpr int64_t P = kPanel<T>;
+    for (int64_t j0 = 0; j0 < N; j0 += P, dst += K * P) {
+        for (int64_t r = 0; r < P; ++r) {
+            const int64_t j = j0 + r;
+            const bool present = j < N && col_offset[j] >= 0;
+            // Walk one column at a time: with k_stride 1 (rows of W_hh) the reads are
+            // contiguous, which matters more than the strided writes into the panel.
+            const T* col = present ? src + col_offset[j] : nullptr;
+            for (int64_t k = 0; k < K; ++k) dst[k * P + r] = present ? col[k * k_stride] : T(0);
+        }
+    }
+}
+
+template <class T>
+void gemm_packed_b(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* Bp, T* C,
+                   int64_t ldc, bool accumulate) {
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) {
+        if (!accumulate) fill_rows(M, N, C, ldc);
+        return;
+    }
+    kernels<T>().row_major_a(M, N, K, A, lda, Bp, C, ldc, accumulate);
+}
+
+template <class T>
+void gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t a_rs, int64_t a_cs, const T* B,
+          int64_t b_rs, int64_t b_cs, T* C, int64_t ldc, bool accumulate) {
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) {
+        if (!accumulate) fill_rows(M, N, C, ldc);
+        return;
+    }
+    const GemmKernels<T>& kern = kernels<T>();
+
+    int threads = 1;
+#ifdef _OPENMP
+    // Below ~2^18 multiply-adds per thread the fork/join costs more than it saves.
+    const int64_t useful_threads = (M * N * K) >> 18;
+    threads = static_cast<int>(min64(omp_get_max_threads(), useful_threads < 1 ? 1 : useful_threads));
+#endif
+    int grid_rows = 1, grid_cols = 1;
+    thread_grid(M, N, kern.rows, kPanel<T>, threads, &grid_rows, &grid_cols);
+
+    auto run_part = [&](int part) {
+        int64_t i0, i1, j0, j1;
+        split_range(M, kern.rows, grid_rows, part / grid_cols, &i0, &i1);
+        split_range(N, kPanel<T>, grid_cols, part % grid_cols, &j0, &j1);
+        if (i1 <= i0 || j1 <= j0) return;
+        gemm_thread_tile(i1 - i0, j1 - j0, K, A + i0 * a_rs, a_rs, a_cs, B + j0 * b_cs, b_rs, b_cs,
+                         C + i0 * ldc + j0, ldc, accumulate, kern);
+    };
+#ifdef _OPENMP
+    if (threads > 1) {
+#pragma omp parallel num_threads(threads)
+        {
+            // Fewer threads than asked may start; then each one takes several parts.
+            for (int part = omp_get_thread_num(); part < threads; part += omp_get_num_threads())
+                run_part(part);
+        }
+        return;
+    }
+#endif
+    run_part(0);
+}
+
+const char* isa_compiled() {
+#if defined(FUSEDRNN_HAVE_AVX512) && defined(FUSEDRNN_HAVE_AVX2)
+    return "avx512,avx2,portable";
+#elif defined(FUSEDRNN_HAVE_AVX512)
+    return "avx512,portable";
+#elif defined(FUSEDRNN_HAVE_AVX2)
+    return "avx2,portable";
+#else
+    return "portable";
+#endif
+}
+
+const char* isa_selected() { return isa_name(static_cast<Isa>(selected_isa().load())); }
+
+bool set_isa(const char* name) {
+    Isa isa;
+    if (!isa_from_name(name, &isa) || !isa_usable(isa)) return false;
+    selected_isa().store(static_cast<int>(isa));
+    return true;
+}
+
+// Explicit instantiations: float and double are the only element types.
+#define FUSEDRNN_INSTANTIATE_GEMM(T)                                                              \
+    template int64_t packed_b_size<T>(int64_t, int64_t);                                          \
+    template void pack_b<T>(int64_t, int64_t, const T*, const int64_t*, int64_t, T*);             \
+    template void gemm_packed_b<T>(int64_t, int64_t, int64_t, const T*, int64_t, const T*, T*,   \
+                                   int64_t, bool);                                                \
+    template void gemm<T>(int64_t, int64_t, int64_t, const T*, int64_t, int64_t, const T*,       \
+                          int64_t, int64_t, T*, int64_t, bool);
+FUSEDRNN_INSTANTIATE_GEMM(float)
+FUSEDRNN_INSTANTIATE_GEMM(double)
+#undef FUSEDRNN_INSTANTIATE_GEMM
+
+}  // namespace fusedrnn::cpu

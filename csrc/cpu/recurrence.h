@@ -1,0 +1,79 @@
+// The CPU time-loop driver: forward and backpropagation through time of one recurrent layer in
+// one direction, for every cell (csrc/cells/*.h). Layer-level features (stacking, two directions,
+// projections) are built by the caller from these calls.
+//
+// Letters: T time steps, B batch, I input size, H hidden size, G gates of the cell
+// (RNN 1, GRU 3, LSTM 4), S values per unit the cell saves for backward (RNN 0, GRU 4, LSTM 4).
+// All arrays are C-contiguous and time-major; weights are laid out as PyTorch's.
+//
+// Variable lengths: sequence b is processed at t = 0 .. len[b]-1, or, with reverse, from
+// t = len[b]-1 down to 0 (each sequence starts at its own last valid step). After its last step a
+// sequence's state is carried unchanged and its outputs are zero.
+//
+// Gradient contract: every output is overwritten (=), never accumulated into; the Python layer
+// accumulates into param.grad (+=).
+#pragma once
+
+#include <cstdint>
+
+namespace fusedrnn::cpu {
+
+enum class CellKind { kRnnTanh, kRnnRelu, kLstm, kGru };
+
+int gate_count(CellKind cell);   // G
+int saved_count(CellKind cell);  // S
+bool has_cell_state(CellKind cell);
+
+template <class T>
+struct ForwardArgs {
+  int64_t T_, B, I, H;        // (T_ because T names the element type)
+  const T* x;                 // [T, B, I]
+  const T* h0;                // [B, H], or null for zeros
+  const T* c0;                // [B, H], or null for zeros (LSTM)
+  const T* w_ih;              // [G*H, I]
+  const T* w_hh;              // [G*H, H]
+  const T* b_ih;              // [G*H], or null for none
+  const T* b_hh;              // [G*H], or null for none
+  const int64_t* lengths;     // [B] with 0 <= len <= T, or null for all T
+  bool reverse;
+  T* y;                       // out [T, B, H]
+  T* h_n;                     // out [B, H]
+  T* c_n;                     // out [B, H] (LSTM; else null)
+  // What backward needs. Null in inference mode (nothing is saved); all set in training mode.
+  T* saved_gates;             // out [T, B, S*H]: per time row, S blocks of H (cell's saved values)
+  T* saved_h;                 // out [T+1, B, H]: states; row t's input state is saved_h[t + reverse]
+                              //     and its new state saved_h[t + !reverse]
+  T* saved_c;                 // out [T+1, B, H]: the same for c (LSTM; else null)
+};
+
+template <class T>
+struct BackwardArgs {
+  int64_t T_, B, I, H;
+  const T* x;                 // [T, B, I]   as given to forward
+  const T* w_ih;              // [G*H, I]
+  const T* w_hh;              // [G*H, H]
+  const int64_t* lengths;     // [B] or null, as given to forward
+  bool reverse;
+  const T* saved_gates;       // [T, B, S*H] from forward
+  const T* saved_h;           // [T+1, B, H] from forward
+  const T* saved_c;           // [T+1, B, H] from forward (LSTM; else null)
+  const T* dy;                // [T, B, H] gradient of y, or null for zeros
+  const T* dh_n;              // [B, H] gradient of h_n, or null for zeros
+  const T* dc_n;              // [B, H] gradient of c_n, or null for zeros (LSTM)
+  T* dx;                      // out [T, B, I]
+  T* dh0;                     // out [B, H]
+  T* dc0;                     // out [B, H] (LSTM; else null)
+  T* dw_ih;                   // out [G*H, I]
+  T* dw_hh;                   // out [G*H, H]
+  T* db_ih;                   // out [G*H], or null to skip
+  T* db_hh;                   // out [G*H], or null to skip
+};
+
+// Both run one OpenMP team over the whole time loop (see recurrence.cc) and must be called from
+// outside any parallel region.
+template <class T>
+void forward(CellKind cell, const ForwardArgs<T>& args);
+template <class T>
+void backward(CellKind cell, const BackwardArgs<T>& args);
+
+}  // namespace fusedrnn::cpu

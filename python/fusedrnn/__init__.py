@@ -1,0 +1,41 @@
+"""fusedrnn: fused CPU kernels for RNN, LSTM and GRU layers, with a NumPy API.
+
+``fusedrnn.functional`` holds the layer-level forward and backward functions;
+``fusedrnn._reference`` the plain NumPy spec they are tested against.
+"""
+
+from . import _core, functional
+
+__version__ = _core.__version__
+
+__all__ = ["functional", "build_info", "get_num_threads", "set_num_threads", "__version__"]
+
+
+def get_num_threads():
+    """Threads a kernel may use (OMP_NUM_THREADS at start-up, or what set_num_threads set)."""
+    return _core.max_threads()
+
+
+def set_num_threads(threads):
+    """Sets how many threads the kernels may use from now on (in the calling thread)."""
+    if isinstance(threads, bool) or not isinstance(threads, int):
+        raise TypeError(f"threads must be an int, got {type(threads).__name__}")
+    _core.set_max_threads(threads)
+
+
+def build_info():
+    """How this copy of fusedrnn was built and what it runs on.
+
+    Returns a dict: ``version``, ``compiler``, ``openmp`` (bool), ``max_threads`` (threads a kernel
+    may use now), ``isa_compiled`` (GEMM kernel sets in the build), ``isa_selected`` (the one chosen
+    for this CPU at run time; ``FUSEDRNN_ISA`` may ask for a lower one), ``cuda`` (bool).
+    """
+    return {
+        "version": __version__,
+        "compiler": _core.compiler,
+        "openmp": bool(_core.openmp),
+        "max_threads": _core.max_threads(),
+        "isa_compiled": _core.isa_compiled().split(","),
+        "isa_selected": _core.isa_selected(),
+        "cuda": bool(_core.cuda),
+    }

@@ -1,0 +1,282 @@
+"""Plain NumPy forward pass and backpropagation through time (BPTT): the executable spec.
+
+One layer, one direction, time-major. The native kernels (``fusedrnn.functional``) must agree
+with this file; it favours clarity over speed and computes in the dtype of ``x``.
+
+Shapes: x (T, B, I); h0, c0, h_n, c_n (B, H); y (T, B, H); weight_ih (G*H, I);
+weight_hh (G*H, H); bias_ih, bias_hh (G*H,), with G = 1 (RNN), 4 (LSTM), 3 (GRU), exactly as
+PyTorch stores them. Bias None means zero (its gradient is then None); h0/c0 None mean zeros.
+
+Equations for one step, with x the input at time t and h, c the state before the step
+(sigma is the logistic sigmoid, * is elementwise):
+
+  RNN   a  = W_ih x + b_ih + W_hh h + b_hh
+        h' = act(a)                                   act = tanh or relu
+
+  LSTM  a  = W_ih x + b_ih + W_hh h + b_hh            rows split into gates i, f, g, o
+        i = sigma(a_i)   f = sigma(a_f)   g = tanh(a_g)   o = sigma(a_o)
+        c' = f * c + i * g
+        h' = o * tanh(c')
+
+  GRU   (linear-before-reset, as PyTorch and cuDNN)   rows split into gates r, z, n
+        x_k = W_ik x + b_ik    h_k = W_hk h + b_hk    for k in r, z, n
+        r = sigma(x_r + h_r)   z = sigma(x_z + h_z)
+        n = tanh(x_n + r * h_n)
+        h' = (1 - z) * n + z * h
+
+Variable lengths: sequence b is processed at t = 0 .. len[b]-1, or with reverse=True at
+t = len[b]-1 down to 0 (it starts at its own last valid step). y[t, b] is the hidden state right
+after processing time t, and 0 for t >= len[b]; h_n (c_n) is the state after the last processed
+step (h0 if len[b] == 0). A finished sequence keeps its state, and dy at padded positions has no
+effect because y there is the constant 0.
+
+Structure: every cell is a pair of pointwise functions (step, step_backward) on the gate
+pre-activations; one generic driver (_forward, _backward) owns the time loop, the matrix
+products, the length masks and the direction. Gradient contract: every function returns fresh
+arrays; callers that keep .grad accumulate into it themselves.
+"""
+
+from collections import namedtuple
+
+import numpy as np
+
+__all__ = [
+    "rnn_forward", "rnn_backward",
+    "lstm_forward", "lstm_backward",
+    "gru_forward", "gru_backward",
+]
+
+
+def _sigmoid(a):
+    # Written through tanh so that it never overflows (np.exp(-a) does for a << 0 in float32).
+    return 0.5 * (1.0 + np.tanh(0.5 * a))
+
+
+# ---------------------------------------------------------------------------------------------
+# Cells. step(xp, hp, states) -> (new_states, cache)
+#   xp = W_ih x + b_ih and hp = W_hh h + b_hh, both (B, G*H); states = (h,) or (h, c).
+# step_backward(d_new_states, cache) -> (dxp, dhp, d_states_direct)
+#   dxp, dhp: gradients w.r.t. xp and hp (they differ only for the GRU's n gate);
+#   d_states_direct: gradient w.r.t. the old states through every path except hp
+#   (the driver adds the path through W_hh: dh += dhp @ W_hh).
+# ---------------------------------------------------------------------------------------------
+
+_Cell = namedtuple("_Cell", "name gates num_states step step_backward")
+
+
+def _rnn_tanh_step(xp, hp, states):
+    h_new = np.tanh(xp + hp)
+    return (h_new,), h_new
+
+
+def _rnn_tanh_step_backward(d_new, h_new):
+    (dh_new,) = d_new
+    da = dh_new * (1 - h_new * h_new)
+    return da, da, (np.zeros_like(dh_new),)
+
+
+def _rnn_relu_step(xp, hp, states):
+    h_new = np.maximum(xp + hp, 0)
+    return (h_new,), h_new
+
+
+def _rnn_relu_step_backward(d_new, h_new):
+    (dh_new,) = d_new
+    da = dh_new * (h_new > 0)  # relu'(a) taken as 0 at a == 0, where h_new == 0
+    return da, da, (np.zeros_like(dh_new),)
+
+
+def _lstm_step(xp, hp, states):
+    h, c = states
+    a_i, a_f, a_g, a_o = np.split(xp + hp, 4, axis=1)
+    i, f, g, o = _sigmoid(a_i), _sigmoid(a_f), np.tanh(a_g), _sigmoid(a_o)
+    c_new = f * c + i * g
+    tanh_c_new = np.tanh(c_new)
+    h_new = o * tanh_c_new
+    return (h_new, c_new), (i, f, g, o, c, tanh_c_new)
+
+
+def _lstm_step_backward(d_new, cache):
+    dh_new, dc_new = d_new
+    i, f, g, o, c, tanh_c_new = cache
+    dc_total = dc_new + dh_new * o * (1 - tanh_c_new * tanh_c_new)  # c' reaches the loss twice
+    da = np.concatenate([
+        dc_total * g * i * (1 - i),                # d a_i
+        dc_total * c * f * (1 - f),                # d a_f
+        dc_total * i * (1 - g * g),                # d a_g
+        dh_new * tanh_c_new * o * (1 - o),         # d a_o
+    ], axis=1)
+    return da, da, (np.zeros_like(dh_new), dc_total * f)
+
+
+def _gru_step(xp, hp, states):
+    (h,) = states
+    x_r, x_z, x_n = np.split(xp, 3, axis=1)
+    h_r, h_z, h_n = np.split(hp, 3, axis=1)
+    r = _sigmoid(x_r + h_r)
+    z = _sigmoid(x_z + h_z)
+    n = np.tanh(x_n + r * h_n)
+    h_new = (1 - z) * n + z * h
+    return (h_new,), (r, z, n, h_n, h)
+
+
+def _gru_step_backward(d_new, cache):
+    (dh_new,) = d_new
+    r, z, n, h_n, h = cache
+    da_n = dh_new * (1 - z) * (1 - n * n)          # d(x_n + r * h_n)
+    da_r = da_n * h_n * r * (1 - r)
+    da_z = dh_new * (h - n) * z * (1 - z)
+    dxp = np.concatenate([da_r, da_z, da_n], axis=1)
+    dhp = np.concatenate([da_r, da_z, da_n * r], axis=1)  # h_n enters only through r * h_n
+    return dxp, dhp, (dh_new * z,)
+
+
+_RNN_TANH = _Cell("rnn_tanh", 1, 1, _rnn_tanh_step, _rnn_tanh_step_backward)
+_RNN_RELU = _Cell("rnn_relu", 1, 1, _rnn_relu_step, _rnn_relu_step_backward)
+_LSTM = _Cell("lstm", 4, 2, _lstm_step, _lstm_step_backward)
+_GRU = _Cell("gru", 3, 1, _gru_step, _gru_step_backward)
+
+
+# ---------------------------------------------------------------------------------------------
+# The generic driver.
+# ---------------------------------------------------------------------------------------------
+
+def _time_order(T, reverse):
+    return range(T - 1, -1, -1) if reverse else range(T)
+
+
+def _active_mask(lengths, T, B):
+    """(T, B, 1) bool: True where sequence b has a valid step at time t.
+
+    The same mask serves both directions: walking t downwards, sequence b first becomes active at
+    its own last valid step t = len[b]-1, as the spec requires.
+    """
+    if lengths is None:
+        return np.ones((T, B, 1), dtype=bool)
+    lengths = np.asarray(lengths).reshape(B)
+    return (np.arange(T)[:, None] < lengths[None, :])[:, :, None]
+
+
+def _forward(cell, x, states, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse, training):
+    T, B, _ = x.shape
+    H = weight_hh.shape[1]
+    states = tuple(np.zeros((B, H), x.dtype) if s is None else s for s in states)
+    active = _active_mask(lengths, T, B)
+
+    # The input projection does not depend on the recurrence: one product for all steps.
+    xp = x @ weight_ih.T
+    if bias_ih is not None:
+        xp = xp + bias_ih
+
+    y = np.zeros((T, B, H), x.dtype)
+    h_prev = np.zeros((T, B, H), x.dtype)   # state entering step t, for dW_hh
+    caches = [None] * T
+    for t in _time_order(T, reverse):
+        hp = states[0] @ weight_hh.T
+        if bias_hh is not None:
+            hp = hp + bias_hh
+        new_states, caches[t] = cell.step(xp[t], hp, states)
+        h_prev[t] = states[0]
+        # Sequences that are finished (or, in reverse, not yet started) keep their state.
+        states = tuple(np.where(active[t], new, old) for new, old in zip(new_states, states))
+        y[t] = np.where(active[t], new_states[0], 0)
+
+    saved = None
+    if training:
+        saved = dict(cell=cell, x=x, weight_ih=weight_ih, weight_hh=weight_hh,
+                     has_bias_ih=bias_ih is not None, has_bias_hh=bias_hh is not None,
+                     active=active, reverse=reverse, h_prev=h_prev, caches=caches)
+    return y, states, saved
+
+
+def _backward(saved, dy, d_final_states, accepted_cells):
+    if saved is None:
+        raise ValueError("backward needs the `saved` of a forward call made with training=True")
+    cell = saved["cell"]
+    if cell not in accepted_cells:
+        raise ValueError(f"`saved` comes from a {cell.name} forward")
+    x, weight_ih, weight_hh = saved["x"], saved["weight_ih"], saved["weight_hh"]
+    active, h_prev, caches = saved["active"], saved["h_prev"], saved["caches"]
+    T, B, I = x.shape
+    GH, H = weight_hh.shape
+
+    def zeros_or_copy(a, shape):
+        return np.zeros(shape, x.dtype) if a is None else np.array(a, dtype=x.dtype)
+
+    dy = zeros_or_copy(dy, (T, B, H))
+    d_states = tuple(zeros_or_copy(d, (B, H)) for d in d_final_states)
+
+    dxp = np.zeros((T, B, GH), x.dtype)
+    dhp = np.zeros((T, B, GH), x.dtype)
+    # Walk the steps in the opposite order of the forward pass.
+    for t in reversed(_time_order(T, saved["reverse"])):
+        # Rows that did not step at time t get zero cotangents (so zero dxp, dhp) and pass their
+        # state gradient through unchanged; y there is the constant 0, so dy[t] is dropped.
+        d_new = (np.where(active[t], d_states[0] + dy[t], 0),) + \
+            tuple(np.where(active[t], d, 0) for d in d_states[1:])
+        dxp[t], dhp[t], d_old = cell.step_backward(d_new, caches[t])
+        d_old = (d_old[0] + dhp[t] @ weight_hh,) + d_old[1:]
+        d_states = tuple(np.where(active[t], dn, dk) for dn, dk in zip(d_old, d_states))
+
+    # Weight gradients sum over all T*B rows at once, after the loop.
+    dx = dxp @ weight_ih
+    dweight_ih = dxp.reshape(T * B, GH).T @ x.reshape(T * B, I)
+    dweight_hh = dhp.reshape(T * B, GH).T @ h_prev.reshape(T * B, H)
+    dbias_ih = dxp.sum(axis=(0, 1)) if saved["has_bias_ih"] else None
+    dbias_hh = dhp.sum(axis=(0, 1)) if saved["has_bias_hh"] else None
+    return dx, d_states, dweight_ih, dweight_hh, dbias_ih, dbias_hh
+
+
+# ---------------------------------------------------------------------------------------------
+# Public functions, with the signatures of fusedrnn.functional.
+# ---------------------------------------------------------------------------------------------
+
+_RNN_CELLS = {"tanh": _RNN_TANH, "relu": _RNN_RELU}
+
+
+def _rnn_cell(nonlinearity):
+    if nonlinearity not in _RNN_CELLS:
+        raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+    return _RNN_CELLS[nonlinearity]
+
+
+def rnn_forward(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, lengths=None,
+                reverse=False, nonlinearity="tanh", training=True):
+    """Returns (y, h_n, saved); saved is None when training is False."""
+    y, (h_n,), saved = _forward(_rnn_cell(nonlinearity), x, (h0,), weight_ih, weight_hh,
+                                bias_ih, bias_hh, lengths, reverse, training)
+    return y, h_n, saved
+
+
+def rnn_backward(dy, dh_n, saved):
+    """Returns (dx, dh0, dweight_ih, dweight_hh, dbias_ih, dbias_hh)."""
+    dx, (dh0,), *dweights = _backward(saved, dy, (dh_n,), (_RNN_TANH, _RNN_RELU))
+    return (dx, dh0, *dweights)
+
+
+def lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, lengths=None,
+                 reverse=False, training=True):
+    """Returns (y, h_n, c_n, saved); saved is None when training is False."""
+    y, (h_n, c_n), saved = _forward(_LSTM, x, (h0, c0), weight_ih, weight_hh,
+                                    bias_ih, bias_hh, lengths, reverse, training)
+    return y, h_n, c_n, saved
+
+
+def lstm_backward(dy, dh_n, dc_n, saved):
+    """Returns (dx, dh0, dc0, dweight_ih, dweight_hh, dbias_ih, dbias_hh)."""
+    dx, (dh0, dc0), *dweights = _backward(saved, dy, (dh_n, dc_n), (_LSTM,))
+    return (dx, dh0, dc0, *dweights)
+
+
+def gru_forward(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, lengths=None,
+                reverse=False, training=True):
+    """Returns (y, h_n, saved); saved is None when training is False."""
+    y, (h_n,), saved = _forward(_GRU, x, (h0,), weight_ih, weight_hh,
+                                bias_ih, bias_hh, lengths, reverse, training)
+    return y, h_n, saved
+
+
+def gru_backward(dy, dh_n, saved):
+    """Returns (dx, dh0, dweight_ih, dweight_hh, dbias_ih, dbias_hh)."""
+    dx, (dh0,), *dweights = _backward(saved, dy, (dh_n,), (_GRU,))
+    return (dx, dh0, *dweights)

@@ -1,0 +1,232 @@
+"""Forward and backpropagation through time of one recurrent layer, on the native kernels.
+
+Letters: T time steps, B batch, I input size, H hidden size, G gates (RNN 1, GRU 3, LSTM 4).
+Arrays are time-major: ``x`` is ``(T, B, I)``. Weights are laid out exactly as PyTorch's:
+``weight_ih (G*H, I)``, ``weight_hh (G*H, H)``, ``bias_ih (G*H,)``, ``bias_hh (G*H,)``; gate order
+LSTM ``i, f, g, o``, GRU ``r, z, n`` (linear-before-reset: ``n = tanh(W_in x + b_in + r * (W_hn h +
+b_hn))``). The math of each cell is written out in :mod:`fusedrnn._reference`, which has the same
+functions with the same signatures and is the spec these kernels are tested against.
+
+Variable lengths: ``lengths`` (B integers in ``[0, T]``) makes sequence ``b`` run over its first
+``lengths[b]`` steps; after them its state is carried unchanged and its outputs are zero. With
+``reverse=True`` each sequence is processed from its own last valid step back to step 0.
+
+Every function accepts arrays of any memory layout (they are made contiguous here), float32 or
+float64, all of one dtype; a wrong argument raises ``ValueError`` or ``TypeError`` naming it.
+Backward returns fresh arrays (gradients are written, never accumulated); a bias given as None
+gets None as its gradient.
+"""
+
+import numpy as np
+
+from . import _core
+
+__all__ = [
+    "rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward", "gru_forward", "gru_backward",
+]
+
+# cell -> (G, carries a cell state c)
+_CELLS = {"rnn_tanh": (1, False), "rnn_relu": (1, False), "lstm": (4, True), "gru": (3, False)}
+
+
+class Saved:
+    """What a training-mode forward keeps for its backward. Opaque: pass it to the backward."""
+
+    __slots__ = ("cell", "x", "weight_ih", "weight_hh", "has_bias_ih", "has_bias_hh", "lengths",
+                 "reverse", "arrays")
+
+    def __init__(self, **fields):
+        for name, value in fields.items():
+            setattr(self, name, value)
+
+    @property
+    def hidden_size(self):
+        return self.weight_hh.shape[1]
+
+
+def _float_array(value, name):
+    array = np.asarray(value)
+    if array.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{name} must be a float32 or float64 array, got dtype {array.dtype}")
+    return array
+
+
+def _checked(value, name, shape, dtype, optional=False):
+    """value as a C-contiguous array of `dtype` and exactly `shape` (None allowed if optional)."""
+    if value is None:
+        if optional:
+            return None
+        raise TypeError(f"{name} is required")
+    array = _float_array(value, name)
+    if array.dtype != dtype:
+        raise TypeError(f"{name} has dtype {array.dtype} but x has dtype {dtype}: use one dtype")
+    if array.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {array.shape}")
+    return np.ascontiguousarray(array)
+
+
+def _checked_lengths(lengths, T, B):
+    if lengths is None:
+        return None
+    array = np.asarray(lengths)
+    if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.integer):
+        raise TypeError(f"lengths must be integers, got dtype {array.dtype}")
+    if array.shape != (B,):
+        raise ValueError(f"lengths must have shape ({B},) (one per sequence), got {array.shape}")
+    if B and (array.min() < 0 or array.max() > T):
+        raise ValueError(f"lengths must lie in [0, T={T}], got values from {array.min()} to {array.max()}")
+    return np.ascontiguousarray(array, dtype=np.int64)
+
+
+def _forward(cell, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse, training):
+    gates, has_c = _CELLS[cell]
+    x = _float_array(x, "x")
+    if x.ndim != 3:
+        raise ValueError(f"x must have 3 dimensions (T, B, I), got shape {x.shape}")
+    T, B, I = x.shape
+    if T == 0:
+        raise ValueError("x has T = 0 time steps: a sequence needs at least one step")
+    weight_hh = _float_array(weight_hh, "weight_hh")
+    if weight_hh.ndim != 2 or weight_hh.shape[1] == 0 or weight_hh.shape[0] != gates * weight_hh.shape[1]:
+        raise ValueError(f"weight_hh must have shape ({gates}*H, H) with H >= 1 for {cell}, "
+                         f"got {weight_hh.shape}")
+    H = weight_hh.shape[1]
+    dtype = x.dtype
+    if not isinstance(reverse, (bool, np.bool_)):
+        raise TypeError(f"reverse must be a bool, got {type(reverse).__name__}")
+    arrays = dict(
+        x=np.ascontiguousarray(x),
+        h0=_checked(h0, "h0", (B, H), dtype, optional=True),
+        c0=_checked(c0, "c0", (B, H), dtype, optional=True) if has_c else None,
+        w_ih=_checked(weight_ih, "weight_ih", (gates * H, I), dtype),
+        w_hh=_checked(weight_hh, "weight_hh", (gates * H, H), dtype),
+        b_ih=_checked(bias_ih, "bias_ih", (gates * H,), dtype, optional=True),
+        b_hh=_checked(bias_hh, "bias_hh", (gates * H,), dtype, optional=True),
+        lengths=_checked_lengths(lengths, T, B),
+    )
+    y, h_n, c_n, saved_arrays = _core.forward(cell, reverse=bool(reverse), training=bool(training), **arrays)
+    saved = None
+    if training:
+        saved = Saved(cell=cell, x=arrays["x"], weight_ih=arrays["w_ih"], weight_hh=arrays["w_hh"],
+                      has_bias_ih=arrays["b_ih"] is not None, has_bias_hh=arrays["b_hh"] is not None,
+                      lengths=arrays["lengths"], reverse=bool(reverse), arrays=saved_arrays)
+    return y, h_n, c_n, saved
+
+
+def _backward(cell, dy, dh_n, dc_n, saved):
+    if saved is None:
+        raise ValueError("backward needs what a training-mode forward saved: this forward ran with "
+                         "training=False, which saves nothing")
+    if not isinstance(saved, Saved):
+        raise TypeError(f"saved must be the object the forward returned, got {type(saved).__name__}")
+    if saved.cell != cell:
+        raise ValueError(f"saved comes from a {saved.cell} forward, not {cell}")
+    T, B, _ = saved.x.shape
+    H, dtype = saved.hidden_size, saved.x.dtype
+    return _core.backward(
+        cell, saved.x, saved.weight_ih, saved.weight_hh, saved.lengths, saved.reverse, saved.arrays,
+        dy=_checked(dy, "dy", (T, B, H), dtype, optional=True),
+        dh_n=_checked(dh_n, "dh_n", (B, H), dtype, optional=True),
+        dc_n=_checked(dc_n, "dc_n", (B, H), dtype, optional=True) if _CELLS[cell][1] else None,
+        want_db_ih=saved.has_bias_ih, want_db_hh=saved.has_bias_hh)
+
+
+def _rnn_cell(nonlinearity):
+    if nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+    return "rnn_" + nonlinearity
+
+
+def rnn_forward(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, lengths=None,
+                reverse=False, nonlinearity="tanh", training=True):
+    """Elman RNN layer: ``h' = act(W_ih x + b_ih + W_hh h + b_hh)``, act = tanh or relu.
+
+    Args:
+        x: ``(T, B, I)`` inputs.
+        h0: ``(B, H)`` initial state, or None for zeros.
+        weight_ih: ``(H, I)``. weight_hh: ``(H, H)``. bias_ih, bias_hh: ``(H,)`` or None.
+        lengths: ``(B,)`` integers in ``[0, T]``, or None for all T.
+        reverse: process each sequence from its last valid step back to step 0.
+        nonlinearity: ``"tanh"`` or ``"relu"``.
+        training: save what backward needs (otherwise ``saved`` is None).
+
+    Returns:
+        ``(y, h_n, saved)``: y ``(T, B, H)`` (zero past each sequence's length), h_n ``(B, H)``.
+    """
+    cell = _rnn_cell(nonlinearity)
+    y, h_n, _, saved = _forward(cell, x, h0, None, weight_ih, weight_hh, bias_ih, bias_hh, lengths,
+                                reverse, training)
+    return y, h_n, saved
+
+
+def rnn_backward(dy, dh_n, saved):
+    """Gradients of an :func:`rnn_forward`.
+
+    Args:
+        dy: ``(T, B, H)`` gradient of y, or None for zeros. dh_n: ``(B, H)`` or None.
+        saved: what the training-mode forward returned.
+
+    Returns:
+        ``(dx (T, B, I), dh0 (B, H), dweight_ih (H, I), dweight_hh (H, H), dbias_ih (H,) | None,
+        dbias_hh (H,) | None)``.
+    """
+    is_rnn = isinstance(saved, Saved) and saved.cell.startswith("rnn_")
+    cell = saved.cell if is_rnn else "rnn_tanh"  # anything else is refused by _backward
+    dx, dh0, _, dw_ih, dw_hh, db_ih, db_hh = _backward(cell, dy, dh_n, None, saved)
+    return dx, dh0, dw_ih, dw_hh, db_ih, db_hh
+
+
+def lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, lengths=None,
+                 reverse=False, training=True):
+    """LSTM layer (gate order i, f, g, o): ``c' = f*c + i*g``, ``h' = o*tanh(c')``.
+
+    Args:
+        x: ``(T, B, I)``. h0, c0: ``(B, H)`` or None for zeros.
+        weight_ih: ``(4H, I)``. weight_hh: ``(4H, H)``. bias_ih, bias_hh: ``(4H,)`` or None.
+        lengths, reverse, training: as in :func:`rnn_forward`.
+
+    Returns:
+        ``(y (T, B, H), h_n (B, H), c_n (B, H), saved)``.
+    """
+    return _forward("lstm", x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse, training)
+
+
+def lstm_backward(dy, dh_n, dc_n, saved):
+    """Gradients of an :func:`lstm_forward`; dy, dh_n, dc_n may be None (zeros).
+
+    Returns:
+        ``(dx (T, B, I), dh0 (B, H), dc0 (B, H), dweight_ih (4H, I), dweight_hh (4H, H),
+        dbias_ih (4H,) | None, dbias_hh (4H,) | None)``.
+    """
+    return _backward("lstm", dy, dh_n, dc_n, saved)
+
+
+def gru_forward(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, lengths=None,
+                reverse=False, training=True):
+    """GRU layer, linear-before-reset (PyTorch's), gate order r, z, n.
+
+    ``r = σ(W_ir x + b_ir + W_hr h + b_hr)``, ``z`` likewise,
+    ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``, ``h' = (1 - z) * n + z * h``.
+
+    Args:
+        x: ``(T, B, I)``. h0: ``(B, H)`` or None for zeros.
+        weight_ih: ``(3H, I)``. weight_hh: ``(3H, H)``. bias_ih, bias_hh: ``(3H,)`` or None.
+        lengths, reverse, training: as in :func:`rnn_forward`.
+
+    Returns:
+        ``(y (T, B, H), h_n (B, H), saved)``.
+    """
+    y, h_n, _, saved = _forward("gru", x, h0, None, weight_ih, weight_hh, bias_ih, bias_hh, lengths,
+                                reverse, training)
+    return y, h_n, saved
+
+
+def gru_backward(dy, dh_n, saved):
+    """Gradients of a :func:`gru_forward`; dy, dh_n may be None (zeros).
+
+    Returns:
+        ``(dx (T, B, I), dh0 (B, H), dweight_ih (3H, I), dweight_hh (3H, H), dbias_ih (3H,) | None,
+        dbias_hh (3H,) | None)``.
+    """
+    dx, dh0, _, dw_ih, dw_hh, db_ih, db_hh = _backward("gru", dy, dh_n, None, saved)
+    return dx, dh0, dw_ih, dw_hh, db_ih, db_hh

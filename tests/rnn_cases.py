@@ -1,0 +1,87 @@
+"""Shared test helpers: random problems and one uniform way to call any cell of a module.
+
+The functional API has one signature per cell (LSTM carries c0/c_n, RNN takes a nonlinearity);
+the helpers here hide that so a test can loop over cells. `module` is fusedrnn.functional or
+fusedrnn._reference: both have the same signatures.
+"""
+
+import numpy as np
+
+CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru")
+GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
+
+
+def num_states(cell):
+    return 2 if cell == "lstm" else 1
+
+
+def make_problem(rng, cell, T, B, I, H, dtype=np.float64, random_state=True, bias=True):
+    """Inputs as a dict: x, states (list: h0[, c0]), weights (list: w_ih, w_hh, b_ih, b_hh).
+
+    Weights are uniform in +-1/sqrt(H), PyTorch's default, so the recurrence neither saturates
+    nor explodes and every gradient path carries signal.
+    """
+    G = GATES[cell]
+    k = 1.0 / np.sqrt(H)
+
+    def uniform(*shape, scale):
+        return rng.uniform(-scale, scale, shape).astype(dtype)
+
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    states = [uniform(B, H, scale=1.0) if random_state else None for _ in range(num_states(cell))]
+    weights = [uniform(G * H, I, scale=k), uniform(G * H, H, scale=k),
+               uniform(G * H, scale=k) if bias else None,
+               uniform(G * H, scale=k) if bias else None]
+    return dict(x=x, states=states, weights=weights)
+
+
+def make_lengths(rng, T, B):
+    """Variable lengths in [0, T]; with B >= 3 both extremes (T and 0) are present."""
+    lengths = rng.integers(0, T + 1, size=B)
+    if B >= 3:
+        lengths[0], lengths[1] = T, 0
+    return lengths
+
+
+def make_cotangents(rng, y, final_states):
+    """Random cotangents (never ones: ones hide transposed or swapped gradients)."""
+    dy = rng.standard_normal(y.shape).astype(y.dtype)
+    return dy, [rng.standard_normal(s.shape).astype(s.dtype) for s in final_states]
+
+
+def astype(problem, dtype):
+    """The same problem with every array converted to dtype (None stays None)."""
+    def conv(a):
+        return None if a is None else np.asarray(a, dtype=dtype)
+    return dict(x=conv(problem["x"]), states=[conv(s) for s in problem["states"]],
+                weights=[conv(w) for w in problem["weights"]])
+
+
+def forward(module, cell, problem, lengths=None, reverse=False, training=True):
+    """-> (y, final_states list, saved)."""
+    x, states, weights = problem["x"], problem["states"], problem["weights"]
+    kwargs = dict(lengths=lengths, reverse=reverse, training=training)
+    if cell == "lstm":
+        y, h_n, c_n, saved = module.lstm_forward(x, *states, *weights, **kwargs)
+        return y, [h_n, c_n], saved
+    if cell == "gru":
+        y, h_n, saved = module.gru_forward(x, *states, *weights, **kwargs)
+    else:
+        y, h_n, saved = module.rnn_forward(x, *states, *weights,
+                                           nonlinearity=cell[len("rnn_"):], **kwargs)
+    return y, [h_n], saved
+
+
+def backward(module, cell, dy, d_final_states, saved):
+    """-> (dx, d_initial_states list, d_weights list of 4: dw_ih, dw_hh, db_ih, db_hh)."""
+    if cell == "lstm":
+        dx, dh0, dc0, *dweights = module.lstm_backward(dy, *d_final_states, saved)
+        return dx, [dh0, dc0], dweights
+    backward_fn = module.gru_backward if cell == "gru" else module.rnn_backward
+    dx, dh0, *dweights = backward_fn(dy, *d_final_states, saved)
+    return dx, [dh0], dweights
+
+
+def loss(y, final_states, dy, d_final_states):
+    """The scalar whose gradient backward(dy, d_final_states) computes."""
+    return np.sum(y * dy) + sum(np.sum(s * d) for s, d in zip(final_states, d_final_states))

@@ -1,0 +1,149 @@
+"""Our packed GEMM (csrc/cpu/gemm.*) against NumPy, on every micro-kernel family the CPU runs.
+
+The binding: _core.gemm(a, b, c=None) returns a @ b, or adds a @ b into c in place;
+_core.gemm_packed(a, b) is the same product through pack_b + gemm_packed_b (the
+recurrence's path). set_isa() forces a kernel family; every test restores the original.
+
+Accuracy: float64 must match to 1e-12, float32 to 1e-5 * sqrt(K), both relative to
+|a| @ |b| (the scale of the rounding error of any summation order), computed in float64.
+"""
+
+import numpy as np
+import pytest
+
+from fusedrnn import _core
+
+ISAS = ["avx512", "avx2", "portable"]
+DTYPES = [np.float32, np.float64]
+# Edges of the register tiles and panels: 16 floats / 8 doubles per panel, tiles of up to
+# 12 rows, K cut in slices of 256.
+SIZES = [1, 2, 7, 15, 16, 17, 31, 32, 33, 63, 64, 65, 100, 257]
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    original = _core.isa_selected()
+    if not _core.set_isa(request.param):
+        pytest.skip(f"{request.param} kernels not available on this CPU or build")
+    assert _core.isa_selected() == request.param
+    yield request.param
+    assert _core.set_isa(original)
+
+
+def random(rng, shape, dtype):
+    return rng.uniform(-1.0, 1.0, size=shape).astype(dtype)
+
+
+def assert_product(got, a, b, c0=None):
+    """got == c0 + a @ b within the module's tolerance; checks shape and dtype first."""
+    dtype = a.dtype
+    assert got.dtype == dtype
+    assert got.shape == (a.shape[0], b.shape[1])
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    want = a64 @ b64
+    scale = np.abs(a64) @ np.abs(b64)
+    if c0 is not None:
+        want = want + c0
+        scale = scale + np.abs(c0)
+    k = a.shape[1]
+    rtol = 1e-12 if dtype == np.float64 else 1e-5 * np.sqrt(max(k, 1))
+    err = np.abs(got.astype(np.float64) - want)
+    assert np.all(err <= rtol * scale + np.finfo(dtype).tiny), f"max err {err.max()}"
+
+
+def shape_cases():
+    """Every (M, N) pair of SIZES with a short, a middle and a multi-slice K, plus every K."""
+    cases = {(m, n, k) for m in SIZES for n in SIZES for k in (1, 33, 300)}
+    cases |= {(m, n, k) for k in SIZES for m, n in ((1, 64), (13, 17), (65, 33))}
+    return sorted(cases)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gemm_shapes(isa, dtype):
+    rng = np.random.default_rng(0)
+    for m, n, k in shape_cases():
+        a, b = random(rng, (m, k), dtype), random(rng, (k, n), dtype)
+        assert_product(_core.gemm(a, b), a, b)
+        # A column-major operand takes the packed-A path instead of reading rows in place.
+        a_f = np.asfortranarray(a)
+        assert_product(_core.gemm(a_f, b), a_f, b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gemm_strided_and_transposed_views(isa, dtype):
+    rng = np.random.default_rng(1)
+    m, n, k = 41, 45, 70  # 41 rows: a short last slab for every tile height (12, 6, 3)
+    a_views = {
+        "contiguous": random(rng, (m, k), dtype),
+        "transposed": random(rng, (k, m), dtype).T,
+        "fortran": np.asfortranarray(random(rng, (m, k), dtype)),
+        "strided": random(rng, (2 * m, 3 * k), dtype)[::2, ::3],
+        "negative": random(rng, (m, k), dtype)[::-1, ::-1],
+    }
+    b_views = {
+        "contiguous": random(rng, (k, n), dtype),
+        "transposed": random(rng, (n, k), dtype).T,
+        "strided": random(rng, (3 * k, 2 * n), dtype)[::3, 1::2],
+        "negative": random(rng, (k, n), dtype)[::-1],
+    }
+    for a in a_views.values():
+        for b in b_views.values():
+            assert_product(_core.gemm(a, b), a, b)
+            assert_product(_core.gemm_packed(np.ascontiguousarray(a), b), a, b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gemm_accumulates_in_place(isa, dtype):
+    rng = np.random.default_rng(2)
+    for m, n, k in [(1, 1, 1), (7, 33, 5), (65, 17, 257), (100, 64, 300)]:
+        a, b = random(rng, (m, k), dtype), random(rng, (k, n), dtype)
+        c = random(rng, (m, n), dtype)
+        c0 = c.astype(np.float64)
+        _core.gemm(a, b, c)
+        assert_product(c, a, b, c0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gemm_empty_dimensions(isa, dtype):
+    rng = np.random.default_rng(3)
+    for m, n, k in [(0, 5, 3), (5, 0, 3), (0, 0, 0)]:
+        got = _core.gemm(random(rng, (m, k), dtype), random(rng, (k, n), dtype))
+        assert got.shape == (m, n) and got.dtype == dtype
+    # K == 0: the product is zero; accumulating leaves c unchanged
+    a, b = np.zeros((4, 0), dtype), np.zeros((0, 6), dtype)
+    got = _core.gemm(a, b)
+    assert got.shape == (4, 6) and got.dtype == dtype and not got.any()
+    c = random(rng, (4, 6), dtype)
+    c0 = c.copy()
+    _core.gemm(a, b, c)
+    np.testing.assert_array_equal(c, c0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gemm_packed_small_batches(isa, dtype):
+    """The recurrence's path: few rows (batch), N not a multiple of the panel width."""
+    rng = np.random.default_rng(4)
+    for m in range(1, 18):
+        for n in [1, 5, 9, 17, 40, 100]:
+            for k in [1, 64, 257]:
+                a, b = random(rng, (m, k), dtype), random(rng, (k, n), dtype)
+                assert_product(_core.gemm_packed(a, b), a, b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gemm_is_deterministic(isa, dtype):
+    rng = np.random.default_rng(5)
+    a, b = random(rng, (301, 517), dtype), random(rng, (517, 203), dtype)
+    first, second = _core.gemm(a, b), _core.gemm(a, b)
+    np.testing.assert_array_equal(first, second)
+    a, b = random(rng, (9, 300), dtype), random(rng, (300, 70), dtype)
+    np.testing.assert_array_equal(_core.gemm_packed(a, b), _core.gemm_packed(a, b))
+
+
+def test_isa_selection_rejects_unknown_names():
+    original = _core.isa_selected()
+    assert original in ISAS
+    assert not _core.set_isa("not-an-isa")
+    assert _core.isa_selected() == original
+    assert _core.set_isa("portable")  # always compiled in, runs anywhere
+    assert _core.set_isa(original)
