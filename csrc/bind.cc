@@ -8,6 +8,7 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -81,34 +82,48 @@ py::array_t<T> new_array(const std::vector<int64_t>& shape) {
 
 py::object none() { return py::none(); }
 
-// forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training)
-//   -> (y, h_n, c_n | None, saved | None), saved = (gates [T,B,S*H], h [T+1,B,H], c [T+1,B,H] | None)
+// Sizes read off w_hh (G*H, P) and w_hr (P, H) | None: (H, P).
+std::pair<int64_t, int64_t> hidden_and_state_size(CellKind cell, const py::object& w_hh, const py::object& w_hr) {
+  if (!py::isinstance<py::array>(w_hh) || py::reinterpret_borrow<py::array>(w_hh).ndim() != 2) {
+    throw py::value_error("w_hh must be a 2-d array (G*H, P)");
+  }
+  const int64_t P = py::reinterpret_borrow<py::array>(w_hh).shape(1);
+  if (w_hr.is_none()) return {P, P};
+  if (cell != CellKind::kLstm) throw py::value_error("only the LSTM takes a projection w_hr");
+  if (!py::isinstance<py::array>(w_hr) || py::reinterpret_borrow<py::array>(w_hr).ndim() != 2) {
+    throw py::value_error("w_hr must be a 2-d array (P, H)");
+  }
+  return {py::reinterpret_borrow<py::array>(w_hr).shape(1), P};
+}
+
+// forward(cell, x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh, lengths, reverse, training)
+//   -> (y, h_n, c_n | None, saved | None),
+//   saved = (gates [T,B,S*H], h [T+1,B,P], c [T+1,B,H] | None, m [T,B,H] | None)
 template <class T>
 py::tuple forward_typed(CellKind cell, const py::array& x, const py::object& h0, const py::object& c0,
-                        const py::object& w_ih, const py::object& w_hh, const py::object& b_ih,
-                        const py::object& b_hh, const py::object& lengths, bool reverse, bool training) {
+                        const py::object& w_ih, const py::object& w_hh, const py::object& w_hr,
+                        const py::object& b_ih, const py::object& b_hh, const py::object& lengths,
+                        bool reverse, bool training) {
   if (x.ndim() != 3) throw py::value_error("x must have 3 dimensions (T, B, I)");
   const int64_t steps = x.shape(0), B = x.shape(1), I = x.shape(2);
-  if (!py::isinstance<py::array>(w_hh) || py::reinterpret_borrow<py::array>(w_hh).ndim() != 2) {
-    throw py::value_error("w_hh must be a 2-d array (G*H, H)");
-  }
   const int G = fusedrnn::cpu::gate_count(cell), S = fusedrnn::cpu::saved_count(cell);
   const bool has_c = fusedrnn::cpu::has_cell_state(cell);
-  const int64_t H = py::reinterpret_borrow<py::array>(w_hh).shape(1);
+  const auto [H, P] = hidden_and_state_size(cell, w_hh, w_hr);
 
   fusedrnn::cpu::ForwardArgs<T> a{};
-  a.T_ = steps, a.B = B, a.I = I, a.H = H, a.reverse = reverse;
+  a.T_ = steps, a.B = B, a.I = I, a.H = H, a.P = P, a.reverse = reverse;
   a.x = checked<T>(x, "x", {steps, B, I});
-  a.h0 = checked<T>(h0, "h0", {B, H}, true);
+  a.h0 = checked<T>(h0, "h0", {B, P}, true);
   a.c0 = has_c ? checked<T>(c0, "c0", {B, H}, true) : nullptr;
   a.w_ih = checked<T>(w_ih, "w_ih", {G * H, I});
-  a.w_hh = checked<T>(w_hh, "w_hh", {G * H, H});
+  a.w_hh = checked<T>(w_hh, "w_hh", {G * H, P});
+  a.w_hr = checked<T>(w_hr, "w_hr", {P, H}, true);
   a.b_ih = checked<T>(b_ih, "b_ih", {G * H}, true);
   a.b_hh = checked<T>(b_hh, "b_hh", {G * H}, true);
   a.lengths = checked_lengths(lengths, B, steps);
 
-  auto y = new_array<T>({steps, B, H});
-  auto h_n = new_array<T>({B, H});
+  auto y = new_array<T>({steps, B, P});
+  auto h_n = new_array<T>({B, P});
   py::object c_n = none(), saved = none();
   a.y = y.mutable_data();
   a.h_n = h_n.mutable_data();
@@ -119,8 +134,8 @@ py::tuple forward_typed(CellKind cell, const py::array& x, const py::object& h0,
   }
   if (training) {
     auto gates = new_array<T>({steps, B, S * H});
-    auto hs = new_array<T>({steps + 1, B, H});
-    py::object cs = none();
+    auto hs = new_array<T>({steps + 1, B, P});
+    py::object cs = none(), ms = none();
     a.saved_gates = gates.mutable_data();
     a.saved_h = hs.mutable_data();
     if (has_c) {
@@ -128,7 +143,12 @@ py::tuple forward_typed(CellKind cell, const py::array& x, const py::object& h0,
       a.saved_c = arr.mutable_data();
       cs = arr;
     }
-    saved = py::make_tuple(gates, hs, cs);
+    if (a.w_hr) {
+      auto arr = new_array<T>({steps, B, H});
+      a.saved_m = arr.mutable_data();
+      ms = arr;
+    }
+    saved = py::make_tuple(gates, hs, cs, ms);
   }
   {
     py::gil_scoped_release release;
@@ -137,41 +157,40 @@ py::tuple forward_typed(CellKind cell, const py::array& x, const py::object& h0,
   return py::make_tuple(y, h_n, c_n, saved);
 }
 
-// backward(cell, x, w_ih, w_hh, lengths, reverse, saved, dy, dh_n, dc_n, want_db_ih, want_db_hh)
-//   -> (dx, dh0, dc0 | None, dw_ih, dw_hh, db_ih | None, db_hh | None)
+// backward(cell, x, w_ih, w_hh, w_hr, lengths, reverse, saved, dy, dh_n, dc_n, want_db_ih, want_db_hh)
+//   -> (dx, dh0, dc0 | None, dw_ih, dw_hh, db_ih | None, db_hh | None, dw_hr | None)
 template <class T>
 py::tuple backward_typed(CellKind cell, const py::array& x, const py::object& w_ih,
-                         const py::object& w_hh, const py::object& lengths, bool reverse,
+                         const py::object& w_hh, const py::object& w_hr, const py::object& lengths, bool reverse,
                          const py::tuple& saved, const py::object& dy, const py::object& dh_n,
                          const py::object& dc_n, bool want_db_ih, bool want_db_hh) {
   if (x.ndim() != 3) throw py::value_error("x must have 3 dimensions (T, B, I)");
-  if (saved.size() != 3) throw py::value_error("saved must be the 3-tuple that forward returned");
+  if (saved.size() != 4) throw py::value_error("saved must be the 4-tuple that forward returned");
   const int64_t steps = x.shape(0), B = x.shape(1), I = x.shape(2);
-  if (!py::isinstance<py::array>(w_hh) || py::reinterpret_borrow<py::array>(w_hh).ndim() != 2) {
-    throw py::value_error("w_hh must be a 2-d array (G*H, H)");
-  }
   const int G = fusedrnn::cpu::gate_count(cell), S = fusedrnn::cpu::saved_count(cell);
   const bool has_c = fusedrnn::cpu::has_cell_state(cell);
-  const int64_t H = py::reinterpret_borrow<py::array>(w_hh).shape(1);
+  const auto [H, P] = hidden_and_state_size(cell, w_hh, w_hr);
 
   fusedrnn::cpu::BackwardArgs<T> a{};
-  a.T_ = steps, a.B = B, a.I = I, a.H = H, a.reverse = reverse;
+  a.T_ = steps, a.B = B, a.I = I, a.H = H, a.P = P, a.reverse = reverse;
   a.x = checked<T>(x, "x", {steps, B, I});
   a.w_ih = checked<T>(w_ih, "w_ih", {G * H, I});
-  a.w_hh = checked<T>(w_hh, "w_hh", {G * H, H});
+  a.w_hh = checked<T>(w_hh, "w_hh", {G * H, P});
+  a.w_hr = checked<T>(w_hr, "w_hr", {P, H}, true);
   a.lengths = checked_lengths(lengths, B, steps);
   a.saved_gates = checked<T>(saved[0], "saved gates", {steps, B, S * H});
-  a.saved_h = checked<T>(saved[1], "saved h", {steps + 1, B, H});
+  a.saved_h = checked<T>(saved[1], "saved h", {steps + 1, B, P});
   a.saved_c = has_c ? checked<T>(saved[2], "saved c", {steps + 1, B, H}) : nullptr;
-  a.dy = checked<T>(dy, "dy", {steps, B, H}, true);
-  a.dh_n = checked<T>(dh_n, "dh_n", {B, H}, true);
+  a.saved_m = a.w_hr ? checked<T>(saved[3], "saved m", {steps, B, H}) : nullptr;
+  a.dy = checked<T>(dy, "dy", {steps, B, P}, true);
+  a.dh_n = checked<T>(dh_n, "dh_n", {B, P}, true);
   a.dc_n = has_c ? checked<T>(dc_n, "dc_n", {B, H}, true) : nullptr;
 
   auto dx = new_array<T>({steps, B, I});
-  auto dh0 = new_array<T>({B, H});
+  auto dh0 = new_array<T>({B, P});
   auto dw_ih = new_array<T>({G * H, I});
-  auto dw_hh = new_array<T>({G * H, H});
-  py::object dc0 = none(), db_ih = none(), db_hh = none();
+  auto dw_hh = new_array<T>({G * H, P});
+  py::object dc0 = none(), db_ih = none(), db_hh = none(), dw_hr = none();
   a.dx = dx.mutable_data();
   a.dh0 = dh0.mutable_data();
   a.dw_ih = dw_ih.mutable_data();
@@ -180,6 +199,11 @@ py::tuple backward_typed(CellKind cell, const py::array& x, const py::object& w_
     auto arr = new_array<T>({B, H});
     a.dc0 = arr.mutable_data();
     dc0 = arr;
+  }
+  if (a.w_hr) {
+    auto arr = new_array<T>({P, H});
+    a.dw_hr = arr.mutable_data();
+    dw_hr = arr;
   }
   if (want_db_ih) {
     auto arr = new_array<T>({G * H});
@@ -195,7 +219,7 @@ py::tuple backward_typed(CellKind cell, const py::array& x, const py::object& w_
     py::gil_scoped_release release;
     fusedrnn::cpu::backward<T>(cell, a);
   }
-  return py::make_tuple(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh);
+  return py::make_tuple(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr);
 }
 
 bool is_float32(const py::array& x) {
@@ -286,25 +310,26 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "forward",
       [](const std::string& cell, const py::array& x, const py::object& h0, const py::object& c0,
-         const py::object& w_ih, const py::object& w_hh, const py::object& b_ih,
+         const py::object& w_ih, const py::object& w_hh, const py::object& w_hr, const py::object& b_ih,
          const py::object& b_hh, const py::object& lengths, bool reverse, bool training) {
         const CellKind kind = parse_cell(cell);
-        return is_float32(x) ? forward_typed<float>(kind, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training)
-                             : forward_typed<double>(kind, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training);
+        return is_float32(x) ? forward_typed<float>(kind, x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh, lengths, reverse, training)
+                             : forward_typed<double>(kind, x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh, lengths, reverse, training);
       },
       py::arg("cell"), py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("w_ih"), py::arg("w_hh"),
-      py::arg("b_ih"), py::arg("b_hh"), py::arg("lengths"), py::arg("reverse"), py::arg("training"));
+      py::arg("w_hr"), py::arg("b_ih"), py::arg("b_hh"), py::arg("lengths"), py::arg("reverse"), py::arg("training"));
 
   m.def(
       "backward",
       [](const std::string& cell, const py::array& x, const py::object& w_ih, const py::object& w_hh,
-         const py::object& lengths, bool reverse, const py::tuple& saved, const py::object& dy,
-         const py::object& dh_n, const py::object& dc_n, bool want_db_ih, bool want_db_hh) {
+         const py::object& w_hr, const py::object& lengths, bool reverse, const py::tuple& saved,
+         const py::object& dy, const py::object& dh_n, const py::object& dc_n, bool want_db_ih,
+         bool want_db_hh) {
         const CellKind kind = parse_cell(cell);
-        return is_float32(x) ? backward_typed<float>(kind, x, w_ih, w_hh, lengths, reverse, saved, dy, dh_n, dc_n, want_db_ih, want_db_hh)
-                             : backward_typed<double>(kind, x, w_ih, w_hh, lengths, reverse, saved, dy, dh_n, dc_n, want_db_ih, want_db_hh);
+        return is_float32(x) ? backward_typed<float>(kind, x, w_ih, w_hh, w_hr, lengths, reverse, saved, dy, dh_n, dc_n, want_db_ih, want_db_hh)
+                             : backward_typed<double>(kind, x, w_ih, w_hh, w_hr, lengths, reverse, saved, dy, dh_n, dc_n, want_db_ih, want_db_hh);
       },
-      py::arg("cell"), py::arg("x"), py::arg("w_ih"), py::arg("w_hh"), py::arg("lengths"),
+      py::arg("cell"), py::arg("x"), py::arg("w_ih"), py::arg("w_hh"), py::arg("w_hr"), py::arg("lengths"),
       py::arg("reverse"), py::arg("saved"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"),
       py::arg("want_db_ih"), py::arg("want_db_hh"));
 

@@ -25,3 +25,32 @@ def functional():
         return _reference
     from fusedrnn import functional
     return functional
+
+
+def available_isas():
+    """The GEMM kernel sets this build has and this CPU runs."""
+    from fusedrnn import _core
+    original = _core.isa_selected()
+    isas = [isa for isa in _core.isa_compiled().split(",") if _core.set_isa(isa)]
+    _core.set_isa(original)
+    return isas
+
+
+@pytest.fixture(params=available_isas())
+def isa(request):
+    """Runs the test with each kernel set in turn (restoring the original after)."""
+    from fusedrnn import _core
+    original = _core.isa_selected()
+    assert _core.set_isa(request.param)
+    yield request.param
+    _core.set_isa(original)
+
+
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def threads(request):
+    """Runs the test with one and with two kernel threads."""
+    import fusedrnn
+    original = fusedrnn.get_num_threads()
+    fusedrnn.set_num_threads(request.param)
+    yield request.param
+    fusedrnn.set_num_threads(original)

@@ -324,35 +324,10 @@ def test_unknown_nonlinearity_raises_value_error(functional, rng):
 
 
 # ---------------------------------------------------------------------------------------------
-# Every GEMM kernel set this CPU runs, and one and two threads: the recurrence's split of hidden
-# units among threads and of the batch into row blocks (64 rows) must not change the answer.
+# Every GEMM kernel set this CPU runs, and one and two threads (the `isa` and `threads` fixtures
+# of conftest.py): the recurrence's split of hidden units among threads and of the batch into
+# row blocks (64 rows) must not change the answer.
 # ---------------------------------------------------------------------------------------------
-
-def available_isas():
-    from fusedrnn import _core
-    original = _core.isa_selected()
-    isas = [isa for isa in _core.isa_compiled().split(",") if _core.set_isa(isa)]
-    _core.set_isa(original)
-    return isas
-
-
-@pytest.fixture(params=available_isas())
-def isa(request):
-    from fusedrnn import _core
-    original = _core.isa_selected()
-    assert _core.set_isa(request.param)
-    yield request.param
-    _core.set_isa(original)
-
-
-@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
-def threads(request):
-    import fusedrnn
-    original = fusedrnn.get_num_threads()
-    fusedrnn.set_num_threads(request.param)
-    yield request.param
-    fusedrnn.set_num_threads(original)
-
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("cell", CELLS)

@@ -99,15 +99,13 @@ void column_sums(int64_t rows, int64_t cols, const T* src, T* dst) {
   }
 }
 
-// How the hidden units are cut among the team: chunks of kPanel units, contiguous runs of chunks.
+// How a dimension (hidden units, or state dims under a projection) is cut among the team:
+// chunks of one GEMM panel width, each thread a contiguous run of chunks.
 template <class T>
-struct UnitChunks {
-  int64_t count;  // chunks in all
-  int threads;    // team size asked for: no more threads than chunks
+struct Chunks {
+  int64_t count;
 
-  explicit UnitChunks(int64_t H)
-      : count(ceil_div(H, kPanel<T>)),
-        threads(static_cast<int>(std::min<int64_t>(max_threads(), count))) {}
+  explicit Chunks(int64_t n) : count(ceil_div(n, kPanel<T>)) {}
 
   // This thread's chunks [first, last), for the team it actually got.
   void mine(int64_t* first, int64_t* last) const {
@@ -117,7 +115,48 @@ struct UnitChunks {
   }
 };
 
-// The pointwise half of a forward step for one sequence and one chunk of units.
+// Team size: no more threads than the larger of the two chunk counts gives work to.
+int team_for(int64_t chunks) { return static_cast<int>(std::min<int64_t>(max_threads(), chunks)); }
+
+// Packs, for each of `chunks` chunks, the K x (groups*NR) matrix whose column g*NR + w is
+// src[offset(g, unit) + k * k_stride] for unit = chunk*NR + w < n (zero past n); the chunks
+// are laid out one after another, `size` elements apart. Each thread packs only its own chunks.
+template <class T, class Offset>
+void pack_chunks(const Chunks<T>& chunks, int64_t n, int groups, int64_t K, const T* src,
+                 int64_t k_stride, Offset offset, T* dst, int64_t size) {
+  constexpr int64_t NR = kPanel<T>;
+  int64_t first, last;
+  chunks.mine(&first, &last);
+  std::vector<int64_t> col_offset(groups * NR);
+  for (int64_t c = first; c < last; ++c) {
+    for (int g = 0; g < groups; ++g) {
+      for (int64_t w = 0; w < NR; ++w) {
+        const int64_t unit = c * NR + w;
+        col_offset[g * NR + w] = unit < n ? offset(g, unit) : -1;
+      }
+    }
+    pack_b<T>(K, groups * NR, src, col_offset.data(), k_stride, dst + c * size);
+  }
+}
+
+// Writes the new recurrent state of sequence b, dims p0..p0+width, where the outputs and the
+// saved states want it; or, for a finished sequence, carries the old state and outputs zero.
+template <class T>
+void publish_state(const ForwardArgs<T>& a, const std::vector<int64_t>& len, int64_t s, int64_t b,
+                   int64_t p0, int64_t width, const T* h_prev, T* h_next) {
+  const int64_t B = a.B, P = a.P, at = b * P + p0;
+  if (s >= len[b]) {
+    std::copy_n(h_prev + at, width, h_next + at);
+    std::fill_n(a.y + (s * B + b) * P + p0, width, T(0));
+    if (a.saved_h) std::fill_n(a.saved_h + ((s + 1) * B + b) * P + p0, width, T(0));
+    return;
+  }
+  const int64_t t = a.reverse ? len[b] - 1 - s : s;
+  std::copy_n(h_next + at, width, a.y + (t * B + b) * P + p0);
+  if (a.saved_h) std::copy_n(h_next + at, width, a.saved_h + ((t + !a.reverse) * B + b) * P + p0);
+}
+
+// The pointwise half of a forward step for one sequence and one chunk of hidden units.
 template <class Cell, class T>
 struct ForwardStep {
   static constexpr int G = Cell::kGates;
@@ -129,43 +168,42 @@ struct ForwardStep {
   const T* b_hh;  // [G*H] (zeros when the layer has no bias)
 
   // rec: this sequence's row of the recurrent GEMM block, gate g of unit u0+w at rec[g*NR + w].
-  void row(int64_t s, int64_t b, int64_t u0, int64_t width, const T* rec, const T* h_prev,
-           T* h_next, const T* c_prev, T* c_next) const {
+  // out: where the cell's output goes, [B, H]: the next state, or m before the projection.
+  void row(int64_t s, int64_t b, int64_t u0, int64_t width, const T* rec, const T* h_prev, T* out,
+           const T* c_prev, T* c_next) const {
     const int64_t B = a.B, H = a.H, GH = G * H;
-    const int64_t state = b * H + u0;
-    const bool training = a.saved_h != nullptr;
-    if (s >= len[b]) {  // finished: carry the state, output zero, save zeros (finite, unused)
-      std::copy(h_prev + state, h_prev + state + width, h_next + state);
-      if constexpr (Cell::kHasCell) std::copy(c_prev + state, c_prev + state + width, c_next + state);
-      std::fill_n(a.y + (s * B + b) * H + u0, width, T(0));
+    const int64_t at = b * H + u0;
+    const bool training = a.saved_gates != nullptr, projected = a.w_hr != nullptr;
+    if (s >= len[b]) {  // finished: carry c, save zeros (finite, unused); h is publish_state's
+      if constexpr (Cell::kHasCell) std::copy_n(c_prev + at, width, c_next + at);
       if (training) {
-        std::fill_n(a.saved_h + ((s + 1) * B + b) * H + u0, width, T(0));
         if constexpr (Cell::kHasCell) std::fill_n(a.saved_c + ((s + 1) * B + b) * H + u0, width, T(0));
         for (int k = 0; k < S; ++k) std::fill_n(a.saved_gates + (s * B + b) * S * H + k * H + u0, width, T(0));
+        if (projected) std::fill_n(a.saved_m + (s * B + b) * H + u0, width, T(0));
       }
       return;
     }
     const int64_t t = a.reverse ? len[b] - 1 - s : s;
     const T* x_row = xp + (t * B + b) * GH + u0;
     const T* bias = b_hh + u0;
-    T* y_row = a.y + (t * B + b) * H + u0;
-    const int64_t new_slot = t + (a.reverse ? 0 : 1);
+    const int64_t new_at = ((t + !a.reverse) * B + b) * H + u0;
     for (int64_t w = 0; w < width; ++w) {
       T xg[G], hg[G], saved[S > 0 ? S : 1];
       for (int g = 0; g < G; ++g) {
         xg[g] = x_row[g * H + w];
         hg[g] = rec[g * NR + w] + bias[g * H + w];
       }
-      State<T> prev{h_prev[state + w], Cell::kHasCell ? c_prev[state + w] : T(0)};
+      // Under a projection h has P dims, not one per unit; only the LSTM projects, and its
+      // update reads c, not h.
+      const State<T> prev{projected ? T(0) : h_prev[at + w], Cell::kHasCell ? c_prev[at + w] : T(0)};
       State<T> next{};
       Cell::forward(xg, hg, prev, next, saved);
-      h_next[state + w] = next.h;
-      y_row[w] = next.h;
-      if constexpr (Cell::kHasCell) c_next[state + w] = next.c;
+      out[at + w] = next.h;
+      if constexpr (Cell::kHasCell) c_next[at + w] = next.c;
       if (training) {
-        a.saved_h[(new_slot * B + b) * H + u0 + w] = next.h;
-        if constexpr (Cell::kHasCell) a.saved_c[(new_slot * B + b) * H + u0 + w] = next.c;
+        if constexpr (Cell::kHasCell) a.saved_c[new_at + w] = next.c;
         for (int k = 0; k < S; ++k) a.saved_gates[(t * B + b) * S * H + k * H + u0 + w] = saved[k];
+        if (projected) a.saved_m[(t * B + b) * H + u0 + w] = next.h;
       }
     }
   }
@@ -175,7 +213,8 @@ template <class Cell, class T>
 void forward_layer(const ForwardArgs<T>& a) {
   constexpr int G = Cell::kGates;
   constexpr int64_t NR = kPanel<T>;
-  const int64_t steps = a.T_, B = a.B, I = a.I, H = a.H, GH = G * H, BH = B * H;
+  const int64_t steps = a.T_, B = a.B, I = a.I, H = a.H, P = a.P, GH = G * H;
+  const bool projected = a.w_hr != nullptr;
   const std::vector<int64_t> len = lengths_or_full(a.lengths, B, steps);
 
   // 1. xp = x W_ih^T + b_ih for all steps: rows start as the bias, the GEMM adds onto them.
@@ -186,55 +225,71 @@ void forward_layer(const ForwardArgs<T>& a) {
   copy_or_zero(b_hh.get(), a.b_hh, GH);
 
   // 2. The initial state, in the double buffer and, for backward, in its saved slot.
-  Buffer<T> h_state(2 * BH), c_state(Cell::kHasCell ? 2 * BH : 0);
-  copy_or_zero(h_state.get(), a.h0, BH);
-  if constexpr (Cell::kHasCell) copy_or_zero(c_state.get(), a.c0, BH);
+  Buffer<T> h_state(2 * B * P), c_state(Cell::kHasCell ? 2 * B * H : 0);
+  Buffer<T> m_step(projected ? B * H : 0);  // the cell's outputs of this step, to be projected
+  copy_or_zero(h_state.get(), a.h0, B * P);
+  if constexpr (Cell::kHasCell) copy_or_zero(c_state.get(), a.c0, B * H);
   if (a.saved_h) {
     for (int64_t b = 0; b < B; ++b) {
       const int64_t slot = a.reverse ? len[b] : 0;
-      std::copy_n(h_state.get() + b * H, H, a.saved_h + (slot * B + b) * H);
+      std::copy_n(h_state.get() + b * P, P, a.saved_h + (slot * B + b) * P);
       if constexpr (Cell::kHasCell) std::copy_n(c_state.get() + b * H, H, a.saved_c + (slot * B + b) * H);
     }
   }
 
-  const UnitChunks<T> chunks(H);
-  const int64_t cols = G * NR;  // one chunk's GEMM columns: G panels, one per gate
-  const int64_t packed_size = packed_b_size<T>(H, cols);
-  Buffer<T> packed(chunks.count * packed_size);
-  Buffer<T> scratch(chunks.threads * kRowBlock * cols);
+  // Hidden units in chunks (all G gates of a chunk: G panels); under a projection, its output
+  // dims in chunks too (one panel each: rows of W_hr).
+  const Chunks<T> units(H), dims(projected ? P : 0);
+  const int64_t cols = G * NR;
+  const int64_t hh_size = packed_b_size<T>(P, cols), hr_size = packed_b_size<T>(H, NR);
+  Buffer<T> packed_hh(units.count * hh_size), packed_hr(dims.count * hr_size);
+  const int threads = team_for(std::max(units.count, dims.count));
+  Buffer<T> scratch(threads * kRowBlock * cols);
   const ForwardStep<Cell, T> step{a, len, xp.get(), b_hh.get()};
 
 #ifdef _OPENMP
-#pragma omp parallel num_threads(chunks.threads)
+#pragma omp parallel num_threads(threads)
 #endif
   {
-    int64_t first, last;
-    chunks.mine(&first, &last);
-    T* rec = scratch.get() + thread_id() * kRowBlock * cols;
-    // Each thread packs only the chunks it uses, so no barrier is needed before the loop.
-    for (int64_t c = first; c < last; ++c) {
-      int64_t col_offset[G * NR];
-      for (int g = 0; g < G; ++g) {
-        for (int64_t w = 0; w < NR; ++w) {
-          const int64_t u = c * NR + w;
-          col_offset[g * NR + w] = u < H ? (g * H + u) * H : -1;  // row g*H+u of W_hh
-        }
-      }
-      pack_b<T>(H, cols, a.w_hh, col_offset, 1, packed.get() + c * packed_size);
+    pack_chunks(units, H, G, P, a.w_hh, 1, [&](int g, int64_t u) { return (g * H + u) * P; },
+                packed_hh.get(), hh_size);
+    if (projected) {
+      pack_chunks(dims, P, 1, H, a.w_hr, 1, [&](int, int64_t p) { return p * H; }, packed_hr.get(), hr_size);
     }
+    int64_t unit_first, unit_last, dim_first, dim_last;
+    units.mine(&unit_first, &unit_last);
+    dims.mine(&dim_first, &dim_last);
+    T* rec = scratch.get() + thread_id() * kRowBlock * cols;
     for (int64_t s = 0; s < steps; ++s) {
-      const T* h_prev = h_state.get() + (s & 1) * BH;
-      T* h_next = h_state.get() + ((s + 1) & 1) * BH;
-      const T* c_prev = Cell::kHasCell ? c_state.get() + (s & 1) * BH : nullptr;
-      T* c_next = Cell::kHasCell ? c_state.get() + ((s + 1) & 1) * BH : nullptr;
-      for (int64_t c = first; c < last; ++c) {
+      const T* h_prev = h_state.get() + (s & 1) * B * P;
+      T* h_next = h_state.get() + ((s + 1) & 1) * B * P;
+      const T* c_prev = Cell::kHasCell ? c_state.get() + (s & 1) * B * H : nullptr;
+      T* c_next = Cell::kHasCell ? c_state.get() + ((s + 1) & 1) * B * H : nullptr;
+      T* cell_out = projected ? m_step.get() : h_next;
+      for (int64_t c = unit_first; c < unit_last; ++c) {
         const int64_t u0 = c * NR, width = std::min(NR, H - u0);
         for (int64_t b0 = 0; b0 < B; b0 += kRowBlock) {
           const int64_t rows = std::min(kRowBlock, B - b0);
-          gemm_packed_b<T>(rows, cols, H, h_prev + b0 * H, H, packed.get() + c * packed_size, rec,
+          gemm_packed_b<T>(rows, cols, P, h_prev + b0 * P, P, packed_hh.get() + c * hh_size, rec,
                            cols, /*accumulate=*/false);
           for (int64_t b = b0; b < b0 + rows; ++b) {
-            step.row(s, b, u0, width, rec + (b - b0) * cols, h_prev, h_next, c_prev, c_next);
+            step.row(s, b, u0, width, rec + (b - b0) * cols, h_prev, cell_out, c_prev, c_next);
+            if (!projected) publish_state(a, len, s, b, u0, width, h_prev, h_next);
+          }
+        }
+      }
+      if (projected) {
+        // h_next = m W_hr^T needs every unit's m: a second barrier, and a second GEMM.
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+        for (int64_t c = dim_first; c < dim_last; ++c) {
+          const int64_t p0 = c * NR, width = std::min(NR, P - p0);
+          for (int64_t b0 = 0; b0 < B; b0 += kRowBlock) {
+            const int64_t rows = std::min(kRowBlock, B - b0);
+            gemm_packed_b<T>(rows, width, H, m_step.get() + b0 * H, H, packed_hr.get() + c * hr_size,
+                             h_next + b0 * P + p0, P, /*accumulate=*/false);
+            for (int64_t b = b0; b < b0 + rows; ++b) publish_state(a, len, s, b, p0, width, h_prev, h_next);
           }
         }
       }
@@ -244,51 +299,87 @@ void forward_layer(const ForwardArgs<T>& a) {
     }
   }
 
-  std::copy_n(h_state.get() + (steps & 1) * BH, BH, a.h_n);
-  if constexpr (Cell::kHasCell) std::copy_n(c_state.get() + (steps & 1) * BH, BH, a.c_n);
+  std::copy_n(h_state.get() + (steps & 1) * B * P, B * P, a.h_n);
+  if constexpr (Cell::kHasCell) std::copy_n(c_state.get() + (steps & 1) * B * H, B * H, a.c_n);
 }
 
-// The pointwise half of a backward step for one sequence and one chunk of units.
+// Backward buffers shared by the team.
+template <class T>
+struct BackwardState {
+  T* dgx;       // [T, B, G*H] gradient of x W_ih^T + b_ih, time order
+  T* dgh;       // [T, B, G*H] gradient of h W_hh^T + b_hh (== dgx unless kSplitGradient)
+  T* dh_carry;  // [B, P] gradient reaching the state besides the recurrent product
+  T* dc_carry;  // [B, H] the same for c (LSTM)
+  T* dh_step;   // [B, P] this step's total gradient of h (projection only)
+  T* dh_all;    // [T, B, P] every step's, time order, for dW_hr (projection only)
+};
+
+// Gradient of the state dims p0..p0+width of sequence b at step s, from dy, the carry and the
+// recurrent product `rec`; under a projection it is kept for dW_hr and for the units' dm.
+template <class T>
+void gather_state_gradient(const BackwardArgs<T>& a, const std::vector<int64_t>& len,
+                           const BackwardState<T>& st, int64_t s, int64_t b, int64_t p0,
+                           int64_t width, const T* rec) {
+  const int64_t B = a.B, P = a.P, at = b * P + p0;
+  if (s >= len[b]) {  // finished: the state was carried, so is its gradient
+    for (int64_t w = 0; w < width; ++w) st.dh_carry[at + w] += rec[w];
+    std::fill_n(st.dh_step + at, width, T(0));
+    std::fill_n(st.dh_all + (s * B + b) * P + p0, width, T(0));
+    return;
+  }
+  const int64_t t = a.reverse ? len[b] - 1 - s : s;
+  const T* dy_row = a.dy ? a.dy + (t * B + b) * P + p0 : nullptr;
+  for (int64_t w = 0; w < width; ++w) {
+    const T total = st.dh_carry[at + w] + rec[w] + (dy_row ? dy_row[w] : T(0));
+    st.dh_step[at + w] = total;
+    st.dh_all[(t * B + b) * P + p0 + w] = total;
+    st.dh_carry[at + w] = T(0);  // the LSTM update reads no h directly: nothing else flows back
+  }
+}
+
+// The pointwise half of a backward step for one sequence and one chunk of hidden units.
 template <class Cell, class T>
 struct BackwardStep {
   static constexpr int G = Cell::kGates;
   static constexpr int S = Cell::kSaved;
   const BackwardArgs<T>& a;
   const std::vector<int64_t>& len;
-  T* dgx;       // [T, B, G*H] gradient of x W_ih^T + b_ih, time order
-  T* dgh;       // [T, B, G*H] gradient of h W_hh^T + b_hh (== dgx unless kSplitGradient)
-  T* dh_carry;  // [B, H] gradient reaching the state besides the recurrent product
-  T* dc_carry;  // [B, H] the same for c (LSTM)
+  const BackwardState<T>& st;
 
-  // rec: dG_{s+1} W_hh for this sequence and units u0.., zero at the last step.
+  // rec: without projection dG_{s+1} W_hh for these units (zero at the last step), to which the
+  // carry and dy are added; with one, dm = dh_step W_hr, the whole gradient of the cell output.
   // dg_step: this step's dgh again, in step order, for the next recurrent product.
   void row(int64_t s, int64_t b, int64_t u0, int64_t width, const T* rec, T* dg_step) const {
     const int64_t B = a.B, H = a.H, GH = G * H;
-    const int64_t state = b * H + u0;
+    const int64_t at = b * H + u0;
+    const bool projected = a.w_hr != nullptr;
     if (s >= len[b]) {  // finished at this step: the state was carried, so is its gradient
-      for (int64_t w = 0; w < width; ++w) dh_carry[state + w] += rec[w];
+      if (!projected) {
+        for (int64_t w = 0; w < width; ++w) st.dh_carry[at + w] += rec[w];
+      }
       for (int g = 0; g < G; ++g) {
-        std::fill_n(dgx + (s * B + b) * GH + g * H + u0, width, T(0));
-        if constexpr (Cell::kSplitGradient) std::fill_n(dgh + (s * B + b) * GH + g * H + u0, width, T(0));
+        std::fill_n(st.dgx + (s * B + b) * GH + g * H + u0, width, T(0));
+        if constexpr (Cell::kSplitGradient) std::fill_n(st.dgh + (s * B + b) * GH + g * H + u0, width, T(0));
         std::fill_n(dg_step + b * GH + g * H + u0, width, T(0));
       }
       return;
     }
     const int64_t t = a.reverse ? len[b] - 1 - s : s;
     const int64_t prev_slot = t + (a.reverse ? 1 : 0), new_slot = t + (a.reverse ? 0 : 1);
-    const T* dy_row = a.dy ? a.dy + (t * B + b) * H + u0 : nullptr;
+    const T* dy_row = a.dy && !projected ? a.dy + (t * B + b) * H + u0 : nullptr;
     const T* saved_row = a.saved_gates + (t * B + b) * S * H + u0;
-    T* dgx_row = dgx + (t * B + b) * GH + u0;
-    T* dgh_row = dgh + (t * B + b) * GH + u0;
+    T* dgx_row = st.dgx + (t * B + b) * GH + u0;
+    T* dgh_row = st.dgh + (t * B + b) * GH + u0;
     T* dg_step_row = dg_step + b * GH + u0;
     const int64_t prev_at = (prev_slot * B + b) * H + u0, new_at = (new_slot * B + b) * H + u0;
     for (int64_t w = 0; w < width; ++w) {
       T saved[S > 0 ? S : 1], gx[G], gh[G];
       for (int k = 0; k < S; ++k) saved[k] = saved_row[k * H + w];
-      const State<T> prev{a.saved_h[prev_at + w], Cell::kHasCell ? a.saved_c[prev_at + w] : T(0)};
-      const State<T> next{a.saved_h[new_at + w], Cell::kHasCell ? a.saved_c[new_at + w] : T(0)};
-      const State<T> d_next{dh_carry[state + w] + rec[w] + (dy_row ? dy_row[w] : T(0)),
-                            Cell::kHasCell ? dc_carry[state + w] : T(0)};
+      // Under a projection only c's saved rows are per unit (the LSTM reads no h).
+      const State<T> prev{projected ? T(0) : a.saved_h[prev_at + w], Cell::kHasCell ? a.saved_c[prev_at + w] : T(0)};
+      const State<T> next{projected ? T(0) : a.saved_h[new_at + w], Cell::kHasCell ? a.saved_c[new_at + w] : T(0)};
+      const T dh = projected ? rec[w] : st.dh_carry[at + w] + rec[w] + (dy_row ? dy_row[w] : T(0));
+      const State<T> d_next{dh, Cell::kHasCell ? st.dc_carry[at + w] : T(0)};
       State<T> d_prev{};
       Cell::backward(saved, prev, next, d_next, gx, gh, d_prev);
       for (int g = 0; g < G; ++g) {
@@ -296,8 +387,8 @@ struct BackwardStep {
         if constexpr (Cell::kSplitGradient) dgh_row[g * H + w] = gh[g];
         dg_step_row[g * H + w] = gh[g];
       }
-      dh_carry[state + w] = d_prev.h;
-      if constexpr (Cell::kHasCell) dc_carry[state + w] = d_prev.c;
+      if (!projected) st.dh_carry[at + w] = d_prev.h;
+      if constexpr (Cell::kHasCell) st.dc_carry[at + w] = d_prev.c;
     }
   }
 };
@@ -306,53 +397,80 @@ template <class Cell, class T>
 void backward_layer(const BackwardArgs<T>& a) {
   constexpr int G = Cell::kGates;
   constexpr int64_t NR = kPanel<T>;
-  const int64_t steps = a.T_, B = a.B, I = a.I, H = a.H, GH = G * H, BH = B * H;
+  const int64_t steps = a.T_, B = a.B, I = a.I, H = a.H, P = a.P, GH = G * H;
+  const bool projected = a.w_hr != nullptr;
   const std::vector<int64_t> len = lengths_or_full(a.lengths, B, steps);
 
   Buffer<T> dgx(steps * B * GH), dgh_split(Cell::kSplitGradient ? steps * B * GH : 0);
-  T* dgh = Cell::kSplitGradient ? dgh_split.get() : dgx.get();
   // dgh of the step just done and of the one before, in step order: the recurrent product reads
   // one while the team writes the other.
   Buffer<T> dg_step(2 * B * GH);
-  Buffer<T> dh_carry(BH), dc_carry(Cell::kHasCell ? BH : 0);
-  copy_or_zero(dh_carry.get(), a.dh_n, BH);
-  if constexpr (Cell::kHasCell) copy_or_zero(dc_carry.get(), a.dc_n, BH);
+  Buffer<T> dh_carry(B * P), dc_carry(Cell::kHasCell ? B * H : 0);
+  Buffer<T> dh_step(projected ? B * P : 0), dh_all(projected ? steps * B * P : 0);
+  copy_or_zero(dh_carry.get(), a.dh_n, B * P);
+  if constexpr (Cell::kHasCell) copy_or_zero(dc_carry.get(), a.dc_n, B * H);
+  const BackwardState<T> st{dgx.get(), Cell::kSplitGradient ? dgh_split.get() : dgx.get(),
+                            dh_carry.get(), dc_carry.get(), dh_step.get(), dh_all.get()};
 
-  const UnitChunks<T> chunks(H);
-  const int64_t packed_size = packed_b_size<T>(GH, NR);  // columns u0..u0+NR of W_hh, K = G*H
-  Buffer<T> packed(chunks.count * packed_size);
-  Buffer<T> scratch(chunks.threads * kRowBlock * NR);
-  const BackwardStep<Cell, T> step{a, len, dgx.get(), dgh, dh_carry.get(), dc_carry.get()};
+  // State dims in chunks (units when there is no projection), each with its columns of W_hh
+  // (K = G*H); under a projection, units in chunks with their columns of W_hr (K = P).
+  const Chunks<T> dims(P), units(projected ? H : 0);
+  const int64_t hh_size = packed_b_size<T>(GH, NR), hr_size = packed_b_size<T>(P, NR);
+  Buffer<T> packed_hh(dims.count * hh_size), packed_hr(units.count * hr_size);
+  const int threads = team_for(std::max(dims.count, units.count));
+  Buffer<T> scratch(threads * kRowBlock * NR);
+  const BackwardStep<Cell, T> step{a, len, st};
 
 #ifdef _OPENMP
-#pragma omp parallel num_threads(chunks.threads)
+#pragma omp parallel num_threads(threads)
 #endif
   {
-    int64_t first, last;
-    chunks.mine(&first, &last);
-    T* rec = scratch.get() + thread_id() * kRowBlock * NR;
-    for (int64_t c = first; c < last; ++c) {
-      int64_t col_offset[NR];
-      for (int64_t w = 0; w < NR; ++w) col_offset[w] = c * NR + w < H ? c * NR + w : -1;
-      pack_b<T>(GH, NR, a.w_hh, col_offset, H, packed.get() + c * packed_size);
+    pack_chunks(dims, P, 1, GH, a.w_hh, P, [](int, int64_t p) { return p; }, packed_hh.get(), hh_size);
+    if (projected) {
+      pack_chunks(units, H, 1, P, a.w_hr, H, [](int, int64_t u) { return u; }, packed_hr.get(), hr_size);
     }
-    // rec = dg_step(of step `from`) W_hh for rows b0.., units of chunk c; zero when there is none.
+    int64_t dim_first, dim_last, unit_first, unit_last;
+    dims.mine(&dim_first, &dim_last);
+    units.mine(&unit_first, &unit_last);
+    T* rec = scratch.get() + thread_id() * kRowBlock * NR;
+    // rec = dg_step(of step `from`) W_hh for rows b0.., dims of chunk c; zero when there is none.
     auto recurrent = [&](int64_t from, int64_t c, int64_t b0, int64_t rows) {
       if (from >= steps) {
         std::fill_n(rec, rows * NR, T(0));
       } else {
         gemm_packed_b<T>(rows, NR, GH, dg_step.get() + (from & 1) * B * GH + b0 * GH, GH,
-                         packed.get() + c * packed_size, rec, NR, /*accumulate=*/false);
+                         packed_hh.get() + c * hh_size, rec, NR, /*accumulate=*/false);
       }
     };
     for (int64_t s = steps - 1; s >= 0; --s) {
       T* dg_cur = dg_step.get() + (s & 1) * B * GH;
-      for (int64_t c = first; c < last; ++c) {
-        const int64_t u0 = c * NR, width = std::min(NR, H - u0);
+      for (int64_t c = dim_first; c < dim_last; ++c) {
+        const int64_t p0 = c * NR, width = std::min(NR, P - p0);
         for (int64_t b0 = 0; b0 < B; b0 += kRowBlock) {
           const int64_t rows = std::min(kRowBlock, B - b0);
           recurrent(s + 1, c, b0, rows);
-          for (int64_t b = b0; b < b0 + rows; ++b) step.row(s, b, u0, width, rec + (b - b0) * NR, dg_cur);
+          for (int64_t b = b0; b < b0 + rows; ++b) {
+            if (projected) {
+              gather_state_gradient(a, len, st, s, b, p0, width, rec + (b - b0) * NR);
+            } else {
+              step.row(s, b, p0, width, rec + (b - b0) * NR, dg_cur);
+            }
+          }
+        }
+      }
+      if (projected) {
+        // dm = dh W_hr needs every state dim's gradient: a second barrier and a second GEMM.
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+        for (int64_t c = unit_first; c < unit_last; ++c) {
+          const int64_t u0 = c * NR, width = std::min(NR, H - u0);
+          for (int64_t b0 = 0; b0 < B; b0 += kRowBlock) {
+            const int64_t rows = std::min(kRowBlock, B - b0);
+            gemm_packed_b<T>(rows, NR, P, dh_step.get() + b0 * P, P, packed_hr.get() + c * hr_size,
+                             rec, NR, /*accumulate=*/false);
+            for (int64_t b = b0; b < b0 + rows; ++b) step.row(s, b, u0, width, rec + (b - b0) * NR, dg_cur);
+          }
         }
       }
 #ifdef _OPENMP
@@ -360,29 +478,30 @@ void backward_layer(const BackwardArgs<T>& a) {
 #endif
     }
     // The gradient of the initial state: what step 0 sends back through W_hh, plus the carry.
-    for (int64_t c = first; c < last; ++c) {
-      const int64_t u0 = c * NR, width = std::min(NR, H - u0);
+    for (int64_t c = dim_first; c < dim_last; ++c) {
+      const int64_t p0 = c * NR, width = std::min(NR, P - p0);
       for (int64_t b0 = 0; b0 < B; b0 += kRowBlock) {
         const int64_t rows = std::min(kRowBlock, B - b0);
         recurrent(0, c, b0, rows);
         for (int64_t b = b0; b < b0 + rows; ++b) {
           for (int64_t w = 0; w < width; ++w) {
-            a.dh0[b * H + u0 + w] = rec[(b - b0) * NR + w] + dh_carry.get()[b * H + u0 + w];
+            a.dh0[b * P + p0 + w] = rec[(b - b0) * NR + w] + dh_carry.get()[b * P + p0 + w];
           }
         }
       }
     }
   }
-  if constexpr (Cell::kHasCell) std::copy_n(dc_carry.get(), BH, a.dc0);
+  if constexpr (Cell::kHasCell) std::copy_n(dc_carry.get(), B * H, a.dc0);
 
   // Merged GEMMs over all T*B rows. h_prev of time row t is saved_h[t + reverse].
   const int64_t rows = steps * B;
-  const T* h_prev = a.saved_h + (a.reverse ? BH : 0);
-  gemm<T>(rows, I, GH, dgx.get(), GH, 1, a.w_ih, I, 1, a.dx, I, false);
-  gemm<T>(GH, I, rows, dgx.get(), 1, GH, a.x, I, 1, a.dw_ih, I, false);
-  gemm<T>(GH, H, rows, dgh, 1, GH, h_prev, H, 1, a.dw_hh, H, false);
-  if (a.db_ih) column_sums(rows, GH, dgx.get(), a.db_ih);
-  if (a.db_hh) column_sums(rows, GH, dgh, a.db_hh);
+  const T* h_prev = a.saved_h + (a.reverse ? B * P : 0);
+  gemm<T>(rows, I, GH, st.dgx, GH, 1, a.w_ih, I, 1, a.dx, I, false);
+  gemm<T>(GH, I, rows, st.dgx, 1, GH, a.x, I, 1, a.dw_ih, I, false);
+  gemm<T>(GH, P, rows, st.dgh, 1, GH, h_prev, P, 1, a.dw_hh, P, false);
+  if (projected) gemm<T>(P, H, rows, st.dh_all, 1, P, a.saved_m, H, 1, a.dw_hr, H, false);
+  if (a.db_ih) column_sums(rows, GH, st.dgx, a.db_ih);
+  if (a.db_hh) column_sums(rows, GH, st.dgh, a.db_hh);
 }
 
 }  // namespace

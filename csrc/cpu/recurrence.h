@@ -3,7 +3,9 @@
 // projections) are built by the caller from these calls.
 //
 // Letters: T time steps, B batch, I input size, H hidden size, G gates of the cell
-// (RNN 1, GRU 3, LSTM 4), S values per unit the cell saves for backward (RNN 0, GRU 4, LSTM 4).
+// (RNN 1, GRU 3, LSTM 4), S values per unit the cell saves for backward (RNN 0, GRU 4, LSTM 4),
+// P the size of the recurrent state h: P = H, except for an LSTM with a projection
+// (PyTorch's proj_size), where h_t = W_hr m_t projects the cell's output m_t = o * tanh(c_t).
 // All arrays are C-contiguous and time-major; weights are laid out as PyTorch's.
 //
 // Variable lengths: sequence b is processed at t = 0 .. len[b]-1, or, with reverse, from
@@ -26,45 +28,50 @@ bool has_cell_state(CellKind cell);
 
 template <class T>
 struct ForwardArgs {
-  int64_t T_, B, I, H;        // (T_ because T names the element type)
+  int64_t T_, B, I, H, P;     // (T_ because T names the element type); P = H without projection
   const T* x;                 // [T, B, I]
-  const T* h0;                // [B, H], or null for zeros
+  const T* h0;                // [B, P], or null for zeros
   const T* c0;                // [B, H], or null for zeros (LSTM)
   const T* w_ih;              // [G*H, I]
-  const T* w_hh;              // [G*H, H]
+  const T* w_hh;              // [G*H, P]
+  const T* w_hr;              // [P, H] projection (LSTM with proj_size), or null for none
   const T* b_ih;              // [G*H], or null for none
   const T* b_hh;              // [G*H], or null for none
   const int64_t* lengths;     // [B] with 0 <= len <= T, or null for all T
   bool reverse;
-  T* y;                       // out [T, B, H]
-  T* h_n;                     // out [B, H]
+  T* y;                       // out [T, B, P]
+  T* h_n;                     // out [B, P]
   T* c_n;                     // out [B, H] (LSTM; else null)
-  // What backward needs. Null in inference mode (nothing is saved); all set in training mode.
+  // What backward needs. Null in inference mode (nothing is saved); set in training mode.
   T* saved_gates;             // out [T, B, S*H]: per time row, S blocks of H (cell's saved values)
-  T* saved_h;                 // out [T+1, B, H]: states; row t's input state is saved_h[t + reverse]
+  T* saved_h;                 // out [T+1, B, P]: states; row t's input state is saved_h[t + reverse]
                               //     and its new state saved_h[t + !reverse]
   T* saved_c;                 // out [T+1, B, H]: the same for c (LSTM; else null)
+  T* saved_m;                 // out [T, B, H]: the cell's output before projection (with w_hr only)
 };
 
 template <class T>
 struct BackwardArgs {
-  int64_t T_, B, I, H;
+  int64_t T_, B, I, H, P;
   const T* x;                 // [T, B, I]   as given to forward
   const T* w_ih;              // [G*H, I]
-  const T* w_hh;              // [G*H, H]
+  const T* w_hh;              // [G*H, P]
+  const T* w_hr;              // [P, H] or null, as given to forward
   const int64_t* lengths;     // [B] or null, as given to forward
   bool reverse;
   const T* saved_gates;       // [T, B, S*H] from forward
-  const T* saved_h;           // [T+1, B, H] from forward
+  const T* saved_h;           // [T+1, B, P] from forward
   const T* saved_c;           // [T+1, B, H] from forward (LSTM; else null)
-  const T* dy;                // [T, B, H] gradient of y, or null for zeros
-  const T* dh_n;              // [B, H] gradient of h_n, or null for zeros
+  const T* saved_m;           // [T, B, H] from forward (with w_hr; else null)
+  const T* dy;                // [T, B, P] gradient of y, or null for zeros
+  const T* dh_n;              // [B, P] gradient of h_n, or null for zeros
   const T* dc_n;              // [B, H] gradient of c_n, or null for zeros (LSTM)
   T* dx;                      // out [T, B, I]
-  T* dh0;                     // out [B, H]
+  T* dh0;                     // out [B, P]
   T* dc0;                     // out [B, H] (LSTM; else null)
   T* dw_ih;                   // out [G*H, I]
-  T* dw_hh;                   // out [G*H, H]
+  T* dw_hh;                   // out [G*H, P]
+  T* dw_hr;                   // out [P, H] (with w_hr; else null)
   T* db_ih;                   // out [G*H], or null to skip
   T* db_hh;                   // out [G*H], or null to skip
 };

@@ -157,10 +157,13 @@ def _active_mask(lengths, T, B):
     return (np.arange(T)[:, None] < lengths[None, :])[:, :, None]
 
 
-def _forward(cell, x, states, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse, training):
+def _forward(cell, x, states, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse, training,
+             weight_hr=None):
     T, B, _ = x.shape
-    H = weight_hh.shape[1]
-    states = tuple(np.zeros((B, H), x.dtype) if s is None else s for s in states)
+    P = weight_hh.shape[1]                                  # size of h
+    H = P if weight_hr is None else weight_hr.shape[1]      # units of the cell (size of c)
+    states = tuple(np.zeros((B, size), x.dtype) if s is None else s
+                   for s, size in zip(states, (P, H)))
     active = _active_mask(lengths, T, B)
 
     # The input projection does not depend on the recurrence: one product for all steps.
@@ -168,14 +171,18 @@ def _forward(cell, x, states, weight_ih, weight_hh, bias_ih, bias_hh, lengths, r
     if bias_ih is not None:
         xp = xp + bias_ih
 
-    y = np.zeros((T, B, H), x.dtype)
-    h_prev = np.zeros((T, B, H), x.dtype)   # state entering step t, for dW_hh
+    y = np.zeros((T, B, P), x.dtype)
+    h_prev = np.zeros((T, B, P), x.dtype)   # state entering step t, for dW_hh
+    m = np.zeros((T, B, H), x.dtype)        # the cell's output before the projection, for dW_hr
     caches = [None] * T
     for t in _time_order(T, reverse):
         hp = states[0] @ weight_hh.T
         if bias_hh is not None:
             hp = hp + bias_hh
         new_states, caches[t] = cell.step(xp[t], hp, states)
+        if weight_hr is not None:           # LSTM with proj_size: h' = W_hr (o * tanh(c'))
+            m[t] = new_states[0]
+            new_states = (new_states[0] @ weight_hr.T,) + new_states[1:]
         h_prev[t] = states[0]
         # Sequences that are finished (or, in reverse, not yet started) keep their state.
         states = tuple(np.where(active[t], new, old) for new, old in zip(new_states, states))
@@ -183,9 +190,9 @@ def _forward(cell, x, states, weight_ih, weight_hh, bias_ih, bias_hh, lengths, r
 
     saved = None
     if training:
-        saved = dict(cell=cell, x=x, weight_ih=weight_ih, weight_hh=weight_hh,
+        saved = dict(cell=cell, x=x, weight_ih=weight_ih, weight_hh=weight_hh, weight_hr=weight_hr,
                      has_bias_ih=bias_ih is not None, has_bias_hh=bias_hh is not None,
-                     active=active, reverse=reverse, h_prev=h_prev, caches=caches)
+                     active=active, reverse=reverse, h_prev=h_prev, m=m, caches=caches)
     return y, states, saved
 
 
@@ -196,35 +203,46 @@ def _backward(saved, dy, d_final_states, accepted_cells):
     if cell not in accepted_cells:
         raise ValueError(f"`saved` comes from a {cell.name} forward")
     x, weight_ih, weight_hh = saved["x"], saved["weight_ih"], saved["weight_hh"]
+    weight_hr, m = saved["weight_hr"], saved["m"]
     active, h_prev, caches = saved["active"], saved["h_prev"], saved["caches"]
     T, B, I = x.shape
-    GH, H = weight_hh.shape
+    GH, P = weight_hh.shape
+    H = m.shape[2]
 
     def zeros_or_copy(a, shape):
         return np.zeros(shape, x.dtype) if a is None else np.array(a, dtype=x.dtype)
 
-    dy = zeros_or_copy(dy, (T, B, H))
-    d_states = tuple(zeros_or_copy(d, (B, H)) for d in d_final_states)
+    dy = zeros_or_copy(dy, (T, B, P))
+    d_states = tuple(zeros_or_copy(d, (B, size)) for d, size in zip(d_final_states, (P, H)))
 
     dxp = np.zeros((T, B, GH), x.dtype)
     dhp = np.zeros((T, B, GH), x.dtype)
+    dh_projected = np.zeros((T, B, P), x.dtype)   # gradient of each step's h', for dW_hr
     # Walk the steps in the opposite order of the forward pass.
     for t in reversed(_time_order(T, saved["reverse"])):
         # Rows that did not step at time t get zero cotangents (so zero dxp, dhp) and pass their
         # state gradient through unchanged; y there is the constant 0, so dy[t] is dropped.
         d_new = (np.where(active[t], d_states[0] + dy[t], 0),) + \
             tuple(np.where(active[t], d, 0) for d in d_states[1:])
+        if weight_hr is not None:
+            dh_projected[t] = d_new[0]
+            d_new = (d_new[0] @ weight_hr,) + d_new[1:]
         dxp[t], dhp[t], d_old = cell.step_backward(d_new, caches[t])
-        d_old = (d_old[0] + dhp[t] @ weight_hh,) + d_old[1:]
+        # Under a projection the cell sees the old h only through hp (the LSTM reads c, not h).
+        d_direct = 0 if weight_hr is not None else d_old[0]
+        d_old = (d_direct + dhp[t] @ weight_hh,) + d_old[1:]
         d_states = tuple(np.where(active[t], dn, dk) for dn, dk in zip(d_old, d_states))
 
     # Weight gradients sum over all T*B rows at once, after the loop.
     dx = dxp @ weight_ih
     dweight_ih = dxp.reshape(T * B, GH).T @ x.reshape(T * B, I)
-    dweight_hh = dhp.reshape(T * B, GH).T @ h_prev.reshape(T * B, H)
+    dweight_hh = dhp.reshape(T * B, GH).T @ h_prev.reshape(T * B, P)
     dbias_ih = dxp.sum(axis=(0, 1)) if saved["has_bias_ih"] else None
     dbias_hh = dhp.sum(axis=(0, 1)) if saved["has_bias_hh"] else None
-    return dx, d_states, dweight_ih, dweight_hh, dbias_ih, dbias_hh
+    dweight_hr = None
+    if weight_hr is not None:
+        dweight_hr = dh_projected.reshape(T * B, P).T @ m.reshape(T * B, H)
+    return dx, d_states, dweight_ih, dweight_hh, dbias_ih, dbias_hh, dweight_hr
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,22 +268,27 @@ def rnn_forward(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, leng
 
 def rnn_backward(dy, dh_n, saved):
     """Returns (dx, dh0, dweight_ih, dweight_hh, dbias_ih, dbias_hh)."""
-    dx, (dh0,), *dweights = _backward(saved, dy, (dh_n,), (_RNN_TANH, _RNN_RELU))
+    dx, (dh0,), *dweights, _ = _backward(saved, dy, (dh_n,), (_RNN_TANH, _RNN_RELU))
     return (dx, dh0, *dweights)
 
 
-def lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, lengths=None,
-                 reverse=False, training=True):
-    """Returns (y, h_n, c_n, saved); saved is None when training is False."""
+def lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, weight_hr=None,
+                 lengths=None, reverse=False, training=True):
+    """Returns (y, h_n, c_n, saved); saved is None when training is False.
+
+    weight_hr (P, H), PyTorch's proj_size: h' = weight_hr @ (o * tanh(c')), so h0, h_n and y
+    have P values per sequence and weight_hh is (4H, P).
+    """
     y, (h_n, c_n), saved = _forward(_LSTM, x, (h0, c0), weight_ih, weight_hh,
-                                    bias_ih, bias_hh, lengths, reverse, training)
+                                    bias_ih, bias_hh, lengths, reverse, training, weight_hr)
     return y, h_n, c_n, saved
 
 
 def lstm_backward(dy, dh_n, dc_n, saved):
-    """Returns (dx, dh0, dc0, dweight_ih, dweight_hh, dbias_ih, dbias_hh)."""
-    dx, (dh0, dc0), *dweights = _backward(saved, dy, (dh_n, dc_n), (_LSTM,))
-    return (dx, dh0, dc0, *dweights)
+    """Returns (dx, dh0, dc0, dweight_ih, dweight_hh, dbias_ih, dbias_hh), and dweight_hr as an
+    eighth value when the forward had a projection."""
+    dx, (dh0, dc0), *dweights, dweight_hr = _backward(saved, dy, (dh_n, dc_n), (_LSTM,))
+    return (dx, dh0, dc0, *dweights) + ((dweight_hr,) if dweight_hr is not None else ())
 
 
 def gru_forward(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, lengths=None,
@@ -278,5 +301,5 @@ def gru_forward(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, leng
 
 def gru_backward(dy, dh_n, saved):
     """Returns (dx, dh0, dweight_ih, dweight_hh, dbias_ih, dbias_hh)."""
-    dx, (dh0,), *dweights = _backward(saved, dy, (dh_n,), (_GRU,))
+    dx, (dh0,), *dweights, _ = _backward(saved, dy, (dh_n,), (_GRU,))
     return (dx, dh0, *dweights)

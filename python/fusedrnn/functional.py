@@ -32,8 +32,8 @@ _CELLS = {"rnn_tanh": (1, False), "rnn_relu": (1, False), "lstm": (4, True), "gr
 class Saved:
     """What a training-mode forward keeps for its backward. Opaque: pass it to the backward."""
 
-    __slots__ = ("cell", "x", "weight_ih", "weight_hh", "has_bias_ih", "has_bias_hh", "lengths",
-                 "reverse", "arrays")
+    __slots__ = ("cell", "x", "weight_ih", "weight_hh", "weight_hr", "has_bias_ih", "has_bias_hh",
+                 "lengths", "reverse", "arrays")
 
     def __init__(self, **fields):
         for name, value in fields.items():
@@ -41,6 +41,12 @@ class Saved:
 
     @property
     def hidden_size(self):
+        """H, the cell's units."""
+        return self.weight_hh.shape[0] // _CELLS[self.cell][0]
+
+    @property
+    def state_size(self):
+        """P, the size of h: H, or the projection's size."""
         return self.weight_hh.shape[1]
 
 
@@ -78,7 +84,23 @@ def _checked_lengths(lengths, T, B):
     return np.ascontiguousarray(array, dtype=np.int64)
 
 
-def _forward(cell, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse, training):
+def _sizes(cell, weight_hh, weight_hr):
+    """(H, P) from weight_hh (G*H, P) and the projection weight_hr (P, H) or None (P = H)."""
+    gates = _CELLS[cell][0]
+    weight_hh = _float_array(weight_hh, "weight_hh")
+    if weight_hr is None:
+        if weight_hh.ndim != 2 or weight_hh.shape[1] == 0 or weight_hh.shape[0] != gates * weight_hh.shape[1]:
+            raise ValueError(f"weight_hh must have shape ({gates}*H, H) with H >= 1 for {cell}, "
+                             f"got {weight_hh.shape}")
+        return weight_hh.shape[1], weight_hh.shape[1]
+    weight_hr = _float_array(weight_hr, "weight_hr")
+    if weight_hr.ndim != 2 or 0 in weight_hr.shape:
+        raise ValueError(f"weight_hr must have shape (P, H) with P, H >= 1, got {weight_hr.shape}")
+    return weight_hr.shape[1], weight_hr.shape[0]
+
+
+def _forward(cell, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse, training,
+             weight_hr=None):
     gates, has_c = _CELLS[cell]
     x = _float_array(x, "x")
     if x.ndim != 3:
@@ -86,20 +108,17 @@ def _forward(cell, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, r
     T, B, I = x.shape
     if T == 0:
         raise ValueError("x has T = 0 time steps: a sequence needs at least one step")
-    weight_hh = _float_array(weight_hh, "weight_hh")
-    if weight_hh.ndim != 2 or weight_hh.shape[1] == 0 or weight_hh.shape[0] != gates * weight_hh.shape[1]:
-        raise ValueError(f"weight_hh must have shape ({gates}*H, H) with H >= 1 for {cell}, "
-                         f"got {weight_hh.shape}")
-    H = weight_hh.shape[1]
+    H, P = _sizes(cell, weight_hh, weight_hr)
     dtype = x.dtype
     if not isinstance(reverse, (bool, np.bool_)):
         raise TypeError(f"reverse must be a bool, got {type(reverse).__name__}")
     arrays = dict(
         x=np.ascontiguousarray(x),
-        h0=_checked(h0, "h0", (B, H), dtype, optional=True),
+        h0=_checked(h0, "h0", (B, P), dtype, optional=True),
         c0=_checked(c0, "c0", (B, H), dtype, optional=True) if has_c else None,
         w_ih=_checked(weight_ih, "weight_ih", (gates * H, I), dtype),
-        w_hh=_checked(weight_hh, "weight_hh", (gates * H, H), dtype),
+        w_hh=_checked(weight_hh, "weight_hh", (gates * H, P), dtype),
+        w_hr=_checked(weight_hr, "weight_hr", (P, H), dtype, optional=True),
         b_ih=_checked(bias_ih, "bias_ih", (gates * H,), dtype, optional=True),
         b_hh=_checked(bias_hh, "bias_hh", (gates * H,), dtype, optional=True),
         lengths=_checked_lengths(lengths, T, B),
@@ -108,8 +127,8 @@ def _forward(cell, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, r
     saved = None
     if training:
         saved = Saved(cell=cell, x=arrays["x"], weight_ih=arrays["w_ih"], weight_hh=arrays["w_hh"],
-                      has_bias_ih=arrays["b_ih"] is not None, has_bias_hh=arrays["b_hh"] is not None,
-                      lengths=arrays["lengths"], reverse=bool(reverse), arrays=saved_arrays)
+                      weight_hr=arrays["w_hr"], has_bias_ih=arrays["b_ih"] is not None,
+                      has_bias_hh=arrays["b_hh"] is not None, lengths=arrays["lengths"], reverse=bool(reverse), arrays=saved_arrays)
     return y, h_n, c_n, saved
 
 
@@ -122,11 +141,12 @@ def _backward(cell, dy, dh_n, dc_n, saved):
     if saved.cell != cell:
         raise ValueError(f"saved comes from a {saved.cell} forward, not {cell}")
     T, B, _ = saved.x.shape
-    H, dtype = saved.hidden_size, saved.x.dtype
+    H, P, dtype = saved.hidden_size, saved.state_size, saved.x.dtype
     return _core.backward(
-        cell, saved.x, saved.weight_ih, saved.weight_hh, saved.lengths, saved.reverse, saved.arrays,
-        dy=_checked(dy, "dy", (T, B, H), dtype, optional=True),
-        dh_n=_checked(dh_n, "dh_n", (B, H), dtype, optional=True),
+        cell, saved.x, saved.weight_ih, saved.weight_hh, saved.weight_hr, saved.lengths, saved.reverse,
+        saved.arrays,
+        dy=_checked(dy, "dy", (T, B, P), dtype, optional=True),
+        dh_n=_checked(dh_n, "dh_n", (B, P), dtype, optional=True),
         dc_n=_checked(dc_n, "dc_n", (B, H), dtype, optional=True) if _CELLS[cell][1] else None,
         want_db_ih=saved.has_bias_ih, want_db_hh=saved.has_bias_hh)
 
@@ -172,33 +192,41 @@ def rnn_backward(dy, dh_n, saved):
     """
     is_rnn = isinstance(saved, Saved) and saved.cell.startswith("rnn_")
     cell = saved.cell if is_rnn else "rnn_tanh"  # anything else is refused by _backward
-    dx, dh0, _, dw_ih, dw_hh, db_ih, db_hh = _backward(cell, dy, dh_n, None, saved)
+    dx, dh0, _, dw_ih, dw_hh, db_ih, db_hh, _ = _backward(cell, dy, dh_n, None, saved)
     return dx, dh0, dw_ih, dw_hh, db_ih, db_hh
 
 
-def lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, lengths=None,
-                 reverse=False, training=True):
+def lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, weight_hr=None,
+                 lengths=None, reverse=False, training=True):
     """LSTM layer (gate order i, f, g, o): ``c' = f*c + i*g``, ``h' = o*tanh(c')``.
 
+    With a projection (PyTorch's ``proj_size``), ``h' = weight_hr @ (o*tanh(c'))`` has P values
+    instead of H; below, P = H without one.
+
     Args:
-        x: ``(T, B, I)``. h0, c0: ``(B, H)`` or None for zeros.
-        weight_ih: ``(4H, I)``. weight_hh: ``(4H, H)``. bias_ih, bias_hh: ``(4H,)`` or None.
+        x: ``(T, B, I)``. h0: ``(B, P)``, c0: ``(B, H)``, or None for zeros.
+        weight_ih: ``(4H, I)``. weight_hh: ``(4H, P)``. bias_ih, bias_hh: ``(4H,)`` or None.
+        weight_hr: ``(P, H)`` projection, or None for none.
         lengths, reverse, training: as in :func:`rnn_forward`.
 
     Returns:
-        ``(y (T, B, H), h_n (B, H), c_n (B, H), saved)``.
+        ``(y (T, B, P), h_n (B, P), c_n (B, H), saved)``.
     """
-    return _forward("lstm", x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse, training)
+    return _forward("lstm", x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse, training,
+                    weight_hr)
 
 
 def lstm_backward(dy, dh_n, dc_n, saved):
-    """Gradients of an :func:`lstm_forward`; dy, dh_n, dc_n may be None (zeros).
+    """Gradients of an :func:`lstm_forward`; dy ``(T, B, P)``, dh_n ``(B, P)``, dc_n ``(B, H)``
+    may be None (zeros).
 
     Returns:
-        ``(dx (T, B, I), dh0 (B, H), dc0 (B, H), dweight_ih (4H, I), dweight_hh (4H, H),
-        dbias_ih (4H,) | None, dbias_hh (4H,) | None)``.
+        ``(dx (T, B, I), dh0 (B, P), dc0 (B, H), dweight_ih (4H, I), dweight_hh (4H, P),
+        dbias_ih (4H,) | None, dbias_hh (4H,) | None)``, and an eighth value, ``dweight_hr (P, H)``,
+        when the forward had a projection.
     """
-    return _backward("lstm", dy, dh_n, dc_n, saved)
+    *grads, dw_hr = _backward("lstm", dy, dh_n, dc_n, saved)
+    return (*grads, dw_hr) if dw_hr is not None else tuple(grads)
 
 
 def gru_forward(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, lengths=None,
@@ -228,5 +256,5 @@ def gru_backward(dy, dh_n, saved):
         ``(dx (T, B, I), dh0 (B, H), dweight_ih (3H, I), dweight_hh (3H, H), dbias_ih (3H,) | None,
         dbias_hh (3H,) | None)``.
     """
-    dx, dh0, _, dw_ih, dw_hh, db_ih, db_hh = _backward("gru", dy, dh_n, None, saved)
+    dx, dh0, _, dw_ih, dw_hh, db_ih, db_hh, _ = _backward("gru", dy, dh_n, None, saved)
     return dx, dh0, dw_ih, dw_hh, db_ih, db_hh
