@@ -7,6 +7,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <utility>
 #include <string>
@@ -17,6 +18,7 @@
 #endif
 
 #include "cpu/gemm.h"
+#include "cpu/math.h"
 #include "cpu/recurrence.h"
 
 namespace py = pybind11;
@@ -286,6 +288,25 @@ void check_matmul(const py::array& a, const py::array& b) {
   }
 }
 
+// The cells' float32 exp / sigmoid / tanh over an array, for the accuracy tests.
+py::array_t<float> vector_math(const std::string& name, const py::array_t<float, py::array::c_style | py::array::forcecast>& x) {
+  using fusedrnn::cpu::Vec;
+  auto out = py::array_t<float>(x.size());
+  const float* in = x.data();
+  float* o = out.mutable_data();
+  for (int64_t i = 0; i < x.size(); i += Vec<float>::kLanes) {
+    const int64_t n = std::min<int64_t>(Vec<float>::kLanes, x.size() - i);
+    const Vec<float> v = Vec<float>::load(in + i, n);
+    Vec<float> r;
+    if (name == "exp") r = fusedrnn::cpu::exp_(v);
+    else if (name == "sigmoid") r = fusedrnn::cpu::sigmoid(v);
+    else if (name == "tanh") r = fusedrnn::cpu::tanh_(v);
+    else throw py::value_error("unknown function " + name);
+    r.store(o + i, n);
+  }
+  return out;
+}
+
 int openmp_max_threads() {
 #ifdef _OPENMP
   return omp_get_max_threads();
@@ -353,6 +374,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("isa_selected", &fusedrnn::cpu::isa_selected);
   m.def("set_isa", [](const std::string& name) { return fusedrnn::cpu::set_isa(name.c_str()); },
         py::arg("name"), "Force a GEMM kernel set (avx512, avx2, portable); False if unavailable.");
+  m.def("_vector_math", &vector_math, py::arg("name"), py::arg("x"),
+        "The kernels' float32 exp, sigmoid or tanh of a 1-d array (for testing their accuracy).");
   m.def("max_threads", &openmp_max_threads);
   m.def("set_max_threads", &openmp_set_threads, py::arg("threads"));
 #ifdef _OPENMP

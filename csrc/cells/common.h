@@ -1,7 +1,8 @@
 // What every cell shares: the host/device qualifier, the recurrent state of one hidden unit of
 // one sequence, and the activations.
 //
-// A cell is a struct of static functions on ONE hidden unit of ONE sequence at one time step:
+// A cell is a struct of static functions on ONE hidden unit of ONE sequence at one time step
+// (or a vector of them: the code is the same):
 //
 //   kGates          G, rows of weight_ih / weight_hh per hidden unit (gate order as PyTorch's)
 //   kSaved          values per unit that forward saves for backward (post-activation gates, ...)
@@ -21,11 +22,13 @@
 // (+=) into param.grad, as PyTorch does.
 #pragma once
 
+// On the CPU, T is a Vec<float|double> (cpu/simd.h): a cell's code runs on a chunk of units at
+// once, and everything is inlined into the driver's per-instruction-set functions.
 #if defined(__CUDACC__)
 #define FUSEDRNN_HD __host__ __device__ __forceinline__
 #else
-#define FUSEDRNN_HD inline
 #include "cpu/math.h"
+#define FUSEDRNN_HD FUSEDRNN_INLINE
 #endif
 
 namespace fusedrnn {

@@ -28,7 +28,7 @@ struct RnnCell {
     if constexpr (kAct == Activation::kTanh) {
       next.h = tanh_(a);
     } else {
-      next.h = a > T(0) ? a : T(0);
+      next.h = relu(a);
     }
   }
 
@@ -40,7 +40,7 @@ struct RnnCell {
     if constexpr (kAct == Activation::kTanh) {
       da = d_next.h * (T(1) - next.h * next.h);
     } else {
-      da = next.h > T(0) ? d_next.h : T(0);
+      da = relu_backward(next.h, d_next.h);
     }
     dgx[0] = da;
     dgh[0] = da;

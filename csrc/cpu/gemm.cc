@@ -33,8 +33,6 @@ using detail::KernelTable;
 // ---------------------------------------------------------------------------------------
 // ISA selection
 
-enum class Isa : int { kPortable = 0, kAvx2 = 1, kAvx512 = 2 };
-
 const char* isa_name(Isa isa) {
     switch (isa) {
         case Isa::kAvx512: return "avx512";
@@ -348,7 +346,9 @@ const char* isa_compiled() {
 #endif
 }
 
-const char* isa_selected() { return isa_name(static_cast<Isa>(selected_isa().load())); }
+Isa current_isa() { return static_cast<Isa>(selected_isa().load(std::memory_order_relaxed)); }
+
+const char* isa_selected() { return isa_name(current_isa()); }
 
 bool set_isa(const char* name) {
     Isa isa;

@@ -65,6 +65,12 @@ template <class T>
 void gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t a_rs, int64_t a_cs, const T* B,
           int64_t b_rs, int64_t b_cs, T* C, int64_t ldc, bool accumulate);
 
+// The instruction-set families the CPU kernels come in, lowest first.
+enum class Isa : int { kPortable = 0, kAvx2 = 1, kAvx512 = 2 };
+
+// The family in use now (see isa_selected); the recurrence picks its pointwise code by it too.
+Isa current_isa();
+
 // Which micro-kernel families this build contains, e.g. "avx512,avx2,portable".
 const char* isa_compiled();
 
