@@ -19,6 +19,7 @@
 
 #include "cpu/gemm.h"
 #include "cpu/math.h"
+#include "cpu/peak.h"
 #include "cpu/recurrence.h"
 
 namespace py = pybind11;
@@ -288,22 +289,24 @@ void check_matmul(const py::array& a, const py::array& b) {
   }
 }
 
-// The cells' float32 exp / sigmoid / tanh over an array, for the accuracy tests.
+// The cells' float32 exp / sigmoid / tanh over an array, as the kernels compute them with the
+// current instruction set (for the accuracy tests).
 py::array_t<float> vector_math(const std::string& name, const py::array_t<float, py::array::c_style | py::array::forcecast>& x) {
-  using fusedrnn::cpu::Vec;
+  if (name != "exp" && name != "sigmoid" && name != "tanh") throw py::value_error("unknown function " + name);
   auto out = py::array_t<float>(x.size());
   const float* in = x.data();
   float* o = out.mutable_data();
-  for (int64_t i = 0; i < x.size(); i += Vec<float>::kLanes) {
-    const int64_t n = std::min<int64_t>(Vec<float>::kLanes, x.size() - i);
-    const Vec<float> v = Vec<float>::load(in + i, n);
-    Vec<float> r;
-    if (name == "exp") r = fusedrnn::cpu::exp_(v);
-    else if (name == "sigmoid") r = fusedrnn::cpu::sigmoid(v);
-    else if (name == "tanh") r = fusedrnn::cpu::tanh_(v);
-    else throw py::value_error("unknown function " + name);
-    r.store(o + i, n);
-  }
+  const int64_t size = x.size();
+  const int which = name == "exp" ? 0 : name == "sigmoid" ? 1 : 2;
+  fusedrnn::cpu::run_for_isa(fusedrnn::cpu::current_isa(), [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
+    using V = fusedrnn::cpu::Vec<float, decltype(bytes)::value>;
+    for (int64_t i = 0; i < size; i += V::kLanes) {
+      const int64_t n = std::min<int64_t>(V::kLanes, size - i);
+      const V v = V::load(in + i, n);
+      const V r = which == 0 ? fusedrnn::cpu::exp_(v) : which == 1 ? fusedrnn::cpu::sigmoid(v) : fusedrnn::cpu::tanh_(v);
+      r.store(o + i, n);
+    }
+  });
   return out;
 }
 
@@ -376,6 +379,15 @@ PYBIND11_MODULE(_core, m) {
         py::arg("name"), "Force a GEMM kernel set (avx512, avx2, portable); False if unavailable.");
   m.def("_vector_math", &vector_math, py::arg("name"), py::arg("x"),
         "The kernels' float32 exp, sigmoid or tanh of a 1-d array (for testing their accuracy).");
+  m.def(
+      "fma_peak_gflops",
+      [](int threads, int64_t iterations) {
+        if (threads < 1 || iterations < 1) throw py::value_error("threads and iterations must be >= 1");
+        py::gil_scoped_release release;
+        return fusedrnn::cpu::fma_peak_gflops(threads, iterations);
+      },
+      py::arg("threads"), py::arg("iterations") = 20000000,
+      "Measured float32 multiply-add peak in GFLOP/s with this many threads (the benchmarks' yardstick).");
   m.def("max_threads", &openmp_max_threads);
   m.def("set_max_threads", &openmp_set_threads, py::arg("threads"));
 #ifdef _OPENMP

@@ -1,4 +1,5 @@
-"""Accuracy of the kernels' float32 exp, sigmoid and tanh (csrc/cpu/math.h) against float64."""
+"""Accuracy of the kernels' float32 exp, sigmoid and tanh (csrc/cpu/math.h) against float64,
+with every instruction set's build of them (the `isa` fixture of conftest.py)."""
 
 import numpy as np
 import pytest
@@ -26,7 +27,7 @@ def grid():
 
 
 @pytest.mark.parametrize("name", sorted(FUNCTIONS))
-def test_accuracy(name):
+def test_accuracy(isa, name):
     x = grid()
     if name == "exp":
         # e^x overflows float32 above ~88.7; below -87 the kernel clamps (results under 1.7e-38,
@@ -43,13 +44,13 @@ def test_accuracy(name):
     assert relative[worst] <= 2 * ULP, f"{name}({x[worst]!r}) = {got[worst]!r}, want {want[worst]!r}"
 
 
-def test_exp_underflows_to_tiny_not_nan():
+def test_exp_underflows_to_tiny_not_nan(isa):
     got = _core._vector_math("exp", np.array([-100.0, -1e30], np.float32))
     assert np.all(np.isfinite(got)) and np.all(got >= 0) and np.all(got < 1e-37)
 
 
 @pytest.mark.parametrize("name", sorted(FUNCTIONS))
-def test_nan_propagates_and_infinities_saturate(name):
+def test_nan_propagates_and_infinities_saturate(isa, name):
     got = _core._vector_math(name, np.array([np.nan, np.inf, -np.inf, 1e30, -1e30], np.float32))
     assert np.isnan(got[0])
     if name == "sigmoid":
@@ -58,7 +59,7 @@ def test_nan_propagates_and_infinities_saturate(name):
         np.testing.assert_array_equal(got[1:], [1, -1, 1, -1])
 
 
-def test_partial_vectors_and_lengths():
+def test_partial_vectors_and_lengths(isa):
     """Every length mod 16: the tail of an array is a partial vector."""
     for n in range(0, 40):
         x = np.linspace(-3, 3, n).astype(np.float32)

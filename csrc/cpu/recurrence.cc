@@ -16,8 +16,8 @@
 // backward that yields dG_s; one barrier per step. After the loop, merged GEMMs with K = T*B give
 // dW_ih = dGx^T x, dW_hh = dGh^T h_prev and dx = dGx W_ih, and the biases are column sums.
 //
-// The pointwise code (cells on Vec<T>: a whole chunk of units at once) is compiled three times,
-// for AVX-512, AVX2 and the baseline, and picked at run time with the GEMM's kernels.
+// The pointwise code (cells on Vec<T>: 4 to 16 units at once) is compiled three times, for
+// AVX-512, AVX2 and the baseline, and picked at run time with the GEMM's kernels.
 //
 // Gradient contract: outputs are overwritten (=); the Python layer accumulates (+=).
 #include "cpu/recurrence.h"
@@ -69,33 +69,6 @@ int team_size() {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Runs `body` (an always-inlined lambda, FUSEDRNN_INLINE_LAMBDA) compiled for the instruction set
-// the GEMM kernels use: the lambda is inlined into one of three functions that differ only in
-// their target, so its Vec arithmetic becomes zmm, ymm or xmm code.
-#define FUSEDRNN_INLINE_LAMBDA __attribute__((always_inline))
-#if defined(FUSEDRNN_HAVE_AVX512)
-template <class F>
-__attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,fma"))) void run_avx512(const F& body) { body(); }
-#endif
-#if defined(FUSEDRNN_HAVE_AVX2)
-template <class F>
-__attribute__((target("avx2,fma"))) void run_avx2(const F& body) { body(); }
-#endif
-template <class F>
-void run_portable(const F& body) { body(); }
-
-template <class F>
-void run_for_isa(Isa isa, const F& body) {
-  switch (isa) {
-#if defined(FUSEDRNN_HAVE_AVX512)
-    case Isa::kAvx512: return run_avx512(body);
-#endif
-#if defined(FUSEDRNN_HAVE_AVX2)
-    case Isa::kAvx2: return run_avx2(body);
-#endif
-    default: return run_portable(body);
-  }
-}
 
 std::vector<int64_t> lengths_or_full(const int64_t* lengths, int64_t B, int64_t T) {
   return lengths ? std::vector<int64_t>(lengths, lengths + B) : std::vector<int64_t>(B, T);
@@ -200,9 +173,10 @@ struct ForwardStep {
 
   // rec: this sequence's row of the recurrent GEMM block, gate g of unit u0+w at rec[g*NR + w].
   // out: where the cell's output goes, [B, H]: the next state, or m before the projection.
+  // V: the Vec type of the instruction set this is compiled for; a chunk is 1, 2 or 4 of them.
+  template <class V>
   FUSEDRNN_INLINE void row(int64_t s, int64_t b, int64_t u0, int64_t width, const T* rec,
                            const T* h_prev, T* out, const T* c_prev, T* c_next) const {
-    using V = Vec<T>;
     const int64_t B = a.B, H = a.H, GH = G * H;
     const int64_t at = b * H + u0;
     const bool training = a.saved_gates != nullptr, projected = a.w_hr != nullptr;
@@ -219,23 +193,27 @@ struct ForwardStep {
     const T* x_row = xp + (t * B + b) * GH + u0;
     const T* bias = b_hh + u0;
     const int64_t new_at = ((t + !a.reverse) * B + b) * H + u0;
-    V xg[G], hg[G], saved[S > 0 ? S : 1];
-    for (int g = 0; g < G; ++g) {
-      xg[g] = V::load(x_row + g * H, width);
-      hg[g] = V::load(rec + g * NR) + V::load(bias + g * H, width);
-    }
-    // Under a projection h has P dims, not one per unit; only the LSTM projects, and its update
-    // reads c, not h.
-    const State<V> prev{projected ? V() : V::load(h_prev + at, width),
-                        Cell::kHasCell ? V::load(c_prev + at, width) : V()};
-    State<V> next{};
-    Cell::forward(xg, hg, prev, next, saved);
-    next.h.store(out + at, width);
-    if constexpr (Cell::kHasCell) next.c.store(c_next + at, width);
-    if (training) {
-      if constexpr (Cell::kHasCell) next.c.store(a.saved_c + new_at, width);
-      for (int k = 0; k < S; ++k) saved[k].store(a.saved_gates + (t * B + b) * S * H + k * H + u0, width);
-      if (projected) next.h.store(a.saved_m + (t * B + b) * H + u0, width);
+    T* saved_row = a.saved_gates + (t * B + b) * S * H + u0;
+    for (int64_t w = 0; w < width; w += V::kLanes) {
+      const int64_t n = std::min<int64_t>(V::kLanes, width - w);
+      V xg[G], hg[G], saved[S > 0 ? S : 1];
+      for (int g = 0; g < G; ++g) {
+        xg[g] = V::load(x_row + g * H + w, n);
+        hg[g] = V::load(rec + g * NR + w) + V::load(bias + g * H + w, n);
+      }
+      // Under a projection h has P dims, not one per unit; only the LSTM projects, and its
+      // update reads c, not h.
+      const State<V> prev{projected ? V() : V::load(h_prev + at + w, n),
+                          Cell::kHasCell ? V::load(c_prev + at + w, n) : V()};
+      State<V> next{};
+      Cell::forward(xg, hg, prev, next, saved);
+      next.h.store(out + at + w, n);
+      if constexpr (Cell::kHasCell) next.c.store(c_next + at + w, n);
+      if (training) {
+        if constexpr (Cell::kHasCell) next.c.store(a.saved_c + new_at + w, n);
+        for (int k = 0; k < S; ++k) saved[k].store(saved_row + k * H + w, n);
+        if (projected) next.h.store(a.saved_m + (t * B + b) * H + u0 + w, n);
+      }
     }
   }
 };
@@ -304,9 +282,10 @@ void forward_layer(const ForwardArgs<T>& a) {
           const int64_t rows = std::min(kRowBlock, B - b0);
           gemm_packed_b<T>(rows, cols, P, h_prev + b0 * P, P, packed_hh.get() + c * hh_size, rec,
                            cols, /*accumulate=*/false);
-          run_for_isa(isa, [&]() FUSEDRNN_INLINE_LAMBDA {
+          run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
+            using V = Vec<T, decltype(bytes)::value>;
             for (int64_t b = b0; b < b0 + rows; ++b) {
-              step.row(s, b, u0, width, rec + (b - b0) * cols, h_prev, cell_out, c_prev, c_next);
+              step.template row<V>(s, b, u0, width, rec + (b - b0) * cols, h_prev, cell_out, c_prev, c_next);
               if (!projected) publish_state(a, len, s, b, u0, width, h_prev, h_next);
             }
           });
@@ -384,8 +363,8 @@ struct BackwardStep {
   // rec: without projection dG_{s+1} W_hh for these units (zero at the last step), to which the
   // carry and dy are added; with one, dm = dh_step W_hr, the whole gradient of the cell output.
   // dg_step: this step's dgh again, in step order, for the next recurrent product.
+  template <class V>
   FUSEDRNN_INLINE void row(int64_t s, int64_t b, int64_t u0, int64_t width, const T* rec, T* dg_step) const {
-    using V = Vec<T>;
     const int64_t B = a.B, H = a.H, GH = G * H;
     const int64_t at = b * H + u0;
     const bool projected = a.w_hr != nullptr;
@@ -408,28 +387,31 @@ struct BackwardStep {
     T* dgh_row = st.dgh + (t * B + b) * GH + u0;
     T* dg_step_row = dg_step + b * GH + u0;
     const int64_t prev_at = (prev_slot * B + b) * H + u0, new_at = (new_slot * B + b) * H + u0;
-    V saved[S > 0 ? S : 1], gx[G], gh[G];
-    for (int k = 0; k < S; ++k) saved[k] = V::load(saved_row + k * H, width);
-    // Under a projection only c's saved rows are per unit (the LSTM reads no h).
-    const State<V> prev{projected ? V() : V::load(a.saved_h + prev_at, width),
-                        Cell::kHasCell ? V::load(a.saved_c + prev_at, width) : V()};
-    const State<V> next{projected ? V() : V::load(a.saved_h + new_at, width),
-                        Cell::kHasCell ? V::load(a.saved_c + new_at, width) : V()};
-    V dh = V::load(rec);
-    if (!projected) {
-      dh += V::load(st.dh_carry + at, width);
-      if (dy_row) dh += V::load(dy_row, width);
+    for (int64_t w = 0; w < width; w += V::kLanes) {
+      const int64_t n = std::min<int64_t>(V::kLanes, width - w);
+      V saved[S > 0 ? S : 1], gx[G], gh[G];
+      for (int k = 0; k < S; ++k) saved[k] = V::load(saved_row + k * H + w, n);
+      // Under a projection only c's saved rows are per unit (the LSTM reads no h).
+      const State<V> prev{projected ? V() : V::load(a.saved_h + prev_at + w, n),
+                          Cell::kHasCell ? V::load(a.saved_c + prev_at + w, n) : V()};
+      const State<V> next{projected ? V() : V::load(a.saved_h + new_at + w, n),
+                          Cell::kHasCell ? V::load(a.saved_c + new_at + w, n) : V()};
+      V dh = V::load(rec + w);
+      if (!projected) {
+        dh += V::load(st.dh_carry + at + w, n);
+        if (dy_row) dh += V::load(dy_row + w, n);
+      }
+      const State<V> d_next{dh, Cell::kHasCell ? V::load(st.dc_carry + at + w, n) : V()};
+      State<V> d_prev{};
+      Cell::backward(saved, prev, next, d_next, gx, gh, d_prev);
+      for (int g = 0; g < G; ++g) {
+        gx[g].store(dgx_row + g * H + w, n);
+        if constexpr (Cell::kSplitGradient) gh[g].store(dgh_row + g * H + w, n);
+        gh[g].store(dg_step_row + g * H + w, n);
+      }
+      if (!projected) d_prev.h.store(st.dh_carry + at + w, n);
+      if constexpr (Cell::kHasCell) d_prev.c.store(st.dc_carry + at + w, n);
     }
-    const State<V> d_next{dh, Cell::kHasCell ? V::load(st.dc_carry + at, width) : V()};
-    State<V> d_prev{};
-    Cell::backward(saved, prev, next, d_next, gx, gh, d_prev);
-    for (int g = 0; g < G; ++g) {
-      gx[g].store(dgx_row + g * H, width);
-      if constexpr (Cell::kSplitGradient) gh[g].store(dgh_row + g * H, width);
-      gh[g].store(dg_step_row + g * H, width);
-    }
-    if (!projected) d_prev.h.store(st.dh_carry + at, width);
-    if constexpr (Cell::kHasCell) d_prev.c.store(st.dc_carry + at, width);
   }
 };
 
@@ -490,12 +472,13 @@ void backward_layer(const BackwardArgs<T>& a) {
         for (int64_t b0 = 0; b0 < B; b0 += kRowBlock) {
           const int64_t rows = std::min(kRowBlock, B - b0);
           recurrent(s + 1, c, b0, rows);
-          run_for_isa(isa, [&]() FUSEDRNN_INLINE_LAMBDA {
+          run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
+            using V = Vec<T, decltype(bytes)::value>;
             for (int64_t b = b0; b < b0 + rows; ++b) {
               if (projected) {
                 gather_state_gradient(a, len, st, s, b, p0, width, rec + (b - b0) * NR);
               } else {
-                step.row(s, b, p0, width, rec + (b - b0) * NR, dg_cur);
+                step.template row<V>(s, b, p0, width, rec + (b - b0) * NR, dg_cur);
               }
             }
           });
@@ -512,8 +495,11 @@ void backward_layer(const BackwardArgs<T>& a) {
             const int64_t rows = std::min(kRowBlock, B - b0);
             gemm_packed_b<T>(rows, NR, P, dh_step.get() + b0 * P, P, packed_hr.get() + c * hr_size,
                              rec, NR, /*accumulate=*/false);
-            run_for_isa(isa, [&]() FUSEDRNN_INLINE_LAMBDA {
-              for (int64_t b = b0; b < b0 + rows; ++b) step.row(s, b, u0, width, rec + (b - b0) * NR, dg_cur);
+            run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
+              using V = Vec<T, decltype(bytes)::value>;
+              for (int64_t b = b0; b < b0 + rows; ++b) {
+                step.template row<V>(s, b, u0, width, rec + (b - b0) * NR, dg_cur);
+              }
             });
           }
         }
