@@ -1,55 +1,71 @@
-"""Microbenchmarks: fusedrnn against the NumPy reference and, when installed, PyTorch.
+"""The benchmark suite: fusedrnn against PyTorch (when installed) and the NumPy reference.
 
-For each cell and shape it times inference (forward, nothing saved) and training (forward that
-saves, then backward with a random cotangent) for every contender in this one process, with the
-same thread count, and prints the median and min time, GFLOP/s and the ratios to fusedrnn.
+For every cell {rnn, lstm, gru} x batch B x hidden size H (I = H, T = 100) it times inference
+(forward, nothing saved) and training (a forward that saves, then backward with a random
+cotangent) for each contender, interleaved call by call in this one process with the same thread
+count, and prints the median and min time, GFLOP/s, the ratio to PyTorch and the fraction of the
+machine's float32 FMA peak measured in the same run. Then: NumPy's float32 matmul next to our
+GEMM on the merged-GEMM shape, the peak resident memory of one training step (ours vs PyTorch,
+each in a fresh process), and the speed-up from 1 thread to all of them.
 
-    python bench/run.py                # the default table
-    python bench/run.py --quick        # smaller sizes, fewer repeats (a smoke run)
-    python bench/run.py --json out.json
+    python bench/run.py                            # the full suite (about 10 minutes)
+    python bench/run.py --quick                    # a small subset, well under a minute
+    python bench/run.py --cells lstm --batch 1,64 --hidden 256 --threads 2
+    python bench/run.py --json bench/results.json  # also write every row
+    python bench/run.py --markdown bench/results.json > bench/RESULTS.md   # the report, from JSON
 
 Work counted: the GEMM FLOPs of a forward pass, 2*T*B*(I+H)*G*H; training counts 3x that
 (forward, plus the input-gradient and the weight-gradient products of backward).
 Times are only comparable inside one run: the machines are shared and noisy.
 """
 
-import argparse
-import json
 import os
-import platform
-import statistics
-import sys
-import time
 
-import numpy as np
+# The NumPy reference calls OpenBLAS; OpenBLAS worker threads busy-wait for a while after each
+# call and would steal cores from the next contender's OpenMP threads. One BLAS thread means no
+# workers at all (set before NumPy loads OpenBLAS). NumPy's own GEMM speed is measured apart, in
+# a subprocess with as many BLAS threads as ours (see gemm_peak.py).
+os.environ["OPENBLAS_NUM_THREADS"] = "1"
 
-import fusedrnn
-from fusedrnn import _reference, functional
+import argparse  # noqa: E402  (the environment above must be set before NumPy is imported)
+import datetime  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+import fusedrnn  # noqa: E402
+from fusedrnn import _core, _reference, functional  # noqa: E402
 
 try:
     import torch
 except ImportError:  # PyTorch is an optional contender
     torch = None
 
+HERE = os.path.dirname(os.path.abspath(__file__))
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+T_STEPS = 100
+# The NumPy reference runs one small GEMM per step in Python: only time it where T*B*G*H*H is at
+# most that of an LSTM at B=8, H=128 (a fraction of a second per call).
+REFERENCE_MAX_WORK = 100 * 8 * 4 * 128 * 128
 
 
-def timed(fn, repeat, min_seconds):
-    """Calls fn once to warm up, then at least `repeat` times and `min_seconds`; returns ms."""
-    fn()
-    times = []
-    start = time.perf_counter()
-    while len(times) < repeat or (time.perf_counter() - start < min_seconds and len(times) < 50):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times), min(times)
+def forward_flops(cell, T, B, I, H):
+    return 2.0 * T * B * (I + H) * GATES[cell] * H
 
 
-def make_problem(cell, T, B, I, H, rng):
+# ---------------------------------------------------------------------------------------------
+# Problems and contenders. Each contender is (infer, train, output): closures with no arguments.
+
+def make_problem(cell, T, B, I, H, seed=0):
+    rng = np.random.default_rng(seed)
     G = GATES[cell]
     scale = 1.0 / np.sqrt(H)
-    p = {
+    return {
         "x": rng.standard_normal((T, B, I)).astype(np.float32),
         "h0": rng.standard_normal((B, H)).astype(np.float32),
         "c0": rng.standard_normal((B, H)).astype(np.float32),
@@ -59,11 +75,10 @@ def make_problem(cell, T, B, I, H, rng):
         "b_hh": rng.uniform(-scale, scale, G * H).astype(np.float32),
         "dy": rng.standard_normal((T, B, H)).astype(np.float32),
     }
-    return p
 
 
 def numpy_contender(module, cell, p):
-    """(infer, train, outputs) closures over a module with the functional API."""
+    """Contender over a module with the functional API (fusedrnn.functional or the reference)."""
     weights = (p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"])
     if cell == "lstm":
         def forward(training):
@@ -71,7 +86,7 @@ def numpy_contender(module, cell, p):
 
         def train():
             _, _, _, saved = forward(True)
-            module.lstm_backward(p["dy"], None, None, saved)
+            return module.lstm_backward(p["dy"], None, None, saved)
     else:
         fwd = module.gru_forward if cell == "gru" else module.rnn_forward
         bwd = module.gru_backward if cell == "gru" else module.rnn_backward
@@ -80,7 +95,7 @@ def numpy_contender(module, cell, p):
             return fwd(p["x"], p["h0"], *weights, training=training)
 
         def train():
-            bwd(p["dy"], None, forward(True)[-1])
+            return bwd(p["dy"], None, forward(True)[-1])
     return (lambda: forward(False)), train, (lambda: forward(False)[0])
 
 
@@ -102,72 +117,316 @@ def torch_contender(cell, p):
             return module(x, hx)[0]
 
     def train():
+        # Fresh gradients every step (what a training loop's zero_grad() does), as ours returns
+        # fresh arrays; dx is computed too, as ours always does.
+        module.zero_grad(set_to_none=True)
         xg = x.detach().requires_grad_(True)
-        out = module(xg, hx)[0]
-        out.backward(dy)
+        module(xg, hx)[0].backward(dy)
 
     return infer, train, (lambda: infer().numpy())
 
 
+def contenders_for(cell, p, reference):
+    result = {"fusedrnn": numpy_contender(functional, cell, p)}
+    if torch is not None:
+        result["torch"] = torch_contender(cell, p)
+    if reference:
+        result["reference"] = numpy_contender(_reference, cell, p)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing
+
+def time_interleaved(fns, min_calls, min_seconds, max_calls):
+    """Times every fn of {name: fn}, one call of each in turn, so that a slow phase of the machine
+    hits every contender alike. One warm-up call each first (lazy initialisation, first-touch page
+    faults). Stops after min_calls rounds once min_seconds have passed, or at max_calls.
+    Returns {name: [ms, ...]}."""
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    start = time.perf_counter()
+    while True:
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - t0) * 1e3)
+        calls = len(next(iter(times.values())))
+        if calls >= max_calls or (calls >= min_calls and time.perf_counter() - start >= min_seconds):
+            return times
+
+
+def set_threads(n):
+    fusedrnn.set_num_threads(n)
+    if torch is not None:
+        torch.set_num_threads(n)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parts of the suite
+
+def bench_table(cells, batches, hiddens, modes, timing, reference, fma_peak):
+    rows = []
+    print(f"\n{'cell':4} {'B':>3} {'H':>5} {'mode':9} | {'ours ms':>9} {'min':>9} {'GFLOP/s':>7} "
+          f"{'%peak':>5} | {'torch ms':>9} {'min':>9} {'GFLOP/s':>7} | {'x torch':>7} | {'ref ms':>8} "
+          f"{'x ref':>6}")
+    for cell in cells:
+        for B in batches:
+            for H in hiddens:
+                T, I = T_STEPS, H
+                p = make_problem(cell, T, B, I, H)
+                with_ref = reference and T * B * GATES[cell] * H * H <= REFERENCE_MAX_WORK
+                contenders = contenders_for(cell, p, with_ref)
+                # The contenders must compute the same thing before their times mean anything.
+                ours = contenders["fusedrnn"][2]()
+                for name, (_, _, output) in contenders.items():
+                    err = float(np.max(np.abs(output() - ours)))
+                    if err > 1e-3:
+                        sys.exit(f"{cell} B={B} H={H}: {name} disagrees with fusedrnn by {err:.2e}")
+                for mode in modes:
+                    work = forward_flops(cell, T, B, I, H) * (3 if mode == "training" else 1)
+                    fns = {name: c[0 if mode == "inference" else 1] for name, c in contenders.items()}
+                    times = time_interleaved(fns, *timing)
+                    med = {name: statistics.median(t) for name, t in times.items()}
+                    new = []
+                    for name, t in times.items():
+                        new.append(dict(
+                            cell=cell, T=T, B=B, I=I, H=H, mode=mode, contender=name,
+                            median_ms=med[name], min_ms=min(t), calls=len(t),
+                            gflops=work / med[name] / 1e6, peak_fraction=work / med[name] / 1e6 / fma_peak,
+                            # torch's median / this one's: above 1, this contender is faster.
+                            ratio_to_torch=med["torch"] / med[name] if "torch" in med else None))
+                    rows += new
+                    print(table_line({r["contender"]: r for r in new}), flush=True)
+    return rows
+
+
+def table_line(by):
+    """One console line for one configuration; `by` maps contender -> row."""
+    ours = by["fusedrnn"]
+    line = (f"{ours['cell']:4} {ours['B']:>3} {ours['H']:>5} {ours['mode']:9} | {ours['median_ms']:>9.3f} "
+            f"{ours['min_ms']:>9.3f} {ours['gflops']:>7.1f} {100 * ours['peak_fraction']:>5.1f} |")
+    if "torch" in by:
+        t = by["torch"]
+        line += f" {t['median_ms']:>9.3f} {t['min_ms']:>9.3f} {t['gflops']:>7.1f} | {ours['ratio_to_torch']:>7.2f} |"
+    else:
+        line += f" {'':>9} {'':>9} {'':>7} | {'':>7} |"
+    if "reference" in by:
+        r = by["reference"]
+        line += f" {r['median_ms']:>8.1f} {r['median_ms'] / ours['median_ms']:>6.1f}"
+    # A median far above the min means the calls were disturbed (another process, page faults).
+    if any(r["median_ms"] > 1.5 * r["min_ms"] for r in by.values()):
+        line += "  noisy"
+    return line
+
+
+def run_worker(script, args, env=None):
+    """Runs bench/<script> in a fresh interpreter and returns the JSON it prints."""
+    out = subprocess.run([sys.executable, os.path.join(HERE, script), *map(str, args)],
+                         capture_output=True, text=True, env=env, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def bench_gemm(shapes, threads, quick):
+    """NumPy's float32 matmul next to ours on merged-GEMM shapes, in a subprocess where OpenBLAS
+    gets `threads` threads and no OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE overrides (they can slow it
+    down: a fair NumPy). If those are set here, the same is measured with them too, for the record."""
+    base = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+    base["OPENBLAS_NUM_THREADS"] = str(threads)
+    clean = {k: v for k, v in base.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    spec = json.dumps(shapes)
+    results = {"clean": run_worker("gemm_peak.py", [threads, spec, int(quick)], clean)}
+    overrides = {k: base[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in base}
+    if overrides:
+        results["inherited"] = run_worker("gemm_peak.py", [threads, spec, int(quick)], base)
+        results["inherited"]["overrides"] = overrides
+    return results
+
+
+def bench_memory(configs, threads):
+    """Peak RSS growth of one training step, each contender in a fresh process (see peak_memory.py)."""
+    rows = []
+    for cell, B, H in configs:
+        row = dict(cell=cell, T=T_STEPS, B=B, I=H, H=H)
+        for name in ["fusedrnn"] + (["torch"] if torch is not None else []):
+            row[name] = run_worker("peak_memory.py", [name, cell, T_STEPS, B, H, threads])
+        if "torch" in row:
+            row["ratio"] = row["fusedrnn"]["step_mb"] / row["torch"]["step_mb"]
+        rows.append(row)
+        t = row.get("torch", {}).get("step_mb", float("nan"))
+        print(f"{cell:4} B={B:<3} H={H:<5} ours {row['fusedrnn']['step_mb']:8.1f} MB   torch {t:8.1f} MB   "
+              f"ours/torch {row.get('ratio', float('nan')):.2f}", flush=True)
+    return rows
+
+
+def bench_scaling(configs, modes, threads, timing):
+    """1 thread against `threads`, both contenders, interleaved call by call."""
+    rows = []
+    for cell, B, H in configs:
+        p = make_problem(cell, T_STEPS, B, H, H)
+        contenders = contenders_for(cell, p, reference=False)
+        for mode in modes:
+            fns = {}
+            for name, c in contenders.items():
+                fn = c[0 if mode == "inference" else 1]
+                for n in (1, threads):
+                    # Setting the count is part of the call: microseconds against 10s of ms.
+                    fns[(name, n)] = (lambda fn=fn, n=n: (set_threads(n), fn()))
+            times = time_interleaved(fns, *timing)
+            set_threads(threads)
+            med = {key: statistics.median(t) for key, t in times.items()}
+            row = dict(cell=cell, T=T_STEPS, B=B, I=H, H=H, mode=mode, threads=threads)
+            for name in contenders:
+                row[name] = dict(ms_1=med[(name, 1)], ms_n=med[(name, threads)],
+                                 speedup=med[(name, 1)] / med[(name, threads)])
+            rows.append(row)
+            t = row.get("torch", {}).get("speedup", float("nan"))
+            print(f"{cell:4} B={B:<3} H={H:<5} {mode:9} 1 -> {threads} threads: ours {row['fusedrnn']['speedup']:.2f}x "
+                  f"({row['fusedrnn']['ms_1']:.1f} -> {row['fusedrnn']['ms_n']:.1f} ms)   torch {t:.2f}x", flush=True)
+    return rows
+
+
+def machine_description(threads):
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        model = f"{fields['model name'].strip()} (family {fields['cpu family'].strip()}, model {fields['model'].strip()})"
+    except (OSError, KeyError):
+        pass
+    # Which OpenMP / BLAS libraries this process loaded: one OpenMP runtime shared by torch and
+    # fusedrnn means neither's idle threads spin against the other's.
+    libs = []
+    try:
+        with open("/proc/self/maps") as f:
+            libs = sorted({os.path.basename(line.split()[-1]) for line in f
+                           if any(k in line for k in ("omp", "blas", "mkl"))})
+    except OSError:
+        pass
+    info = fusedrnn.build_info()
+    return {
+        "cpu": model,
+        "cpus": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "isa_selected": info["isa_selected"],
+        "isa_compiled": info["isa_compiled"],
+        "threads": threads,
+        "fusedrnn": info["version"],
+        "compiler": info["compiler"],
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": torch.__version__ if torch is not None else None,
+        "os": platform.platform(),
+        "libraries": libs,
+    }
+
+
+def load_average():
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
+# ---------------------------------------------------------------------------------------------
+
+def int_list(text):
+    return [int(v) for v in text.split(",")]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes and few repeats")
+    parser.add_argument("--quick", action="store_true", help="a small subset with few repeats")
     parser.add_argument("--cells", default="rnn,lstm,gru")
-    parser.add_argument("--repeat", type=int, default=10, help="timed calls per contender (at least)")
-    parser.add_argument("--no-reference", action="store_true", help="skip the (slow) NumPy reference")
-    parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+    parser.add_argument("--batch", type=int_list, help="batch sizes (default 1,8,64)")
+    parser.add_argument("--hidden", type=int_list, help="hidden sizes, I = H (default 128,256,512,1024)")
+    parser.add_argument("--modes", default="inference,training")
+    parser.add_argument("--threads", type=int, help="threads for every contender (default: fusedrnn's)")
+    parser.add_argument("--no-reference", action="store_true", help="skip the NumPy reference")
+    parser.add_argument("--no-extras", action="store_true", help="only the table: no GEMM, memory, scaling")
+    parser.add_argument("--json", metavar="PATH", help="write everything measured as JSON")
+    parser.add_argument("--markdown", metavar="JSON", help="print the Markdown report of a --json file and exit")
     args = parser.parse_args(argv)
 
-    threads = fusedrnn.build_info()["max_threads"]
-    if torch is not None:
-        torch.set_num_threads(threads)
-    shapes = [(100, 64, 256, 256), (100, 1, 256, 256)]
-    repeat, min_seconds = args.repeat, 1.0
+    if args.markdown:
+        import report
+        with open(args.markdown) as f:
+            print(report.markdown(json.load(f)), end="")
+        return
+
+    threads = args.threads or fusedrnn.get_num_threads()
+    set_threads(threads)
+    cells = args.cells.split(",")
+    modes = args.modes.split(",")
     if args.quick:
-        shapes, repeat, min_seconds = [(20, 16, 64, 64), (20, 1, 64, 64)], 3, 0.1
+        batches, hiddens = args.batch or [1, 64], args.hidden or [256]
+        timing = (3, 0.05, 10)  # (min calls, min seconds, max calls) per configuration
+        gemm_shapes = [(T_STEPS * 64, 4 * 256, 256)]
+        memory_configs, scaling_configs = [("lstm", 64, 256)], [("lstm", 64, 256)]
+    else:
+        batches, hiddens = args.batch or [1, 8, 64], args.hidden or [128, 256, 512, 1024]
+        timing = (7, 0.5, 40)
+        # Merged input GEMM of an LSTM: M = T*B rows, N = G*H, K = I.
+        gemm_shapes = [(T_STEPS * B, 4 * H, H) for B, H in ((8, 256), (64, 256), (64, 512))]
+        memory_configs = [(c, 64, H) for c in cells for H in (256, 512)]
+        scaling_configs = [(c, 64, 512) for c in cells]
 
-    info = fusedrnn.build_info()
-    print(f"fusedrnn {info['version']} | isa {info['isa_selected']} | threads {threads} | "
-          f"numpy {np.__version__} | torch {torch.__version__ if torch else 'not installed'} | "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus")
-    header = f"{'cell':5} {'T':>4} {'B':>4} {'I':>5} {'H':>5} {'mode':9} {'contender':10} " \
-             f"{'median ms':>10} {'min ms':>9} {'GFLOP/s':>8} {'fusedrnn x':>10}"
-    print(header)
-    print("-" * len(header))
+    load_before = load_average()
+    machine = machine_description(threads)
+    print(f"fusedrnn {machine['fusedrnn']} ({machine['compiler']}) | isa {machine['isa_selected']} | "
+          f"threads {threads} | numpy {machine['numpy']} | torch {machine['torch'] or 'not installed'} | "
+          f"python {machine['python']}")
+    print(f"{machine['cpu']}, {machine['cpus']} cpus | load average {load_before:.2f} | "
+          f"libraries: {', '.join(machine['libraries'])}")
+    if load_before is not None and load_before > 1:
+        print(f"warning: load average {load_before:.2f}: the machine is busy, timings will be noisy")
 
-    rng = np.random.default_rng(0)
-    rows = []
-    for cell in args.cells.split(","):
-        for T, B, I, H in shapes:
-            p = make_problem(cell, T, B, I, H, rng)
-            contenders = {"fusedrnn": numpy_contender(functional, cell, p)}
-            if not args.no_reference:
-                contenders["reference"] = numpy_contender(_reference, cell, p)
-            if torch is not None:
-                contenders["torch"] = torch_contender(cell, p)
-            # The contenders must compute the same thing before their times mean anything.
-            ours = contenders["fusedrnn"][2]()
-            for name, (_, _, output) in contenders.items():
-                err = float(np.max(np.abs(output() - ours)))
-                if err > 1e-3:
-                    sys.exit(f"{cell} {name} disagrees with fusedrnn by {err:.2e}: not timing it")
-            flops = 2.0 * T * B * (I + H) * GATES[cell] * H
-            for mode, work in (("inference", flops), ("training", 3 * flops)):
-                results = {}
-                for name, (infer, train, _) in contenders.items():
-                    results[name] = timed(infer if mode == "inference" else train, repeat, min_seconds)
-                for name, (median, best) in results.items():
-                    ratio = median / results["fusedrnn"][0]
-                    row = dict(cell=cell, T=T, B=B, I=I, H=H, mode=mode, contender=name,
-                               median_ms=median, min_ms=best, gflops=work / median / 1e6,
-                               speedup_of_fusedrnn=ratio)
-                    rows.append(row)
-                    print(f"{cell:5} {T:>4} {B:>4} {I:>5} {H:>5} {mode:9} {name:10} {median:>10.3f} "
-                          f"{best:>9.3f} {row['gflops']:>8.1f} {ratio:>10.2f}")
-    print("\n'fusedrnn x' = the contender's median time / fusedrnn's (above 1: fusedrnn is faster).")
+    fma = [_core.fma_peak_gflops(threads)]
+    fma_1 = _core.fma_peak_gflops(1)
+    print(f"FMA peak: {fma[0]:.1f} GFLOP/s with {threads} threads, {fma_1:.1f} with 1")
+    if fma[0] < 0.8 * threads * fma_1:
+        # An FMA loop has no shared resource but the cores: if it does not scale, another process
+        # holds one of them, and every barrier-per-step kernel will stall on it.
+        print(f"warning: the FMA peak scales only {fma[0] / fma_1:.2f}x from 1 to {threads} threads: "
+              "cores are busy")
+
+    rows = bench_table(cells, batches, hiddens, modes, timing, not args.no_reference, fma[0])
+    print("'x torch' = torch's median / ours (above 1: fusedrnn is faster); 'x ref' likewise for the "
+          "NumPy reference (1 BLAS thread); %peak = ours / the FMA peak above.")
+
+    gemm, memory, scaling = None, [], []
+    if not args.no_extras:
+        print(f"\nMerged-GEMM shape, float32, {threads} threads (NumPy in a subprocess):")
+        gemm = bench_gemm(gemm_shapes, threads, args.quick)
+        for key, result in gemm.items():
+            note = "OPENBLAS_CORETYPE/L2_SIZE unset" if key == "clean" else f"as inherited {result['overrides']}"
+            print(f"  NumPy {note}: OpenBLAS core {result['openblas_core']}")
+            for s in result["shapes"]:
+                print(f"    M={s['M']:<6} N={s['N']:<5} K={s['K']:<5} numpy {s['numpy_gflops']:6.1f}  ours "
+                      f"{s['ours_gflops']:6.1f} GFLOP/s  ours/numpy {s['ours_gflops'] / s['numpy_gflops']:.2f}  "
+                      f"(ours right after a NumPy call, its BLAS threads still spinning: "
+                      f"{s['ours_after_numpy_gflops']:.1f})")
+        print("\nPeak resident memory of one training step (growth over the process's baseline):")
+        memory = bench_memory(memory_configs, threads)
+        if threads > 1:
+            print("\nThread scaling:")
+            scaling = bench_scaling(scaling_configs, modes, threads, timing)
+    fma.append(_core.fma_peak_gflops(threads))
+    load_after = load_average()
+    print(f"\nFMA peak at the end: {fma[1]:.1f} GFLOP/s (start {fma[0]:.1f}); load average {load_after:.2f}")
+    if max(fma) > 1.2 * min(fma):
+        print("warning: the FMA peak moved by more than 20% during the run: the machine was busy")
+
     if args.json:
+        result = {
+            "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "command": "python bench/run.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "machine": machine, "threads": threads, "T": T_STEPS,
+            "timing": dict(zip(("min_calls", "min_seconds", "max_calls"), timing)),
+            "load_average": [load_before, load_after],
+            "peaks": {"fma_gflops": fma, "fma_gflops_1_thread": fma_1, "gemm": gemm},
+            "rows": rows, "memory": memory, "scaling": scaling,
+        }
         with open(args.json, "w") as f:
-            json.dump({"build_info": info, "threads": threads, "rows": rows}, f, indent=1)
+            json.dump(result, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,16 @@
 """fusedrnn: fused CPU kernels for RNN, LSTM and GRU layers, with a NumPy API.
 
 ``fusedrnn.functional`` holds the layer-level forward and backward functions;
-``fusedrnn._reference`` the plain NumPy spec they are tested against.
+``fusedrnn._reference`` the plain NumPy spec they are tested against; ``fusedrnn.nn`` and
+``fusedrnn.optim`` the PyTorch-flavoured layers, losses and optimizers.
 """
 
-from . import _core, functional
+from . import _core, functional, nn, optim
+from ._random import manual_seed
 
 __version__ = _core.__version__
 
-__all__ = ["functional", "build_info", "get_num_threads", "set_num_threads", "__version__"]
+__all__ = ["functional", "nn", "optim", "manual_seed", "build_info", "get_num_threads", "set_num_threads", "__version__"]
 
 
 def get_num_threads():

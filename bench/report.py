@@ -1,0 +1,164 @@
+"""The Markdown report of a `run.py --json` file: `python bench/run.py --markdown results.json`.
+
+bench/RESULTS.md is this function's output, never edited by hand.
+"""
+
+
+def ms(v):
+    return "" if v is None else f"{v:.0f}" if v >= 100 else f"{v:.1f}" if v >= 10 else f"{v:.3f}"
+
+
+def num(v, digits=2):
+    return "" if v is None else f"{v:.{digits}f}"
+
+
+def table(header, lines):
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c) for c in line) + " |" for line in lines]
+    return out
+
+
+def targets(doc):
+    """Issue #5's targets: [(what, threshold, at_least, [(value, where), ...])]."""
+    ours = [r for r in doc["rows"] if r["contender"] == "fusedrnn" and r["ratio_to_torch"] is not None]
+
+    def ratios(pred, key="ratio_to_torch"):
+        return [(r[key], f"{r['cell']} B={r['B']} H={r['H']} {r['mode']}") for r in ours if pred(r)]
+
+    def rnn_gru(r):
+        return r["cell"] in ("rnn", "gru")
+
+    n = doc["threads"]
+    gemm = (doc["peaks"]["gemm"] or {}).get("clean", {"shapes": []})["shapes"]
+    return [
+        ("LSTM inference B=64 H=256, x PyTorch", 1.0, True,
+         ratios(lambda r: r["cell"] == "lstm" and r["mode"] == "inference" and r["B"] == 64 and r["H"] == 256)),
+        ("LSTM inference B=64 H=256, fraction of the FMA peak", 0.85, True,
+         ratios(lambda r: r["cell"] == "lstm" and r["mode"] == "inference" and r["B"] == 64 and r["H"] == 256,
+                "peak_fraction")),
+        ("LSTM training B=64, x PyTorch", 1.3, True,
+         ratios(lambda r: r["cell"] == "lstm" and r["mode"] == "training" and r["B"] == 64)),
+        ("GRU and RNN training, every size, x PyTorch", 2.0, True,
+         ratios(lambda r: rnn_gru(r) and r["mode"] == "training")),
+        ("GRU and RNN inference, every size, x PyTorch", 1.5, True,
+         ratios(lambda r: rnn_gru(r) and r["mode"] == "inference")),
+        ("LSTM inference B=1, x PyTorch", 1.5, True,
+         ratios(lambda r: r["cell"] == "lstm" and r["mode"] == "inference" and r["B"] == 1)),
+        ("LSTM training B=1, x PyTorch", 2.0, True,
+         ratios(lambda r: r["cell"] == "lstm" and r["mode"] == "training" and r["B"] == 1)),
+        ("GRU and RNN inference B=1, x PyTorch", 3.0, True,
+         ratios(lambda r: rnn_gru(r) and r["mode"] == "inference" and r["B"] == 1)),
+        ("GRU and RNN training B=1, x PyTorch", 5.0, True,
+         ratios(lambda r: rnn_gru(r) and r["mode"] == "training" and r["B"] == 1)),
+        ("merged GEMM, ours / NumPy float32 matmul", 0.9, True,
+         [(s["ours_gflops"] / s["numpy_gflops"], f"M={s['M']} N={s['N']} K={s['K']}") for s in gemm]),
+        (f"1 -> {n} threads at B=64 H=512, ours", 1.8, True,
+         [(s["fusedrnn"]["speedup"], f"{s['cell']} {s['mode']}") for s in doc["scaling"] if s["H"] == 512]),
+        ("training-step peak memory, ours / PyTorch", 1.0, False,
+         [(m["ratio"], f"{m['cell']} B={m['B']} H={m['H']}") for m in doc["memory"] if "ratio" in m]),
+    ]
+
+
+def markdown(doc):
+    m, peaks, n = doc["machine"], doc["peaks"], doc["threads"]
+    fma = peaks["fma_gflops"]
+    out = [
+        "# fusedrnn benchmark results", "",
+        "Generated from `bench/results.json` by `python bench/run.py --markdown bench/results.json`:",
+        "do not edit by hand; rerun the suite and regenerate.", "",
+        f"Measured {doc['date']} with `{doc['command']}`. Load average before / after: "
+        f"{num(doc['load_average'][0])} / {num(doc['load_average'][1])}.", "",
+        "## Machine", "",
+        f"- CPU: {m['cpu']}, {m['cpus']} logical CPUs ({m['cpus_usable']} usable)",
+        f"- fusedrnn {m['fusedrnn']} ({m['compiler']}), instruction set selected: {m['isa_selected']} "
+        f"(compiled: {', '.join(m['isa_compiled'])})",
+        f"- threads for every contender: {n} (`fusedrnn.set_num_threads`, `torch.set_num_threads`)",
+        f"- Python {m['python']}, NumPy {m['numpy']}, PyTorch {m['torch'] or 'not installed'}; {m['os']}",
+        f"- OpenMP / BLAS libraries loaded: {', '.join(m['libraries'])}", "",
+        "## Peaks (measured in the same run)", "",
+        f"- float32 FMA loop (`fusedrnn._core.fma_peak_gflops`): {num(fma[0], 1)} GFLOP/s with {n} threads "
+        f"at the start, {num(fma[1], 1)} at the end; {num(peaks['fma_gflops_1_thread'], 1)} with 1 thread. "
+        "%peak below is against the first.",
+    ]
+    gemm = peaks["gemm"]
+    if gemm:
+        c = gemm["clean"]
+        out += [f"- float32 GEMM on the merged input-GEMM shape of an LSTM (M = T*B, N = 4H, K = I), "
+                f"NumPy in a fresh process with {n} OpenBLAS threads and OPENBLAS_CORETYPE / "
+                f"OPENBLAS_L2_SIZE unset (OpenBLAS core: {c['openblas_core']}):", ""]
+        inherited = {(s["M"], s["N"], s["K"]): s for s in gemm.get("inherited", {}).get("shapes", [])}
+        header = ["M", "N", "K", "NumPy GFLOP/s", "ours GFLOP/s", "ours / NumPy", "ours right after a NumPy call"]
+        if inherited:
+            over = gemm["inherited"]["overrides"]
+            header.append("NumPy with " + ", ".join(f"{k}={v}" for k, v in over.items())
+                          + f" (core {gemm['inherited']['openblas_core']})")
+        lines = []
+        for s in c["shapes"]:
+            line = [s["M"], s["N"], s["K"], num(s["numpy_gflops"], 1), num(s["ours_gflops"], 1),
+                    num(s["ours_gflops"] / s["numpy_gflops"]), num(s["ours_after_numpy_gflops"], 1)]
+            if inherited:
+                line.append(num(inherited[(s["M"], s["N"], s["K"])]["numpy_gflops"], 1))
+            lines.append(line)
+        out += table(header, lines)
+        out += ["", "  \"Ours right after a NumPy call\": OpenBLAS's worker threads busy-wait after each call "
+                "and take cores from the next kernel; the other columns pause 0.3 s first. The timed "
+                "suite runs NumPy with one BLAS thread (no workers) for that reason."]
+
+    out += ["", "## Issue #5 targets", ""]
+    lines = []
+    for what, threshold, at_least, values in targets(doc):
+        if not values:
+            lines.append([what, threshold, "not measured", "", ""])
+            continue
+        worst = (min if at_least else max)(values)
+        met = sum((v >= threshold) if at_least else (v <= threshold) for v, _ in values)
+        lines.append([what, ("≥ " if at_least else "≤ ") + str(threshold), f"{worst[0]:.2f} ({worst[1]})",
+                      f"{met} of {len(values)}", "yes" if met == len(values) else "**no**"])
+    out += table(["target", "threshold", "worst measured (where)", "configurations meeting it", "met"], lines)
+
+    out += ["", f"## Time per call, T = {doc['T']}, I = H, {n} threads", "",
+            "x PyTorch = PyTorch's median / ours (above 1: fusedrnn is faster); x ref likewise for the NumPy "
+            "reference (one BLAS thread; small sizes only). GFLOP/s counts the forward GEMM work "
+            "2*T*B*(I+H)*G*H, training 3x that; %peak = ours / the FMA peak.", ""]
+    by = {}
+    for r in doc["rows"]:
+        by.setdefault((r["cell"], r["B"], r["H"], r["mode"]), {})[r["contender"]] = r
+    lines = []
+    for (cell, B, H, mode), c in by.items():
+        o, t, ref = c["fusedrnn"], c.get("torch", {}), c.get("reference")
+        lines.append([cell, B, H, mode, ms(o["median_ms"]), ms(o["min_ms"]), num(o["gflops"], 1),
+                      num(100 * o["peak_fraction"], 1), ms(t.get("median_ms")), ms(t.get("min_ms")),
+                      num(t.get("gflops"), 1), num(o["ratio_to_torch"]),
+                      ms(ref["median_ms"]) if ref else "",
+                      num(ref["median_ms"] / o["median_ms"], 1) if ref else ""])
+    out += table(["cell", "B", "H", "mode", "ours median ms", "ours min ms", "ours GFLOP/s", "%peak",
+                  "PyTorch median ms", "PyTorch min ms", "PyTorch GFLOP/s", "x PyTorch", "ref ms", "x ref"], lines)
+
+    if doc["memory"]:
+        out += ["", "## Peak resident memory of one training step", "",
+                "Each contender in a fresh process: libraries warmed up on a tiny problem, inputs and "
+                "weights created, then the growth of the resident set's peak during one forward + "
+                f"backward ({doc['memory'][0]['fusedrnn']['method']}).", ""]
+        out += table(["cell", "B", "H", "ours MB", "PyTorch MB", "ours / PyTorch"],
+                     [[r["cell"], r["B"], r["H"], num(r["fusedrnn"]["step_mb"], 1),
+                       num(r.get("torch", {}).get("step_mb"), 1), num(r.get("ratio"))] for r in doc["memory"]])
+    if doc["scaling"]:
+        out += ["", f"## Thread scaling, 1 -> {n} threads (interleaved call by call)", ""]
+        out += table(["cell", "B", "H", "mode", "ours 1 thread ms", f"ours {n} threads ms", "ours speed-up",
+                      "PyTorch speed-up"],
+                     [[s["cell"], s["B"], s["H"], s["mode"], ms(s["fusedrnn"]["ms_1"]), ms(s["fusedrnn"]["ms_n"]),
+                       num(s["fusedrnn"]["speedup"]), num(s.get("torch", {}).get("speedup"))]
+                      for s in doc["scaling"]])
+    t = doc["timing"]
+    out += ["", "## How it was measured", "",
+            f"- Every configuration: one warm-up call per contender, then the contenders called in turn, "
+            f"at least {t['min_calls']} calls each and {t['min_seconds']} s, at most {t['max_calls']}; "
+            "median and min reported. Outputs are checked to agree before timing.",
+            "- Same process, same thread count for every contender; PyTorch inference under "
+            "`torch.inference_mode()`, training = forward with `x.requires_grad` + `backward(dy)` after "
+            "`zero_grad(set_to_none=True)`; ours = `*_forward(training=True)` + `*_backward(dy, ...)`.",
+            "- OPENBLAS_NUM_THREADS=1 in the timing process (only the NumPy reference uses BLAS there), "
+            "so no OpenBLAS worker threads spin while the others run.",
+            "- Ratios are only meaningful inside one run: the machine is shared. If the load average "
+            "above is over 1 or the FMA peak moved much between start and end, distrust the run.", ""]
+    return "\n".join(out)

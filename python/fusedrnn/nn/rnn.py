@@ -1,0 +1,646 @@
+"""Recurrent layers and cells with torch.nn's interface, running on :mod:`fusedrnn.functional`.
+
+``RNN``, ``LSTM`` and ``GRU`` take torch.nn's constructor arguments, have its parameter names,
+shapes and order (a PyTorch ``state_dict`` converted to NumPy loads unchanged) and shape their
+results as PyTorch does. Each layer and direction is one fused kernel call over all time steps;
+Python only loops over layers and directions.
+
+Since there is no autograd, ``backward(grad_output, grad_hn=None)`` runs BPTT through the last
+training-mode forward: it returns ``(grad_input, grad_hx)`` and accumulates (``+=``) into every
+parameter's ``.grad``.
+
+Letters: T steps, B batch, I input size, H hidden size, P the size of h (proj_size, or H without
+projection), L layers, D directions (2 when bidirectional).
+"""
+
+import math
+import numbers
+import warnings
+
+import numpy as np
+
+from .. import functional as F
+from .._random import resolve_rng
+from ._common import as_float_array, check_device, resolve_dtype
+from .module import Module, Parameter
+from .utils.rnn import PackedSequence, _packed_to_padded, _valid_steps
+
+__all__ = ["RNNBase", "RNN", "LSTM", "GRU", "RNNCellBase", "RNNCell", "LSTMCell", "GRUCell"]
+
+_GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
+_GRAD_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+
+
+# -- argument checks shared by layers and cells -------------------------------------------------
+
+def _check_size(value, name):
+    """A positive int (PyTorch's messages for hidden_size and num_layers)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"{name} must be greater than zero")
+    return int(value)
+
+
+# -- one layer, one direction: the kernel calls ----------------------------------------------------
+
+def _kernel_forward(mode, x, h0, c0, weights, lengths, reverse, training):
+    """Runs one layer in one direction. weights: dict name -> array (absent or None: no such weight).
+
+    Returns ``(y (T, B, P), h_n (B, P), c_n (B, H) or None, saved)``.
+    """
+    w = [weights.get(name) for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+    options = dict(lengths=lengths, reverse=reverse, training=training)
+    if mode == "LSTM":
+        # Passed only when present, so layers without projection need nothing beyond the core kernel.
+        if weights.get("weight_hr") is not None:
+            options["weight_hr"] = weights["weight_hr"]
+        return F.lstm_forward(x, h0, c0, *w, **options)
+    if mode == "GRU":
+        y, h_n, saved = F.gru_forward(x, h0, *w, **options)
+    else:
+        y, h_n, saved = F.rnn_forward(x, h0, *w, nonlinearity=mode[4:].lower(), **options)
+    return y, h_n, None, saved
+
+
+def _kernel_backward(mode, dy, dh_n, dc_n, saved):
+    """Returns ``(dx, dh0, dc0 or None, {weight name: gradient or None})``."""
+    if mode == "LSTM":
+        dx, dh0, dc0, *dweights = F.lstm_backward(dy, dh_n, dc_n, saved)
+    elif mode == "GRU":
+        (dx, dh0, *dweights), dc0 = F.gru_backward(dy, dh_n, saved), None
+    else:
+        (dx, dh0, *dweights), dc0 = F.rnn_backward(dy, dh_n, saved), None
+    return dx, dh0, dc0, dict(zip(_GRAD_NAMES, dweights))
+
+
+class _BackwardState:
+    """Why a module cannot run backward now; keeps the error messages in one place."""
+
+    NO_FORWARD = "backward was called before any forward: run forward in training mode first"
+    EVAL = ("the last forward ran in eval mode, which saves nothing for backward: call .train() "
+            "and run forward again")
+    USED = ("Trying to backward through the same forward a second time: the first backward freed "
+            "what it saved; run forward again")
+
+
+# -- layers --------------------------------------------------------------------------------------
+
+class RNNBase(Module):
+    """Shared machinery of RNN, LSTM and GRU (use those).
+
+    mode: ``"RNN_TANH"``, ``"RNN_RELU"``, ``"LSTM"`` or ``"GRU"``. The other arguments are torch.nn's,
+    plus ``rng`` (None for the shared generator, an int seed or a numpy Generator) for the initial
+    weights and the dropout masks.
+    """
+
+    def __init__(self, mode, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, rng=None):
+        super().__init__()
+        if mode not in _GATES:
+            raise ValueError(f"Unrecognized RNN mode: {mode!r}")
+        if (not isinstance(dropout, numbers.Number) or isinstance(dropout, bool)
+                or not 0 <= dropout <= 1):
+            raise ValueError("dropout should be a number in range [0, 1] representing the probability "
+                             "of an element being zeroed")
+        input_size = _check_size(input_size, "input_size")
+        hidden_size = _check_size(hidden_size, "hidden_size")
+        num_layers = _check_size(num_layers, "num_layers")
+        if isinstance(proj_size, bool) or not isinstance(proj_size, (int, np.integer)):
+            raise TypeError(f"proj_size should be of type int, got: {type(proj_size).__name__}")
+        proj_size = int(proj_size)
+        if proj_size < 0:
+            raise ValueError("proj_size should be a positive integer or zero to disable projections")
+        if proj_size >= hidden_size:
+            raise ValueError("proj_size has to be smaller than hidden_size")
+        if proj_size and mode != "LSTM":
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        if dropout > 0 and num_layers == 1:
+            warnings.warn("dropout option adds dropout after all but last recurrent layer, so non-zero "
+                          f"dropout expects num_layers greater than 1, but got dropout={dropout} and "
+                          f"num_layers={num_layers}")
+        check_device(device)
+        self.mode = mode
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.bias = bool(bias)
+        self.batch_first = bool(batch_first)
+        self.dropout = float(dropout)
+        self.bidirectional = bool(bidirectional)
+        self.proj_size = proj_size
+        # None stays None so that fusedrnn.manual_seed, which replaces the shared generator, is
+        # honoured by later dropout masks too.
+        self._rng = None if rng is None else resolve_rng(rng)
+        self._backward_state = _BackwardState.NO_FORWARD
+        self._context = None
+
+        dtype = resolve_dtype(dtype)
+        gates_h = _GATES[mode] * hidden_size
+        for layer in range(num_layers):
+            layer_input = input_size if layer == 0 else self._state_size * self._directions
+            for suffix in self._suffixes(layer):
+                shapes = {"weight_ih": (gates_h, layer_input), "weight_hh": (gates_h, self._state_size)}
+                if self.bias:
+                    shapes.update(bias_ih=(gates_h,), bias_hh=(gates_h,))
+                if proj_size:
+                    shapes["weight_hr"] = (proj_size, hidden_size)
+                for name, shape in shapes.items():
+                    self.register_parameter(name + suffix, Parameter(np.zeros(shape, dtype)))
+        self.reset_parameters()
+
+    # -- structure -------------------------------------------------------------------------------
+    @property
+    def _directions(self):
+        return 2 if self.bidirectional else 1
+
+    @property
+    def _state_size(self):
+        """Size of h (and of each direction's output): proj_size when projecting, else hidden_size."""
+        return self.proj_size or self.hidden_size
+
+    def _suffixes(self, layer):
+        return [f"_l{layer}", f"_l{layer}_reverse"][:self._directions]
+
+    def _weights(self, layer, direction):
+        suffix = self._suffixes(layer)[direction]
+        return {name: getattr(self, name + suffix).data for name in _GRAD_NAMES
+                if hasattr(self, name + suffix)}
+
+    @property
+    def _flat_weights_names(self):
+        return [name for name, _ in self.named_parameters()]
+
+    @property
+    def all_weights(self):
+        """The parameters grouped per layer and direction, as in PyTorch."""
+        return [[getattr(self, name + suffix) for name in _GRAD_NAMES if hasattr(self, name + suffix)]
+                for layer in range(self.num_layers) for suffix in self._suffixes(layer)]
+
+    def reset_parameters(self):
+        """Draws every parameter from U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)), as PyTorch."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        rng = resolve_rng(self._rng)
+        for param in self.parameters():
+            param.data[...] = rng.uniform(-bound, bound, param.shape)
+
+    def flatten_parameters(self):
+        """Does nothing: the weights are always used in place (kept for PyTorch code that calls it)."""
+
+    def extra_repr(self):
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.proj_size != 0:
+            s += f", proj_size={self.proj_size}"
+        if self.num_layers != 1:
+            s += f", num_layers={self.num_layers}"
+        if self.bias is not True:
+            s += f", bias={self.bias}"
+        if self.batch_first is not False:
+            s += f", batch_first={self.batch_first}"
+        if self.dropout != 0:
+            s += f", dropout={self.dropout}"
+        if self.bidirectional is not False:
+            s += f", bidirectional={self.bidirectional}"
+        return s
+
+    # -- forward ---------------------------------------------------------------------------------
+    def forward(self, input, hx=None):
+        """Runs all layers over a batch.
+
+        Args:
+            input: ``(T, B, I)`` (``(B, T, I)`` with batch_first), unbatched ``(T, I)``, or a
+                PackedSequence with data ``(N, I)``.
+            hx: initial state ``(L*D, B, P)`` (``(L*D, P)`` unbatched), for LSTM a tuple
+                ``(h_0, c_0)`` with c_0 ``(L*D, B, H)``; None for zeros. For a PackedSequence, hx is
+                in the caller's batch order.
+
+        Returns:
+            ``(output, h_n)``, for LSTM ``(output, (h_n, c_n))``: output shaped like the input with
+            ``D*P`` features (a PackedSequence for a PackedSequence), h_n ``(L*D, B, P)`` and c_n
+            ``(L*D, B, H)`` (without the batch dimension for unbatched input).
+        """
+        dtype = self.weight_ih_l0.dtype
+        packed = isinstance(input, PackedSequence)
+        lengths = steps = sorted_indices = None
+        if packed:
+            data = as_float_array(input.data, dtype, "input")
+            if data.ndim != 2:
+                raise ValueError(f"input must have 2 dimensions, got {data.ndim}: the data of a "
+                                 "PackedSequence is (N, input_size)")
+            x, lengths = _packed_to_padded(input._replace(data=data))
+            steps = _valid_steps(input.batch_sizes)
+            sorted_indices = input.sorted_indices
+            unbatched = False
+        else:
+            input = as_float_array(input, dtype, "input")
+            if input.ndim not in (2, 3):
+                raise ValueError(f"{type(self).__name__}: Expected input to be 2D or 3D, got "
+                                 f"{input.ndim}D instead")
+            unbatched = input.ndim == 2
+            x = input[:, None] if unbatched else input.swapaxes(0, 1) if self.batch_first else input
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"input.size(-1) must be equal to input_size. Expected {self.input_size}, "
+                             f"got {x.shape[-1]}")
+        h0, c0 = self._initial_states(hx, x.shape[1], unbatched, sorted_indices, dtype)
+
+        training = self.training
+        rng = resolve_rng(self._rng)
+        saved, masks, h_n, c_n = [], [], [], []
+        layer_input = x
+        for layer in range(self.num_layers):
+            outputs = []
+            for direction in range(self._directions):
+                index = layer * self._directions + direction
+                y, h, c, state = _kernel_forward(
+                    self.mode, layer_input, None if h0 is None else h0[index],
+                    None if c0 is None else c0[index], self._weights(layer, direction), lengths,
+                    direction == 1, training)
+                outputs.append(y)
+                saved.append(state)
+                h_n.append(h)
+                c_n.append(c)
+            layer_output = outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=-1)
+            if training and self.dropout > 0 and layer < self.num_layers - 1:
+                mask = self._dropout_mask(rng, layer_output.shape, dtype)
+                masks.append(mask)
+                layer_output = layer_output * mask
+            layer_input = layer_output
+
+        if training:
+            self._context = dict(saved=saved, masks=masks, packed=input if packed else None,
+                                 steps=steps, unbatched=unbatched, hx_given=hx is not None,
+                                 output_shape=layer_input.shape, batch=x.shape[1])
+            self._backward_state = None
+        else:
+            self._context, self._backward_state = None, _BackwardState.EVAL
+
+        h_n = np.stack(h_n)
+        c_n = np.stack(c_n) if self.mode == "LSTM" else None
+        if packed:
+            output = PackedSequence(layer_input[steps], input.batch_sizes, input.sorted_indices,
+                                    input.unsorted_indices)
+            if input.unsorted_indices is not None:
+                h_n = h_n[:, input.unsorted_indices]
+                c_n = None if c_n is None else c_n[:, input.unsorted_indices]
+        elif unbatched:
+            output, h_n = layer_input[:, 0], h_n[:, 0]
+            c_n = None if c_n is None else c_n[:, 0]
+        else:
+            output = np.ascontiguousarray(layer_input.swapaxes(0, 1)) if self.batch_first else layer_input
+        return output, (h_n if c_n is None else (h_n, c_n))
+
+    def _dropout_mask(self, rng, shape, dtype):
+        """Inverted dropout: zero with probability p, else 1/(1-p), so the expectation is unchanged."""
+        if self.dropout >= 1:
+            return np.zeros(shape, dtype)
+        keep = rng.random(shape) >= self.dropout
+        return keep.astype(dtype) / dtype.type(1 - self.dropout)
+
+    def _expected_states(self, batch):
+        """Expected shapes of h and c (batched), in the order of the hx tuple."""
+        rows = self.num_layers * self._directions
+        shapes = [(rows, batch, self._state_size)]
+        if self.mode == "LSTM":
+            shapes.append((rows, batch, self.hidden_size))
+        return shapes
+
+    def _initial_states(self, hx, batch, unbatched, sorted_indices, dtype):
+        """hx as batched (h0, c0) arrays in the kernels' (sorted) batch order; (None, None) if absent."""
+        if hx is None:
+            return None, None
+        lstm = self.mode == "LSTM"
+        if lstm and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
+            raise TypeError("hx of an LSTM must be a tuple (h_0, c_0)")
+        if not lstm and isinstance(hx, (tuple, list)):
+            raise TypeError(f"hx of {type(self).__name__} must be one array, not a {type(hx).__name__}")
+        states = [as_float_array(s, dtype, "hx") for s in (hx if lstm else [hx])]
+        want = 2 if unbatched else 3
+        if any(s.ndim != want for s in states):
+            kind = "unbatched 2-D" if unbatched else "batched 3-D"
+            dims = ", ".join(f"{s.ndim}-D" for s in states)
+            what = f"hx and cx should also be {want}-D but got ({dims}) arrays" if lstm else \
+                f"hx should also be {want}-D but got {dims} array"
+            raise ValueError(f"For {kind} input, {what}")
+        if unbatched:
+            states = [s[:, None] for s in states]
+        for i, (state, shape) in enumerate(zip(states, self._expected_states(batch))):
+            if state.shape != shape:
+                label = f"hidden[{i}]" if lstm else "hidden"
+                got = state.shape if not unbatched else state.shape[:1] + state.shape[2:]
+                want_shape = shape if not unbatched else shape[:1] + shape[2:]
+                raise ValueError(f"Expected {label} size {want_shape}, got {got}")
+        if sorted_indices is not None:
+            states = [s[:, sorted_indices] for s in states]
+        return states[0], states[1] if lstm else None
+
+    # -- backward --------------------------------------------------------------------------------
+    def backward(self, grad_output, grad_hn=None):
+        """BPTT through the last training-mode forward.
+
+        Args:
+            grad_output: gradient of output, shaped like it (for a PackedSequence output: a
+                PackedSequence or its data array); None for zeros.
+            grad_hn: gradient of h_n, shaped like h_n; for LSTM a tuple ``(dh_n, dc_n)`` whose
+                entries may be None; None for zeros.
+
+        Returns:
+            ``(grad_input, grad_hx)``: grad_input shaped like the input (for a PackedSequence input,
+            a PackedSequence with the same batch_sizes and indices:
+            ``pad_packed_sequence(grad_input, total_length=T)`` gives the gradient of the padded
+            batch that was packed); grad_hx shaped like the hx given (a tuple for LSTM), or None
+            when forward had no hx. Parameter gradients are added into their ``.grad``.
+        """
+        if self._backward_state is not None:
+            raise RuntimeError(self._backward_state)
+        ctx = self._context
+        packed = ctx["packed"]
+        dy = self._grad_output_time_major(grad_output, ctx)
+        dh_n, dc_n = self._grad_final_states(grad_hn, ctx)
+        # Consumed only now, so that a refused gradient can be corrected and passed again.
+        self._context, self._backward_state = None, _BackwardState.USED
+
+        rows = self.num_layers * self._directions
+        dh0, dc0 = [None] * rows, [None] * rows
+        P = self._state_size
+        d_output = dy
+        for layer in reversed(range(self.num_layers)):
+            d_input = None
+            for direction in range(self._directions):
+                index = layer * self._directions + direction
+                dy_direction = None if d_output is None else d_output[..., direction * P:(direction + 1) * P]
+                dx, dh0[index], dc0[index], dweights = _kernel_backward(
+                    self.mode, dy_direction, None if dh_n is None else dh_n[index],
+                    None if dc_n is None else dc_n[index], ctx["saved"][index])
+                suffix = self._suffixes(layer)[direction]
+                for name, grad in dweights.items():
+                    if grad is not None:
+                        getattr(self, name + suffix).accumulate_grad(grad)
+                d_input = dx if d_input is None else d_input + dx
+            if layer > 0 and ctx["masks"]:
+                d_input *= ctx["masks"][layer - 1]
+            d_output = d_input
+
+        if packed is not None:
+            grad_input = PackedSequence(d_output[ctx["steps"]], packed.batch_sizes, packed.sorted_indices,
+                                        packed.unsorted_indices)
+        elif ctx["unbatched"]:
+            grad_input = d_output[:, 0]
+        else:
+            grad_input = np.ascontiguousarray(d_output.swapaxes(0, 1)) if self.batch_first else d_output
+        if not ctx["hx_given"]:
+            return grad_input, None
+        states = [np.stack(dh0)] + ([np.stack(dc0)] if self.mode == "LSTM" else [])
+        if packed is not None and packed.unsorted_indices is not None:
+            states = [s[:, packed.unsorted_indices] for s in states]
+        if ctx["unbatched"]:
+            states = [s[:, 0] for s in states]
+        return grad_input, tuple(states) if self.mode == "LSTM" else states[0]
+
+    def _grad_output_time_major(self, grad_output, ctx):
+        """grad_output as (T, B, D*P) in the kernels' layout, or None."""
+        if grad_output is None:
+            return None
+        dtype = self.weight_ih_l0.dtype
+        packed = ctx["packed"]
+        if packed is not None:
+            data = grad_output.data if isinstance(grad_output, PackedSequence) else grad_output
+            data = as_float_array(data, dtype, "grad_output")
+            expected = (packed.data.shape[0], ctx["output_shape"][-1])
+            if data.shape != expected:
+                raise ValueError(f"grad_output must have the output's data shape {expected}, got {data.shape}")
+            padded, _ = _packed_to_padded(packed._replace(data=data))
+            return padded
+        grad_output = as_float_array(grad_output, dtype, "grad_output")
+        T, B, features = ctx["output_shape"]
+        expected = (T, features) if ctx["unbatched"] else (B, T, features) if self.batch_first else (T, B, features)
+        if grad_output.shape != expected:
+            raise ValueError(f"grad_output must have the output's shape {expected}, got {grad_output.shape}")
+        if ctx["unbatched"]:
+            return grad_output[:, None]
+        return grad_output.swapaxes(0, 1) if self.batch_first else grad_output
+
+    def _grad_final_states(self, grad_hn, ctx):
+        """grad_hn as batched (dh_n, dc_n) in the kernels' (sorted) order; entries may be None."""
+        lstm = self.mode == "LSTM"
+        if grad_hn is None:
+            return None, None
+        if lstm and not (isinstance(grad_hn, (tuple, list)) and len(grad_hn) == 2):
+            raise TypeError("grad_hn of an LSTM must be a tuple (dh_n, dc_n) (entries may be None)")
+        grads = list(grad_hn) if lstm else [grad_hn]
+        dtype = self.weight_ih_l0.dtype
+        packed = ctx["packed"]
+        for i, shape in enumerate(self._expected_states(ctx["batch"])):
+            if grads[i] is None:
+                continue
+            grad = as_float_array(grads[i], dtype, "grad_hn")
+            if ctx["unbatched"]:
+                shape = shape[:1] + shape[2:]
+            if grad.shape != shape:
+                label = f"grad_hn[{i}]" if lstm else "grad_hn"
+                raise ValueError(f"{label} must have the shape of the final state {shape}, got {grad.shape}")
+            if ctx["unbatched"]:
+                grad = grad[:, None]
+            if packed is not None and packed.sorted_indices is not None:
+                grad = grad[:, packed.sorted_indices]   # h_n was returned in the caller's order
+            grads[i] = grad
+        return grads[0], grads[1] if lstm else None
+
+
+class RNN(RNNBase):
+    """Elman RNN, ``h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)`` with act tanh or relu.
+
+    Arguments as torch.nn.RNN (nonlinearity is the fourth positional one, as there), plus ``rng``.
+    See :class:`RNNBase` for forward and backward.
+    """
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
+                 batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None, rng=None):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+        super().__init__("RNN_" + nonlinearity.upper(), input_size, hidden_size, num_layers, bias,
+                         batch_first, dropout, bidirectional, 0, device, dtype, rng)
+        self.nonlinearity = nonlinearity
+
+
+class LSTM(RNNBase):
+    """Long short-term memory layer (gates i, f, g, o), optionally with a projection of h.
+
+    ``c_t = f * c_{t-1} + i * g``, ``h_t = o * tanh(c_t)``, and with ``proj_size > 0``
+    ``h_t = W_hr (o * tanh(c_t))``. Arguments as torch.nn.LSTM, plus ``rng``. forward returns
+    ``(output, (h_n, c_n))``; see :class:`RNNBase`.
+    """
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, rng=None):
+        super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, proj_size, device, dtype, rng)
+
+
+class GRU(RNNBase):
+    """Gated recurrent unit layer (gates r, z, n; linear-before-reset, as PyTorch and cuDNN).
+
+    Arguments as torch.nn.GRU, plus ``rng``. See :class:`RNNBase` for forward and backward.
+    """
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, device=None, dtype=None, rng=None):
+        super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, 0, device, dtype, rng)
+
+
+# -- cells ---------------------------------------------------------------------------------------
+
+class RNNCellBase(Module):
+    """One time step of a recurrent layer: the layer kernels run with T = 1.
+
+    forward(input ``(B, I)`` or ``(I,)``, hx=None) returns the next state; backward(grad of it)
+    returns ``(grad_input, grad_hx)`` (grad_hx None when forward had no hx) and accumulates the
+    parameter gradients.
+    """
+
+    def __init__(self, mode, input_size, hidden_size, bias=True, device=None, dtype=None, rng=None):
+        super().__init__()
+        check_device(device)
+        self.mode = mode
+        self.input_size = _check_size(input_size, "input_size")
+        self.hidden_size = _check_size(hidden_size, "hidden_size")
+        self.bias = bool(bias)
+        self._rng = None if rng is None else resolve_rng(rng)
+        self._backward_state = _BackwardState.NO_FORWARD
+        self._context = None
+        dtype = resolve_dtype(dtype)
+        gates_h = _GATES[mode] * self.hidden_size
+        self.weight_ih = Parameter(np.zeros((gates_h, self.input_size), dtype))
+        self.weight_hh = Parameter(np.zeros((gates_h, self.hidden_size), dtype))
+        if self.bias:
+            self.bias_ih = Parameter(np.zeros(gates_h, dtype))
+            self.bias_hh = Parameter(np.zeros(gates_h, dtype))
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """Draws every parameter from U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)), as PyTorch."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        rng = resolve_rng(self._rng)
+        for param in self.parameters():
+            param.data[...] = rng.uniform(-bound, bound, param.shape)
+
+    def extra_repr(self):
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.bias is not True:
+            s += f", bias={self.bias}"
+        if getattr(self, "nonlinearity", "tanh") != "tanh":
+            s += f", nonlinearity={self.nonlinearity}"
+        return s
+
+    def forward(self, input, hx=None):
+        """input ``(B, I)`` or ``(I,)``; hx ``(B, H)`` or ``(H,)`` (LSTM: a tuple (h, c)) or None.
+
+        Returns h' (LSTM: ``(h', c')``), batched or not like the input.
+        """
+        name = type(self).__name__
+        dtype = self.weight_ih.dtype
+        x = as_float_array(input, dtype, "input")
+        if x.ndim not in (1, 2):
+            raise ValueError(f"{name}: Expected input to be 1D or 2D, got {x.ndim}D instead")
+        batched = x.ndim == 2
+        x = x if batched else x[None]
+        if x.shape[1] != self.input_size:
+            raise ValueError(f"input has inconsistent input_size: got {x.shape[1]} expected {self.input_size}")
+        lstm = self.mode == "LSTM"
+        states = [None, None]
+        if hx is not None:
+            if lstm and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
+                raise TypeError("hx of an LSTMCell must be a tuple (h, c)")
+            for i, state in enumerate(hx if lstm else [hx]):
+                state = as_float_array(state, dtype, "hx")
+                if state.ndim != (2 if batched else 1):
+                    raise ValueError(f"{name}: Expected hidden to be {'2D' if batched else '1D'} like the "
+                                     f"input, got {state.ndim}D")
+                state = state if batched else state[None]
+                if state.shape[0] != x.shape[0]:
+                    raise ValueError(f"Input batch size {x.shape[0]} doesn't match hidden{i} batch size "
+                                     f"{state.shape[0]}")
+                if state.shape[1] != self.hidden_size:
+                    raise ValueError(f"hidden{i} has inconsistent hidden_size: got {state.shape[1]}, "
+                                     f"expected {self.hidden_size}")
+                states[i] = state
+        weights = {name: param.data for name, param in self._parameters.items() if param is not None}
+        _, h, c, saved = _kernel_forward(self.mode, x[None], states[0], states[1], weights, None, False,
+                                         self.training)
+        if self.training:
+            self._context = dict(saved=saved, batched=batched, hx_given=hx is not None, batch=x.shape[0])
+            self._backward_state = None
+        else:
+            self._context, self._backward_state = None, _BackwardState.EVAL
+        if not batched:
+            h, c = h[0], None if c is None else c[0]
+        return (h, c) if lstm else h
+
+    def backward(self, grad_h, grad_c=None):
+        """Gradients of the last training-mode forward.
+
+        Args:
+            grad_h: gradient of h', shaped like it, or None. For an LSTMCell, grad_c is that of c'
+                (or pass ``(grad_h, grad_c)`` as grad_h, mirroring forward's result).
+
+        Returns:
+            ``(grad_input, grad_hx)``; grad_hx is shaped like hx (a tuple for LSTMCell), or None
+            when forward had no hx.
+        """
+        if self._backward_state is not None:
+            raise RuntimeError(self._backward_state)
+        lstm = self.mode == "LSTM"
+        if lstm and isinstance(grad_h, tuple) and grad_c is None:
+            grad_h, grad_c = grad_h
+        if not lstm and grad_c is not None:
+            raise TypeError(f"{type(self).__name__} has no cell state: grad_c must be None")
+        ctx = self._context
+        dtype = self.weight_ih.dtype
+        shape = (ctx["batch"], self.hidden_size) if ctx["batched"] else (self.hidden_size,)
+        grads = []
+        for label, grad in (("grad_h", grad_h), ("grad_c", grad_c)):
+            if grad is not None:
+                grad = as_float_array(grad, dtype, label)
+                if grad.shape != shape:
+                    raise ValueError(f"{label} must have the state's shape {shape}, got {grad.shape}")
+                grad = grad if ctx["batched"] else grad[None]
+            grads.append(grad)
+        self._context, self._backward_state = None, _BackwardState.USED
+        dx, dh0, dc0, dweights = _kernel_backward(self.mode, None, grads[0], grads[1], ctx["saved"])
+        for name, grad in dweights.items():
+            if grad is not None:
+                getattr(self, name).accumulate_grad(grad)
+        dx = dx[0] if ctx["batched"] else dx[0, 0]
+        if not ctx["hx_given"]:
+            return dx, None
+        if not ctx["batched"]:
+            dh0, dc0 = dh0[0], None if dc0 is None else dc0[0]
+        return dx, ((dh0, dc0) if lstm else dh0)
+
+
+class RNNCell(RNNCellBase):
+    """One step of an Elman RNN: ``h' = act(W_ih x + b_ih + W_hh h + b_hh)``; arguments as torch.nn.RNNCell."""
+
+    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", device=None, dtype=None,
+                 rng=None):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"Unknown nonlinearity: {nonlinearity!r}. Select from 'tanh' or 'relu'.")
+        super().__init__("RNN_" + nonlinearity.upper(), input_size, hidden_size, bias, device, dtype, rng)
+        self.nonlinearity = nonlinearity
+
+
+class LSTMCell(RNNCellBase):
+    """One LSTM step; forward(input, (h, c)) returns ``(h', c')``; arguments as torch.nn.LSTMCell."""
+
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, rng=None):
+        super().__init__("LSTM", input_size, hidden_size, bias, device, dtype, rng)
+
+
+class GRUCell(RNNCellBase):
+    """One GRU step (linear-before-reset); arguments as torch.nn.GRUCell."""
+
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, rng=None):
+        super().__init__("GRU", input_size, hidden_size, bias, device, dtype, rng)
