@@ -7,8 +7,9 @@ fusedrnn._reference: both have the same signatures.
 
 import numpy as np
 
-CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru")
-GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
+# gru_reset_before is Keras's reset_after=False GRU (gru_forward(..., reset_after=False)).
+CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru", "gru_reset_before")
+GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3, "gru_reset_before": 3}
 
 
 def num_states(cell):
@@ -57,15 +58,15 @@ def astype(problem, dtype):
                 weights=[conv(w) for w in problem["weights"]])
 
 
-def forward(module, cell, problem, lengths=None, reverse=False, training=True):
-    """-> (y, final_states list, saved)."""
+def forward(module, cell, problem, lengths=None, reverse=False, training=True, **options):
+    """-> (y, final_states list, saved). options: mask=, masked_output=."""
     x, states, weights = problem["x"], problem["states"], problem["weights"]
-    kwargs = dict(lengths=lengths, reverse=reverse, training=training)
+    kwargs = dict(lengths=lengths, reverse=reverse, training=training, **options)
     if cell == "lstm":
         y, h_n, c_n, saved = module.lstm_forward(x, *states, *weights, **kwargs)
         return y, [h_n, c_n], saved
-    if cell == "gru":
-        y, h_n, saved = module.gru_forward(x, *states, *weights, **kwargs)
+    if cell.startswith("gru"):
+        y, h_n, saved = module.gru_forward(x, *states, *weights, reset_after=cell == "gru", **kwargs)
     else:
         y, h_n, saved = module.rnn_forward(x, *states, *weights,
                                            nonlinearity=cell[len("rnn_"):], **kwargs)
@@ -77,7 +78,7 @@ def backward(module, cell, dy, d_final_states, saved):
     if cell == "lstm":
         dx, dh0, dc0, *dweights = module.lstm_backward(dy, *d_final_states, saved)
         return dx, [dh0, dc0], dweights
-    backward_fn = module.gru_backward if cell == "gru" else module.rnn_backward
+    backward_fn = module.gru_backward if cell.startswith("gru") else module.rnn_backward
     dx, dh0, *dweights = backward_fn(dy, *d_final_states, saved)
     return dx, [dh0], dweights
 

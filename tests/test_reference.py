@@ -219,6 +219,10 @@ def test_gru_single_step_by_hand():
     n = math.tanh(x_part(2) + r * h_part(2))   # linear before reset: r scales W_hn h + b_hn
     h = (1 - z) * n + z * H0
     assert run_one_step("gru", w_ih, w_hh, b_ih, b_hh) == pytest.approx([h], abs=1e-15)
+    # Reset before the product (Keras reset_after=False): r scales h inside W_hn (r h) + b_hn.
+    n = math.tanh(x_part(2) + w_hh[2][0] * r * H0 + b_hh[2])
+    h = (1 - z) * n + z * H0
+    assert run_one_step("gru_reset_before", w_ih, w_hh, b_ih, b_hh) == pytest.approx([h], abs=1e-15)
 
 
 # ---------------------------------------------------------------------------------------------

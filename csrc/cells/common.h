@@ -9,6 +9,8 @@
 //   kHasCell        whether the state carries a cell value c besides h (LSTM)
 //   kSplitGradient  whether the gradient reaching W_hh h differs from the one reaching W_ih x
 //                   (GRU: the reset gate multiplies W_hn h + b_hn only)
+//   kTwoPhase       whether the last gate's recurrent product needs a value the first gates
+//                   give (reset-before-product GRU); such a cell has its own interface (gru.h)
 //
 //   forward(xg[G], hg[G], prev, next&, saved[kSaved])
 //       xg: W_ih x + b_ih of this unit, one value per gate; hg: W_hh h + b_hh, likewise.

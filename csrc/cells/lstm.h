@@ -23,6 +23,7 @@ struct LstmCell {
   static constexpr int kSaved = 4;
   static constexpr bool kHasCell = true;
   static constexpr bool kSplitGradient = false;
+  static constexpr bool kTwoPhase = false;
 
   template <class T>
   FUSEDRNN_HD static void forward(const T* xg, const T* hg, const State<T>& prev, State<T>& next,

@@ -20,6 +20,7 @@ struct RnnCell {
   static constexpr int kSaved = 0;
   static constexpr bool kHasCell = false;
   static constexpr bool kSplitGradient = false;
+  static constexpr bool kTwoPhase = false;
 
   template <class T>
   FUSEDRNN_HD static void forward(const T* xg, const T* hg, const State<T>& /*prev*/,

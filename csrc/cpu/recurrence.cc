@@ -10,6 +10,15 @@
 //      The state is double-buffered: step s reads buffer s&1 and writes the other, so one
 //      barrier per step is enough.
 //   3. Training saves the cell's post-activation values and every state; inference saves nothing.
+//   A projection (LSTM proj_size) or a two-phase cell (reset-before-product GRU) adds a second
+//   GEMM and barrier per step: it needs a value every unit gives first.
+//
+// Steps and rows: loop step s visits time row t = s, or t = T-1-s in reverse. A (row, sequence)
+// pair that is masked out (lengths, or a mask) carries the state unchanged; its output is zero,
+// or (Keras) repeats the last output. With lengths, reversing the whole time axis this way is the
+// same as starting each sequence at its own last step (the rows before it only carry h0).
+// Saved states: row t reads slot t + reverse of saved_h and writes slot t + !reverse, so a
+// masked row writes the carried state into its slot and every row's input is in place.
 //
 // Backward (reverse time), per step: the recurrent product dh += dG_{s+1} W_hh for the thread's
 // own units (a column slice of W_hh, packed once, L2-resident), fused with the cell's pointwise
@@ -69,10 +78,39 @@ int team_size() {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Which (time row, sequence) pairs take a step, in the order the loop visits the rows.
+class Schedule {
+ public:
+  template <class Args>
+  explicit Schedule(const Args& a)
+      : T_(a.T_), B_(a.B), reverse_(a.reverse), lengths_(a.lengths), mask_(a.mask),
+        repeat_output_(a.repeat_masked_output), first_step_(a.repeat_masked_output ? a.B : 0, a.T_) {
+    // Keras repeats the last *output* at a masked step, and that is zero until a first step.
+    for (int64_t s = a.T_ - 1; s >= 0 && repeat_output_; --s) {
+      for (int64_t b = 0; b < B_; ++b) {
+        if (active(row(s), b)) first_step_[b] = s;
+      }
+    }
+  }
 
-std::vector<int64_t> lengths_or_full(const int64_t* lengths, int64_t B, int64_t T) {
-  return lengths ? std::vector<int64_t>(lengths, lengths + B) : std::vector<int64_t>(B, T);
-}
+  int64_t row(int64_t s) const { return reverse_ ? T_ - 1 - s : s; }
+  bool active(int64_t t, int64_t b) const {
+    return mask_ ? mask_[t * B_ + b] != 0 : !lengths_ || t < lengths_[b];
+  }
+  // Whether a masked step's output repeats the state (else it is zero).
+  bool repeats_output(int64_t s, int64_t b) const { return repeat_output_ && s > first_step_[b]; }
+  int64_t prev_slot(int64_t t) const { return t + (reverse_ ? 1 : 0); }
+  int64_t new_slot(int64_t t) const { return t + (reverse_ ? 0 : 1); }
+  int64_t initial_slot() const { return reverse_ ? T_ : 0; }
+
+ private:
+  int64_t T_, B_;
+  bool reverse_;
+  const int64_t* lengths_;
+  const uint8_t* mask_;
+  bool repeat_output_;
+  std::vector<int64_t> first_step_;
+};
 
 // Copies n values, or writes zeros when there is no source (an absent h0 or bias).
 template <class T>
@@ -119,7 +157,7 @@ struct Chunks {
   }
 };
 
-// Team size: no more threads than the larger of the two chunk counts gives work to.
+// Team size: no more threads than the largest chunk count gives work to.
 int team_for(int64_t chunks) { return static_cast<int>(std::min<int64_t>(max_threads(), chunks)); }
 
 // Packs, for each of `chunks` chunks, the K x (groups*NR) matrix whose column g*NR + w is
@@ -143,21 +181,50 @@ void pack_chunks(const Chunks<T>& chunks, int64_t n, int groups, int64_t K, cons
   }
 }
 
-// Writes the new recurrent state of sequence b, dims p0..p0+width, where the outputs and the
-// saved states want it; or, for a finished sequence, carries the old state and outputs zero.
+// For each chunk of this thread and each block of batch rows: rec = the block's rows of A times
+// the chunk's packed matrix (K x cols), then body(chunk's first unit, its width, b0, rows).
+template <class T, class Body>
+void for_each_block(const Chunks<T>& chunks, int64_t n, int64_t B, int64_t cols, int64_t K,
+                    const T* A, int64_t lda, const T* packed, int64_t packed_size, T* rec, Body body) {
+  constexpr int64_t NR = kPanel<T>;
+  int64_t first, last;
+  chunks.mine(&first, &last);
+  for (int64_t c = first; c < last; ++c) {
+    const int64_t u0 = c * NR, width = std::min(NR, n - u0);
+    for (int64_t b0 = 0; b0 < B; b0 += kRowBlock) {
+      const int64_t rows = std::min(kRowBlock, B - b0);
+      if (A) gemm_packed_b<T>(rows, cols, K, A + b0 * lda, lda, packed + c * packed_size, rec, cols, false);
+      body(u0, width, b0, rows);
+    }
+  }
+}
+
+void barrier() {
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+}
+
+// Writes the new recurrent state of sequence b, dims p0..p0+width, where the output and the
+// saved states want it; or, at a masked step, carries the old state.
 template <class T>
-void publish_state(const ForwardArgs<T>& a, const std::vector<int64_t>& len, int64_t s, int64_t b,
-                   int64_t p0, int64_t width, const T* h_prev, T* h_next) {
-  const int64_t B = a.B, P = a.P, at = b * P + p0;
-  if (s >= len[b]) {
+void publish_state(const ForwardArgs<T>& a, const Schedule& sch, int64_t s, int64_t b, int64_t p0,
+                   int64_t width, const T* h_prev, T* h_next) {
+  const int64_t B = a.B, P = a.P, at = b * P + p0, t = sch.row(s);
+  T* y = a.y + (t * B + b) * P + p0;
+  T* saved = a.saved_h ? a.saved_h + (sch.new_slot(t) * B + b) * P + p0 : nullptr;
+  if (!sch.active(t, b)) {
     std::copy_n(h_prev + at, width, h_next + at);
-    std::fill_n(a.y + (s * B + b) * P + p0, width, T(0));
-    if (a.saved_h) std::fill_n(a.saved_h + ((s + 1) * B + b) * P + p0, width, T(0));
+    if (sch.repeats_output(s, b)) {
+      std::copy_n(h_prev + at, width, y);
+    } else {
+      std::fill_n(y, width, T(0));
+    }
+    if (saved) std::copy_n(h_prev + at, width, saved);
     return;
   }
-  const int64_t t = a.reverse ? len[b] - 1 - s : s;
-  std::copy_n(h_next + at, width, a.y + (t * B + b) * P + p0);
-  if (a.saved_h) std::copy_n(h_next + at, width, a.saved_h + ((t + !a.reverse) * B + b) * P + p0);
+  std::copy_n(h_next + at, width, y);
+  if (saved) std::copy_n(h_next + at, width, saved);
 }
 
 // The pointwise half of a forward step for one sequence and one chunk of hidden units.
@@ -167,53 +234,86 @@ struct ForwardStep {
   static constexpr int S = Cell::kSaved;
   static constexpr int64_t NR = kPanel<T>;
   const ForwardArgs<T>& a;
-  const std::vector<int64_t>& len;
+  const Schedule& sch;
   const T* xp;    // [T, B, G*H] input projections (with b_ih)
   const T* b_hh;  // [G*H] (zeros when the layer has no bias)
+  T* rz_step;     // [B, 2H] two-phase cells: this step's r and z
+  T* rh_step;     // [B, H]  two-phase cells: this step's r*h, the input of the last gate's product
 
-  // rec: this sequence's row of the recurrent GEMM block, gate g of unit u0+w at rec[g*NR + w].
+  // Two-phase cells, phase 1: r, z and r*h of sequence b, units u0.., from rec (r, z block).
+  template <class V>
+  FUSEDRNN_INLINE void reset_row(int64_t s, int64_t b, int64_t u0, int64_t width, const T* rec,
+                                 const T* h_prev) const {
+    const int64_t B = a.B, H = a.H, GH = G * H, at = b * H + u0, t = sch.row(s);
+    if (!sch.active(t, b)) {  // its row of the next product is unused, but must be finite
+      std::fill_n(rh_step + at, width, T(0));
+      return;
+    }
+    const T* x_row = xp + (t * B + b) * GH + u0;
+    for (int64_t w = 0; w < width; w += V::kLanes) {
+      const int64_t n = std::min<int64_t>(V::kLanes, width - w);
+      V xg[2], hg[2], rz[2], rh;
+      for (int g = 0; g < 2; ++g) {
+        xg[g] = V::load(x_row + g * H + w, n);
+        hg[g] = V::load(rec + g * NR + w) + V::load(b_hh + g * H + u0 + w, n);
+      }
+      Cell::reset(xg, hg, State<V>{V::load(h_prev + at + w, n), V()}, rz, rh);
+      rz[0].store(rz_step + b * 2 * H + u0 + w, n);
+      rz[1].store(rz_step + b * 2 * H + H + u0 + w, n);
+      rh.store(rh_step + at + w, n);
+    }
+  }
+
+  // rec: this sequence's row of the recurrent GEMM block, gate g of unit u0+w at rec[g*NR + w]
+  // (two-phase cells: the last gate's block, W_hn (r*h), unit u0+w at rec[w]).
   // out: where the cell's output goes, [B, H]: the next state, or m before the projection.
   // V: the Vec type of the instruction set this is compiled for; a chunk is 1, 2 or 4 of them.
   template <class V>
   FUSEDRNN_INLINE void row(int64_t s, int64_t b, int64_t u0, int64_t width, const T* rec,
                            const T* h_prev, T* out, const T* c_prev, T* c_next) const {
-    const int64_t B = a.B, H = a.H, GH = G * H;
-    const int64_t at = b * H + u0;
+    const int64_t B = a.B, H = a.H, GH = G * H, at = b * H + u0, t = sch.row(s);
     const bool training = a.saved_gates != nullptr, projected = a.w_hr != nullptr;
-    if (s >= len[b]) {  // finished: carry c, save zeros (finite, unused); h is publish_state's
+    T* saved_row = training ? a.saved_gates + (t * B + b) * S * H + u0 : nullptr;
+    T* saved_c = training && Cell::kHasCell ? a.saved_c + (sch.new_slot(t) * B + b) * H + u0 : nullptr;
+    T* saved_m = training && projected ? a.saved_m + (t * B + b) * H + u0 : nullptr;
+    if (!sch.active(t, b)) {  // masked: carry c, save zeros (finite, unused); h is publish_state's
       if constexpr (Cell::kHasCell) std::copy_n(c_prev + at, width, c_next + at);
-      if (training) {
-        if constexpr (Cell::kHasCell) std::fill_n(a.saved_c + ((s + 1) * B + b) * H + u0, width, T(0));
-        for (int k = 0; k < S; ++k) std::fill_n(a.saved_gates + (s * B + b) * S * H + k * H + u0, width, T(0));
-        if (projected) std::fill_n(a.saved_m + (s * B + b) * H + u0, width, T(0));
+      if (saved_c) std::copy_n(c_prev + at, width, saved_c);
+      if (saved_row) {
+        for (int k = 0; k < S; ++k) std::fill_n(saved_row + k * H, width, T(0));
       }
+      if (saved_m) std::fill_n(saved_m, width, T(0));
       return;
     }
-    const int64_t t = a.reverse ? len[b] - 1 - s : s;
     const T* x_row = xp + (t * B + b) * GH + u0;
     const T* bias = b_hh + u0;
-    const int64_t new_at = ((t + !a.reverse) * B + b) * H + u0;
-    T* saved_row = a.saved_gates + (t * B + b) * S * H + u0;
     for (int64_t w = 0; w < width; w += V::kLanes) {
       const int64_t n = std::min<int64_t>(V::kLanes, width - w);
-      V xg[G], hg[G], saved[S > 0 ? S : 1];
-      for (int g = 0; g < G; ++g) {
-        xg[g] = V::load(x_row + g * H + w, n);
-        hg[g] = V::load(rec + g * NR + w) + V::load(bias + g * H + w, n);
-      }
+      V saved[S > 0 ? S : 1];
       // Under a projection h has P dims, not one per unit; only the LSTM projects, and its
       // update reads c, not h.
       const State<V> prev{projected ? V() : V::load(h_prev + at + w, n),
                           Cell::kHasCell ? V::load(c_prev + at + w, n) : V()};
       State<V> next{};
-      Cell::forward(xg, hg, prev, next, saved);
+      if constexpr (Cell::kTwoPhase) {
+        const V rz[2] = {V::load(rz_step + b * 2 * H + u0 + w, n), V::load(rz_step + b * 2 * H + H + u0 + w, n)};
+        const V hn = V::load(rec + w) + V::load(bias + (G - 1) * H + w, n);
+        Cell::output(V::load(x_row + (G - 1) * H + w, n), hn, rz, V::load(rh_step + at + w, n), prev, next, saved);
+      } else {
+        V xg[G], hg[G];
+        for (int g = 0; g < G; ++g) {
+          xg[g] = V::load(x_row + g * H + w, n);
+          hg[g] = V::load(rec + g * NR + w) + V::load(bias + g * H + w, n);
+        }
+        Cell::forward(xg, hg, prev, next, saved);
+      }
       next.h.store(out + at + w, n);
       if constexpr (Cell::kHasCell) next.c.store(c_next + at + w, n);
-      if (training) {
-        if constexpr (Cell::kHasCell) next.c.store(a.saved_c + new_at + w, n);
+      if (saved_c) next.c.store(saved_c + w, n);
+      if (saved_row) {
         for (int k = 0; k < S; ++k) saved[k].store(saved_row + k * H + w, n);
-        if (projected) next.h.store(a.saved_m + (t * B + b) * H + u0 + w, n);
       }
+      if (saved_m) next.h.store(saved_m + w, n);
     }
   }
 };
@@ -222,9 +322,11 @@ template <class Cell, class T>
 void forward_layer(const ForwardArgs<T>& a) {
   constexpr int G = Cell::kGates;
   constexpr int64_t NR = kPanel<T>;
+  // Gates whose recurrent product reads h itself (a two-phase cell's last one reads r*h).
+  constexpr int kFirstGates = Cell::kTwoPhase ? G - 1 : G;
   const int64_t steps = a.T_, B = a.B, I = a.I, H = a.H, P = a.P, GH = G * H;
   const bool projected = a.w_hr != nullptr;
-  const std::vector<int64_t> len = lengths_or_full(a.lengths, B, steps);
+  const Schedule sch(a);
 
   // 1. xp = x W_ih^T + b_ih for all steps: rows start as the bias, the GEMM adds onto them.
   Buffer<T> xp(steps * B * GH);
@@ -239,36 +341,37 @@ void forward_layer(const ForwardArgs<T>& a) {
   copy_or_zero(h_state.get(), a.h0, B * P);
   if constexpr (Cell::kHasCell) copy_or_zero(c_state.get(), a.c0, B * H);
   if (a.saved_h) {
-    for (int64_t b = 0; b < B; ++b) {
-      const int64_t slot = a.reverse ? len[b] : 0;
-      std::copy_n(h_state.get() + b * P, P, a.saved_h + (slot * B + b) * P);
-      if constexpr (Cell::kHasCell) std::copy_n(c_state.get() + b * H, H, a.saved_c + (slot * B + b) * H);
-    }
+    std::copy_n(h_state.get(), B * P, a.saved_h + sch.initial_slot() * B * P);
+    if constexpr (Cell::kHasCell) std::copy_n(c_state.get(), B * H, a.saved_c + sch.initial_slot() * B * H);
   }
 
-  // Hidden units in chunks (all G gates of a chunk: G panels); under a projection, its output
-  // dims in chunks too (one panel each: rows of W_hr).
+  // Hidden units in chunks (the first gates of a chunk: one panel each); a two-phase cell's
+  // last gate in chunks of its own; under a projection, the output dims in chunks too (one
+  // panel each: rows of W_hr).
   const Chunks<T> units(H), dims(projected ? P : 0);
-  const int64_t cols = G * NR;
-  const int64_t hh_size = packed_b_size<T>(P, cols), hr_size = packed_b_size<T>(H, NR);
-  Buffer<T> packed_hh(units.count * hh_size), packed_hr(dims.count * hr_size);
+  const int64_t cols = kFirstGates * NR;
+  const int64_t hh_size = packed_b_size<T>(P, cols), panel_size = packed_b_size<T>(H, NR);
+  Buffer<T> packed_hh(units.count * hh_size), packed_hr(dims.count * panel_size);
+  Buffer<T> packed_hn(Cell::kTwoPhase ? units.count * panel_size : 0);
+  Buffer<T> rz_step(Cell::kTwoPhase ? 2 * B * H : 0), rh_step(Cell::kTwoPhase ? B * H : 0);
   const int threads = team_for(std::max(units.count, dims.count));
   Buffer<T> scratch(threads * kRowBlock * cols);
-  const ForwardStep<Cell, T> step{a, len, xp.get(), b_hh.get()};
+  const ForwardStep<Cell, T> step{a, sch, xp.get(), b_hh.get(), rz_step.get(), rh_step.get()};
   const Isa isa = current_isa();
 
 #ifdef _OPENMP
 #pragma omp parallel num_threads(threads)
 #endif
   {
-    pack_chunks(units, H, G, P, a.w_hh, 1, [&](int g, int64_t u) { return (g * H + u) * P; },
+    pack_chunks(units, H, kFirstGates, P, a.w_hh, 1, [&](int g, int64_t u) { return (g * H + u) * P; },
                 packed_hh.get(), hh_size);
-    if (projected) {
-      pack_chunks(dims, P, 1, H, a.w_hr, 1, [&](int, int64_t p) { return p * H; }, packed_hr.get(), hr_size);
+    if constexpr (Cell::kTwoPhase) {
+      pack_chunks(units, H, 1, H, a.w_hh, 1, [&](int, int64_t u) { return ((G - 1) * H + u) * P; },
+                  packed_hn.get(), panel_size);
     }
-    int64_t unit_first, unit_last, dim_first, dim_last;
-    units.mine(&unit_first, &unit_last);
-    dims.mine(&dim_first, &dim_last);
+    if (projected) {
+      pack_chunks(dims, P, 1, H, a.w_hr, 1, [&](int, int64_t p) { return p * H; }, packed_hr.get(), panel_size);
+    }
     T* rec = scratch.get() + thread_id() * kRowBlock * cols;
     for (int64_t s = 0; s < steps; ++s) {
       const T* h_prev = h_state.get() + (s & 1) * B * P;
@@ -276,39 +379,46 @@ void forward_layer(const ForwardArgs<T>& a) {
       const T* c_prev = Cell::kHasCell ? c_state.get() + (s & 1) * B * H : nullptr;
       T* c_next = Cell::kHasCell ? c_state.get() + ((s + 1) & 1) * B * H : nullptr;
       T* cell_out = projected ? m_step.get() : h_next;
-      for (int64_t c = unit_first; c < unit_last; ++c) {
-        const int64_t u0 = c * NR, width = std::min(NR, H - u0);
-        for (int64_t b0 = 0; b0 < B; b0 += kRowBlock) {
-          const int64_t rows = std::min(kRowBlock, B - b0);
-          gemm_packed_b<T>(rows, cols, P, h_prev + b0 * P, P, packed_hh.get() + c * hh_size, rec,
-                           cols, /*accumulate=*/false);
+      for_each_block(units, H, B, cols, P, h_prev, P, packed_hh.get(), hh_size, rec,
+                     [&](int64_t u0, int64_t width, int64_t b0, int64_t rows) {
+        run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
+          using V = Vec<T, decltype(bytes)::value>;
+          for (int64_t b = b0; b < b0 + rows; ++b) {
+            if constexpr (Cell::kTwoPhase) {
+              step.template reset_row<V>(s, b, u0, width, rec + (b - b0) * cols, h_prev);
+            } else {
+              step.template row<V>(s, b, u0, width, rec + (b - b0) * cols, h_prev, cell_out, c_prev, c_next);
+              if (!projected) publish_state(a, sch, s, b, u0, width, h_prev, h_next);
+            }
+          }
+        });
+      });
+      if constexpr (Cell::kTwoPhase) {
+        // The last gate's product reads every unit's r*h: a second barrier, and a second GEMM.
+        barrier();
+        for_each_block(units, H, B, NR, H, rh_step.get(), H, packed_hn.get(), panel_size, rec,
+                       [&](int64_t u0, int64_t width, int64_t b0, int64_t rows) {
           run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
             using V = Vec<T, decltype(bytes)::value>;
             for (int64_t b = b0; b < b0 + rows; ++b) {
-              step.template row<V>(s, b, u0, width, rec + (b - b0) * cols, h_prev, cell_out, c_prev, c_next);
-              if (!projected) publish_state(a, len, s, b, u0, width, h_prev, h_next);
+              step.template row<V>(s, b, u0, width, rec + (b - b0) * NR, h_prev, h_next, nullptr, nullptr);
+              publish_state(a, sch, s, b, u0, width, h_prev, h_next);
             }
           });
-        }
+        });
       }
       if (projected) {
         // h_next = m W_hr^T needs every unit's m: a second barrier, and a second GEMM.
-#ifdef _OPENMP
-#pragma omp barrier
-#endif
-        for (int64_t c = dim_first; c < dim_last; ++c) {
-          const int64_t p0 = c * NR, width = std::min(NR, P - p0);
-          for (int64_t b0 = 0; b0 < B; b0 += kRowBlock) {
-            const int64_t rows = std::min(kRowBlock, B - b0);
-            gemm_packed_b<T>(rows, width, H, m_step.get() + b0 * H, H, packed_hr.get() + c * hr_size,
-                             h_next + b0 * P + p0, P, /*accumulate=*/false);
-            for (int64_t b = b0; b < b0 + rows; ++b) publish_state(a, len, s, b, p0, width, h_prev, h_next);
+        barrier();
+        for_each_block(dims, P, B, NR, H, m_step.get(), H, packed_hr.get(), panel_size, rec,
+                       [&](int64_t p0, int64_t width, int64_t b0, int64_t rows) {
+          for (int64_t b = b0; b < b0 + rows; ++b) {
+            std::copy_n(rec + (b - b0) * NR, width, h_next + b * P + p0);
+            publish_state(a, sch, s, b, p0, width, h_prev, h_next);
           }
-        }
+        });
       }
-#ifdef _OPENMP
-#pragma omp barrier
-#endif
+      barrier();
     }
   }
 
@@ -330,18 +440,17 @@ struct BackwardState {
 // Gradient of the state dims p0..p0+width of sequence b at step s, from dy, the carry and the
 // recurrent product `rec`; under a projection it is kept for dW_hr and for the units' dm.
 template <class T>
-void gather_state_gradient(const BackwardArgs<T>& a, const std::vector<int64_t>& len,
-                           const BackwardState<T>& st, int64_t s, int64_t b, int64_t p0,
-                           int64_t width, const T* rec) {
-  const int64_t B = a.B, P = a.P, at = b * P + p0;
-  if (s >= len[b]) {  // finished: the state was carried, so is its gradient
-    for (int64_t w = 0; w < width; ++w) st.dh_carry[at + w] += rec[w];
+void gather_state_gradient(const BackwardArgs<T>& a, const Schedule& sch, const BackwardState<T>& st,
+                           int64_t s, int64_t b, int64_t p0, int64_t width, const T* rec) {
+  const int64_t B = a.B, P = a.P, at = b * P + p0, t = sch.row(s);
+  const T* dy_row = a.dy ? a.dy + (t * B + b) * P + p0 : nullptr;
+  if (!sch.active(t, b)) {  // masked: the state was carried, so is its gradient
+    const bool repeated = dy_row && sch.repeats_output(s, b);
+    for (int64_t w = 0; w < width; ++w) st.dh_carry[at + w] += rec[w] + (repeated ? dy_row[w] : T(0));
     std::fill_n(st.dh_step + at, width, T(0));
-    std::fill_n(st.dh_all + (s * B + b) * P + p0, width, T(0));
+    std::fill_n(st.dh_all + (t * B + b) * P + p0, width, T(0));
     return;
   }
-  const int64_t t = a.reverse ? len[b] - 1 - s : s;
-  const T* dy_row = a.dy ? a.dy + (t * B + b) * P + p0 : nullptr;
   for (int64_t w = 0; w < width; ++w) {
     const T total = st.dh_carry[at + w] + rec[w] + (dy_row ? dy_row[w] : T(0));
     st.dh_step[at + w] = total;
@@ -350,43 +459,41 @@ void gather_state_gradient(const BackwardArgs<T>& a, const std::vector<int64_t>&
   }
 }
 
-
 // The pointwise half of a backward step for one sequence and one chunk of hidden units.
 template <class Cell, class T>
 struct BackwardStep {
   static constexpr int G = Cell::kGates;
   static constexpr int S = Cell::kSaved;
   const BackwardArgs<T>& a;
-  const std::vector<int64_t>& len;
+  const Schedule& sch;
   const BackwardState<T>& st;
 
   // rec: without projection dG_{s+1} W_hh for these units (zero at the last step), to which the
   // carry and dy are added; with one, dm = dh_step W_hr, the whole gradient of the cell output.
   // dg_step: this step's dgh again, in step order, for the next recurrent product.
+  // Two-phase cells: this is their first backward phase (n and z); reset_row finishes r.
   template <class V>
   FUSEDRNN_INLINE void row(int64_t s, int64_t b, int64_t u0, int64_t width, const T* rec, T* dg_step) const {
-    const int64_t B = a.B, H = a.H, GH = G * H;
-    const int64_t at = b * H + u0;
+    const int64_t B = a.B, H = a.H, GH = G * H, at = b * H + u0, t = sch.row(s);
     const bool projected = a.w_hr != nullptr;
-    if (s >= len[b]) {  // finished at this step: the state was carried, so is its gradient
-      if (!projected) {
-        for (int64_t w = 0; w < width; ++w) st.dh_carry[at + w] += rec[w];
-      }
-      for (int g = 0; g < G; ++g) {
-        std::fill_n(st.dgx + (s * B + b) * GH + g * H + u0, width, T(0));
-        if constexpr (Cell::kSplitGradient) std::fill_n(st.dgh + (s * B + b) * GH + g * H + u0, width, T(0));
-        std::fill_n(dg_step + b * GH + g * H + u0, width, T(0));
-      }
-      return;
-    }
-    const int64_t t = a.reverse ? len[b] - 1 - s : s;
-    const int64_t prev_slot = t + (a.reverse ? 1 : 0), new_slot = t + (a.reverse ? 0 : 1);
     const T* dy_row = a.dy && !projected ? a.dy + (t * B + b) * H + u0 : nullptr;
-    const T* saved_row = a.saved_gates + (t * B + b) * S * H + u0;
     T* dgx_row = st.dgx + (t * B + b) * GH + u0;
     T* dgh_row = st.dgh + (t * B + b) * GH + u0;
     T* dg_step_row = dg_step + b * GH + u0;
-    const int64_t prev_at = (prev_slot * B + b) * H + u0, new_at = (new_slot * B + b) * H + u0;
+    if (!sch.active(t, b)) {  // masked: the state was carried, so is its gradient
+      if (!projected) {
+        const bool repeated = dy_row && sch.repeats_output(s, b);
+        for (int64_t w = 0; w < width; ++w) st.dh_carry[at + w] += rec[w] + (repeated ? dy_row[w] : T(0));
+      }
+      for (int g = 0; g < G; ++g) {
+        std::fill_n(dgx_row + g * H, width, T(0));
+        if constexpr (Cell::kSplitGradient) std::fill_n(dgh_row + g * H, width, T(0));
+        std::fill_n(dg_step_row + g * H, width, T(0));
+      }
+      return;
+    }
+    const T* saved_row = a.saved_gates + (t * B + b) * S * H + u0;
+    const int64_t prev_at = (sch.prev_slot(t) * B + b) * H + u0, new_at = (sch.new_slot(t) * B + b) * H + u0;
     for (int64_t w = 0; w < width; w += V::kLanes) {
       const int64_t n = std::min<int64_t>(V::kLanes, width - w);
       V saved[S > 0 ? S : 1], gx[G], gh[G];
@@ -403,14 +510,42 @@ struct BackwardStep {
       }
       const State<V> d_next{dh, Cell::kHasCell ? V::load(st.dc_carry + at + w, n) : V()};
       State<V> d_prev{};
-      Cell::backward(saved, prev, next, d_next, gx, gh, d_prev);
-      for (int g = 0; g < G; ++g) {
-        gx[g].store(dgx_row + g * H + w, n);
-        if constexpr (Cell::kSplitGradient) gh[g].store(dgh_row + g * H + w, n);
-        gh[g].store(dg_step_row + g * H + w, n);
+      if constexpr (Cell::kTwoPhase) {
+        Cell::output_backward(saved, prev, d_next, gx, d_prev);
+        for (int g = 1; g < G; ++g) {
+          gx[g].store(dgx_row + g * H + w, n);
+          gx[g].store(dg_step_row + g * H + w, n);
+        }
+      } else {
+        Cell::backward(saved, prev, next, d_next, gx, gh, d_prev);
+        for (int g = 0; g < G; ++g) {
+          gx[g].store(dgx_row + g * H + w, n);
+          if constexpr (Cell::kSplitGradient) gh[g].store(dgh_row + g * H + w, n);
+          gh[g].store(dg_step_row + g * H + w, n);
+        }
       }
       if (!projected) d_prev.h.store(st.dh_carry + at + w, n);
       if constexpr (Cell::kHasCell) d_prev.c.store(st.dc_carry + at + w, n);
+    }
+  }
+
+  // Two-phase cells, second phase: d_rh = (W_hn^T da_n) of these units in rec gives da_r and
+  // the rest of the previous state's gradient.
+  template <class V>
+  FUSEDRNN_INLINE void reset_row(int64_t s, int64_t b, int64_t u0, int64_t width, const T* rec, T* dg_step) const {
+    const int64_t B = a.B, H = a.H, GH = G * H, at = b * H + u0, t = sch.row(s);
+    if (!sch.active(t, b)) return;  // row() zeroed its gradients and carried the state's
+    const T* saved_row = a.saved_gates + (t * B + b) * S * H + u0;
+    const int64_t prev_at = (sch.prev_slot(t) * B + b) * H + u0;
+    for (int64_t w = 0; w < width; w += V::kLanes) {
+      const int64_t n = std::min<int64_t>(V::kLanes, width - w);
+      V saved[S], dg[G];
+      for (int k = 0; k < S; ++k) saved[k] = V::load(saved_row + k * H + w, n);
+      State<V> d_prev{V::load(st.dh_carry + at + w, n), V()};
+      Cell::reset_backward(saved, State<V>{V::load(a.saved_h + prev_at + w, n), V()}, V::load(rec + w), dg, d_prev);
+      dg[0].store(st.dgx + (t * B + b) * GH + u0 + w, n);
+      dg[0].store(dg_step + b * GH + u0 + w, n);
+      d_prev.h.store(st.dh_carry + at + w, n);
     }
   }
 };
@@ -418,10 +553,13 @@ struct BackwardStep {
 template <class Cell, class T>
 void backward_layer(const BackwardArgs<T>& a) {
   constexpr int G = Cell::kGates;
+  constexpr int S = Cell::kSaved;
   constexpr int64_t NR = kPanel<T>;
   const int64_t steps = a.T_, B = a.B, I = a.I, H = a.H, P = a.P, GH = G * H;
+  // Rows of W_hh whose product reads h itself (a two-phase cell's last gate reads r*h).
+  const int64_t KH = Cell::kTwoPhase ? (G - 1) * H : GH;
   const bool projected = a.w_hr != nullptr;
-  const std::vector<int64_t> len = lengths_or_full(a.lengths, B, steps);
+  const Schedule sch(a);
 
   Buffer<T> dgx(steps * B * GH), dgh_split(Cell::kSplitGradient ? steps * B * GH : 0);
   // dgh of the step just done and of the one before, in step order: the recurrent product reads
@@ -435,101 +573,97 @@ void backward_layer(const BackwardArgs<T>& a) {
                             dh_carry.get(), dc_carry.get(), dh_step.get(), dh_all.get()};
 
   // State dims in chunks (units when there is no projection), each with its columns of W_hh
-  // (K = G*H); under a projection, units in chunks with their columns of W_hr (K = P).
-  const Chunks<T> dims(P), units(projected ? H : 0);
-  const int64_t hh_size = packed_b_size<T>(GH, NR), hr_size = packed_b_size<T>(P, NR);
-  Buffer<T> packed_hh(dims.count * hh_size), packed_hr(units.count * hr_size);
+  // (K = the rows reading h); under a projection, units in chunks with their columns of W_hr
+  // (K = P); a two-phase cell's units with their columns of W_hn (K = H).
+  const Chunks<T> dims(P), units(projected || Cell::kTwoPhase ? H : 0);
+  const int64_t hh_size = packed_b_size<T>(KH, NR), hr_size = packed_b_size<T>(P, NR);
+  const int64_t hn_size = packed_b_size<T>(H, NR);
+  Buffer<T> packed_hh(dims.count * hh_size), packed_hr(projected ? units.count * hr_size : 0);
+  Buffer<T> packed_hn(Cell::kTwoPhase ? units.count * hn_size : 0);
   const int threads = team_for(std::max(dims.count, units.count));
   Buffer<T> scratch(threads * kRowBlock * NR);
-  const BackwardStep<Cell, T> step{a, len, st};
+  const BackwardStep<Cell, T> step{a, sch, st};
   const Isa isa = current_isa();
 
 #ifdef _OPENMP
 #pragma omp parallel num_threads(threads)
 #endif
   {
-    pack_chunks(dims, P, 1, GH, a.w_hh, P, [](int, int64_t p) { return p; }, packed_hh.get(), hh_size);
+    pack_chunks(dims, P, 1, KH, a.w_hh, P, [](int, int64_t p) { return p; }, packed_hh.get(), hh_size);
     if (projected) {
       pack_chunks(units, H, 1, P, a.w_hr, H, [](int, int64_t u) { return u; }, packed_hr.get(), hr_size);
     }
-    int64_t dim_first, dim_last, unit_first, unit_last;
-    dims.mine(&dim_first, &dim_last);
-    units.mine(&unit_first, &unit_last);
+    if constexpr (Cell::kTwoPhase) {
+      pack_chunks(units, H, 1, H, a.w_hh + (G - 1) * H * P, P, [](int, int64_t u) { return u; },
+                  packed_hn.get(), hn_size);
+    }
     T* rec = scratch.get() + thread_id() * kRowBlock * NR;
-    // rec = dg_step(of step `from`) W_hh for rows b0.., dims of chunk c; zero when there is none.
-    auto recurrent = [&](int64_t from, int64_t c, int64_t b0, int64_t rows) {
-      if (from >= steps) {
-        std::fill_n(rec, rows * NR, T(0));
-      } else {
-        gemm_packed_b<T>(rows, NR, GH, dg_step.get() + (from & 1) * B * GH + b0 * GH, GH,
-                         packed_hh.get() + c * hh_size, rec, NR, /*accumulate=*/false);
-      }
-    };
     for (int64_t s = steps - 1; s >= 0; --s) {
       T* dg_cur = dg_step.get() + (s & 1) * B * GH;
-      for (int64_t c = dim_first; c < dim_last; ++c) {
-        const int64_t p0 = c * NR, width = std::min(NR, P - p0);
-        for (int64_t b0 = 0; b0 < B; b0 += kRowBlock) {
-          const int64_t rows = std::min(kRowBlock, B - b0);
-          recurrent(s + 1, c, b0, rows);
-          run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
-            using V = Vec<T, decltype(bytes)::value>;
-            for (int64_t b = b0; b < b0 + rows; ++b) {
-              if (projected) {
-                gather_state_gradient(a, len, st, s, b, p0, width, rec + (b - b0) * NR);
-              } else {
-                step.template row<V>(s, b, p0, width, rec + (b - b0) * NR, dg_cur);
-              }
+      // dG_{s+1} W_hh, through the rows reading h; nothing after the last step.
+      const T* dg_next = s + 1 < steps ? dg_step.get() + ((s + 1) & 1) * B * GH : nullptr;
+      for_each_block(dims, P, B, NR, KH, dg_next, GH, packed_hh.get(), hh_size, rec,
+                     [&](int64_t p0, int64_t width, int64_t b0, int64_t rows) {
+        if (!dg_next) std::fill_n(rec, rows * NR, T(0));
+        run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
+          using V = Vec<T, decltype(bytes)::value>;
+          for (int64_t b = b0; b < b0 + rows; ++b) {
+            if (projected) {
+              gather_state_gradient(a, sch, st, s, b, p0, width, rec + (b - b0) * NR);
+            } else {
+              step.template row<V>(s, b, p0, width, rec + (b - b0) * NR, dg_cur);
             }
-          });
-        }
-      }
+          }
+        });
+      });
       if (projected) {
         // dm = dh W_hr needs every state dim's gradient: a second barrier and a second GEMM.
-#ifdef _OPENMP
-#pragma omp barrier
-#endif
-        for (int64_t c = unit_first; c < unit_last; ++c) {
-          const int64_t u0 = c * NR, width = std::min(NR, H - u0);
-          for (int64_t b0 = 0; b0 < B; b0 += kRowBlock) {
-            const int64_t rows = std::min(kRowBlock, B - b0);
-            gemm_packed_b<T>(rows, NR, P, dh_step.get() + b0 * P, P, packed_hr.get() + c * hr_size,
-                             rec, NR, /*accumulate=*/false);
-            run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
-              using V = Vec<T, decltype(bytes)::value>;
-              for (int64_t b = b0; b < b0 + rows; ++b) {
-                step.template row<V>(s, b, u0, width, rec + (b - b0) * NR, dg_cur);
-              }
-            });
-          }
-        }
+        barrier();
+        for_each_block(units, H, B, NR, P, dh_step.get(), P, packed_hr.get(), hr_size, rec,
+                       [&](int64_t u0, int64_t width, int64_t b0, int64_t rows) {
+          run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
+            using V = Vec<T, decltype(bytes)::value>;
+            for (int64_t b = b0; b < b0 + rows; ++b) step.template row<V>(s, b, u0, width, rec + (b - b0) * NR, dg_cur);
+          });
+        });
       }
-#ifdef _OPENMP
-#pragma omp barrier
-#endif
+      if constexpr (Cell::kTwoPhase) {
+        // d(r*h) = da_n W_hn needs every unit's da_n: a second barrier and a second GEMM.
+        barrier();
+        for_each_block(units, H, B, NR, H, dg_cur + (G - 1) * H, GH, packed_hn.get(), hn_size, rec,
+                       [&](int64_t u0, int64_t width, int64_t b0, int64_t rows) {
+          run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
+            using V = Vec<T, decltype(bytes)::value>;
+            for (int64_t b = b0; b < b0 + rows; ++b) step.template reset_row<V>(s, b, u0, width, rec + (b - b0) * NR, dg_cur);
+          });
+        });
+      }
+      barrier();
     }
     // The gradient of the initial state: what step 0 sends back through W_hh, plus the carry.
-    for (int64_t c = dim_first; c < dim_last; ++c) {
-      const int64_t p0 = c * NR, width = std::min(NR, P - p0);
-      for (int64_t b0 = 0; b0 < B; b0 += kRowBlock) {
-        const int64_t rows = std::min(kRowBlock, B - b0);
-        recurrent(0, c, b0, rows);
-        for (int64_t b = b0; b < b0 + rows; ++b) {
-          for (int64_t w = 0; w < width; ++w) {
-            a.dh0[b * P + p0 + w] = rec[(b - b0) * NR + w] + dh_carry.get()[b * P + p0 + w];
-          }
+    const T* dg_first = steps > 0 ? dg_step.get() : nullptr;
+    for_each_block(dims, P, B, NR, KH, dg_first, GH, packed_hh.get(), hh_size, rec,
+                   [&](int64_t p0, int64_t width, int64_t b0, int64_t rows) {
+      if (!dg_first) std::fill_n(rec, rows * NR, T(0));
+      for (int64_t b = b0; b < b0 + rows; ++b) {
+        for (int64_t w = 0; w < width; ++w) {
+          a.dh0[b * P + p0 + w] = rec[(b - b0) * NR + w] + dh_carry.get()[b * P + p0 + w];
         }
       }
-    }
+    });
   }
   if constexpr (Cell::kHasCell) std::copy_n(dc_carry.get(), B * H, a.dc0);
 
-  // Merged GEMMs over all T*B rows. h_prev of time row t is saved_h[t + reverse].
+  // Merged GEMMs over all T*B rows. The input state of time row t is saved_h[t + reverse].
   const int64_t rows = steps * B;
-  const T* h_prev = a.saved_h + (a.reverse ? B * P : 0);
+  const T* h_prev = a.saved_h + sch.prev_slot(0) * B * P;
   gemm<T>(rows, I, GH, st.dgx, GH, 1, a.w_ih, I, 1, a.dx, I, false);
   gemm<T>(GH, I, rows, st.dgx, 1, GH, a.x, I, 1, a.dw_ih, I, false);
-  gemm<T>(GH, P, rows, st.dgh, 1, GH, h_prev, P, 1, a.dw_hh, P, false);
+  gemm<T>(KH, P, rows, st.dgh, 1, GH, h_prev, P, 1, a.dw_hh, P, false);
+  if constexpr (Cell::kTwoPhase) {
+    // W_hn multiplied r*h, which forward saved as the cell's last saved value.
+    gemm<T>(H, P, rows, st.dgh + KH, 1, GH, a.saved_gates + (S - 1) * H, S * H, 1, a.dw_hh + KH * P, P, false);
+  }
   if (projected) gemm<T>(P, H, rows, st.dh_all, 1, P, a.saved_m, H, 1, a.dw_hr, H, false);
   if (a.db_ih) column_sums(rows, GH, st.dgx, a.db_ih);
   if (a.db_hh) column_sums(rows, GH, st.dgh, a.db_hh);
@@ -543,6 +677,7 @@ int gate_count(CellKind cell) {
     case CellKind::kRnnRelu: return RnnCell<Activation::kTanh>::kGates;
     case CellKind::kLstm: return LstmCell::kGates;
     case CellKind::kGru: return GruCell::kGates;
+    case CellKind::kGruResetBefore: return GruResetBeforeCell::kGates;
   }
   return 0;
 }
@@ -553,6 +688,7 @@ int saved_count(CellKind cell) {
     case CellKind::kRnnRelu: return RnnCell<Activation::kTanh>::kSaved;
     case CellKind::kLstm: return LstmCell::kSaved;
     case CellKind::kGru: return GruCell::kSaved;
+    case CellKind::kGruResetBefore: return GruResetBeforeCell::kSaved;
   }
   return 0;
 }
@@ -566,6 +702,7 @@ void forward(CellKind cell, const ForwardArgs<T>& args) {
     case CellKind::kRnnRelu: return forward_layer<RnnCell<Activation::kRelu>, T>(args);
     case CellKind::kLstm: return forward_layer<LstmCell, T>(args);
     case CellKind::kGru: return forward_layer<GruCell, T>(args);
+    case CellKind::kGruResetBefore: return forward_layer<GruResetBeforeCell, T>(args);
   }
 }
 
@@ -576,6 +713,7 @@ void backward(CellKind cell, const BackwardArgs<T>& args) {
     case CellKind::kRnnRelu: return backward_layer<RnnCell<Activation::kRelu>, T>(args);
     case CellKind::kLstm: return backward_layer<LstmCell, T>(args);
     case CellKind::kGru: return backward_layer<GruCell, T>(args);
+    case CellKind::kGruResetBefore: return backward_layer<GruResetBeforeCell, T>(args);
   }
 }
 

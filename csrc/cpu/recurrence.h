@@ -8,9 +8,11 @@
 // (PyTorch's proj_size), where h_t = W_hr m_t projects the cell's output m_t = o * tanh(c_t).
 // All arrays are C-contiguous and time-major; weights are laid out as PyTorch's.
 //
-// Variable lengths: sequence b is processed at t = 0 .. len[b]-1, or, with reverse, from
-// t = len[b]-1 down to 0 (each sequence starts at its own last valid step). After its last step a
-// sequence's state is carried unchanged and its outputs are zero.
+// Steps are taken at time t = 0 .. T-1, or T-1 down to 0 with reverse. A masked (t, b) pair
+// carries the state of sequence b unchanged; its output is zero, or, with repeat_masked_output
+// (Keras), the last output (zero before the sequence's first step). Masks come from lengths
+// (t < len[b]: with reverse, each sequence then starts at its own last valid step, PyTorch's
+// packed semantics) or from an explicit mask.
 //
 // Gradient contract: every output is overwritten (=), never accumulated into; the Python layer
 // accumulates into param.grad (+=).
@@ -20,7 +22,9 @@
 
 namespace fusedrnn::cpu {
 
-enum class CellKind { kRnnTanh, kRnnRelu, kLstm, kGru };
+// kGru is PyTorch's (linear-before-reset, Keras reset_after=True); kGruResetBefore is Keras's
+// reset_after=False, with the same weight layout (cells/gru.h).
+enum class CellKind { kRnnTanh, kRnnRelu, kLstm, kGru, kGruResetBefore };
 
 int gate_count(CellKind cell);   // G
 int saved_count(CellKind cell);  // S
@@ -38,6 +42,8 @@ struct ForwardArgs {
   const T* b_ih;              // [G*H], or null for none
   const T* b_hh;              // [G*H], or null for none
   const int64_t* lengths;     // [B] with 0 <= len <= T, or null for all T
+  const uint8_t* mask;        // [T, B] nonzero where a step is taken, or null (then lengths)
+  bool repeat_masked_output;
   bool reverse;
   T* y;                       // out [T, B, P]
   T* h_n;                     // out [B, P]
@@ -58,6 +64,8 @@ struct BackwardArgs {
   const T* w_hh;              // [G*H, P]
   const T* w_hr;              // [P, H] or null, as given to forward
   const int64_t* lengths;     // [B] or null, as given to forward
+  const uint8_t* mask;        // [T, B] or null, as given to forward
+  bool repeat_masked_output;
   bool reverse;
   const T* saved_gates;       // [T, B, S*H] from forward
   const T* saved_h;           // [T+1, B, P] from forward

@@ -145,26 +145,42 @@ def _time_order(T, reverse):
     return range(T - 1, -1, -1) if reverse else range(T)
 
 
-def _active_mask(lengths, T, B):
-    """(T, B, 1) bool: True where sequence b has a valid step at time t.
+def _active_mask(lengths, mask, T, B):
+    """(T, B, 1) bool: True where sequence b takes a step at time t (lengths or a mask).
 
     The same mask serves both directions: walking t downwards, sequence b first becomes active at
     its own last valid step t = len[b]-1, as the spec requires.
     """
+    if mask is not None:
+        return np.asarray(mask, dtype=bool).reshape(T, B, 1)
     if lengths is None:
         return np.ones((T, B, 1), dtype=bool)
     lengths = np.asarray(lengths).reshape(B)
     return (np.arange(T)[:, None] < lengths[None, :])[:, :, None]
 
 
+def _repeated_mask(active, reverse, masked_output):
+    """(T, B, 1) bool: True where a masked step's output repeats the last output (Keras's
+    masked_output="repeat"): masked, and after the sequence's first step in the walking order.
+    Elsewhere a masked step outputs zero."""
+    repeated = np.zeros_like(active)
+    if masked_output == "repeat":
+        stepped = np.zeros_like(active[0])
+        for t in _time_order(active.shape[0], reverse):
+            repeated[t] = ~active[t] & stepped
+            stepped |= active[t]
+    return repeated
+
+
 def _forward(cell, x, states, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse, training,
-             weight_hr=None):
+             weight_hr=None, mask=None, masked_output="zero"):
     T, B, _ = x.shape
     P = weight_hh.shape[1]                                  # size of h
     H = P if weight_hr is None else weight_hr.shape[1]      # units of the cell (size of c)
     states = tuple(np.zeros((B, size), x.dtype) if s is None else s
                    for s, size in zip(states, (P, H)))
-    active = _active_mask(lengths, T, B)
+    active = _active_mask(lengths, mask, T, B)
+    repeated = _repeated_mask(active, reverse, masked_output)
 
     # The input projection does not depend on the recurrence: one product for all steps.
     xp = x @ weight_ih.T
@@ -184,15 +200,17 @@ def _forward(cell, x, states, weight_ih, weight_hh, bias_ih, bias_hh, lengths, r
             m[t] = new_states[0]
             new_states = (new_states[0] @ weight_hr.T,) + new_states[1:]
         h_prev[t] = states[0]
-        # Sequences that are finished (or, in reverse, not yet started) keep their state.
+        # Masked sequences (finished, or in reverse not yet started) keep their state, and output
+        # zero or (Keras) repeat their last output, which is then their state.
+        y[t] = np.where(active[t], new_states[0], np.where(repeated[t], states[0], 0))
         states = tuple(np.where(active[t], new, old) for new, old in zip(new_states, states))
-        y[t] = np.where(active[t], new_states[0], 0)
 
     saved = None
     if training:
         saved = dict(cell=cell, x=x, weight_ih=weight_ih, weight_hh=weight_hh, weight_hr=weight_hr,
                      has_bias_ih=bias_ih is not None, has_bias_hh=bias_hh is not None,
-                     active=active, reverse=reverse, h_prev=h_prev, m=m, caches=caches)
+                     active=active, repeated=repeated, reverse=reverse, h_prev=h_prev, m=m,
+                     caches=caches)
     return y, states, saved
 
 
@@ -221,7 +239,9 @@ def _backward(saved, dy, d_final_states, accepted_cells):
     # Walk the steps in the opposite order of the forward pass.
     for t in reversed(_time_order(T, saved["reverse"])):
         # Rows that did not step at time t get zero cotangents (so zero dxp, dhp) and pass their
-        # state gradient through unchanged; y there is the constant 0, so dy[t] is dropped.
+        # state gradient through unchanged; y there is the constant 0 (dy[t] is dropped) or the
+        # carried state (dy[t] joins its gradient).
+        d_states = (d_states[0] + np.where(saved["repeated"][t], dy[t], 0),) + d_states[1:]
         d_new = (np.where(active[t], d_states[0] + dy[t], 0),) + \
             tuple(np.where(active[t], d, 0) for d in d_states[1:])
         if weight_hr is not None:
@@ -259,10 +279,10 @@ def _rnn_cell(nonlinearity):
 
 
 def rnn_forward(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, lengths=None,
-                reverse=False, nonlinearity="tanh", training=True):
+                reverse=False, nonlinearity="tanh", training=True, mask=None, masked_output="zero"):
     """Returns (y, h_n, saved); saved is None when training is False."""
     y, (h_n,), saved = _forward(_rnn_cell(nonlinearity), x, (h0,), weight_ih, weight_hh,
-                                bias_ih, bias_hh, lengths, reverse, training)
+                                bias_ih, bias_hh, lengths, reverse, training, None, mask, masked_output)
     return y, h_n, saved
 
 
@@ -273,14 +293,14 @@ def rnn_backward(dy, dh_n, saved):
 
 
 def lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, weight_hr=None,
-                 lengths=None, reverse=False, training=True):
+                 lengths=None, reverse=False, training=True, mask=None, masked_output="zero"):
     """Returns (y, h_n, c_n, saved); saved is None when training is False.
 
     weight_hr (P, H), PyTorch's proj_size: h' = weight_hr @ (o * tanh(c')), so h0, h_n and y
     have P values per sequence and weight_hh is (4H, P).
     """
-    y, (h_n, c_n), saved = _forward(_LSTM, x, (h0, c0), weight_ih, weight_hh,
-                                    bias_ih, bias_hh, lengths, reverse, training, weight_hr)
+    y, (h_n, c_n), saved = _forward(_LSTM, x, (h0, c0), weight_ih, weight_hh, bias_ih, bias_hh,
+                                    lengths, reverse, training, weight_hr, mask, masked_output)
     return y, h_n, c_n, saved
 
 
@@ -292,14 +312,102 @@ def lstm_backward(dy, dh_n, dc_n, saved):
 
 
 def gru_forward(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, lengths=None,
-                reverse=False, training=True):
-    """Returns (y, h_n, saved); saved is None when training is False."""
-    y, (h_n,), saved = _forward(_GRU, x, (h0,), weight_ih, weight_hh,
-                                bias_ih, bias_hh, lengths, reverse, training)
+                reverse=False, training=True, mask=None, masked_output="zero", reset_after=True):
+    """Returns (y, h_n, saved); saved is None when training is False.
+
+    reset_after=False is Keras's other GRU: n = tanh(W_in x + b_in + W_hn (r * h) + b_hn).
+    """
+    if not reset_after:
+        return _gru_reset_before_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, lengths,
+                                         reverse, training, mask, masked_output)
+    y, (h_n,), saved = _forward(_GRU, x, (h0,), weight_ih, weight_hh, bias_ih, bias_hh,
+                                lengths, reverse, training, None, mask, masked_output)
     return y, h_n, saved
 
 
 def gru_backward(dy, dh_n, saved):
     """Returns (dx, dh0, dweight_ih, dweight_hh, dbias_ih, dbias_hh)."""
+    if saved is not None and saved["cell"] is _GRU_RESET_BEFORE:
+        return _gru_reset_before_backward(dy, dh_n, saved)
     dx, (dh0,), *dweights, _ = _backward(saved, dy, (dh_n,), (_GRU,))
     return (dx, dh0, *dweights)
+
+
+# ---------------------------------------------------------------------------------------------
+# The reset-before-product GRU (Keras reset_after=False). Its n gate multiplies W_hn by r * h,
+# which depends on this step's r, so the recurrent product does not fit the generic driver's
+# "one product of the old h per step"; it has a loop of its own, with the same masks.
+#
+#   r = sigma(x_r + W_hr h + b_hr)   z = sigma(x_z + W_hz h + b_hz)
+#   n = tanh(x_n + W_hn (r * h) + b_hn)        h' = (1 - z) * n + z * h
+# ---------------------------------------------------------------------------------------------
+
+_GRU_RESET_BEFORE = _Cell("gru_reset_before", 3, 1, None, None)
+
+
+def _gru_reset_before_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse,
+                              training, mask, masked_output):
+    T, B, _ = x.shape
+    H = weight_hh.shape[1]
+    h = np.zeros((B, H), x.dtype) if h0 is None else h0
+    active = _active_mask(lengths, mask, T, B)
+    repeated = _repeated_mask(active, reverse, masked_output)
+    xp = x @ weight_ih.T
+    if bias_ih is not None:
+        xp = xp + bias_ih
+    b_hh = np.zeros(3 * H, x.dtype) if bias_hh is None else bias_hh
+
+    y = np.zeros((T, B, H), x.dtype)
+    h_prev = np.zeros((T, B, H), x.dtype)
+    caches = [None] * T
+    for t in _time_order(T, reverse):
+        x_r, x_z, x_n = np.split(xp[t], 3, axis=1)
+        h_r, h_z = np.split(h @ weight_hh[:2 * H].T + b_hh[:2 * H], 2, axis=1)
+        r, z = _sigmoid(x_r + h_r), _sigmoid(x_z + h_z)
+        rh = r * h
+        n = np.tanh(x_n + rh @ weight_hh[2 * H:].T + b_hh[2 * H:])
+        h_new = (1 - z) * n + z * h
+        h_prev[t], caches[t] = h, (r, z, n, rh)
+        y[t] = np.where(active[t], h_new, np.where(repeated[t], h, 0))
+        h = np.where(active[t], h_new, h)
+
+    saved = None
+    if training:
+        saved = dict(cell=_GRU_RESET_BEFORE, x=x, weight_ih=weight_ih, weight_hh=weight_hh,
+                     has_bias_ih=bias_ih is not None, has_bias_hh=bias_hh is not None,
+                     active=active, repeated=repeated, reverse=reverse, h_prev=h_prev, caches=caches)
+    return y, h, saved
+
+
+def _gru_reset_before_backward(dy, dh_n, saved):
+    x, weight_ih, weight_hh = saved["x"], saved["weight_ih"], saved["weight_hh"]
+    active, repeated, h_prev, caches = saved["active"], saved["repeated"], saved["h_prev"], saved["caches"]
+    T, B, I = x.shape
+    H = weight_hh.shape[1]
+    dy = np.zeros((T, B, H), x.dtype) if dy is None else np.asarray(dy, x.dtype)
+    dh = np.zeros((B, H), x.dtype) if dh_n is None else np.array(dh_n, dtype=x.dtype)
+
+    dg = np.zeros((T, B, 3 * H), x.dtype)     # gradient of the gates' pre-activations
+    rh_all = np.zeros((T, B, H), x.dtype)     # r * h of every step, for dW_hn
+    for t in reversed(_time_order(T, saved["reverse"])):
+        dh = dh + np.where(repeated[t], dy[t], 0)
+        dh_new = np.where(active[t], dh + dy[t], 0)
+        r, z, n, rh = caches[t]
+        h = h_prev[t]
+        da_n = dh_new * (1 - z) * (1 - n * n)
+        da_z = dh_new * (h - n) * z * (1 - z)
+        d_rh = da_n @ weight_hh[2 * H:]
+        da_r = d_rh * h * r * (1 - r)
+        dg[t] = np.concatenate([da_r, da_z, da_n], axis=1)
+        rh_all[t] = rh
+        dh_old = dh_new * z + d_rh * r + dg[t, :, :2 * H] @ weight_hh[:2 * H]
+        dh = np.where(active[t], dh_old, dh)
+
+    rows = dg.reshape(T * B, 3 * H)
+    dx = dg @ weight_ih
+    dweight_ih = rows.T @ x.reshape(T * B, I)
+    dweight_hh = np.concatenate([rows[:, :2 * H].T @ h_prev.reshape(T * B, H),
+                                 rows[:, 2 * H:].T @ rh_all.reshape(T * B, H)])
+    dbias = rows.sum(axis=0)
+    return (dx, dh, dweight_ih, dweight_hh, dbias if saved["has_bias_ih"] else None,
+            dbias.copy() if saved["has_bias_hh"] else None)

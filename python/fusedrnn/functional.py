@@ -11,6 +11,11 @@ Variable lengths: ``lengths`` (B integers in ``[0, T]``) makes sequence ``b`` ru
 ``lengths[b]`` steps; after them its state is carried unchanged and its outputs are zero. With
 ``reverse=True`` each sequence is processed from its own last valid step back to step 0.
 
+Masks (Keras's): ``mask`` (T, B) booleans says where a step is taken; elsewhere the state is
+carried unchanged and the output is zero, or with ``masked_output="repeat"`` the last output
+(zero before a sequence's first step), as Keras does. ``reverse=True`` then walks the time axis
+from T-1 to 0. (Lengths are the mask ``t < lengths[b]``; for them both readings agree.)
+
 Every function accepts arrays of any memory layout (they are made contiguous here), float32 or
 float64, all of one dtype; a wrong argument raises ``ValueError`` or ``TypeError`` naming it.
 Backward returns fresh arrays (gradients are written, never accumulated); a bias given as None
@@ -26,14 +31,16 @@ __all__ = [
 ]
 
 # cell -> (G, carries a cell state c)
-_CELLS = {"rnn_tanh": (1, False), "rnn_relu": (1, False), "lstm": (4, True), "gru": (3, False)}
+_CELLS = {"rnn_tanh": (1, False), "rnn_relu": (1, False), "lstm": (4, True), "gru": (3, False),
+          "gru_reset_before": (3, False)}
+_MASKED_OUTPUTS = ("zero", "repeat")
 
 
 class Saved:
     """What a training-mode forward keeps for its backward. Opaque: pass it to the backward."""
 
     __slots__ = ("cell", "x", "weight_ih", "weight_hh", "weight_hr", "has_bias_ih", "has_bias_hh",
-                 "lengths", "reverse", "arrays")
+                 "lengths", "mask", "repeat_masked_output", "reverse", "arrays")
 
     def __init__(self, **fields):
         for name, value in fields.items():
@@ -99,8 +106,21 @@ def _sizes(cell, weight_hh, weight_hr):
     return weight_hr.shape[1], weight_hr.shape[0]
 
 
+def _checked_mask(mask, T, B, lengths):
+    if mask is None:
+        return None
+    if lengths is not None:
+        raise ValueError("give lengths or mask, not both")
+    array = np.asarray(mask)
+    if array.dtype != np.bool_:
+        raise TypeError(f"mask must be a boolean array, got dtype {array.dtype}")
+    if array.shape != (T, B):
+        raise ValueError(f"mask must have shape (T, B) = ({T}, {B}), got {array.shape}")
+    return np.ascontiguousarray(array, dtype=np.uint8)
+
+
 def _forward(cell, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse, training,
-             weight_hr=None):
+             weight_hr=None, mask=None, masked_output="zero"):
     gates, has_c = _CELLS[cell]
     x = _float_array(x, "x")
     if x.ndim != 3:
@@ -112,6 +132,8 @@ def _forward(cell, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, r
     dtype = x.dtype
     if not isinstance(reverse, (bool, np.bool_)):
         raise TypeError(f"reverse must be a bool, got {type(reverse).__name__}")
+    if masked_output not in _MASKED_OUTPUTS:
+        raise ValueError(f"masked_output must be 'zero' or 'repeat', got {masked_output!r}")
     arrays = dict(
         x=np.ascontiguousarray(x),
         h0=_checked(h0, "h0", (B, P), dtype, optional=True),
@@ -122,13 +144,17 @@ def _forward(cell, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, r
         b_ih=_checked(bias_ih, "bias_ih", (gates * H,), dtype, optional=True),
         b_hh=_checked(bias_hh, "bias_hh", (gates * H,), dtype, optional=True),
         lengths=_checked_lengths(lengths, T, B),
+        mask=_checked_mask(mask, T, B, lengths),
     )
-    y, h_n, c_n, saved_arrays = _core.forward(cell, reverse=bool(reverse), training=bool(training), **arrays)
+    repeat = masked_output == "repeat"
+    y, h_n, c_n, saved_arrays = _core.forward(cell, repeat_masked_output=repeat, reverse=bool(reverse),
+                                              training=bool(training), **arrays)
     saved = None
     if training:
         saved = Saved(cell=cell, x=arrays["x"], weight_ih=arrays["w_ih"], weight_hh=arrays["w_hh"],
                       weight_hr=arrays["w_hr"], has_bias_ih=arrays["b_ih"] is not None,
-                      has_bias_hh=arrays["b_hh"] is not None, lengths=arrays["lengths"], reverse=bool(reverse), arrays=saved_arrays)
+                      has_bias_hh=arrays["b_hh"] is not None, lengths=arrays["lengths"], mask=arrays["mask"],
+                      repeat_masked_output=repeat, reverse=bool(reverse), arrays=saved_arrays)
     return y, h_n, c_n, saved
 
 
@@ -143,8 +169,8 @@ def _backward(cell, dy, dh_n, dc_n, saved):
     T, B, _ = saved.x.shape
     H, P, dtype = saved.hidden_size, saved.state_size, saved.x.dtype
     return _core.backward(
-        cell, saved.x, saved.weight_ih, saved.weight_hh, saved.weight_hr, saved.lengths, saved.reverse,
-        saved.arrays,
+        cell, saved.x, saved.weight_ih, saved.weight_hh, saved.weight_hr, saved.lengths, saved.mask,
+        saved.repeat_masked_output, saved.reverse, saved.arrays,
         dy=_checked(dy, "dy", (T, B, P), dtype, optional=True),
         dh_n=_checked(dh_n, "dh_n", (B, P), dtype, optional=True),
         dc_n=_checked(dc_n, "dc_n", (B, H), dtype, optional=True) if _CELLS[cell][1] else None,
@@ -158,7 +184,7 @@ def _rnn_cell(nonlinearity):
 
 
 def rnn_forward(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, lengths=None,
-                reverse=False, nonlinearity="tanh", training=True):
+                reverse=False, nonlinearity="tanh", training=True, mask=None, masked_output="zero"):
     """Elman RNN layer: ``h' = act(W_ih x + b_ih + W_hh h + b_hh)``, act = tanh or relu.
 
     Args:
@@ -169,13 +195,15 @@ def rnn_forward(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, leng
         reverse: process each sequence from its last valid step back to step 0.
         nonlinearity: ``"tanh"`` or ``"relu"``.
         training: save what backward needs (otherwise ``saved`` is None).
+        mask: ``(T, B)`` booleans (instead of lengths): where a step is taken.
+        masked_output: ``"zero"``, or ``"repeat"`` the last output at a masked step (Keras).
 
     Returns:
         ``(y, h_n, saved)``: y ``(T, B, H)`` (zero past each sequence's length), h_n ``(B, H)``.
     """
     cell = _rnn_cell(nonlinearity)
     y, h_n, _, saved = _forward(cell, x, h0, None, weight_ih, weight_hh, bias_ih, bias_hh, lengths,
-                                reverse, training)
+                                reverse, training, mask=mask, masked_output=masked_output)
     return y, h_n, saved
 
 
@@ -197,7 +225,7 @@ def rnn_backward(dy, dh_n, saved):
 
 
 def lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, weight_hr=None,
-                 lengths=None, reverse=False, training=True):
+                 lengths=None, reverse=False, training=True, mask=None, masked_output="zero"):
     """LSTM layer (gate order i, f, g, o): ``c' = f*c + i*g``, ``h' = o*tanh(c')``.
 
     With a projection (PyTorch's ``proj_size``), ``h' = weight_hr @ (o*tanh(c'))`` has P values
@@ -207,13 +235,13 @@ def lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *,
         x: ``(T, B, I)``. h0: ``(B, P)``, c0: ``(B, H)``, or None for zeros.
         weight_ih: ``(4H, I)``. weight_hh: ``(4H, P)``. bias_ih, bias_hh: ``(4H,)`` or None.
         weight_hr: ``(P, H)`` projection, or None for none.
-        lengths, reverse, training: as in :func:`rnn_forward`.
+        lengths, reverse, training, mask, masked_output: as in :func:`rnn_forward`.
 
     Returns:
         ``(y (T, B, P), h_n (B, P), c_n (B, H), saved)``.
     """
     return _forward("lstm", x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse, training,
-                    weight_hr)
+                    weight_hr, mask, masked_output)
 
 
 def lstm_backward(dy, dh_n, dc_n, saved):
@@ -230,22 +258,25 @@ def lstm_backward(dy, dh_n, dc_n, saved):
 
 
 def gru_forward(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, lengths=None,
-                reverse=False, training=True):
-    """GRU layer, linear-before-reset (PyTorch's), gate order r, z, n.
+                reverse=False, training=True, mask=None, masked_output="zero", reset_after=True):
+    """GRU layer, gate order r, z, n.
 
-    ``r = σ(W_ir x + b_ir + W_hr h + b_hr)``, ``z`` likewise,
-    ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``, ``h' = (1 - z) * n + z * h``.
+    ``r = σ(W_ir x + b_ir + W_hr h + b_hr)``, ``z`` likewise, ``h' = (1 - z) * n + z * h`` and
+    ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))`` (linear-before-reset: PyTorch's, Keras's
+    ``reset_after=True``), or with ``reset_after=False`` (Keras's other form)
+    ``n = tanh(W_in x + b_in + W_hn (r * h) + b_hn)``.
 
     Args:
         x: ``(T, B, I)``. h0: ``(B, H)`` or None for zeros.
         weight_ih: ``(3H, I)``. weight_hh: ``(3H, H)``. bias_ih, bias_hh: ``(3H,)`` or None.
-        lengths, reverse, training: as in :func:`rnn_forward`.
+        lengths, reverse, training, mask, masked_output: as in :func:`rnn_forward`.
 
     Returns:
         ``(y (T, B, H), h_n (B, H), saved)``.
     """
-    y, h_n, _, saved = _forward("gru", x, h0, None, weight_ih, weight_hh, bias_ih, bias_hh, lengths,
-                                reverse, training)
+    cell = "gru" if reset_after else "gru_reset_before"
+    y, h_n, _, saved = _forward(cell, x, h0, None, weight_ih, weight_hh, bias_ih, bias_hh, lengths,
+                                reverse, training, mask=mask, masked_output=masked_output)
     return y, h_n, saved
 
 
@@ -256,5 +287,7 @@ def gru_backward(dy, dh_n, saved):
         ``(dx (T, B, I), dh0 (B, H), dweight_ih (3H, I), dweight_hh (3H, H), dbias_ih (3H,) | None,
         dbias_hh (3H,) | None)``.
     """
-    dx, dh0, _, dw_ih, dw_hh, db_ih, db_hh, _ = _backward("gru", dy, dh_n, None, saved)
+    is_gru = isinstance(saved, Saved) and saved.cell.startswith("gru")
+    cell = saved.cell if is_gru else "gru"  # anything else is refused by _backward
+    dx, dh0, _, dw_ih, dw_hh, db_ih, db_hh, _ = _backward(cell, dy, dh_n, None, saved)
     return dx, dh0, dw_ih, dw_hh, db_ih, db_hh
