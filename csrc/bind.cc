@@ -80,6 +80,13 @@ const int64_t* checked_lengths(const py::object& obj, int64_t B, int64_t T) {
   return len;
 }
 
+template <class T>
+const T* checked_scale(const py::object& obj, const T* w_hr, int64_t B, int64_t P) {
+  if (obj.is_none()) return nullptr;
+  if (w_hr) throw py::value_error("recurrent_scale (recurrent dropout) does not combine with a projection");
+  return checked<T>(obj, "recurrent_scale", {B, P});
+}
+
 const uint8_t* checked_mask(const py::object& obj, const py::object& lengths, int64_t T, int64_t B) {
   if (obj.is_none()) return nullptr;
   if (!lengths.is_none()) throw py::value_error("give lengths or a mask, not both");
@@ -107,15 +114,16 @@ std::pair<int64_t, int64_t> hidden_and_state_size(CellKind cell, const py::objec
   return {py::reinterpret_borrow<py::array>(w_hr).shape(1), P};
 }
 
-// forward(cell, x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh, lengths, mask, repeat_masked_output,
-//         reverse, training)
+// forward(cell, x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh, recurrent_scale, lengths, mask,
+//         repeat_masked_output, reverse, training)
 //   -> (y, h_n, c_n | None, saved | None),
 //   saved = (gates [T,B,S*H], h [T+1,B,P], c [T+1,B,H] | None, m [T,B,H] | None)
 template <class T>
 py::tuple forward_typed(CellKind cell, const py::array& x, const py::object& h0, const py::object& c0,
                         const py::object& w_ih, const py::object& w_hh, const py::object& w_hr,
-                        const py::object& b_ih, const py::object& b_hh, const py::object& lengths,
-                        const py::object& mask, bool repeat_masked_output, bool reverse, bool training) {
+                        const py::object& b_ih, const py::object& b_hh, const py::object& recurrent_scale,
+                        const py::object& lengths, const py::object& mask, bool repeat_masked_output,
+                        bool reverse, bool training) {
   if (x.ndim() != 3) throw py::value_error("x must have 3 dimensions (T, B, I)");
   const int64_t steps = x.shape(0), B = x.shape(1), I = x.shape(2);
   const int G = fusedrnn::cpu::gate_count(cell), S = fusedrnn::cpu::saved_count(cell);
@@ -130,6 +138,7 @@ py::tuple forward_typed(CellKind cell, const py::array& x, const py::object& h0,
   a.w_ih = checked<T>(w_ih, "w_ih", {G * H, I});
   a.w_hh = checked<T>(w_hh, "w_hh", {G * H, P});
   a.w_hr = checked<T>(w_hr, "w_hr", {P, H}, true);
+  a.recurrent_scale = checked_scale<T>(recurrent_scale, a.w_hr, B, P);
   a.b_ih = checked<T>(b_ih, "b_ih", {G * H}, true);
   a.b_hh = checked<T>(b_hh, "b_hh", {G * H}, true);
   a.lengths = checked_lengths(lengths, B, steps);
@@ -171,13 +180,13 @@ py::tuple forward_typed(CellKind cell, const py::array& x, const py::object& h0,
   return py::make_tuple(y, h_n, c_n, saved);
 }
 
-// backward(cell, x, w_ih, w_hh, w_hr, lengths, mask, repeat_masked_output, reverse, saved, dy,
-//          dh_n, dc_n, want_db_ih, want_db_hh)
+// backward(cell, x, w_ih, w_hh, w_hr, recurrent_scale, lengths, mask, repeat_masked_output,
+//          reverse, saved, dy, dh_n, dc_n, want_db_ih, want_db_hh)
 //   -> (dx, dh0, dc0 | None, dw_ih, dw_hh, db_ih | None, db_hh | None, dw_hr | None)
 template <class T>
 py::tuple backward_typed(CellKind cell, const py::array& x, const py::object& w_ih,
-                         const py::object& w_hh, const py::object& w_hr, const py::object& lengths,
-                         const py::object& mask, bool repeat_masked_output, bool reverse,
+                         const py::object& w_hh, const py::object& w_hr, const py::object& recurrent_scale,
+                         const py::object& lengths, const py::object& mask, bool repeat_masked_output, bool reverse,
                          const py::tuple& saved, const py::object& dy, const py::object& dh_n,
                          const py::object& dc_n, bool want_db_ih, bool want_db_hh) {
   if (x.ndim() != 3) throw py::value_error("x must have 3 dimensions (T, B, I)");
@@ -193,6 +202,7 @@ py::tuple backward_typed(CellKind cell, const py::array& x, const py::object& w_
   a.w_ih = checked<T>(w_ih, "w_ih", {G * H, I});
   a.w_hh = checked<T>(w_hh, "w_hh", {G * H, P});
   a.w_hr = checked<T>(w_hr, "w_hr", {P, H}, true);
+  a.recurrent_scale = checked_scale<T>(recurrent_scale, a.w_hr, B, P);
   a.lengths = checked_lengths(lengths, B, steps);
   a.mask = checked_mask(mask, lengths, steps, B);
   a.repeat_masked_output = repeat_masked_output;
@@ -350,31 +360,32 @@ PYBIND11_MODULE(_core, m) {
       "forward",
       [](const std::string& cell, const py::array& x, const py::object& h0, const py::object& c0,
          const py::object& w_ih, const py::object& w_hh, const py::object& w_hr, const py::object& b_ih,
-         const py::object& b_hh, const py::object& lengths, const py::object& mask,
-         bool repeat_masked_output, bool reverse, bool training) {
+         const py::object& b_hh, const py::object& recurrent_scale, const py::object& lengths,
+         const py::object& mask, bool repeat_masked_output, bool reverse, bool training) {
         const CellKind kind = parse_cell(cell);
-        return is_float32(x) ? forward_typed<float>(kind, x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh, lengths, mask,
-                                                    repeat_masked_output, reverse, training)
-                             : forward_typed<double>(kind, x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh, lengths, mask,
-                                                     repeat_masked_output, reverse, training);
+        return is_float32(x) ? forward_typed<float>(kind, x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh, recurrent_scale,
+                                                    lengths, mask, repeat_masked_output, reverse, training)
+                             : forward_typed<double>(kind, x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh, recurrent_scale,
+                                                     lengths, mask, repeat_masked_output, reverse, training);
       },
       py::arg("cell"), py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("w_ih"), py::arg("w_hh"),
-      py::arg("w_hr"), py::arg("b_ih"), py::arg("b_hh"), py::arg("lengths"), py::arg("mask"),
+      py::arg("w_hr"), py::arg("b_ih"), py::arg("b_hh"), py::arg("recurrent_scale"), py::arg("lengths"), py::arg("mask"),
       py::arg("repeat_masked_output"), py::arg("reverse"), py::arg("training"));
 
   m.def(
       "backward",
       [](const std::string& cell, const py::array& x, const py::object& w_ih, const py::object& w_hh,
-         const py::object& w_hr, const py::object& lengths, const py::object& mask,
-         bool repeat_masked_output, bool reverse, const py::tuple& saved, const py::object& dy,
-         const py::object& dh_n, const py::object& dc_n, bool want_db_ih, bool want_db_hh) {
+         const py::object& w_hr, const py::object& recurrent_scale, const py::object& lengths,
+         const py::object& mask, bool repeat_masked_output, bool reverse, const py::tuple& saved,
+         const py::object& dy, const py::object& dh_n, const py::object& dc_n, bool want_db_ih,
+         bool want_db_hh) {
         const CellKind kind = parse_cell(cell);
-        return is_float32(x) ? backward_typed<float>(kind, x, w_ih, w_hh, w_hr, lengths, mask, repeat_masked_output,
-                                                     reverse, saved, dy, dh_n, dc_n, want_db_ih, want_db_hh)
-                             : backward_typed<double>(kind, x, w_ih, w_hh, w_hr, lengths, mask, repeat_masked_output,
-                                                      reverse, saved, dy, dh_n, dc_n, want_db_ih, want_db_hh);
+        return is_float32(x) ? backward_typed<float>(kind, x, w_ih, w_hh, w_hr, recurrent_scale, lengths, mask,
+                                                     repeat_masked_output, reverse, saved, dy, dh_n, dc_n, want_db_ih, want_db_hh)
+                             : backward_typed<double>(kind, x, w_ih, w_hh, w_hr, recurrent_scale, lengths, mask,
+                                                      repeat_masked_output, reverse, saved, dy, dh_n, dc_n, want_db_ih, want_db_hh);
       },
-      py::arg("cell"), py::arg("x"), py::arg("w_ih"), py::arg("w_hh"), py::arg("w_hr"), py::arg("lengths"),
+      py::arg("cell"), py::arg("x"), py::arg("w_ih"), py::arg("w_hh"), py::arg("w_hr"), py::arg("recurrent_scale"), py::arg("lengths"),
       py::arg("mask"), py::arg("repeat_masked_output"),
       py::arg("reverse"), py::arg("saved"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"),
       py::arg("want_db_ih"), py::arg("want_db_hh"));

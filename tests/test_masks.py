@@ -157,3 +157,67 @@ def test_bad_masks_raise(functional, rng, bad, error):
     lengths = options.pop("lengths", None)
     with pytest.raises(error):
         forward(functional, "gru", problem, lengths, **options)
+
+
+# ---------------------------------------------------------------------------------------------
+# Recurrent dropout (Keras's): recurrent_scale multiplies h where it enters a recurrent product.
+# ---------------------------------------------------------------------------------------------
+
+def make_scale(rng, B, H, dtype=np.float64, p=0.3):
+    """An inverted-dropout scale: 0 or 1/(1-p), one per sequence and unit."""
+    return ((rng.random((B, H)) >= p) / (1 - p)).astype(dtype)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_recurrent_scale_reference_matches_finite_differences(rng, cell, reverse):
+    problem = make_problem(rng, cell, T, B, I, H)
+    options = dict(mask=make_mask(rng, T, B), masked_output="repeat", recurrent_scale=make_scale(rng, B, H))
+    y, final_states, saved = forward(ref, cell, problem, reverse=reverse, **options)
+    dy, d_final = make_cotangents(rng, y, final_states)
+    dx, d_states, d_weights = backward(ref, cell, dy, d_final, saved)
+
+    def objective():
+        y, final_states, _ = forward(ref, cell, problem, reverse=reverse, training=False, **options)
+        return loss(y, final_states, dy, d_final)
+
+    checks = [("x", problem["x"], dx)] + list(zip(["h0", "c0"], problem["states"], d_states))
+    checks += list(zip(["weight_ih", "weight_hh", "bias_ih", "bias_hh"], problem["weights"], d_weights))
+    for name, array, analytic in checks:
+        assert_gradient(analytic, numerical_gradient(objective, array), name)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_recurrent_scale_of_ones_changes_nothing(rng, cell):
+    problem = make_problem(rng, cell, T, B, I, H)
+    plain = forward(ref, cell, problem)
+    ones = forward(ref, cell, problem, recurrent_scale=np.ones((B, H)))
+    for a, b in zip([plain[0], *plain[1]], [ones[0], *ones[1]]):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_recurrent_scale_native_matches_reference(functional, rng, isa, cell, dtype, reverse):
+    from rnn_cases import astype
+    T, B, I, H = 5, 7, 4, 21
+    problem = make_problem(rng, cell, T, B, I, H, dtype)
+    scale = make_scale(rng, B, H, dtype)
+    mask = make_mask(rng, T, B)
+    options = dict(mask=mask, masked_output="repeat", recurrent_scale=scale)
+    y, final_states, saved = forward(functional, cell, problem, reverse=reverse, **options)
+    dy, d_final = make_cotangents(rng, y, final_states)
+    grads = backward(functional, cell, dy, d_final, saved)
+    options["recurrent_scale"] = scale.astype(np.float64)
+    y_ref, final_ref, saved_ref = forward(ref, cell, astype(problem, np.float64), reverse=reverse, **options)
+    grads_ref = backward(ref, cell, dy.astype(np.float64), [d.astype(np.float64) for d in d_final], saved_ref)
+    assert_results_close(cell, dtype, ((y, final_states), grads), ((y_ref, final_ref), grads_ref))
+
+
+def test_recurrent_scale_with_projection_raises(rng):
+    from fusedrnn import functional
+    x = rng.standard_normal((3, 2, 4))
+    w = [rng.standard_normal(s) for s in [(12, 4), (12, 2), (2, 3)]]
+    with pytest.raises(ValueError):
+        functional.lstm_forward(x, None, None, w[0], w[1], weight_hr=w[2], recurrent_scale=np.ones((2, 2)))

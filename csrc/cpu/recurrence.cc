@@ -207,10 +207,16 @@ void barrier() {
 
 // Writes the new recurrent state of sequence b, dims p0..p0+width, where the output and the
 // saved states want it; or, at a masked step, carries the old state.
+// With a recurrent scale, also writes h_next * scale into `product_next`, the copy of the state
+// that the next step's recurrent products read.
 template <class T>
 void publish_state(const ForwardArgs<T>& a, const Schedule& sch, int64_t s, int64_t b, int64_t p0,
-                   int64_t width, const T* h_prev, T* h_next) {
+                   int64_t width, const T* h_prev, T* h_next, T* product_next) {
   const int64_t B = a.B, P = a.P, at = b * P + p0, t = sch.row(s);
+  if (product_next) {
+    const T* h = sch.active(t, b) ? h_next : h_prev;
+    for (int64_t w = 0; w < width; ++w) product_next[at + w] = h[at + w] * a.recurrent_scale[at + w];
+  }
   T* y = a.y + (t * B + b) * P + p0;
   T* saved = a.saved_h ? a.saved_h + (sch.new_slot(t) * B + b) * P + p0 : nullptr;
   if (!sch.active(t, b)) {
@@ -240,10 +246,11 @@ struct ForwardStep {
   T* rz_step;     // [B, 2H] two-phase cells: this step's r and z
   T* rh_step;     // [B, H]  two-phase cells: this step's r*h, the input of the last gate's product
 
-  // Two-phase cells, phase 1: r, z and r*h of sequence b, units u0.., from rec (r, z block).
+  // Two-phase cells, phase 1: r, z and r*h of sequence b, units u0.., from rec (r, z block);
+  // h_product: the state as the recurrent products see it (scaled under recurrent dropout).
   template <class V>
   FUSEDRNN_INLINE void reset_row(int64_t s, int64_t b, int64_t u0, int64_t width, const T* rec,
-                                 const T* h_prev) const {
+                                 const T* h_product) const {
     const int64_t B = a.B, H = a.H, GH = G * H, at = b * H + u0, t = sch.row(s);
     if (!sch.active(t, b)) {  // its row of the next product is unused, but must be finite
       std::fill_n(rh_step + at, width, T(0));
@@ -257,7 +264,7 @@ struct ForwardStep {
         xg[g] = V::load(x_row + g * H + w, n);
         hg[g] = V::load(rec + g * NR + w) + V::load(b_hh + g * H + u0 + w, n);
       }
-      Cell::reset(xg, hg, State<V>{V::load(h_prev + at + w, n), V()}, rz, rh);
+      Cell::reset(xg, hg, State<V>{V::load(h_product + at + w, n), V()}, rz, rh);
       rz[0].store(rz_step + b * 2 * H + u0 + w, n);
       rz[1].store(rz_step + b * 2 * H + H + u0 + w, n);
       rh.store(rh_step + at + w, n);
@@ -338,7 +345,13 @@ void forward_layer(const ForwardArgs<T>& a) {
   // 2. The initial state, in the double buffer and, for backward, in its saved slot.
   Buffer<T> h_state(2 * B * P), c_state(Cell::kHasCell ? 2 * B * H : 0);
   Buffer<T> m_step(projected ? B * H : 0);  // the cell's outputs of this step, to be projected
+  // Under recurrent dropout the products read h * scale: a second double buffer holds that copy.
+  const bool scaled = a.recurrent_scale != nullptr;
+  Buffer<T> h_product(scaled ? 2 * B * P : 0);
   copy_or_zero(h_state.get(), a.h0, B * P);
+  if (scaled) {
+    for (int64_t i = 0; i < B * P; ++i) h_product.get()[i] = h_state.get()[i] * a.recurrent_scale[i];
+  }
   if constexpr (Cell::kHasCell) copy_or_zero(c_state.get(), a.c0, B * H);
   if (a.saved_h) {
     std::copy_n(h_state.get(), B * P, a.saved_h + sch.initial_slot() * B * P);
@@ -379,16 +392,18 @@ void forward_layer(const ForwardArgs<T>& a) {
       const T* c_prev = Cell::kHasCell ? c_state.get() + (s & 1) * B * H : nullptr;
       T* c_next = Cell::kHasCell ? c_state.get() + ((s + 1) & 1) * B * H : nullptr;
       T* cell_out = projected ? m_step.get() : h_next;
-      for_each_block(units, H, B, cols, P, h_prev, P, packed_hh.get(), hh_size, rec,
+      const T* product_prev = scaled ? h_product.get() + (s & 1) * B * P : h_prev;
+      T* product_next = scaled ? h_product.get() + ((s + 1) & 1) * B * P : nullptr;
+      for_each_block(units, H, B, cols, P, product_prev, P, packed_hh.get(), hh_size, rec,
                      [&](int64_t u0, int64_t width, int64_t b0, int64_t rows) {
         run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
           using V = Vec<T, decltype(bytes)::value>;
           for (int64_t b = b0; b < b0 + rows; ++b) {
             if constexpr (Cell::kTwoPhase) {
-              step.template reset_row<V>(s, b, u0, width, rec + (b - b0) * cols, h_prev);
+              step.template reset_row<V>(s, b, u0, width, rec + (b - b0) * cols, product_prev);
             } else {
               step.template row<V>(s, b, u0, width, rec + (b - b0) * cols, h_prev, cell_out, c_prev, c_next);
-              if (!projected) publish_state(a, sch, s, b, u0, width, h_prev, h_next);
+              if (!projected) publish_state(a, sch, s, b, u0, width, h_prev, h_next, product_next);
             }
           }
         });
@@ -402,7 +417,7 @@ void forward_layer(const ForwardArgs<T>& a) {
             using V = Vec<T, decltype(bytes)::value>;
             for (int64_t b = b0; b < b0 + rows; ++b) {
               step.template row<V>(s, b, u0, width, rec + (b - b0) * NR, h_prev, h_next, nullptr, nullptr);
-              publish_state(a, sch, s, b, u0, width, h_prev, h_next);
+              publish_state(a, sch, s, b, u0, width, h_prev, h_next, product_next);
             }
           });
         });
@@ -414,7 +429,7 @@ void forward_layer(const ForwardArgs<T>& a) {
                        [&](int64_t p0, int64_t width, int64_t b0, int64_t rows) {
           for (int64_t b = b0; b < b0 + rows; ++b) {
             std::copy_n(rec + (b - b0) * NR, width, h_next + b * P + p0);
-            publish_state(a, sch, s, b, p0, width, h_prev, h_next);
+            publish_state<T>(a, sch, s, b, p0, width, h_prev, h_next, nullptr);  // (no scale with w_hr)
           }
         });
       }
@@ -480,10 +495,14 @@ struct BackwardStep {
     T* dgx_row = st.dgx + (t * B + b) * GH + u0;
     T* dgh_row = st.dgh + (t * B + b) * GH + u0;
     T* dg_step_row = dg_step + b * GH + u0;
+    // Under recurrent dropout rec is the gradient of h * scale: scaled once more, it is h's.
+    const T* scale = a.recurrent_scale ? a.recurrent_scale + at : nullptr;
     if (!sch.active(t, b)) {  // masked: the state was carried, so is its gradient
       if (!projected) {
         const bool repeated = dy_row && sch.repeats_output(s, b);
-        for (int64_t w = 0; w < width; ++w) st.dh_carry[at + w] += rec[w] + (repeated ? dy_row[w] : T(0));
+        for (int64_t w = 0; w < width; ++w) {
+          st.dh_carry[at + w] += rec[w] * (scale ? scale[w] : T(1)) + (repeated ? dy_row[w] : T(0));
+        }
       }
       for (int g = 0; g < G; ++g) {
         std::fill_n(dgx_row + g * H, width, T(0));
@@ -504,6 +523,7 @@ struct BackwardStep {
       const State<V> next{projected ? V() : V::load(a.saved_h + new_at + w, n),
                           Cell::kHasCell ? V::load(a.saved_c + new_at + w, n) : V()};
       V dh = V::load(rec + w);
+      if (scale) dh = dh * V::load(scale + w, n);
       if (!projected) {
         dh += V::load(st.dh_carry + at + w, n);
         if (dy_row) dh += V::load(dy_row + w, n);
@@ -537,15 +557,20 @@ struct BackwardStep {
     if (!sch.active(t, b)) return;  // row() zeroed its gradients and carried the state's
     const T* saved_row = a.saved_gates + (t * B + b) * S * H + u0;
     const int64_t prev_at = (sch.prev_slot(t) * B + b) * H + u0;
+    const T* scale = a.recurrent_scale ? a.recurrent_scale + at : nullptr;
     for (int64_t w = 0; w < width; w += V::kLanes) {
       const int64_t n = std::min<int64_t>(V::kLanes, width - w);
       V saved[S], dg[G];
       for (int k = 0; k < S; ++k) saved[k] = V::load(saved_row + k * H + w, n);
-      State<V> d_prev{V::load(st.dh_carry + at + w, n), V()};
-      Cell::reset_backward(saved, State<V>{V::load(a.saved_h + prev_at + w, n), V()}, V::load(rec + w), dg, d_prev);
+      // r multiplied h as the products see it (h * scale under recurrent dropout).
+      V h_product = V::load(a.saved_h + prev_at + w, n);
+      if (scale) h_product = h_product * V::load(scale + w, n);
+      State<V> d_product{};
+      Cell::reset_backward(saved, State<V>{h_product, V()}, V::load(rec + w), dg, d_product);
+      if (scale) d_product.h = d_product.h * V::load(scale + w, n);
       dg[0].store(st.dgx + (t * B + b) * GH + u0 + w, n);
       dg[0].store(dg_step + b * GH + u0 + w, n);
-      d_prev.h.store(st.dh_carry + at + w, n);
+      (V::load(st.dh_carry + at + w, n) + d_product.h).store(st.dh_carry + at + w, n);
     }
   }
 };
@@ -647,7 +672,8 @@ void backward_layer(const BackwardArgs<T>& a) {
       if (!dg_first) std::fill_n(rec, rows * NR, T(0));
       for (int64_t b = b0; b < b0 + rows; ++b) {
         for (int64_t w = 0; w < width; ++w) {
-          a.dh0[b * P + p0 + w] = rec[(b - b0) * NR + w] + dh_carry.get()[b * P + p0 + w];
+          const T scale = a.recurrent_scale ? a.recurrent_scale[b * P + p0 + w] : T(1);
+          a.dh0[b * P + p0 + w] = rec[(b - b0) * NR + w] * scale + dh_carry.get()[b * P + p0 + w];
         }
       }
     });
@@ -657,6 +683,14 @@ void backward_layer(const BackwardArgs<T>& a) {
   // Merged GEMMs over all T*B rows. The input state of time row t is saved_h[t + reverse].
   const int64_t rows = steps * B;
   const T* h_prev = a.saved_h + sch.prev_slot(0) * B * P;
+  // Under recurrent dropout W_hh multiplied h * scale (the same scale at every step).
+  Buffer<T> h_prev_scaled(a.recurrent_scale ? rows * P : 0);
+  if (a.recurrent_scale) {
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t p = 0; p < P; ++p) h_prev_scaled.get()[r * P + p] = h_prev[r * P + p] * a.recurrent_scale[(r % B) * P + p];
+    }
+    h_prev = h_prev_scaled.get();
+  }
   gemm<T>(rows, I, GH, st.dgx, GH, 1, a.w_ih, I, 1, a.dx, I, false);
   gemm<T>(GH, I, rows, st.dgx, 1, GH, a.x, I, 1, a.dw_ih, I, false);
   gemm<T>(KH, P, rows, st.dgh, 1, GH, h_prev, P, 1, a.dw_hh, P, false);

@@ -41,6 +41,8 @@ struct ForwardArgs {
   const T* w_hr;              // [P, H] projection (LSTM with proj_size), or null for none
   const T* b_ih;              // [G*H], or null for none
   const T* b_hh;              // [G*H], or null for none
+  const T* recurrent_scale;   // [B, P] multiplies h wherever h enters a recurrent product (not the
+                              // state update): recurrent dropout; null for none; not with w_hr
   const int64_t* lengths;     // [B] with 0 <= len <= T, or null for all T
   const uint8_t* mask;        // [T, B] nonzero where a step is taken, or null (then lengths)
   bool repeat_masked_output;
@@ -63,6 +65,7 @@ struct BackwardArgs {
   const T* w_ih;              // [G*H, I]
   const T* w_hh;              // [G*H, P]
   const T* w_hr;              // [P, H] or null, as given to forward
+  const T* recurrent_scale;   // [B, P] or null, as given to forward
   const int64_t* lengths;     // [B] or null, as given to forward
   const uint8_t* mask;        // [T, B] or null, as given to forward
   bool repeat_masked_output;

@@ -173,7 +173,7 @@ def _repeated_mask(active, reverse, masked_output):
 
 
 def _forward(cell, x, states, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse, training,
-             weight_hr=None, mask=None, masked_output="zero"):
+             weight_hr=None, mask=None, masked_output="zero", recurrent_scale=None):
     T, B, _ = x.shape
     P = weight_hh.shape[1]                                  # size of h
     H = P if weight_hr is None else weight_hr.shape[1]      # units of the cell (size of c)
@@ -187,19 +187,21 @@ def _forward(cell, x, states, weight_ih, weight_hh, bias_ih, bias_hh, lengths, r
     if bias_ih is not None:
         xp = xp + bias_ih
 
+    # Recurrent dropout scales h where it enters W_hh h, not in the state update itself.
+    scale = 1 if recurrent_scale is None else recurrent_scale
     y = np.zeros((T, B, P), x.dtype)
-    h_prev = np.zeros((T, B, P), x.dtype)   # state entering step t, for dW_hh
+    h_prev = np.zeros((T, B, P), x.dtype)   # what W_hh multiplied at step t (h * scale), for dW_hh
     m = np.zeros((T, B, H), x.dtype)        # the cell's output before the projection, for dW_hr
     caches = [None] * T
     for t in _time_order(T, reverse):
-        hp = states[0] @ weight_hh.T
+        hp = (states[0] * scale) @ weight_hh.T
         if bias_hh is not None:
             hp = hp + bias_hh
         new_states, caches[t] = cell.step(xp[t], hp, states)
         if weight_hr is not None:           # LSTM with proj_size: h' = W_hr (o * tanh(c'))
             m[t] = new_states[0]
             new_states = (new_states[0] @ weight_hr.T,) + new_states[1:]
-        h_prev[t] = states[0]
+        h_prev[t] = states[0] * scale
         # Masked sequences (finished, or in reverse not yet started) keep their state, and output
         # zero or (Keras) repeat their last output, which is then their state.
         y[t] = np.where(active[t], new_states[0], np.where(repeated[t], states[0], 0))
@@ -210,7 +212,7 @@ def _forward(cell, x, states, weight_ih, weight_hh, bias_ih, bias_hh, lengths, r
         saved = dict(cell=cell, x=x, weight_ih=weight_ih, weight_hh=weight_hh, weight_hr=weight_hr,
                      has_bias_ih=bias_ih is not None, has_bias_hh=bias_hh is not None,
                      active=active, repeated=repeated, reverse=reverse, h_prev=h_prev, m=m,
-                     caches=caches)
+                     caches=caches, scale=scale)
     return y, states, saved
 
 
@@ -250,7 +252,7 @@ def _backward(saved, dy, d_final_states, accepted_cells):
         dxp[t], dhp[t], d_old = cell.step_backward(d_new, caches[t])
         # Under a projection the cell sees the old h only through hp (the LSTM reads c, not h).
         d_direct = 0 if weight_hr is not None else d_old[0]
-        d_old = (d_direct + dhp[t] @ weight_hh,) + d_old[1:]
+        d_old = (d_direct + (dhp[t] @ weight_hh) * saved["scale"],) + d_old[1:]
         d_states = tuple(np.where(active[t], dn, dk) for dn, dk in zip(d_old, d_states))
 
     # Weight gradients sum over all T*B rows at once, after the loop.
@@ -279,10 +281,12 @@ def _rnn_cell(nonlinearity):
 
 
 def rnn_forward(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, lengths=None,
-                reverse=False, nonlinearity="tanh", training=True, mask=None, masked_output="zero"):
+                reverse=False, nonlinearity="tanh", training=True, mask=None, masked_output="zero",
+                recurrent_scale=None):
     """Returns (y, h_n, saved); saved is None when training is False."""
     y, (h_n,), saved = _forward(_rnn_cell(nonlinearity), x, (h0,), weight_ih, weight_hh,
-                                bias_ih, bias_hh, lengths, reverse, training, None, mask, masked_output)
+                                bias_ih, bias_hh, lengths, reverse, training, None, mask, masked_output,
+                                recurrent_scale)
     return y, h_n, saved
 
 
@@ -293,14 +297,16 @@ def rnn_backward(dy, dh_n, saved):
 
 
 def lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, weight_hr=None,
-                 lengths=None, reverse=False, training=True, mask=None, masked_output="zero"):
+                 lengths=None, reverse=False, training=True, mask=None, masked_output="zero",
+                 recurrent_scale=None):
     """Returns (y, h_n, c_n, saved); saved is None when training is False.
 
     weight_hr (P, H), PyTorch's proj_size: h' = weight_hr @ (o * tanh(c')), so h0, h_n and y
     have P values per sequence and weight_hh is (4H, P).
     """
     y, (h_n, c_n), saved = _forward(_LSTM, x, (h0, c0), weight_ih, weight_hh, bias_ih, bias_hh,
-                                    lengths, reverse, training, weight_hr, mask, masked_output)
+                                    lengths, reverse, training, weight_hr, mask, masked_output,
+                                    recurrent_scale)
     return y, h_n, c_n, saved
 
 
@@ -312,16 +318,17 @@ def lstm_backward(dy, dh_n, dc_n, saved):
 
 
 def gru_forward(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, lengths=None,
-                reverse=False, training=True, mask=None, masked_output="zero", reset_after=True):
+                reverse=False, training=True, mask=None, masked_output="zero", reset_after=True,
+                recurrent_scale=None):
     """Returns (y, h_n, saved); saved is None when training is False.
 
     reset_after=False is Keras's other GRU: n = tanh(W_in x + b_in + W_hn (r * h) + b_hn).
     """
     if not reset_after:
         return _gru_reset_before_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, lengths,
-                                         reverse, training, mask, masked_output)
+                                         reverse, training, mask, masked_output, recurrent_scale)
     y, (h_n,), saved = _forward(_GRU, x, (h0,), weight_ih, weight_hh, bias_ih, bias_hh,
-                                lengths, reverse, training, None, mask, masked_output)
+                                lengths, reverse, training, None, mask, masked_output, recurrent_scale)
     return y, h_n, saved
 
 
@@ -346,7 +353,7 @@ _GRU_RESET_BEFORE = _Cell("gru_reset_before", 3, 1, None, None)
 
 
 def _gru_reset_before_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse,
-                              training, mask, masked_output):
+                              training, mask, masked_output, recurrent_scale):
     T, B, _ = x.shape
     H = weight_hh.shape[1]
     h = np.zeros((B, H), x.dtype) if h0 is None else h0
@@ -356,15 +363,16 @@ def _gru_reset_before_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, len
     if bias_ih is not None:
         xp = xp + bias_ih
     b_hh = np.zeros(3 * H, x.dtype) if bias_hh is None else bias_hh
+    scale = 1 if recurrent_scale is None else recurrent_scale   # recurrent dropout: products only
 
     y = np.zeros((T, B, H), x.dtype)
     h_prev = np.zeros((T, B, H), x.dtype)
     caches = [None] * T
     for t in _time_order(T, reverse):
         x_r, x_z, x_n = np.split(xp[t], 3, axis=1)
-        h_r, h_z = np.split(h @ weight_hh[:2 * H].T + b_hh[:2 * H], 2, axis=1)
+        h_r, h_z = np.split((h * scale) @ weight_hh[:2 * H].T + b_hh[:2 * H], 2, axis=1)
         r, z = _sigmoid(x_r + h_r), _sigmoid(x_z + h_z)
-        rh = r * h
+        rh = r * (h * scale)
         n = np.tanh(x_n + rh @ weight_hh[2 * H:].T + b_hh[2 * H:])
         h_new = (1 - z) * n + z * h
         h_prev[t], caches[t] = h, (r, z, n, rh)
@@ -375,7 +383,8 @@ def _gru_reset_before_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, len
     if training:
         saved = dict(cell=_GRU_RESET_BEFORE, x=x, weight_ih=weight_ih, weight_hh=weight_hh,
                      has_bias_ih=bias_ih is not None, has_bias_hh=bias_hh is not None,
-                     active=active, repeated=repeated, reverse=reverse, h_prev=h_prev, caches=caches)
+                     active=active, repeated=repeated, reverse=reverse, h_prev=h_prev, caches=caches,
+                     scale=scale)
     return y, h, saved
 
 
@@ -384,6 +393,7 @@ def _gru_reset_before_backward(dy, dh_n, saved):
     active, repeated, h_prev, caches = saved["active"], saved["repeated"], saved["h_prev"], saved["caches"]
     T, B, I = x.shape
     H = weight_hh.shape[1]
+    scale = saved["scale"]
     dy = np.zeros((T, B, H), x.dtype) if dy is None else np.asarray(dy, x.dtype)
     dh = np.zeros((B, H), x.dtype) if dh_n is None else np.array(dh_n, dtype=x.dtype)
 
@@ -397,16 +407,16 @@ def _gru_reset_before_backward(dy, dh_n, saved):
         da_n = dh_new * (1 - z) * (1 - n * n)
         da_z = dh_new * (h - n) * z * (1 - z)
         d_rh = da_n @ weight_hh[2 * H:]
-        da_r = d_rh * h * r * (1 - r)
+        da_r = d_rh * (h * scale) * r * (1 - r)
         dg[t] = np.concatenate([da_r, da_z, da_n], axis=1)
         rh_all[t] = rh
-        dh_old = dh_new * z + d_rh * r + dg[t, :, :2 * H] @ weight_hh[:2 * H]
+        dh_old = dh_new * z + (d_rh * r + dg[t, :, :2 * H] @ weight_hh[:2 * H]) * scale
         dh = np.where(active[t], dh_old, dh)
 
     rows = dg.reshape(T * B, 3 * H)
     dx = dg @ weight_ih
     dweight_ih = rows.T @ x.reshape(T * B, I)
-    dweight_hh = np.concatenate([rows[:, :2 * H].T @ h_prev.reshape(T * B, H),
+    dweight_hh = np.concatenate([rows[:, :2 * H].T @ (h_prev * scale).reshape(T * B, H),
                                  rows[:, 2 * H:].T @ rh_all.reshape(T * B, H)])
     dbias = rows.sum(axis=0)
     return (dx, dh, dweight_ih, dweight_hh, dbias if saved["has_bias_ih"] else None,

@@ -11,6 +11,10 @@ Variable lengths: ``lengths`` (B integers in ``[0, T]``) makes sequence ``b`` ru
 ``lengths[b]`` steps; after them its state is carried unchanged and its outputs are zero. With
 ``reverse=True`` each sequence is processed from its own last valid step back to step 0.
 
+Recurrent dropout (Keras's): ``recurrent_scale`` (B, P) multiplies h wherever it enters a
+recurrent product (``W_hh h``, and ``W_hn (r h)`` of the reset-before GRU) but not the state update
+itself; pass the dropout mask divided by the keep probability, the same at every step.
+
 Masks (Keras's): ``mask`` (T, B) booleans says where a step is taken; elsewhere the state is
 carried unchanged and the output is zero, or with ``masked_output="repeat"`` the last output
 (zero before a sequence's first step), as Keras does. ``reverse=True`` then walks the time axis
@@ -39,8 +43,8 @@ _MASKED_OUTPUTS = ("zero", "repeat")
 class Saved:
     """What a training-mode forward keeps for its backward. Opaque: pass it to the backward."""
 
-    __slots__ = ("cell", "x", "weight_ih", "weight_hh", "weight_hr", "has_bias_ih", "has_bias_hh",
-                 "lengths", "mask", "repeat_masked_output", "reverse", "arrays")
+    __slots__ = ("cell", "x", "weight_ih", "weight_hh", "weight_hr", "recurrent_scale", "has_bias_ih",
+                 "has_bias_hh", "lengths", "mask", "repeat_masked_output", "reverse", "arrays")
 
     def __init__(self, **fields):
         for name, value in fields.items():
@@ -120,7 +124,7 @@ def _checked_mask(mask, T, B, lengths):
 
 
 def _forward(cell, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse, training,
-             weight_hr=None, mask=None, masked_output="zero"):
+             weight_hr=None, mask=None, masked_output="zero", recurrent_scale=None):
     gates, has_c = _CELLS[cell]
     x = _float_array(x, "x")
     if x.ndim != 3:
@@ -141,6 +145,7 @@ def _forward(cell, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, r
         w_ih=_checked(weight_ih, "weight_ih", (gates * H, I), dtype),
         w_hh=_checked(weight_hh, "weight_hh", (gates * H, P), dtype),
         w_hr=_checked(weight_hr, "weight_hr", (P, H), dtype, optional=True),
+        recurrent_scale=_checked(recurrent_scale, "recurrent_scale", (B, P), dtype, optional=True),
         b_ih=_checked(bias_ih, "bias_ih", (gates * H,), dtype, optional=True),
         b_hh=_checked(bias_hh, "bias_hh", (gates * H,), dtype, optional=True),
         lengths=_checked_lengths(lengths, T, B),
@@ -152,7 +157,7 @@ def _forward(cell, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, r
     saved = None
     if training:
         saved = Saved(cell=cell, x=arrays["x"], weight_ih=arrays["w_ih"], weight_hh=arrays["w_hh"],
-                      weight_hr=arrays["w_hr"], has_bias_ih=arrays["b_ih"] is not None,
+                      weight_hr=arrays["w_hr"], recurrent_scale=arrays["recurrent_scale"], has_bias_ih=arrays["b_ih"] is not None,
                       has_bias_hh=arrays["b_hh"] is not None, lengths=arrays["lengths"], mask=arrays["mask"],
                       repeat_masked_output=repeat, reverse=bool(reverse), arrays=saved_arrays)
     return y, h_n, c_n, saved
@@ -169,7 +174,8 @@ def _backward(cell, dy, dh_n, dc_n, saved):
     T, B, _ = saved.x.shape
     H, P, dtype = saved.hidden_size, saved.state_size, saved.x.dtype
     return _core.backward(
-        cell, saved.x, saved.weight_ih, saved.weight_hh, saved.weight_hr, saved.lengths, saved.mask,
+        cell, saved.x, saved.weight_ih, saved.weight_hh, saved.weight_hr, saved.recurrent_scale,
+        saved.lengths, saved.mask,
         saved.repeat_masked_output, saved.reverse, saved.arrays,
         dy=_checked(dy, "dy", (T, B, P), dtype, optional=True),
         dh_n=_checked(dh_n, "dh_n", (B, P), dtype, optional=True),
@@ -184,7 +190,8 @@ def _rnn_cell(nonlinearity):
 
 
 def rnn_forward(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, lengths=None,
-                reverse=False, nonlinearity="tanh", training=True, mask=None, masked_output="zero"):
+                reverse=False, nonlinearity="tanh", training=True, mask=None, masked_output="zero",
+                recurrent_scale=None):
     """Elman RNN layer: ``h' = act(W_ih x + b_ih + W_hh h + b_hh)``, act = tanh or relu.
 
     Args:
@@ -197,13 +204,15 @@ def rnn_forward(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, leng
         training: save what backward needs (otherwise ``saved`` is None).
         mask: ``(T, B)`` booleans (instead of lengths): where a step is taken.
         masked_output: ``"zero"``, or ``"repeat"`` the last output at a masked step (Keras).
+        recurrent_scale: ``(B, H)`` recurrent dropout scale (see the module's notes), or None.
 
     Returns:
         ``(y, h_n, saved)``: y ``(T, B, H)`` (zero past each sequence's length), h_n ``(B, H)``.
     """
     cell = _rnn_cell(nonlinearity)
     y, h_n, _, saved = _forward(cell, x, h0, None, weight_ih, weight_hh, bias_ih, bias_hh, lengths,
-                                reverse, training, mask=mask, masked_output=masked_output)
+                                reverse, training, mask=mask, masked_output=masked_output,
+                                recurrent_scale=recurrent_scale)
     return y, h_n, saved
 
 
@@ -225,7 +234,8 @@ def rnn_backward(dy, dh_n, saved):
 
 
 def lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, weight_hr=None,
-                 lengths=None, reverse=False, training=True, mask=None, masked_output="zero"):
+                 lengths=None, reverse=False, training=True, mask=None, masked_output="zero",
+                 recurrent_scale=None):
     """LSTM layer (gate order i, f, g, o): ``c' = f*c + i*g``, ``h' = o*tanh(c')``.
 
     With a projection (PyTorch's ``proj_size``), ``h' = weight_hr @ (o*tanh(c'))`` has P values
@@ -235,13 +245,14 @@ def lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *,
         x: ``(T, B, I)``. h0: ``(B, P)``, c0: ``(B, H)``, or None for zeros.
         weight_ih: ``(4H, I)``. weight_hh: ``(4H, P)``. bias_ih, bias_hh: ``(4H,)`` or None.
         weight_hr: ``(P, H)`` projection, or None for none.
-        lengths, reverse, training, mask, masked_output: as in :func:`rnn_forward`.
+        lengths, reverse, training, mask, masked_output, recurrent_scale: as in :func:`rnn_forward`
+        (recurrent_scale is not available with a projection).
 
     Returns:
         ``(y (T, B, P), h_n (B, P), c_n (B, H), saved)``.
     """
     return _forward("lstm", x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse, training,
-                    weight_hr, mask, masked_output)
+                    weight_hr, mask, masked_output, recurrent_scale)
 
 
 def lstm_backward(dy, dh_n, dc_n, saved):
@@ -258,7 +269,8 @@ def lstm_backward(dy, dh_n, dc_n, saved):
 
 
 def gru_forward(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, lengths=None,
-                reverse=False, training=True, mask=None, masked_output="zero", reset_after=True):
+                reverse=False, training=True, mask=None, masked_output="zero", reset_after=True,
+                recurrent_scale=None):
     """GRU layer, gate order r, z, n.
 
     ``r = σ(W_ir x + b_ir + W_hr h + b_hr)``, ``z`` likewise, ``h' = (1 - z) * n + z * h`` and
@@ -269,14 +281,15 @@ def gru_forward(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, leng
     Args:
         x: ``(T, B, I)``. h0: ``(B, H)`` or None for zeros.
         weight_ih: ``(3H, I)``. weight_hh: ``(3H, H)``. bias_ih, bias_hh: ``(3H,)`` or None.
-        lengths, reverse, training, mask, masked_output: as in :func:`rnn_forward`.
+        lengths, reverse, training, mask, masked_output, recurrent_scale: as in :func:`rnn_forward`.
 
     Returns:
         ``(y (T, B, H), h_n (B, H), saved)``.
     """
     cell = "gru" if reset_after else "gru_reset_before"
     y, h_n, _, saved = _forward(cell, x, h0, None, weight_ih, weight_hh, bias_ih, bias_hh, lengths,
-                                reverse, training, mask=mask, masked_output=masked_output)
+                                reverse, training, mask=mask, masked_output=masked_output,
+                                recurrent_scale=recurrent_scale)
     return y, h_n, saved
 
 
