@@ -1,7 +1,8 @@
 // THE time-loop driver, one for every cell (csrc/cells/*.h supply the pointwise math).
 //
 // Forward, one layer, one direction:
-//   1. One merged GEMM over all T*B rows: xp = x W_ih^T + b_ih.
+//   1. One merged GEMM over all T*B rows: xp = x W_ih^T (b_ih is added in the pointwise step,
+//      which reads xp anyway: no extra pass over T*B*G*H values).
 //   2. One OpenMP team spans the whole time loop. Hidden units are cut into chunks of one GEMM
 //      panel width (kPanel units); each thread owns a contiguous run of chunks and computes ALL
 //      gates of its units, so it applies the cell right after its recurrent GEMM block, while
@@ -77,6 +78,15 @@ int team_size() {
 }
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Asks for the cache lines at p, p + stride, ... (count of them) ahead of use. The loop reads
+// its per-step inputs (xp, saved values) from rows written long before, which no hardware
+// prefetcher predicts (one line per gate, H*sizeof(T) apart); fetching the next step's lines
+// during this step hides that memory latency.
+template <class T>
+FUSEDRNN_INLINE void prefetch_lines(const T* p, int count, int64_t stride) {
+  for (int i = 0; i < count; ++i) __builtin_prefetch(p + i * stride);
+}
 
 // Which (time row, sequence) pairs take a step, in the order the loop visits the rows.
 class Schedule {
@@ -241,7 +251,8 @@ struct ForwardStep {
   static constexpr int64_t NR = kPanel<T>;
   const ForwardArgs<T>& a;
   const Schedule& sch;
-  const T* xp;    // [T, B, G*H] input projections (with b_ih)
+  const T* xp;    // [T, B, G*H] input projections x W_ih^T
+  const T* b_ih;  // [G*H] (zeros when the layer has no bias)
   const T* b_hh;  // [G*H] (zeros when the layer has no bias)
   T* rz_step;     // [B, 2H] two-phase cells: this step's r and z
   T* rh_step;     // [B, H]  two-phase cells: this step's r*h, the input of the last gate's product
@@ -257,11 +268,12 @@ struct ForwardStep {
       return;
     }
     const T* x_row = xp + (t * B + b) * GH + u0;
+    if (s + 1 < a.T_) prefetch_lines(xp + (sch.row(s + 1) * B + b) * GH + u0, G, H);
     for (int64_t w = 0; w < width; w += V::kLanes) {
       const int64_t n = std::min<int64_t>(V::kLanes, width - w);
       V xg[2], hg[2], rz[2], rh;
       for (int g = 0; g < 2; ++g) {
-        xg[g] = V::load(x_row + g * H + w, n);
+        xg[g] = V::load(x_row + g * H + w, n) + V::load(b_ih + g * H + u0 + w, n);
         hg[g] = V::load(rec + g * NR + w) + V::load(b_hh + g * H + u0 + w, n);
       }
       Cell::reset(xg, hg, State<V>{V::load(h_product + at + w, n), V()}, rz, rh);
@@ -293,6 +305,8 @@ struct ForwardStep {
       return;
     }
     const T* x_row = xp + (t * B + b) * GH + u0;
+    if (s + 1 < a.T_ && !Cell::kTwoPhase) prefetch_lines(xp + (sch.row(s + 1) * B + b) * GH + u0, G, H);
+    const T* x_bias = b_ih + u0;
     const T* bias = b_hh + u0;
     for (int64_t w = 0; w < width; w += V::kLanes) {
       const int64_t n = std::min<int64_t>(V::kLanes, width - w);
@@ -305,11 +319,12 @@ struct ForwardStep {
       if constexpr (Cell::kTwoPhase) {
         const V rz[2] = {V::load(rz_step + b * 2 * H + u0 + w, n), V::load(rz_step + b * 2 * H + H + u0 + w, n)};
         const V hn = V::load(rec + w) + V::load(bias + (G - 1) * H + w, n);
-        Cell::output(V::load(x_row + (G - 1) * H + w, n), hn, rz, V::load(rh_step + at + w, n), prev, next, saved);
+        const V x_n = V::load(x_row + (G - 1) * H + w, n) + V::load(x_bias + (G - 1) * H + w, n);
+        Cell::output(x_n, hn, rz, V::load(rh_step + at + w, n), prev, next, saved);
       } else {
         V xg[G], hg[G];
         for (int g = 0; g < G; ++g) {
-          xg[g] = V::load(x_row + g * H + w, n);
+          xg[g] = V::load(x_row + g * H + w, n) + V::load(x_bias + g * H + w, n);
           hg[g] = V::load(rec + g * NR + w) + V::load(bias + g * H + w, n);
         }
         Cell::forward(xg, hg, prev, next, saved);
@@ -335,11 +350,11 @@ void forward_layer(const ForwardArgs<T>& a) {
   const bool projected = a.w_hr != nullptr;
   const Schedule sch(a);
 
-  // 1. xp = x W_ih^T + b_ih for all steps: rows start as the bias, the GEMM adds onto them.
+  // 1. xp = x W_ih^T for all steps.
   Buffer<T> xp(steps * B * GH);
-  for (int64_t r = 0; r < steps * B; ++r) copy_or_zero(xp.get() + r * GH, a.b_ih, GH);
-  gemm<T>(steps * B, GH, I, a.x, I, 1, a.w_ih, 1, I, xp.get(), GH, /*accumulate=*/true);
-  Buffer<T> b_hh(GH);
+  gemm<T>(steps * B, GH, I, a.x, I, 1, a.w_ih, 1, I, xp.get(), GH, /*accumulate=*/false);
+  Buffer<T> b_ih(GH), b_hh(GH);
+  copy_or_zero(b_ih.get(), a.b_ih, GH);
   copy_or_zero(b_hh.get(), a.b_hh, GH);
 
   // 2. The initial state, in the double buffer and, for backward, in its saved slot.
@@ -369,7 +384,7 @@ void forward_layer(const ForwardArgs<T>& a) {
   Buffer<T> rz_step(Cell::kTwoPhase ? 2 * B * H : 0), rh_step(Cell::kTwoPhase ? B * H : 0);
   const int threads = team_for(std::max(units.count, dims.count));
   Buffer<T> scratch(threads * kRowBlock * cols);
-  const ForwardStep<Cell, T> step{a, sch, xp.get(), b_hh.get(), rz_step.get(), rh_step.get()};
+  const ForwardStep<Cell, T> step{a, sch, xp.get(), b_ih.get(), b_hh.get(), rz_step.get(), rh_step.get()};
   const Isa isa = current_isa();
 
 #ifdef _OPENMP
@@ -513,6 +528,13 @@ struct BackwardStep {
     }
     const T* saved_row = a.saved_gates + (t * B + b) * S * H + u0;
     const int64_t prev_at = (sch.prev_slot(t) * B + b) * H + u0, new_at = (sch.new_slot(t) * B + b) * H + u0;
+    if (s > 0) {  // the next step (backward walks down) reads these rows of row(s-1)
+      const int64_t t_next = sch.row(s - 1);
+      prefetch_lines(a.saved_gates + (t_next * B + b) * S * H + u0, S, H);
+      if (dy_row) prefetch_lines(a.dy + (t_next * B + b) * H + u0, 1, 0);
+      if (!projected) prefetch_lines(a.saved_h + (sch.prev_slot(t_next) * B + b) * H + u0, 1, 0);
+      if (Cell::kHasCell) prefetch_lines(a.saved_c + (sch.prev_slot(t_next) * B + b) * H + u0, 1, 0);
+    }
     for (int64_t w = 0; w < width; w += V::kLanes) {
       const int64_t n = std::min<int64_t>(V::kLanes, width - w);
       V saved[S > 0 ? S : 1], gx[G], gh[G];
