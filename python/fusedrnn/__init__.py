@@ -5,12 +5,12 @@
 ``fusedrnn.optim`` the PyTorch-flavoured layers, losses and optimizers.
 """
 
-from . import _core, functional, nn, optim
+from . import _core, functional, keras, nn, optim
 from ._random import manual_seed
 
 __version__ = _core.__version__
 
-__all__ = ["functional", "nn", "optim", "manual_seed", "build_info", "get_num_threads", "set_num_threads", "__version__"]
+__all__ = ["functional", "nn", "optim", "keras", "manual_seed", "build_info", "get_num_threads", "set_num_threads", "__version__"]
 
 
 def get_num_threads():
