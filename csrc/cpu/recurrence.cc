@@ -167,8 +167,15 @@ struct Chunks {
   }
 };
 
-// Team size: no more threads than the largest chunk count gives work to.
-int team_for(int64_t chunks) { return static_cast<int>(std::min<int64_t>(max_threads(), chunks)); }
+// Team size: no more threads than there are chunks, nor than there is work per step for. Each
+// step ends in a barrier (~1 us, far more when another process holds a core), so a thread must
+// have enough multiply-adds per step to pay for it: at 2^18 flops (~1 us at this machine's peak)
+// a 32-unit LSTM at batch 32 runs on one thread, a 256-unit one at batch 1 on two.
+int team_for(int64_t chunks, int64_t flops_per_step) {
+  constexpr int64_t kMinFlopsPerThread = int64_t(1) << 18;
+  const int64_t useful = std::max<int64_t>(1, flops_per_step / kMinFlopsPerThread);
+  return static_cast<int>(std::min<int64_t>({max_threads(), chunks, useful}));
+}
 
 // Packs, for each of `chunks` chunks, the K x (groups*NR) matrix whose column g*NR + w is
 // src[offset(g, unit) + k * k_stride] for unit = chunk*NR + w < n (zero past n); the chunks
@@ -382,7 +389,7 @@ void forward_layer(const ForwardArgs<T>& a) {
   Buffer<T> packed_hh(units.count * hh_size), packed_hr(dims.count * panel_size);
   Buffer<T> packed_hn(Cell::kTwoPhase ? units.count * panel_size : 0);
   Buffer<T> rz_step(Cell::kTwoPhase ? 2 * B * H : 0), rh_step(Cell::kTwoPhase ? B * H : 0);
-  const int threads = team_for(std::max(units.count, dims.count));
+  const int threads = team_for(std::max(units.count, dims.count), 2 * B * (P * G * H + (projected ? H * P : 0)));
   Buffer<T> scratch(threads * kRowBlock * cols);
   const ForwardStep<Cell, T> step{a, sch, xp.get(), b_ih.get(), b_hh.get(), rz_step.get(), rh_step.get()};
   const Isa isa = current_isa();
@@ -627,7 +634,7 @@ void backward_layer(const BackwardArgs<T>& a) {
   const int64_t hn_size = packed_b_size<T>(H, NR);
   Buffer<T> packed_hh(dims.count * hh_size), packed_hr(projected ? units.count * hr_size : 0);
   Buffer<T> packed_hn(Cell::kTwoPhase ? units.count * hn_size : 0);
-  const int threads = team_for(std::max(dims.count, units.count));
+  const int threads = team_for(std::max(dims.count, units.count), 2 * B * (P * G * H + (projected ? H * P : 0)));
   Buffer<T> scratch(threads * kRowBlock * NR);
   const BackwardStep<Cell, T> step{a, sch, st};
   const Isa isa = current_isa();
