@@ -358,8 +358,8 @@ void forward_layer(const ForwardArgs<T>& a) {
   const Schedule sch(a);
 
   // 1. xp = x W_ih^T for all steps.
-  Buffer<T> xp(steps * B * GH);
-  gemm<T>(steps * B, GH, I, a.x, I, 1, a.w_ih, 1, I, xp.get(), GH, /*accumulate=*/false);
+  T* xp = workspace<T>(0, steps * B * GH);
+  gemm<T>(steps * B, GH, I, a.x, I, 1, a.w_ih, 1, I, xp, GH, /*accumulate=*/false);
   Buffer<T> b_ih(GH), b_hh(GH);
   copy_or_zero(b_ih.get(), a.b_ih, GH);
   copy_or_zero(b_hh.get(), a.b_hh, GH);
@@ -391,7 +391,7 @@ void forward_layer(const ForwardArgs<T>& a) {
   Buffer<T> rz_step(Cell::kTwoPhase ? 2 * B * H : 0), rh_step(Cell::kTwoPhase ? B * H : 0);
   const int threads = team_for(std::max(units.count, dims.count), 2 * B * (P * G * H + (projected ? H * P : 0)));
   Buffer<T> scratch(threads * kRowBlock * cols);
-  const ForwardStep<Cell, T> step{a, sch, xp.get(), b_ih.get(), b_hh.get(), rz_step.get(), rh_step.get()};
+  const ForwardStep<Cell, T> step{a, sch, xp, b_ih.get(), b_hh.get(), rz_step.get(), rh_step.get()};
   const Isa isa = current_isa();
 
 #ifdef _OPENMP
@@ -615,16 +615,17 @@ void backward_layer(const BackwardArgs<T>& a) {
   const bool projected = a.w_hr != nullptr;
   const Schedule sch(a);
 
-  Buffer<T> dgx(steps * B * GH), dgh_split(Cell::kSplitGradient ? steps * B * GH : 0);
+  T* dgx = workspace<T>(0, steps * B * GH);
+  T* dgh = Cell::kSplitGradient ? workspace<T>(1, steps * B * GH) : dgx;
   // dgh of the step just done and of the one before, in step order: the recurrent product reads
   // one while the team writes the other.
   Buffer<T> dg_step(2 * B * GH);
   Buffer<T> dh_carry(B * P), dc_carry(Cell::kHasCell ? B * H : 0);
-  Buffer<T> dh_step(projected ? B * P : 0), dh_all(projected ? steps * B * P : 0);
+  Buffer<T> dh_step(projected ? B * P : 0);
+  T* dh_all = projected ? workspace<T>(2, steps * B * P) : nullptr;
   copy_or_zero(dh_carry.get(), a.dh_n, B * P);
   if constexpr (Cell::kHasCell) copy_or_zero(dc_carry.get(), a.dc_n, B * H);
-  const BackwardState<T> st{dgx.get(), Cell::kSplitGradient ? dgh_split.get() : dgx.get(),
-                            dh_carry.get(), dc_carry.get(), dh_step.get(), dh_all.get()};
+  const BackwardState<T> st{dgx, dgh, dh_carry.get(), dc_carry.get(), dh_step.get(), dh_all};
 
   // State dims in chunks (units when there is no projection), each with its columns of W_hh
   // (K = the rows reading h); under a projection, units in chunks with their columns of W_hr
@@ -713,12 +714,12 @@ void backward_layer(const BackwardArgs<T>& a) {
   const int64_t rows = steps * B;
   const T* h_prev = a.saved_h + sch.prev_slot(0) * B * P;
   // Under recurrent dropout W_hh multiplied h * scale (the same scale at every step).
-  Buffer<T> h_prev_scaled(a.recurrent_scale ? rows * P : 0);
   if (a.recurrent_scale) {
+    T* scaled = workspace<T>(2, rows * P);  // (slot 2 is free: no projection with a scale)
     for (int64_t r = 0; r < rows; ++r) {
-      for (int64_t p = 0; p < P; ++p) h_prev_scaled.get()[r * P + p] = h_prev[r * P + p] * a.recurrent_scale[(r % B) * P + p];
+      for (int64_t p = 0; p < P; ++p) scaled[r * P + p] = h_prev[r * P + p] * a.recurrent_scale[(r % B) * P + p];
     }
-    h_prev = h_prev_scaled.get();
+    h_prev = scaled;
   }
   gemm<T>(rows, I, GH, st.dgx, GH, 1, a.w_ih, I, 1, a.dx, I, false);
   gemm<T>(GH, I, rows, st.dgx, 1, GH, a.x, I, 1, a.dw_ih, I, false);
