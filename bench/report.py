@@ -12,6 +12,14 @@ def num(v, digits=2):
     return "" if v is None else f"{v:.{digits}f}"
 
 
+def note(row, rows, busy):
+    """'busy' where other processes took CPU during the measurement (after retries), 'noisy' where
+    a median is far above its min."""
+    if row.get("others_cpu", 0) >= busy:
+        return f"busy: others took {100 * row['others_cpu']:.0f}% of the CPUs"
+    return "noisy" if any(r["median_ms"] > 1.5 * r["min_ms"] for r in rows) else ""
+
+
 def table(header, lines):
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(str(c) for c in line) + " |" for line in lines]
@@ -20,7 +28,10 @@ def table(header, lines):
 
 def targets(doc):
     """Issue #5's targets: [(what, threshold, at_least, [(value, where), ...])]."""
-    ours = [r for r in doc["rows"] if r["contender"] == "fusedrnn" and r["ratio_to_torch"] is not None]
+    # Measurements that other processes disturbed (marked busy) are left out.
+    busy = doc["timing"]["busy_threshold"]
+    ours = [r for r in doc["rows"] if r["contender"] == "fusedrnn" and r["ratio_to_torch"] is not None
+            and r.get("others_cpu", 0) < busy]
 
     def ratios(pred, key="ratio_to_torch"):
         return [(r[key], f"{r['cell']} B={r['B']} H={r['H']} {r['mode']}") for r in ours if pred(r)]
@@ -53,7 +64,8 @@ def targets(doc):
         ("merged GEMM, ours / NumPy float32 matmul", 0.9, True,
          [(s["ours_gflops"] / s["numpy_gflops"], f"M={s['M']} N={s['N']} K={s['K']}") for s in gemm]),
         (f"1 -> {n} threads at B=64 H=512, ours", 1.8, True,
-         [(s["fusedrnn"]["speedup"], f"{s['cell']} {s['mode']}") for s in doc["scaling"] if s["H"] == 512]),
+         [(s["fusedrnn"]["speedup"], f"{s['cell']} {s['mode']}") for s in doc["scaling"]
+          if s["H"] == 512 and s.get("others_cpu", 0) < busy]),
         ("training-step peak memory, ours / PyTorch", 1.0, False,
          [(m["ratio"], f"{m['cell']} B={m['B']} H={m['H']}") for m in doc["memory"] if "ratio" in m]),
     ]
@@ -62,36 +74,44 @@ def targets(doc):
 def markdown(doc):
     m, peaks, n = doc["machine"], doc["peaks"], doc["threads"]
     fma = peaks["fma_gflops"]
+    busy = doc["timing"]["busy_threshold"]
     out = [
         "# fusedrnn benchmark results", "",
         "Generated from `bench/results.json` by `python bench/run.py --markdown bench/results.json`:",
         "do not edit by hand; rerun the suite and regenerate.", "",
         f"Measured {doc['date']} with `{doc['command']}`. Load average before / after: "
         f"{num(doc['load_average'][0])} / {num(doc['load_average'][1])}.", "",
+        "Memory: " + ("`--steady-malloc`: glibc keeps freed memory (no mmap, no trimming), so no call "
+                      "touches fresh pages after its warm-up." if doc.get("steady_malloc") else
+                      "glibc's default allocator settings, as a user gets them (see the kfaults columns)."), "",
         "## Machine", "",
         f"- CPU: {m['cpu']}, {m['cpus']} logical CPUs ({m['cpus_usable']} usable)",
         f"- fusedrnn {m['fusedrnn']} ({m['compiler']}), instruction set selected: {m['isa_selected']} "
         f"(compiled: {', '.join(m['isa_compiled'])})",
         f"- threads for every contender: {n} (`fusedrnn.set_num_threads`, `torch.set_num_threads`)",
         f"- Python {m['python']}, NumPy {m['numpy']}, PyTorch {m['torch'] or 'not installed'}; {m['os']}",
-        f"- OpenMP / BLAS libraries loaded: {', '.join(m['libraries'])}", "",
+        f"- OpenMP / BLAS libraries loaded: {', '.join(m['libraries'])}",
+        "- environment: " + (", ".join(f"`{k}={v}`" for k, v in m["environment"].items()) or "nothing set"), "",
         "## Peaks (measured in the same run)", "",
         f"- float32 FMA loop (`fusedrnn._core.fma_peak_gflops`): {num(fma[0], 1)} GFLOP/s with {n} threads "
         f"at the start, {num(fma[1], 1)} at the end; {num(peaks['fma_gflops_1_thread'], 1)} with 1 thread. "
-        "%peak below is against the first.",
+        "%peak below is against the higher of the two.",
     ]
     gemm = peaks["gemm"]
     if gemm:
         c = gemm["clean"]
         out += [f"- float32 GEMM on the merged input-GEMM shape of an LSTM (M = T*B, N = 4H, K = I), "
                 f"NumPy in a fresh process with {n} OpenBLAS threads and OPENBLAS_CORETYPE / "
-                f"OPENBLAS_L2_SIZE unset (OpenBLAS core: {c['openblas_core']}):", ""]
+                f"OPENBLAS_L2_SIZE unset (OpenBLAS core: {c['openblas_core']})"
+                + (f"; busy: others took {100 * c['others_cpu']:.0f}% of the CPUs" if c.get("others_cpu", 0) >= busy
+                   else "") + ":", ""]
         inherited = {(s["M"], s["N"], s["K"]): s for s in gemm.get("inherited", {}).get("shapes", [])}
         header = ["M", "N", "K", "NumPy GFLOP/s", "ours GFLOP/s", "ours / NumPy", "ours right after a NumPy call"]
         if inherited:
             over = gemm["inherited"]["overrides"]
             header.append("NumPy with " + ", ".join(f"{k}={v}" for k, v in over.items())
-                          + f" (core {gemm['inherited']['openblas_core']})")
+                          + f" (core {gemm['inherited']['openblas_core']}"
+                          + (", busy" if gemm["inherited"].get("others_cpu", 0) >= busy else "") + ")")
         lines = []
         for s in c["shapes"]:
             line = [s["M"], s["N"], s["K"], num(s["numpy_gflops"], 1), num(s["ours_gflops"], 1),
@@ -115,11 +135,14 @@ def markdown(doc):
         lines.append([what, ("≥ " if at_least else "≤ ") + str(threshold), f"{worst[0]:.2f} ({worst[1]})",
                       f"{met} of {len(values)}", "yes" if met == len(values) else "**no**"])
     out += table(["target", "threshold", "worst measured (where)", "configurations meeting it", "met"], lines)
+    out += ["", "Measurements marked busy below are left out of this table."]
 
     out += ["", f"## Time per call, T = {doc['T']}, I = H, {n} threads", "",
             "x PyTorch = PyTorch's median / ours (above 1: fusedrnn is faster); x ref likewise for the NumPy "
             "reference (one BLAS thread; small sizes only). GFLOP/s counts the forward GEMM work "
-            "2*T*B*(I+H)*G*H, training 3x that; %peak = ours / the FMA peak.", ""]
+            "2*T*B*(I+H)*G*H, training 3x that; %peak = ours / the FMA peak; kfaults = thousands of minor "
+            "page faults per call (fresh memory touched: glibc returns blocks above its mmap threshold, "
+            "at most 32 MB, to the kernel on every free).", ""]
     by = {}
     for r in doc["rows"]:
         by.setdefault((r["cell"], r["B"], r["H"], r["mode"]), {})[r["contender"]] = r
@@ -130,9 +153,13 @@ def markdown(doc):
                       num(100 * o["peak_fraction"], 1), ms(t.get("median_ms")), ms(t.get("min_ms")),
                       num(t.get("gflops"), 1), num(o["ratio_to_torch"]),
                       ms(ref["median_ms"]) if ref else "",
-                      num(ref["median_ms"] / o["median_ms"], 1) if ref else ""])
+                      num(ref["median_ms"] / o["median_ms"], 1) if ref else "",
+                      num(o["faults_per_call"] / 1e3, 1), num(t.get("faults_per_call", 0) / 1e3, 1),
+                      note(o, c.values(), busy)])
     out += table(["cell", "B", "H", "mode", "ours median ms", "ours min ms", "ours GFLOP/s", "%peak",
-                  "PyTorch median ms", "PyTorch min ms", "PyTorch GFLOP/s", "x PyTorch", "ref ms", "x ref"], lines)
+                  "PyTorch median ms", "PyTorch min ms", "PyTorch GFLOP/s", "x PyTorch", "ref ms", "x ref",
+                  "ours kfaults", "PyTorch kfaults", "note"],
+                  lines)
 
     if doc["memory"]:
         out += ["", "## Peak resident memory of one training step", "",
@@ -145,9 +172,10 @@ def markdown(doc):
     if doc["scaling"]:
         out += ["", f"## Thread scaling, 1 -> {n} threads (interleaved call by call)", ""]
         out += table(["cell", "B", "H", "mode", "ours 1 thread ms", f"ours {n} threads ms", "ours speed-up",
-                      "PyTorch speed-up"],
+                      "PyTorch speed-up", "note"],
                      [[s["cell"], s["B"], s["H"], s["mode"], ms(s["fusedrnn"]["ms_1"]), ms(s["fusedrnn"]["ms_n"]),
-                       num(s["fusedrnn"]["speedup"]), num(s.get("torch", {}).get("speedup"))]
+                       num(s["fusedrnn"]["speedup"]), num(s.get("torch", {}).get("speedup")),
+                       note(s, [], busy)]
                       for s in doc["scaling"]])
     t = doc["timing"]
     out += ["", "## How it was measured", "",
@@ -159,6 +187,9 @@ def markdown(doc):
             "`zero_grad(set_to_none=True)`; ours = `*_forward(training=True)` + `*_backward(dy, ...)`.",
             "- OPENBLAS_NUM_THREADS=1 in the timing process (only the NumPy reference uses BLAS there), "
             "so no OpenBLAS worker threads spin while the others run.",
+            "- Each measurement records the CPU time other processes took meanwhile (/proc/stat minus "
+            f"this process); above {100 * busy:.0f}% of the CPUs it is retried after the machine quietens, up to 3 "
+            "times, and marked busy if it never was quiet.",
             "- Ratios are only meaningful inside one run: the machine is shared. If the load average "
             "above is over 1 or the FMA peak moved much between start and end, distrust the run.", ""]
     return "\n".join(out)
