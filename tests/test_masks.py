@@ -30,8 +30,12 @@ def make_mask(rng, T, B):
 @pytest.mark.parametrize("cell", CELLS)
 def test_reference_matches_finite_differences(rng, cell, reverse, masked_output):
     problem = make_problem(rng, cell, T, B, I, H)
-    mask = make_mask(rng, T, B)
-    options = dict(mask=mask, masked_output=masked_output)
+    check_finite_differences(rng, cell, problem, reverse, mask=make_mask(rng, T, B),
+                             masked_output=masked_output)
+
+
+def check_finite_differences(rng, cell, problem, reverse, **options):
+    """The reference's gradients with these forward options against central differences."""
     y, final_states, saved = forward(ref, cell, problem, reverse=reverse, **options)
     dy, d_final = make_cotangents(rng, y, final_states)
     dx, d_states, d_weights = backward(ref, cell, dy, d_final, saved)
@@ -172,19 +176,8 @@ def make_scale(rng, B, H, dtype=np.float64, p=0.3):
 @pytest.mark.parametrize("cell", CELLS)
 def test_recurrent_scale_reference_matches_finite_differences(rng, cell, reverse):
     problem = make_problem(rng, cell, T, B, I, H)
-    options = dict(mask=make_mask(rng, T, B), masked_output="repeat", recurrent_scale=make_scale(rng, B, H))
-    y, final_states, saved = forward(ref, cell, problem, reverse=reverse, **options)
-    dy, d_final = make_cotangents(rng, y, final_states)
-    dx, d_states, d_weights = backward(ref, cell, dy, d_final, saved)
-
-    def objective():
-        y, final_states, _ = forward(ref, cell, problem, reverse=reverse, training=False, **options)
-        return loss(y, final_states, dy, d_final)
-
-    checks = [("x", problem["x"], dx)] + list(zip(["h0", "c0"], problem["states"], d_states))
-    checks += list(zip(["weight_ih", "weight_hh", "bias_ih", "bias_hh"], problem["weights"], d_weights))
-    for name, array, analytic in checks:
-        assert_gradient(analytic, numerical_gradient(objective, array), name)
+    check_finite_differences(rng, cell, problem, reverse, mask=make_mask(rng, T, B), masked_output="repeat",
+                             recurrent_scale=make_scale(rng, B, H))
 
 
 @pytest.mark.parametrize("cell", CELLS)
