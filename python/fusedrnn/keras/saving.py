@@ -14,6 +14,8 @@ Every format is read in order and checked against the model's weight shapes.
 """
 
 import os
+import tempfile
+import zipfile
 
 import numpy as np
 
@@ -60,22 +62,41 @@ def _keras3_names(layers):
     return names
 
 
+def _write_atomically(filepath, write):
+    """Calls write(path) on a temporary file beside `filepath`, then renames it over `filepath`:
+    a reader sees the old file or the new one, never half of one, and a failed write leaves the
+    old file as it was."""
+    directory = os.path.dirname(os.path.abspath(filepath))
+    handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(str(filepath)), dir=directory)
+    os.close(handle)
+    try:
+        write(temporary)
+        os.replace(temporary, filepath)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
 def save_weights(model, filepath):
     if str(filepath).endswith(".h5"):
-        with _h5py().File(filepath, "w") as file:
-            file.create_group("vars")
-            for layer, name in zip(model.layers, _keras3_names(model.layers)):
-                for path, weights in _keras3_paths(layer):
-                    group = file.require_group(f"layers/{name}/{path}")
-                    for index, weight in enumerate(weights):
-                        group.create_dataset(str(index), data=weight)
-        return
-    arrays = {}
-    for layer in model.layers:
-        for index, weight in enumerate(layer.get_weights()):
-            arrays[f"{len(arrays):04d}.{layer.name}.{index}"] = weight
-    with open(filepath, "wb") as file:   # a file object, so numpy adds no ".npz" suffix
-        np.savez(file, **arrays)
+        def write(path):
+            with _h5py().File(path, "w") as file:
+                file.create_group("vars")
+                for layer, name in zip(model.layers, _keras3_names(model.layers)):
+                    for weight_path, weights in _keras3_paths(layer):
+                        group = file.require_group(f"layers/{name}/{weight_path}")
+                        for index, weight in enumerate(weights):
+                            group.create_dataset(str(index), data=weight)
+    else:
+        arrays = {}
+        for layer in model.layers:
+            for index, weight in enumerate(layer.get_weights()):
+                arrays[f"{len(arrays):04d}.{layer.name}.{index}"] = weight
+
+        def write(path):
+            with open(path, "wb") as file:   # a file object, so numpy adds no ".npz" suffix
+                np.savez(file, **arrays)
+    _write_atomically(filepath, write)
 
 
 def _read_keras3(file, model):
@@ -123,6 +144,9 @@ def load_weights(model, filepath):
     else:
         if not os.path.exists(filepath):
             raise FileNotFoundError(filepath)
-        with np.load(filepath, allow_pickle=False) as archive:
-            weights = [archive[key] for key in sorted(archive.files)]
+        try:
+            with np.load(filepath, allow_pickle=False) as archive:
+                weights = [archive[key] for key in sorted(archive.files)]
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+            raise ValueError(f"{filepath} is not a readable weights file (.npz): {error}") from error
     model.set_weights(weights)
