@@ -26,6 +26,8 @@ Backward returns fresh arrays (gradients are written, never accumulated); a bias
 gets None as its gradient.
 """
 
+import os
+
 import numpy as np
 
 from . import _core
@@ -123,6 +125,24 @@ def _checked_mask(mask, T, B, lengths):
     return np.ascontiguousarray(array, dtype=np.uint8)
 
 
+def _physical_memory():
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not every platform reports it
+        return None
+
+
+def _check_memory(what, elements, itemsize):
+    """Refuses, before anything is allocated, a call whose arrays could not fit in this machine's
+    memory: with overcommitted memory the allocation itself may succeed and the process be
+    killed later, when the pages are touched."""
+    needed = elements * itemsize
+    memory = _physical_memory()
+    if needed >= 2 ** 63 or (memory is not None and needed > memory):
+        raise MemoryError(f"{what} needs {needed / 2**30:.1f} GiB of outputs and workspace, more than this "
+                          f"machine's {memory / 2**30:.1f} GiB" if memory else f"{what} needs {needed} bytes")
+
+
 def _forward(cell, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse, training,
              weight_hr=None, mask=None, masked_output="zero", recurrent_scale=None):
     gates, has_c = _CELLS[cell]
@@ -134,6 +154,9 @@ def _forward(cell, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, r
         raise ValueError("x has T = 0 time steps: a sequence needs at least one step")
     H, P = _sizes(cell, weight_hh, weight_hr)
     dtype = x.dtype
+    # y and xp always; in training the saved gates (up to 4 per unit) and states too.
+    _check_memory(f"{cell} forward", T * B * (P + gates * H) + bool(training) * (T + 1) * B * (4 * H + 2 * P + 2 * H),
+                  dtype.itemsize)
     if not isinstance(reverse, (bool, np.bool_)):
         raise TypeError(f"reverse must be a bool, got {type(reverse).__name__}")
     if masked_output not in _MASKED_OUTPUTS:

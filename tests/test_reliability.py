@@ -1,0 +1,78 @@
+"""Robustness of the kernels: threads, saturation, long sequences, impossible sizes."""
+
+import threading
+
+import numpy as np
+import pytest
+
+from fusedrnn import functional
+from rnn_cases import CELLS, backward, forward, make_cotangents, make_problem
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_saturating_inputs_give_finite_outputs_and_gradients(rng, cell):
+    problem = make_problem(rng, cell, 6, 3, 4, 5, np.float32)
+    problem["x"] = (rng.choice([-1, 1], problem["x"].shape) * 10.0 ** rng.uniform(0, 4, problem["x"].shape)).astype(np.float32)
+    y, final_states, saved = forward(functional, cell, problem)
+    dy, d_final = make_cotangents(rng, y, final_states)
+    dx, d_states, d_weights = backward(functional, cell, dy, d_final, saved)
+    for array in [y, *final_states, dx, *d_states, *(w for w in d_weights if w is not None)]:
+        assert np.all(np.isfinite(array))
+
+
+def test_nan_in_the_input_propagates_without_crashing(rng):
+    problem = make_problem(rng, "lstm", 4, 3, 5, 6)
+    problem["x"][1, 0, 2] = np.nan
+    y, (h_n, c_n), _ = forward(functional, "lstm", problem)
+    assert np.all(np.isnan(y[1:, 0])) and np.all(np.isfinite(y[:, 1:]))
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_ten_thousand_steps_run_stably_in_float32(rng, cell):
+    problem = make_problem(rng, cell, 10_000, 2, 3, 8, np.float32)
+    y, final_states, saved = forward(functional, cell, problem)
+    dy, d_final = make_cotangents(rng, y, final_states)
+    dx, d_states, d_weights = backward(functional, cell, dy, d_final, saved)
+    for array in [y, *final_states, dx, *d_states, *d_weights]:
+        assert np.all(np.isfinite(array))
+    assert np.abs(y).max() <= 1.0 + 1e-6   # tanh-bounded outputs stay bounded
+
+
+def test_threads_running_layers_at_once_match_running_them_in_turn(rng):
+    """The kernels release the GIL and keep no shared mutable scratch: concurrent calls from
+    several Python threads give exactly the sequential results."""
+    problems = [(cell, make_problem(rng, cell, 20, 9, 7, 33, np.float32)) for cell in CELLS * 2]
+    cotangents = {}
+
+    def run(index):
+        cell, problem = problems[index]
+        y, final_states, saved = forward(functional, cell, problem)
+        if index not in cotangents:
+            cotangents[index] = make_cotangents(np.random.default_rng(index), y, final_states)
+        dx, d_states, d_weights = backward(functional, cell, *cotangents[index], saved)
+        return [y, *final_states, dx, *d_states, *d_weights]
+
+    expected = [run(i) for i in range(len(problems))]
+    results = [None] * len(problems)
+
+    def worker(i):
+        for _ in range(3):
+            results[i] = run(i)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(problems))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for got, want in zip(results, expected):
+        for a, b in zip(got, want):
+            assert (a is None and b is None) or np.array_equal(a, b)
+
+
+def test_sizes_beyond_memory_raise_memory_error_before_allocating(rng):
+    # Small inputs, but outputs of T*B*H = 2^33 floats per array: more than any test machine has.
+    x = np.zeros((2 ** 20, 1, 1), np.float32)
+    H = 2 ** 13
+    w_ih, w_hh = np.zeros((H, 1), np.float32), np.zeros((H, H), np.float32)
+    with pytest.raises(MemoryError):
+        functional.rnn_forward(x, None, w_ih, w_hh)
