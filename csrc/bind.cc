@@ -65,7 +65,9 @@ T* checked(const py::object& obj, const char* name, const std::vector<int64_t>& 
   }
   if (!(arr.flags() & py::array::c_style)) throw py::value_error(std::string(name) + " must be C-contiguous");
   if (writable && !arr.writeable()) throw py::value_error(std::string(name) + " must be writable");
-  return static_cast<T*>(arr.mutable_data());
+  // Inputs may be read-only arrays: the kernels only read them (data(), not mutable_data(),
+  // which refuses a read-only array); only `writable` ones are written.
+  return static_cast<T*>(const_cast<void*>(arr.data()));
 }
 
 const int64_t* checked_lengths(const py::object& obj, int64_t B, int64_t T) {
