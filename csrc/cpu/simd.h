@@ -25,12 +25,6 @@
 #error "fusedrnn's CPU kernels need GCC or Clang (vector extensions)"
 #endif
 
-// Passing wide vectors by value would change the calling convention between instruction sets;
-// GCC warns about it. Nothing here is ever called: it is all inlined.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wpsabi"
-#endif
-
 namespace fusedrnn::cpu {
 namespace {
 
