@@ -76,3 +76,25 @@ def test_sizes_beyond_memory_raise_memory_error_before_allocating(rng):
     w_ih, w_hh = np.zeros((H, 1), np.float32), np.zeros((H, H), np.float32)
     with pytest.raises(MemoryError):
         functional.rnn_forward(x, None, w_ih, w_hh)
+
+
+def test_clip_grad_norm_tames_an_exploding_gradient(rng):
+    """An RNN with large recurrent weights blows its gradient up over 30 steps; clipping brings
+    the total norm down to max_norm and keeps its direction."""
+    import fusedrnn
+    from fusedrnn import nn
+    from fusedrnn.nn.utils import clip_grad_norm_
+    fusedrnn.manual_seed(0)
+    layer = nn.RNN(3, 16, nonlinearity="relu", dtype=np.float64)
+    layer.weight_hh_l0.data = 1.5 * np.eye(16) + 0.1 * rng.standard_normal((16, 16))
+    y, _ = layer(rng.standard_normal((30, 4, 3)))
+    layer.backward(np.ones_like(y))
+    grads = [p.grad.copy() for p in layer.parameters()]
+    norm = np.sqrt(sum(np.sum(g * g) for g in grads))
+    assert norm > 1e4   # it did explode
+    returned = clip_grad_norm_(layer.parameters(), max_norm=1.0)
+    assert returned == pytest.approx(norm)
+    clipped = np.sqrt(sum(np.sum(p.grad * p.grad) for p in layer.parameters()))
+    assert clipped == pytest.approx(1.0, rel=1e-6)
+    for p, g in zip(layer.parameters(), grads):
+        np.testing.assert_allclose(p.grad, g / norm, rtol=1e-6, atol=1e-12)
