@@ -71,3 +71,19 @@ def test_pickled_objects_are_refused(tmp_path):
 def test_missing_file_raises_file_not_found(tmp_path):
     with pytest.raises(FileNotFoundError):
         small_model(0).load_weights(str(tmp_path / "absent.npz"))
+
+
+@pytest.mark.parametrize("other", ["mis-shaped", "missing", "unexpected"])
+def test_weights_of_another_model_raise_and_leave_the_model(tmp_path, other):
+    path = tmp_path / "other.npz"
+    shapes = {"mis-shaped": [layers.LSTM(6, return_sequences=True), layers.GRU(3), layers.Dense(2)],
+              "missing": [layers.LSTM(4, return_sequences=True), layers.GRU(3)],
+              "unexpected": [layers.LSTM(4, return_sequences=True), layers.GRU(3), layers.Dense(2),
+                             layers.Dense(2)]}[other]
+    keras.Sequential([layers.Input((5, 3)), *shapes]).save_weights(str(path))
+    model = small_model(0)
+    before = model.get_weights()
+    with pytest.raises(ValueError):
+        model.load_weights(str(path))
+    for a, b in zip(before, model.get_weights()):
+        assert np.array_equal(a, b)

@@ -223,31 +223,24 @@ void barrier() {
 }
 
 // Writes the new recurrent state of sequence b, dims p0..p0+width, where the output and the
-// saved states want it; or, at a masked step, carries the old state.
-// With a recurrent scale, also writes h_next * scale into `product_next`, the copy of the state
-// that the next step's recurrent products read.
-template <class T>
-void publish_state(const ForwardArgs<T>& a, const Schedule& sch, int64_t s, int64_t b, int64_t p0,
-                   int64_t width, const T* h_prev, T* h_next, T* product_next) {
+// saved states want it; or, at a masked step, carries the old state. With a recurrent scale it
+// also writes h * scale into `product_next`, the copy of the state the next step's recurrent
+// products read. One pass of V-wide loads and stores, inlined into the caller's pointwise code.
+template <class V, class T>
+FUSEDRNN_INLINE void publish_state(const ForwardArgs<T>& a, const Schedule& sch, int64_t s, int64_t b,
+                                   int64_t p0, int64_t width, const T* h_prev, T* h_next, T* product_next) {
   const int64_t B = a.B, P = a.P, at = b * P + p0, t = sch.row(s);
-  if (product_next) {
-    const T* h = sch.active(t, b) ? h_next : h_prev;
-    for (int64_t w = 0; w < width; ++w) product_next[at + w] = h[at + w] * a.recurrent_scale[at + w];
-  }
+  const bool active = sch.active(t, b), output = active || sch.repeats_output(s, b);
   T* y = a.y + (t * B + b) * P + p0;
   T* saved = a.saved_h ? a.saved_h + (sch.new_slot(t) * B + b) * P + p0 : nullptr;
-  if (!sch.active(t, b)) {
-    std::copy_n(h_prev + at, width, h_next + at);
-    if (sch.repeats_output(s, b)) {
-      std::copy_n(h_prev + at, width, y);
-    } else {
-      std::fill_n(y, width, T(0));
-    }
-    if (saved) std::copy_n(h_prev + at, width, saved);
-    return;
+  for (int64_t w = 0; w < width; w += V::kLanes) {
+    const int64_t n = std::min<int64_t>(V::kLanes, width - w);
+    const V h = V::load((active ? h_next : h_prev) + at + w, n);
+    if (!active) h.store(h_next + at + w, n);
+    (output ? h : V()).store(y + w, n);
+    if (saved) h.store(saved + w, n);
+    if (product_next) (h * V::load(a.recurrent_scale + at + w, n)).store(product_next + at + w, n);
   }
-  std::copy_n(h_next + at, width, y);
-  if (saved) std::copy_n(h_next + at, width, saved);
 }
 
 // The pointwise half of a forward step for one sequence and one chunk of hidden units.
@@ -425,7 +418,7 @@ void forward_layer(const ForwardArgs<T>& a) {
               step.template reset_row<V>(s, b, u0, width, rec + (b - b0) * cols, product_prev);
             } else {
               step.template row<V>(s, b, u0, width, rec + (b - b0) * cols, h_prev, cell_out, c_prev, c_next);
-              if (!projected) publish_state(a, sch, s, b, u0, width, h_prev, h_next, product_next);
+              if (!projected) publish_state<V>(a, sch, s, b, u0, width, h_prev, h_next, product_next);
             }
           }
         });
@@ -439,7 +432,7 @@ void forward_layer(const ForwardArgs<T>& a) {
             using V = Vec<T, decltype(bytes)::value>;
             for (int64_t b = b0; b < b0 + rows; ++b) {
               step.template row<V>(s, b, u0, width, rec + (b - b0) * NR, h_prev, h_next, nullptr, nullptr);
-              publish_state(a, sch, s, b, u0, width, h_prev, h_next, product_next);
+              publish_state<V>(a, sch, s, b, u0, width, h_prev, h_next, product_next);
             }
           });
         });
@@ -449,10 +442,13 @@ void forward_layer(const ForwardArgs<T>& a) {
         barrier();
         for_each_block(dims, P, B, NR, H, m_step.get(), H, packed_hr.get(), panel_size, rec,
                        [&](int64_t p0, int64_t width, int64_t b0, int64_t rows) {
-          for (int64_t b = b0; b < b0 + rows; ++b) {
-            std::copy_n(rec + (b - b0) * NR, width, h_next + b * P + p0);
-            publish_state<T>(a, sch, s, b, p0, width, h_prev, h_next, nullptr);  // (no scale with w_hr)
-          }
+          run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
+            using V = Vec<T, decltype(bytes)::value>;
+            for (int64_t b = b0; b < b0 + rows; ++b) {
+              std::copy_n(rec + (b - b0) * NR, width, h_next + b * P + p0);
+              publish_state<V, T>(a, sch, s, b, p0, width, h_prev, h_next, nullptr);  // (no scale with w_hr)
+            }
+          });
         });
       }
       barrier();
