@@ -198,22 +198,42 @@ void pack_chunks(const Chunks<T>& chunks, int64_t n, int groups, int64_t K, cons
   }
 }
 
-// For each chunk of this thread and each block of batch rows: rec = the block's rows of A times
-// the chunk's packed matrix (K x cols), then body(chunk's first unit, its width, b0, rows).
+// For each block of batch rows and each run of up to `group` of this thread's chunks: one GEMM
+// gives block = the rows of A times the run's packed matrices (K x group*cols: the chunks' packed
+// matrices lie one after another, so a run is one wider matrix), or zeros without A; then
+// body(chunk's first unit, its width, b0, rows, its columns of block, block's row stride).
+// Runs of several chunks pay the GEMM's per-call cost once and let it use its widest tiles;
+// one chunk at a time keeps a large batch's block in L1 for the pointwise step.
 template <class T, class Body>
 void for_each_block(const Chunks<T>& chunks, int64_t n, int64_t B, int64_t cols, int64_t K,
-                    const T* A, int64_t lda, const T* packed, int64_t packed_size, T* rec, Body body) {
+                    const T* A, int64_t lda, const T* packed, int64_t packed_size, int64_t group,
+                    T* rec, Body body) {
   constexpr int64_t NR = kPanel<T>;
   int64_t first, last;
   chunks.mine(&first, &last);
-  for (int64_t c = first; c < last; ++c) {
-    const int64_t u0 = c * NR, width = std::min(NR, n - u0);
+  for (int64_t c = first; c < last; c += group) {
+    const int64_t count = std::min(group, last - c), ld = count * cols;
     for (int64_t b0 = 0; b0 < B; b0 += kRowBlock) {
       const int64_t rows = std::min(kRowBlock, B - b0);
-      if (A) gemm_packed_b<T>(rows, cols, K, A + b0 * lda, lda, packed + c * packed_size, rec, cols, false);
-      body(u0, width, b0, rows);
+      if (A) {
+        gemm_packed_b<T>(rows, ld, K, A + b0 * lda, lda, packed + c * packed_size, rec, ld, false);
+      } else {
+        std::fill_n(rec, rows * ld, T(0));
+      }
+      for (int64_t j = 0; j < count; ++j) {
+        const int64_t u0 = (c + j) * NR;
+        body(u0, std::min(NR, n - u0), b0, rows, rec + j * cols, ld);
+      }
     }
   }
+}
+
+// Chunks per GEMM call (see for_each_block): with a few batch rows the call overhead dominates,
+// so a thread's whole run of chunks goes in one call; with many, one chunk (G panels) at a time,
+// or two one-panel chunks so that the GEMM gets two panels per tile.
+int64_t chunk_group(int64_t B, int64_t chunks, int threads, int64_t panels_per_chunk) {
+  if (B <= 8) return std::max<int64_t>(1, ceil_div(chunks, threads));
+  return panels_per_chunk == 1 ? 2 : 1;
 }
 
 void barrier() {
@@ -383,7 +403,10 @@ void forward_layer(const ForwardArgs<T>& a) {
   Buffer<T> packed_hn(Cell::kTwoPhase ? units.count * panel_size : 0);
   Buffer<T> rz_step(Cell::kTwoPhase ? 2 * B * H : 0), rh_step(Cell::kTwoPhase ? B * H : 0);
   const int threads = team_for(std::max(units.count, dims.count), 2 * B * (P * G * H + (projected ? H * P : 0)));
-  Buffer<T> scratch(threads * kRowBlock * cols);
+  const int64_t group_first = chunk_group(B, units.count, threads, kFirstGates);
+  const int64_t group_units = chunk_group(B, units.count, threads, 1), group_dims = chunk_group(B, dims.count, threads, 1);
+  const int64_t rec_size = std::min(B, kRowBlock) * std::max({group_first * cols, group_units * NR, group_dims * NR});
+  Buffer<T> scratch(threads * rec_size);
   const ForwardStep<Cell, T> step{a, sch, xp, b_ih.get(), b_hh.get(), rz_step.get(), rh_step.get()};
   const Isa isa = current_isa();
 
@@ -400,7 +423,7 @@ void forward_layer(const ForwardArgs<T>& a) {
     if (projected) {
       pack_chunks(dims, P, 1, H, a.w_hr, 1, [&](int, int64_t p) { return p * H; }, packed_hr.get(), panel_size);
     }
-    T* rec = scratch.get() + thread_id() * kRowBlock * cols;
+    T* rec = scratch.get() + thread_id() * rec_size;
     for (int64_t s = 0; s < steps; ++s) {
       const T* h_prev = h_state.get() + (s & 1) * B * P;
       T* h_next = h_state.get() + ((s + 1) & 1) * B * P;
@@ -409,15 +432,15 @@ void forward_layer(const ForwardArgs<T>& a) {
       T* cell_out = projected ? m_step.get() : h_next;
       const T* product_prev = scaled ? h_product.get() + (s & 1) * B * P : h_prev;
       T* product_next = scaled ? h_product.get() + ((s + 1) & 1) * B * P : nullptr;
-      for_each_block(units, H, B, cols, P, product_prev, P, packed_hh.get(), hh_size, rec,
-                     [&](int64_t u0, int64_t width, int64_t b0, int64_t rows) {
+      for_each_block(units, H, B, cols, P, product_prev, P, packed_hh.get(), hh_size, group_first, rec,
+                     [&](int64_t u0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
         run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
           using V = Vec<T, decltype(bytes)::value>;
           for (int64_t b = b0; b < b0 + rows; ++b) {
             if constexpr (Cell::kTwoPhase) {
-              step.template reset_row<V>(s, b, u0, width, rec + (b - b0) * cols, product_prev);
+              step.template reset_row<V>(s, b, u0, width, block + (b - b0) * ld, product_prev);
             } else {
-              step.template row<V>(s, b, u0, width, rec + (b - b0) * cols, h_prev, cell_out, c_prev, c_next);
+              step.template row<V>(s, b, u0, width, block + (b - b0) * ld, h_prev, cell_out, c_prev, c_next);
               if (!projected) publish_state<V>(a, sch, s, b, u0, width, h_prev, h_next, product_next);
             }
           }
@@ -426,12 +449,12 @@ void forward_layer(const ForwardArgs<T>& a) {
       if constexpr (Cell::kTwoPhase) {
         // The last gate's product reads every unit's r*h: a second barrier, and a second GEMM.
         barrier();
-        for_each_block(units, H, B, NR, H, rh_step.get(), H, packed_hn.get(), panel_size, rec,
-                       [&](int64_t u0, int64_t width, int64_t b0, int64_t rows) {
+        for_each_block(units, H, B, NR, H, rh_step.get(), H, packed_hn.get(), panel_size, group_units, rec,
+                       [&](int64_t u0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
           run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
             using V = Vec<T, decltype(bytes)::value>;
             for (int64_t b = b0; b < b0 + rows; ++b) {
-              step.template row<V>(s, b, u0, width, rec + (b - b0) * NR, h_prev, h_next, nullptr, nullptr);
+              step.template row<V>(s, b, u0, width, block + (b - b0) * ld, h_prev, h_next, nullptr, nullptr);
               publish_state<V>(a, sch, s, b, u0, width, h_prev, h_next, product_next);
             }
           });
@@ -440,12 +463,12 @@ void forward_layer(const ForwardArgs<T>& a) {
       if (projected) {
         // h_next = m W_hr^T needs every unit's m: a second barrier, and a second GEMM.
         barrier();
-        for_each_block(dims, P, B, NR, H, m_step.get(), H, packed_hr.get(), panel_size, rec,
-                       [&](int64_t p0, int64_t width, int64_t b0, int64_t rows) {
+        for_each_block(dims, P, B, NR, H, m_step.get(), H, packed_hr.get(), panel_size, group_dims, rec,
+                       [&](int64_t p0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
           run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
             using V = Vec<T, decltype(bytes)::value>;
             for (int64_t b = b0; b < b0 + rows; ++b) {
-              std::copy_n(rec + (b - b0) * NR, width, h_next + b * P + p0);
+              std::copy_n(block + (b - b0) * ld, width, h_next + b * P + p0);
               publish_state<V, T>(a, sch, s, b, p0, width, h_prev, h_next, nullptr);  // (no scale with w_hr)
             }
           });
@@ -632,7 +655,9 @@ void backward_layer(const BackwardArgs<T>& a) {
   Buffer<T> packed_hh(dims.count * hh_size), packed_hr(projected ? units.count * hr_size : 0);
   Buffer<T> packed_hn(Cell::kTwoPhase ? units.count * hn_size : 0);
   const int threads = team_for(std::max(dims.count, units.count), 2 * B * (P * G * H + (projected ? H * P : 0)));
-  Buffer<T> scratch(threads * kRowBlock * NR);
+  const int64_t group_dims = chunk_group(B, dims.count, threads, 1), group_units = chunk_group(B, units.count, threads, 1);
+  const int64_t rec_size = std::min(B, kRowBlock) * std::max(group_dims, group_units) * NR;
+  Buffer<T> scratch(threads * rec_size);
   const BackwardStep<Cell, T> step{a, sch, st};
   const Isa isa = current_isa();
 
@@ -648,21 +673,20 @@ void backward_layer(const BackwardArgs<T>& a) {
       pack_chunks(units, H, 1, H, a.w_hh + (G - 1) * H * P, P, [](int, int64_t u) { return u; },
                   packed_hn.get(), hn_size);
     }
-    T* rec = scratch.get() + thread_id() * kRowBlock * NR;
+    T* rec = scratch.get() + thread_id() * rec_size;
     for (int64_t s = steps - 1; s >= 0; --s) {
       T* dg_cur = dg_step.get() + (s & 1) * B * GH;
       // dG_{s+1} W_hh, through the rows reading h; nothing after the last step.
       const T* dg_next = s + 1 < steps ? dg_step.get() + ((s + 1) & 1) * B * GH : nullptr;
-      for_each_block(dims, P, B, NR, KH, dg_next, GH, packed_hh.get(), hh_size, rec,
-                     [&](int64_t p0, int64_t width, int64_t b0, int64_t rows) {
-        if (!dg_next) std::fill_n(rec, rows * NR, T(0));
+      for_each_block(dims, P, B, NR, KH, dg_next, GH, packed_hh.get(), hh_size, group_dims, rec,
+                     [&](int64_t p0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
         run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
           using V = Vec<T, decltype(bytes)::value>;
           for (int64_t b = b0; b < b0 + rows; ++b) {
             if (projected) {
-              gather_state_gradient(a, sch, st, s, b, p0, width, rec + (b - b0) * NR);
+              gather_state_gradient(a, sch, st, s, b, p0, width, block + (b - b0) * ld);
             } else {
-              step.template row<V>(s, b, p0, width, rec + (b - b0) * NR, dg_cur);
+              step.template row<V>(s, b, p0, width, block + (b - b0) * ld, dg_cur);
             }
           }
         });
@@ -670,22 +694,22 @@ void backward_layer(const BackwardArgs<T>& a) {
       if (projected) {
         // dm = dh W_hr needs every state dim's gradient: a second barrier and a second GEMM.
         barrier();
-        for_each_block(units, H, B, NR, P, dh_step.get(), P, packed_hr.get(), hr_size, rec,
-                       [&](int64_t u0, int64_t width, int64_t b0, int64_t rows) {
+        for_each_block(units, H, B, NR, P, dh_step.get(), P, packed_hr.get(), hr_size, group_units, rec,
+                       [&](int64_t u0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
           run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
             using V = Vec<T, decltype(bytes)::value>;
-            for (int64_t b = b0; b < b0 + rows; ++b) step.template row<V>(s, b, u0, width, rec + (b - b0) * NR, dg_cur);
+            for (int64_t b = b0; b < b0 + rows; ++b) step.template row<V>(s, b, u0, width, block + (b - b0) * ld, dg_cur);
           });
         });
       }
       if constexpr (Cell::kTwoPhase) {
         // d(r*h) = da_n W_hn needs every unit's da_n: a second barrier and a second GEMM.
         barrier();
-        for_each_block(units, H, B, NR, H, dg_cur + (G - 1) * H, GH, packed_hn.get(), hn_size, rec,
-                       [&](int64_t u0, int64_t width, int64_t b0, int64_t rows) {
+        for_each_block(units, H, B, NR, H, dg_cur + (G - 1) * H, GH, packed_hn.get(), hn_size, group_units, rec,
+                       [&](int64_t u0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
           run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
             using V = Vec<T, decltype(bytes)::value>;
-            for (int64_t b = b0; b < b0 + rows; ++b) step.template reset_row<V>(s, b, u0, width, rec + (b - b0) * NR, dg_cur);
+            for (int64_t b = b0; b < b0 + rows; ++b) step.template reset_row<V>(s, b, u0, width, block + (b - b0) * ld, dg_cur);
           });
         });
       }
@@ -693,13 +717,12 @@ void backward_layer(const BackwardArgs<T>& a) {
     }
     // The gradient of the initial state: what step 0 sends back through W_hh, plus the carry.
     const T* dg_first = steps > 0 ? dg_step.get() : nullptr;
-    for_each_block(dims, P, B, NR, KH, dg_first, GH, packed_hh.get(), hh_size, rec,
-                   [&](int64_t p0, int64_t width, int64_t b0, int64_t rows) {
-      if (!dg_first) std::fill_n(rec, rows * NR, T(0));
+    for_each_block(dims, P, B, NR, KH, dg_first, GH, packed_hh.get(), hh_size, group_dims, rec,
+                   [&](int64_t p0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
       for (int64_t b = b0; b < b0 + rows; ++b) {
         for (int64_t w = 0; w < width; ++w) {
           const T scale = a.recurrent_scale ? a.recurrent_scale[b * P + p0 + w] : T(1);
-          a.dh0[b * P + p0 + w] = rec[(b - b0) * NR + w] * scale + dh_carry.get()[b * P + p0 + w];
+          a.dh0[b * P + p0 + w] = block[(b - b0) * ld + w] * scale + dh_carry.get()[b * P + p0 + w];
         }
       }
     });
