@@ -73,3 +73,12 @@ def assert_param_grads_match(ours, theirs):
         expected = torch_params[name].grad
         assert param.grad is not None, f"{name}: no gradient"
         assert_close(param.grad, expected, "grad", f"grad of {name}")
+
+
+def assert_hx_grads_match(grad_hx, hx, hx_t, lstm):
+    """grad_hx is None when no hx was given, else (each state) torch's gradient of it."""
+    if hx is None:
+        assert grad_hx is None
+        return
+    for a, e in zip(grad_hx if lstm else [grad_hx], hx_t if lstm else [hx_t]):
+        assert_close(a, e.grad, "grad", "grad of hx")

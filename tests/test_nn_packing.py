@@ -14,7 +14,7 @@ tu = torch.nn.utils.rnn
 
 import fusedrnn.nn as fnn  # noqa: E402
 from fusedrnn.nn.utils import rnn as fu  # noqa: E402
-from nn_rnn_oracle import (assert_close, assert_param_grads_match, leaf, nested, random_like,  # noqa: E402
+from nn_rnn_oracle import (assert_close, assert_hx_grads_match, assert_param_grads_match, leaf, nested, random_like,  # noqa: E402
                            torch_backward, twins)
 
 pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported")
@@ -182,11 +182,7 @@ def test_packed_layer_matches_torch(config, rng):
     assert isinstance(grad_packed, fu.PackedSequence)
     grad_padded, _ = fu.pad_packed_sequence(grad_packed, config["batch_first"], total_length=T)
     assert_close(grad_padded, padded_t.grad, "grad", "grad of the padded input")
-    if hx is None:
-        assert grad_hx is None
-    else:
-        for a, e in zip(grad_hx if lstm else [grad_hx], hx_t if lstm else [hx_t]):
-            assert_close(a, e.grad, "grad", "grad of hx")
+    assert_hx_grads_match(grad_hx, hx, hx_t, lstm)
     assert_param_grads_match(ours, theirs)
 
 

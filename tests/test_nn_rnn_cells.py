@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import fusedrnn.nn as fnn  # noqa: E402
-from nn_rnn_oracle import (assert_close, assert_param_grads_match, leaf, nested, random_like,  # noqa: E402
+from nn_rnn_oracle import (assert_close, assert_hx_grads_match, assert_param_grads_match, leaf, nested, random_like,  # noqa: E402
                            torch_backward, twins)
 
 CELLS = [("RNNCell", "tanh"), ("RNNCell", "relu"), ("LSTMCell", None), ("GRUCell", None)]
@@ -55,11 +55,7 @@ def test_cell_matches_torch(config, rng):
     grad_x, grad_hx = ours.backward(*cotangents)
     torch_backward(results_t, cotangents)
     assert_close(grad_x, x_t.grad, "grad", "grad of input")
-    if hx is None:
-        assert grad_hx is None
-    else:
-        for a, e in zip(grad_hx if lstm else [grad_hx], hx_t if lstm else [hx_t]):
-            assert_close(a, e.grad, "grad", "grad of hx")
+    assert_hx_grads_match(grad_hx, hx, hx_t, lstm)
     assert_param_grads_match(ours, theirs)
 
 
