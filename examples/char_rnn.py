@@ -8,6 +8,11 @@ from one chunk to the next without gradient flowing back across the boundary (Py
 
     python examples/char_rnn.py                     # trains on Python's own standard library
     python examples/char_rnn.py input.txt --steps 5000 --cell gru
+    mpiexec -n 2 python examples/char_rnn.py --distributed      # data-parallel over 2 processes
+
+With --distributed (fusedrnn.distributed, over MPI) each of the N processes trains `batch` streams
+of its own and the gradients are averaged at every step: the same training as one process with
+N * batch streams. Rank 0 prints, evaluates and samples.
 
 It reports the loss in nats per character next to the unigram entropy of the text (what a model
 that ignores context can reach), then samples text with a temperature.
@@ -21,6 +26,7 @@ import time
 import numpy as np
 
 import fusedrnn
+import fusedrnn.distributed as dist
 from fusedrnn import nn, optim
 from fusedrnn.nn.utils import clip_grad_norm_
 
@@ -135,7 +141,13 @@ def main():
     parser.add_argument("--sample-len", type=int, default=500)
     parser.add_argument("--prime", default="\n\ndef ", help="text the sample starts with")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--distributed", action="store_true", help="data-parallel over MPI (under mpiexec)")
     args = parser.parse_args()
+    rank, world = 0, 1
+    if args.distributed:
+        dist.init()
+        rank, world = dist.rank(), dist.world_size()
+    show = print if rank == 0 else (lambda *a, **k: None)
 
     if args.text:
         with open(args.text, encoding="utf-8") as f:
@@ -146,26 +158,31 @@ def main():
     lookup = {c: i for i, c in enumerate(chars)}
     data = np.fromiter((lookup[c] for c in text), dtype=np.int64, count=len(text))
     # Every 20th block of 5,000 characters is held out, so that it samples the whole text.
-    block = np.arange(len(data)) // 5000
-    train, held_out = data[block % 20 != 19], data[block % 20 == 19]
+    held = np.arange(len(data)) // 5000 % 20 == 19
+    if held.sum() < args.batch * (args.seq_len + 1):   # a short text: hold out its last tenth instead
+        held = np.arange(len(data)) >= len(data) * 9 // 10
+    train, held_out = data[~held], data[held]
     baseline = unigram_entropy(train, len(chars))
-    print(f"text: {len(text):,} characters, vocabulary {len(chars)}; "
-          f"fusedrnn {fusedrnn.__version__}, {fusedrnn.get_num_threads()} threads")
-    print(f"unigram entropy (context-free baseline): {baseline:.3f} nats/char "
+    show(f"text: {len(text):,} characters, vocabulary {len(chars)}; "
+         f"fusedrnn {fusedrnn.__version__}, {world} process(es) x {fusedrnn.get_num_threads()} threads")
+    show(f"unigram entropy (context-free baseline): {baseline:.3f} nats/char "
           f"({baseline / math.log(2):.3f} bits)")
 
     rng = np.random.default_rng(args.seed)
     model = CharRNN(len(chars), args.embed, args.hidden, args.layers, args.cell, args.dropout, rng)
-    print(model)
+    if args.distributed:
+        dist.broadcast_parameters(model)
+    show(model)
     loss_fn = nn.CrossEntropyLoss()
     optimizer = optim.Adam(model.parameters(), lr=args.lr)
     # The rate follows a cosine from lr down to lr / 10 over the run.
     scheduler = optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.steps, eta_min=args.lr / 10)
 
-    stream = streams(train, args.batch)
+    # This process's streams: its own `batch` of the world * batch streams of the training text.
+    stream = streams(train, args.batch * world)[:, rank * args.batch:(rank + 1) * args.batch]
     position, state, step = 0, None, 0
     running, started = None, time.perf_counter()
-    while step < args.steps and time.perf_counter() - started < 60 * args.minutes:
+    while step < args.steps and not out_of_time(started, args.minutes, args.distributed):
         if position + args.seq_len + 1 > len(stream):
             position, state = 0, None          # an epoch is over: start the streams afresh
         chunk = stream[position:position + args.seq_len + 1]
@@ -175,25 +192,39 @@ def main():
         loss = float(loss_fn(logits.reshape(-1, len(chars)), chunk[1:].reshape(-1)))
         optimizer.zero_grad()
         model.backward(loss_fn.backward().reshape(logits.shape))
+        if args.distributed:
+            dist.allreduce_gradients(model)
         clip_grad_norm_(model.parameters(), args.clip)
         optimizer.step()
         scheduler.step()
         step += 1
         running = loss if running is None else 0.95 * running + 0.05 * loss   # smoothed for display
         if step % args.print_every == 0 or step == 1:
-            line = (f"step {step:5d}  {time.perf_counter() - started:6.1f}s  "
-                    f"train loss {running:.3f}  lr {optimizer.param_groups[0]['lr']:.2e}")
-            if step % (5 * args.print_every) == 0:
-                line += f"  held-out loss {evaluate(model, held_out, args.batch, args.seq_len):.3f}"
-            print(line, flush=True)
+            shown = dist.allreduce(running) if args.distributed else running   # over every process's streams
+            if rank == 0:
+                line = (f"step {step:5d}  {time.perf_counter() - started:6.1f}s  "
+                        f"train loss {shown:.3f}  lr {optimizer.param_groups[0]['lr']:.2e}")
+                if step % (5 * args.print_every) == 0:
+                    line += f"  held-out loss {evaluate(model, held_out, args.batch, args.seq_len):.3f}"
+                print(line, flush=True)
 
     elapsed = time.perf_counter() - started
+    if rank != 0:
+        return
     final = evaluate(model, held_out, args.batch, args.seq_len)
-    print(f"trained {step} steps ({step * args.batch * args.seq_len:,} characters) in {elapsed:.0f}s; "
+    characters = step * args.batch * world * args.seq_len
+    print(f"trained {step} steps ({characters:,} characters, {characters / elapsed:,.0f}/s) in {elapsed:.0f}s; "
           f"held-out loss {final:.3f} nats/char ({final / math.log(2):.3f} bits) vs unigram "
           f"{baseline:.3f}")
     print(f"--- sample (temperature {args.temperature}) ---")
     print(sample(model, chars, held_out[:200], args.prime, args.sample_len, args.temperature, rng))
+
+
+def out_of_time(started, minutes, distributed):
+    """Past the time limit; over MPI every process must stop at the same step, so rank 0's
+    clock decides."""
+    over = time.perf_counter() - started >= 60 * minutes
+    return dist.broadcast_object(over) if distributed else over
 
 
 if __name__ == "__main__":

@@ -2,15 +2,16 @@
 
 ``fusedrnn.functional`` holds the layer-level forward and backward functions;
 ``fusedrnn._reference`` the plain NumPy spec they are tested against; ``fusedrnn.nn`` and
-``fusedrnn.optim`` the PyTorch-flavoured layers, losses and optimizers.
+``fusedrnn.optim`` the PyTorch-flavoured layers, losses and optimizers; ``fusedrnn.keras`` the
+Keras-flavoured ones; ``fusedrnn.distributed`` data-parallel training over MPI (mpi4py optional).
 """
 
-from . import _core, functional, keras, nn, optim
+from . import _core, distributed, functional, keras, nn, optim
 from ._random import manual_seed
 
 __version__ = _core.__version__
 
-__all__ = ["functional", "nn", "optim", "keras", "manual_seed", "build_info", "get_num_threads", "set_num_threads", "__version__"]
+__all__ = ["functional", "nn", "optim", "keras", "distributed", "manual_seed", "build_info", "get_num_threads", "set_num_threads", "__version__"]
 
 
 def get_num_threads():

@@ -54,6 +54,15 @@ class Loss:
                              f"shape {y_pred.shape}")
         return y_true
 
+    @staticmethod
+    def mean_count(y_pred, mask=None):
+        """How many values the reduced loss is the mean of: every sample (and step) of y_pred,
+        or the unmasked ones. Data-parallel training weighs each process's loss by it."""
+        shape = np.shape(y_pred)[:-1]
+        if mask is None:
+            return int(np.prod(shape))
+        return int(np.broadcast_to(np.asarray(mask, bool), shape).sum())
+
     def value_and_grad(self, y_true, y_pred, mask=None):
         """The reduced loss (a float) and its gradient with respect to y_pred."""
         y_pred = np.asarray(y_pred)

@@ -21,6 +21,7 @@ from . import saving
 from . import losses as losses_module
 from . import metrics as metrics_module
 from . import optimizers as optimizers_module
+from ._data_parallel import DataParallel
 from .callbacks import CallbackList, History, ProgbarLogger
 from .layers.base import InputLayer, KerasTensor, Layer, unique_name
 
@@ -211,9 +212,13 @@ class Model:
         y, _ = self._run(x, bool(training))
         return y
 
-    def _backprop(self, grad):
+    def _backprop(self, grad, layer_done=None):
+        """Backward through the layers, last to first; ``layer_done(layer)`` after each one (its
+        gradients are then final: data-parallel training starts sending them)."""
         for layer in reversed(self._layers):
             grad = layer.backward(grad)
+            if layer_done is not None:
+                layer_done(layer)
             if grad is None:   # integer inputs (an Embedding) end the chain
                 break
 
@@ -294,8 +299,14 @@ class Model:
 
     def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None, validation_split=0.0,
             validation_data=None, shuffle=True, class_weight=None, sample_weight=None, initial_epoch=0,
-            steps_per_epoch=None, validation_steps=None, validation_batch_size=None, validation_freq=1):
-        """Trains for `epochs` epochs; returns a History (``history.history["loss"]``, ...)."""
+            steps_per_epoch=None, validation_steps=None, validation_batch_size=None, validation_freq=1,
+            distributed=False):
+        """Trains for `epochs` epochs; returns a History (``history.history["loss"]``, ...).
+
+        ``distributed=True`` trains data-parallel on every process of an MPI job (``mpiexec -n N``,
+        see ``fusedrnn.distributed``): every rank passes the same x and y and trains on its share
+        of each batch; batch_size is per process, so a step's global batch is N * batch_size. The
+        ranks keep identical weights, see identical logs, and only rank 0 prints and saves."""
         self._check_compiled()
         for name, value in (("class_weight", class_weight), ("sample_weight", sample_weight),
                             ("steps_per_epoch", steps_per_epoch), ("validation_steps", validation_steps)):
@@ -318,7 +329,12 @@ class Model:
             x_val = y_val = None
         batch_size = batch_size or 32
         verbose = 1 if verbose == "auto" else int(verbose)
-        steps = math.ceil(len(x) / batch_size)
+        parallel = DataParallel(self, len(x)) if distributed else None
+        global_batch = batch_size * (parallel.world if parallel else 1)
+        if parallel:
+            callbacks = parallel.callbacks(callbacks)
+            verbose = verbose if parallel.is_root else 0
+        steps = math.ceil(len(x) / global_batch)
         params = {"verbose": verbose, "epochs": epochs, "steps": steps}
         callback_list, history = self._callbacks(callbacks, verbose, params)
         self.stop_training = False
@@ -329,19 +345,33 @@ class Model:
             for epoch in range(initial_epoch, epochs):
                 self._reset_metrics()
                 callback_list.on_epoch_begin(epoch)
-                order = resolve_rng(None).permutation(len(x)) if shuffle else np.arange(len(x))
+                if shuffle and (parallel is None or parallel.is_root):
+                    order = resolve_rng(None).permutation(len(x))
+                else:
+                    order = np.arange(len(x))
+                if parallel and shuffle:
+                    order = parallel.agree(order)
                 for step in range(steps):
-                    batch = order[step * batch_size:(step + 1) * batch_size]
+                    batch = order[step * global_batch:(step + 1) * global_batch]
                     callback_list.on_train_batch_begin(step)
-                    logs = self._step(x[batch], y[batch], training=True)
+                    if parallel:
+                        batch = parallel.shard(batch)
+                        logs = parallel.train_step(x[batch], y[batch])
+                    else:
+                        logs = self._step(x[batch], y[batch], training=True)
                     callback_list.on_train_batch_end(step, logs)
+                    if parallel:   # a callback on one rank stops them all
+                        self.stop_training = parallel.any(self.stop_training)
                     if self.stop_training:
                         break
                 logs = dict(logs)
                 if x_val is not None and (epoch + 1) % validation_freq == 0:
-                    val_logs = self._evaluate(x_val, y_val, validation_batch_size or batch_size, callback_list)
+                    evaluate = parallel.evaluate if parallel else self._evaluate
+                    val_logs = evaluate(x_val, y_val, validation_batch_size or batch_size, callback_list)
                     logs.update(("val_" + name, value) for name, value in val_logs.items())
                 callback_list.on_epoch_end(epoch, logs)
+                if parallel:
+                    self.stop_training = parallel.any(self.stop_training)
                 if self.stop_training:
                     break
             callback_list.on_train_end(logs)
