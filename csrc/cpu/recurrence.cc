@@ -168,12 +168,17 @@ struct Chunks {
 };
 
 // Team size: no more threads than there are chunks, nor than there is work per step for. Each
-// step ends in a barrier (~1 us, far more when another process holds a core), so a thread must
-// have enough multiply-adds per step to pay for it: at 2^18 flops (~1 us at this machine's peak)
-// a 32-unit LSTM at batch 32 runs on one thread, a 256-unit one at batch 1 on two.
-int team_for(int64_t chunks, int64_t flops_per_step) {
-  constexpr int64_t kMinFlopsPerThread = int64_t(1) << 18;
-  const int64_t useful = std::max<int64_t>(1, flops_per_step / kMinFlopsPerThread);
+// step ends in a barrier, so a thread must have enough work per step to pay for it: 2^16 flops'
+// worth (~0.25 us at this machine's peak; a barrier of two spinning threads costs well under
+// that, measured). The recurrent product of a step also reads every weight once, from the L2
+// cache of the core that owns its slice, at ~32 bytes a cycle where the FMA units do 64 flops:
+// with a batch of a few rows a step is bound by those bytes, not by its flops, and a second
+// core's L2 halves it. So a byte of weights counts as 2 flops. (Counting flops alone ran a
+// 256-unit GRU at batch 1 on one thread: 1.7x slower than on two.)
+int team_for(int64_t chunks, int64_t step_flops, int64_t weight_bytes) {
+  constexpr int64_t kMinWorkPerThread = int64_t(1) << 16;
+  const int64_t work = std::max(step_flops, 2 * weight_bytes);
+  const int64_t useful = std::max<int64_t>(1, work / kMinWorkPerThread);
   return static_cast<int>(std::min<int64_t>({max_threads(), chunks, useful}));
 }
 
@@ -402,7 +407,8 @@ void forward_layer(const ForwardArgs<T>& a) {
   Buffer<T> packed_hh(units.count * hh_size), packed_hr(dims.count * panel_size);
   Buffer<T> packed_hn(Cell::kTwoPhase ? units.count * panel_size : 0);
   Buffer<T> rz_step(Cell::kTwoPhase ? 2 * B * H : 0), rh_step(Cell::kTwoPhase ? B * H : 0);
-  const int threads = team_for(std::max(units.count, dims.count), 2 * B * (P * G * H + (projected ? H * P : 0)));
+  const int64_t weights = P * G * H + (projected ? H * P : 0);
+  const int threads = team_for(std::max(units.count, dims.count), 2 * B * weights, weights * int64_t(sizeof(T)));
   const int64_t group_first = chunk_group(B, units.count, threads, kFirstGates);
   const int64_t group_units = chunk_group(B, units.count, threads, 1), group_dims = chunk_group(B, dims.count, threads, 1);
   const int64_t rec_size = std::min(B, kRowBlock) * std::max({group_first * cols, group_units * NR, group_dims * NR});
@@ -654,7 +660,8 @@ void backward_layer(const BackwardArgs<T>& a) {
   const int64_t hn_size = packed_b_size<T>(H, NR);
   Buffer<T> packed_hh(dims.count * hh_size), packed_hr(projected ? units.count * hr_size : 0);
   Buffer<T> packed_hn(Cell::kTwoPhase ? units.count * hn_size : 0);
-  const int threads = team_for(std::max(dims.count, units.count), 2 * B * (P * G * H + (projected ? H * P : 0)));
+  const int64_t weights = P * G * H + (projected ? H * P : 0);
+  const int threads = team_for(std::max(dims.count, units.count), 2 * B * weights, weights * int64_t(sizeof(T)));
   const int64_t group_dims = chunk_group(B, dims.count, threads, 1), group_units = chunk_group(B, units.count, threads, 1);
   const int64_t rec_size = std::min(B, kRowBlock) * std::max(group_dims, group_units) * NR;
   Buffer<T> scratch(threads * rec_size);
