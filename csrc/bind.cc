@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <utility>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #ifdef _OPENMP
@@ -18,6 +19,7 @@
 #endif
 
 #include "cpu/gemm.h"
+#include "cpu/gemm_bf16.h"
 #include "cpu/math.h"
 #include "cpu/peak.h"
 #include "cpu/recurrence.h"
@@ -117,7 +119,7 @@ std::pair<int64_t, int64_t> hidden_and_state_size(CellKind cell, const py::objec
 }
 
 // forward(cell, x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh, recurrent_scale, lengths, mask,
-//         repeat_masked_output, reverse, training)
+//         repeat_masked_output, reverse, training, bf16_weights)
 //   -> (y, h_n, c_n | None, saved | None),
 //   saved = (gates [T,B,S*H], h [T+1,B,P], c [T+1,B,H] | None, m [T,B,H] | None)
 template <class T>
@@ -125,8 +127,13 @@ py::tuple forward_typed(CellKind cell, const py::array& x, const py::object& h0,
                         const py::object& w_ih, const py::object& w_hh, const py::object& w_hr,
                         const py::object& b_ih, const py::object& b_hh, const py::object& recurrent_scale,
                         const py::object& lengths, const py::object& mask, bool repeat_masked_output,
-                        bool reverse, bool training) {
+                        bool reverse, bool training, bool bf16_weights) {
   if (x.ndim() != 3) throw py::value_error("x must have 3 dimensions (T, B, I)");
+  if (bf16_weights && (!std::is_same_v<T, float> || training || !w_hr.is_none() || !recurrent_scale.is_none() ||
+                       cell == CellKind::kGruResetBefore)) {
+    throw py::value_error("bfloat16 recurrent weights are for float32 inference only, without a projection, "
+                          "recurrent dropout or the reset-before-product GRU");
+  }
   const int64_t steps = x.shape(0), B = x.shape(1), I = x.shape(2);
   const int G = fusedrnn::cpu::gate_count(cell), S = fusedrnn::cpu::saved_count(cell);
   const bool has_c = fusedrnn::cpu::has_cell_state(cell);
@@ -146,6 +153,7 @@ py::tuple forward_typed(CellKind cell, const py::array& x, const py::object& h0,
   a.lengths = checked_lengths(lengths, B, steps);
   a.mask = checked_mask(mask, lengths, steps, B);
   a.repeat_masked_output = repeat_masked_output;
+  a.bf16_weights = bf16_weights;
 
   auto y = new_array<T>({steps, B, P});
   auto h_n = new_array<T>({B, P});
@@ -304,6 +312,29 @@ py::object gemm_packed_typed(const py::array& a, const py::array& b) {
   return c;
 }
 
+// a @ b with both rounded to bfloat16 and float32 sums, through the bf16 inference mode's kernel.
+py::object gemm_bf16(const py::array& a, const py::array& b) {
+  const int64_t M = a.shape(0), K = a.shape(1), N = b.shape(1);
+  if (!is_float32(a)) throw py::type_error("gemm_bf16 takes float32 arrays");
+  if (!(a.flags() & py::array::c_style)) throw py::value_error("a must be C-contiguous");
+  auto c = new_array<float>({M, N});
+  const float* a_data = static_cast<const float*>(a.data());
+  const float* b_data = static_cast<const float*>(b.data());
+  const int64_t b_rs = b.strides(0) / 4, b_cs = b.strides(1) / 4;
+  float* c_data = c.mutable_data();
+  {
+    py::gil_scoped_release release;
+    std::vector<int64_t> col_offset(N);
+    for (int64_t j = 0; j < N; ++j) col_offset[j] = j * b_cs;
+    std::vector<uint16_t> packed(fusedrnn::cpu::packed_bf16_size(K, N));
+    std::vector<uint32_t> pairs(M * ((K + 1) / 2));
+    fusedrnn::cpu::pack_b_bf16(K, N, b_data, col_offset.data(), b_rs, packed.data());
+    fusedrnn::cpu::pack_a_bf16(M, K, a_data, K, pairs.data());
+    fusedrnn::cpu::gemm_bf16(M, N, K, pairs.data(), packed.data(), c_data, N);
+  }
+  return c;
+}
+
 void check_matmul(const py::array& a, const py::array& b) {
   if (a.ndim() != 2 || b.ndim() != 2) throw py::value_error("a and b must be 2-d");
   if (a.shape(1) != b.shape(0)) throw py::value_error("a.shape[1] must equal b.shape[0]");
@@ -363,16 +394,18 @@ PYBIND11_MODULE(_core, m) {
       [](const std::string& cell, const py::array& x, const py::object& h0, const py::object& c0,
          const py::object& w_ih, const py::object& w_hh, const py::object& w_hr, const py::object& b_ih,
          const py::object& b_hh, const py::object& recurrent_scale, const py::object& lengths,
-         const py::object& mask, bool repeat_masked_output, bool reverse, bool training) {
+         const py::object& mask, bool repeat_masked_output, bool reverse, bool training, bool bf16_weights) {
         const CellKind kind = parse_cell(cell);
         return is_float32(x) ? forward_typed<float>(kind, x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh, recurrent_scale,
-                                                    lengths, mask, repeat_masked_output, reverse, training)
+                                                    lengths, mask, repeat_masked_output, reverse, training,
+                                                    bf16_weights)
                              : forward_typed<double>(kind, x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh, recurrent_scale,
-                                                     lengths, mask, repeat_masked_output, reverse, training);
+                                                     lengths, mask, repeat_masked_output, reverse, training,
+                                                     bf16_weights);
       },
       py::arg("cell"), py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("w_ih"), py::arg("w_hh"),
       py::arg("w_hr"), py::arg("b_ih"), py::arg("b_hh"), py::arg("recurrent_scale"), py::arg("lengths"), py::arg("mask"),
-      py::arg("repeat_masked_output"), py::arg("reverse"), py::arg("training"));
+      py::arg("repeat_masked_output"), py::arg("reverse"), py::arg("training"), py::arg("bf16_weights") = false);
 
   m.def(
       "backward",
@@ -408,6 +441,15 @@ PYBIND11_MODULE(_core, m) {
       },
       py::arg("a"), py::arg("b"), "a @ b through the packed single-thread path of the recurrence.");
 
+  m.def(
+      "gemm_bf16",
+      [](const py::array& a, const py::array& b) {
+        check_matmul(a, b);
+        return gemm_bf16(a, b);
+      },
+      py::arg("a"), py::arg("b"), "a @ b rounded to bfloat16, float32 sums: the bf16 inference mode's kernel.");
+  m.def("bf16_native", &fusedrnn::cpu::bf16_native,
+        "Whether the bf16 inference mode runs on AVX512-BF16 here (else a portable loop, same results).");
   m.def("isa_compiled", &fusedrnn::cpu::isa_compiled);
   m.def("isa_selected", &fusedrnn::cpu::isa_selected);
   m.def("set_isa", [](const std::string& name) { return fusedrnn::cpu::set_isa(name.c_str()); },

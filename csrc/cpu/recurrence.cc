@@ -34,6 +34,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #ifdef _OPENMP
@@ -45,6 +46,7 @@
 #include "cells/rnn.h"
 #include "cpu/buffer.h"
 #include "cpu/gemm.h"
+#include "cpu/gemm_bf16.h"
 
 namespace fusedrnn::cpu {
 namespace {
@@ -185,9 +187,10 @@ int team_for(int64_t chunks, int64_t step_flops, int64_t weight_bytes) {
 // Packs, for each of `chunks` chunks, the K x (groups*NR) matrix whose column g*NR + w is
 // src[offset(g, unit) + k * k_stride] for unit = chunk*NR + w < n (zero past n); the chunks
 // are laid out one after another, `size` elements apart. Each thread packs only its own chunks.
-template <class T, class Offset>
+// A uint16_t destination packs bfloat16 (cpu/gemm_bf16.h; float weights only).
+template <class T, class Offset, class Packed>
 void pack_chunks(const Chunks<T>& chunks, int64_t n, int groups, int64_t K, const T* src,
-                 int64_t k_stride, Offset offset, T* dst, int64_t size) {
+                 int64_t k_stride, Offset offset, Packed* dst, int64_t size) {
   constexpr int64_t NR = kPanel<T>;
   int64_t first, last;
   chunks.mine(&first, &last);
@@ -199,20 +202,55 @@ void pack_chunks(const Chunks<T>& chunks, int64_t n, int groups, int64_t K, cons
         col_offset[g * NR + w] = unit < n ? offset(g, unit) : -1;
       }
     }
-    pack_b<T>(K, groups * NR, src, col_offset.data(), k_stride, dst + c * size);
+    if constexpr (std::is_same_v<Packed, uint16_t>) {
+      pack_b_bf16(K, groups * NR, src, col_offset.data(), k_stride, dst + c * size);
+    } else {
+      pack_b<T>(K, groups * NR, src, col_offset.data(), k_stride, dst + c * size);
+    }
   }
 }
 
-// For each block of batch rows and each run of up to `group` of this thread's chunks: one GEMM
-// gives block = the rows of A times the run's packed matrices (K x group*cols: the chunks' packed
-// matrices lie one after another, so a run is one wider matrix), or zeros without A; then
-// body(chunk's first unit, its width, b0, rows, its columns of block, block's row stride).
+// The recurrent products of for_each_block: block (rows x ld, row stride ld) = rows b0.. of A
+// times the packed matrices of chunks c, c+1, ... (ld columns in all: the chunks' packed matrices
+// lie one after another, so a run of them is one wider matrix), or zeros without A.
+template <class T>
+struct PackedProduct {
+  int64_t K;
+  const T* A;  // [B, K] row stride lda, or null for zeros
+  int64_t lda;
+  const T* packed;
+  int64_t packed_size;  // elements per chunk
+
+  void operator()(int64_t b0, int64_t rows, int64_t c, int64_t ld, T* block) const {
+    if (A) {
+      gemm_packed_b<T>(rows, ld, K, A + b0 * lda, lda, packed + c * packed_size, block, ld, false);
+    } else {
+      std::fill_n(block, rows * ld, T(0));
+    }
+  }
+};
+
+// The same with the weights in bfloat16 (the opt-in inference mode, cpu/gemm_bf16.h): A as rows
+// of bfloat16 pairs.
+struct Bf16Product {
+  int64_t K;
+  const uint32_t* A;  // [B, ceil(K/2)]
+  const uint16_t* packed;
+  int64_t packed_size;
+
+  void operator()(int64_t b0, int64_t rows, int64_t c, int64_t ld, float* block) const {
+    gemm_bf16(rows, ld, K, A + b0 * ((K + 1) / 2), packed + c * packed_size, block, ld);
+  }
+};
+
+// For each block of batch rows and each run of up to `group` of this thread's chunks: one
+// product (above) gives the block, then body(chunk's first unit, its width, b0, rows, its
+// columns of block, block's row stride).
 // Runs of several chunks pay the GEMM's per-call cost once and let it use its widest tiles;
 // one chunk at a time keeps a large batch's block in L1 for the pointwise step.
-template <class T, class Body>
-void for_each_block(const Chunks<T>& chunks, int64_t n, int64_t B, int64_t cols, int64_t K,
-                    const T* A, int64_t lda, const T* packed, int64_t packed_size, int64_t group,
-                    T* rec, Body body) {
+template <class T, class Product, class Body>
+void for_each_block(const Chunks<T>& chunks, int64_t n, int64_t B, int64_t cols, const Product& product,
+                    int64_t group, T* rec, Body body) {
   constexpr int64_t NR = kPanel<T>;
   int64_t first, last;
   chunks.mine(&first, &last);
@@ -220,11 +258,7 @@ void for_each_block(const Chunks<T>& chunks, int64_t n, int64_t B, int64_t cols,
     const int64_t count = std::min(group, last - c), ld = count * cols;
     for (int64_t b0 = 0; b0 < B; b0 += kRowBlock) {
       const int64_t rows = std::min(kRowBlock, B - b0);
-      if (A) {
-        gemm_packed_b<T>(rows, ld, K, A + b0 * lda, lda, packed + c * packed_size, rec, ld, false);
-      } else {
-        std::fill_n(rec, rows * ld, T(0));
-      }
+      product(b0, rows, c, ld, rec);
       for (int64_t j = 0; j < count; ++j) {
         const int64_t u0 = (c + j) * NR;
         body(u0, std::min(NR, n - u0), b0, rows, rec + j * cols, ld);
@@ -407,8 +441,20 @@ void forward_layer(const ForwardArgs<T>& a) {
   Buffer<T> packed_hh(units.count * hh_size), packed_hr(dims.count * panel_size);
   Buffer<T> packed_hn(Cell::kTwoPhase ? units.count * panel_size : 0);
   Buffer<T> rz_step(Cell::kTwoPhase ? 2 * B * H : 0), rh_step(Cell::kTwoPhase ? B * H : 0);
+  // bfloat16 recurrent weights (the opt-in inference mode; the caller checks that the cell has
+  // one product a step, without projection or recurrent scale): W_hh packed as bfloat16, and the
+  // state as bfloat16 pairs, double-buffered like h, each thread writing its own units' pairs.
+  constexpr bool kBf16Capable = std::is_same_v<T, float> && !Cell::kTwoPhase;
+  const bool bf16 = kBf16Capable && a.bf16_weights;
+  const int64_t pairs = (P + 1) / 2, hh_bf16_size = bf16 ? packed_bf16_size(P, cols) : 0;
+  Buffer<uint16_t> packed_hh_bf16(units.count * hh_bf16_size);
+  Buffer<uint32_t> h_pairs(bf16 ? 2 * B * pairs : 0);
+  if constexpr (kBf16Capable) {
+    if (bf16) pack_a_bf16(B, P, h_state.get(), P, h_pairs.get());
+  }
   const int64_t weights = P * G * H + (projected ? H * P : 0);
-  const int threads = team_for(std::max(units.count, dims.count), 2 * B * weights, weights * int64_t(sizeof(T)));
+  const int64_t weight_bytes = weights * (bf16 ? int64_t(sizeof(uint16_t)) : int64_t(sizeof(T)));
+  const int threads = team_for(std::max(units.count, dims.count), 2 * B * weights, weight_bytes);
   const int64_t group_first = chunk_group(B, units.count, threads, kFirstGates);
   const int64_t group_units = chunk_group(B, units.count, threads, 1), group_dims = chunk_group(B, dims.count, threads, 1);
   const int64_t rec_size = std::min(B, kRowBlock) * std::max({group_first * cols, group_units * NR, group_dims * NR});
@@ -420,8 +466,12 @@ void forward_layer(const ForwardArgs<T>& a) {
 #pragma omp parallel num_threads(threads)
 #endif
   {
-    pack_chunks(units, H, kFirstGates, P, a.w_hh, 1, [&](int g, int64_t u) { return (g * H + u) * P; },
-                packed_hh.get(), hh_size);
+    const auto w_hh_column = [&](int g, int64_t u) { return (g * H + u) * P; };
+    if (bf16) {
+      if constexpr (kBf16Capable) pack_chunks(units, H, kFirstGates, P, a.w_hh, 1, w_hh_column, packed_hh_bf16.get(), hh_bf16_size);
+    } else {
+      pack_chunks(units, H, kFirstGates, P, a.w_hh, 1, w_hh_column, packed_hh.get(), hh_size);
+    }
     if constexpr (Cell::kTwoPhase) {
       pack_chunks(units, H, 1, H, a.w_hh, 1, [&](int, int64_t u) { return ((G - 1) * H + u) * P; },
                   packed_hn.get(), panel_size);
@@ -438,8 +488,8 @@ void forward_layer(const ForwardArgs<T>& a) {
       T* cell_out = projected ? m_step.get() : h_next;
       const T* product_prev = scaled ? h_product.get() + (s & 1) * B * P : h_prev;
       T* product_next = scaled ? h_product.get() + ((s + 1) & 1) * B * P : nullptr;
-      for_each_block(units, H, B, cols, P, product_prev, P, packed_hh.get(), hh_size, group_first, rec,
-                     [&](int64_t u0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
+      uint32_t* pairs_next = bf16 ? h_pairs.get() + ((s + 1) & 1) * B * pairs : nullptr;
+      const auto cell_rows = [&](int64_t u0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
         run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
           using V = Vec<T, decltype(bytes)::value>;
           for (int64_t b = b0; b < b0 + rows; ++b) {
@@ -448,14 +498,27 @@ void forward_layer(const ForwardArgs<T>& a) {
             } else {
               step.template row<V>(s, b, u0, width, block + (b - b0) * ld, h_prev, cell_out, c_prev, c_next);
               if (!projected) publish_state<V>(a, sch, s, b, u0, width, h_prev, h_next, product_next);
+              if constexpr (kBf16Capable) {  // (u0 is even: a chunk's pairs are its own)
+                if (pairs_next) pack_a_bf16(1, width, h_next + b * P + u0, P, pairs_next + b * pairs + u0 / 2);
+              }
             }
           }
         });
-      });
+      };
+      if (bf16) {
+        if constexpr (kBf16Capable) {
+          const uint32_t* pairs_prev = h_pairs.get() + (s & 1) * B * pairs;
+          for_each_block(units, H, B, cols, Bf16Product{P, pairs_prev, packed_hh_bf16.get(), hh_bf16_size},
+                         group_first, rec, cell_rows);
+        }
+      } else {
+        for_each_block(units, H, B, cols, PackedProduct<T>{P, product_prev, P, packed_hh.get(), hh_size}, group_first,
+                       rec, cell_rows);
+      }
       if constexpr (Cell::kTwoPhase) {
         // The last gate's product reads every unit's r*h: a second barrier, and a second GEMM.
         barrier();
-        for_each_block(units, H, B, NR, H, rh_step.get(), H, packed_hn.get(), panel_size, group_units, rec,
+        for_each_block(units, H, B, NR, PackedProduct<T>{H, rh_step.get(), H, packed_hn.get(), panel_size}, group_units, rec,
                        [&](int64_t u0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
           run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
             using V = Vec<T, decltype(bytes)::value>;
@@ -469,7 +532,7 @@ void forward_layer(const ForwardArgs<T>& a) {
       if (projected) {
         // h_next = m W_hr^T needs every unit's m: a second barrier, and a second GEMM.
         barrier();
-        for_each_block(dims, P, B, NR, H, m_step.get(), H, packed_hr.get(), panel_size, group_dims, rec,
+        for_each_block(dims, P, B, NR, PackedProduct<T>{H, m_step.get(), H, packed_hr.get(), panel_size}, group_dims, rec,
                        [&](int64_t p0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
           run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
             using V = Vec<T, decltype(bytes)::value>;
@@ -685,7 +748,7 @@ void backward_layer(const BackwardArgs<T>& a) {
       T* dg_cur = dg_step.get() + (s & 1) * B * GH;
       // dG_{s+1} W_hh, through the rows reading h; nothing after the last step.
       const T* dg_next = s + 1 < steps ? dg_step.get() + ((s + 1) & 1) * B * GH : nullptr;
-      for_each_block(dims, P, B, NR, KH, dg_next, GH, packed_hh.get(), hh_size, group_dims, rec,
+      for_each_block(dims, P, B, NR, PackedProduct<T>{KH, dg_next, GH, packed_hh.get(), hh_size}, group_dims, rec,
                      [&](int64_t p0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
         run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
           using V = Vec<T, decltype(bytes)::value>;
@@ -701,7 +764,7 @@ void backward_layer(const BackwardArgs<T>& a) {
       if (projected) {
         // dm = dh W_hr needs every state dim's gradient: a second barrier and a second GEMM.
         barrier();
-        for_each_block(units, H, B, NR, P, dh_step.get(), P, packed_hr.get(), hr_size, group_units, rec,
+        for_each_block(units, H, B, NR, PackedProduct<T>{P, dh_step.get(), P, packed_hr.get(), hr_size}, group_units, rec,
                        [&](int64_t u0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
           run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
             using V = Vec<T, decltype(bytes)::value>;
@@ -712,7 +775,7 @@ void backward_layer(const BackwardArgs<T>& a) {
       if constexpr (Cell::kTwoPhase) {
         // d(r*h) = da_n W_hn needs every unit's da_n: a second barrier and a second GEMM.
         barrier();
-        for_each_block(units, H, B, NR, H, dg_cur + (G - 1) * H, GH, packed_hn.get(), hn_size, group_units, rec,
+        for_each_block(units, H, B, NR, PackedProduct<T>{H, dg_cur + (G - 1) * H, GH, packed_hn.get(), hn_size}, group_units, rec,
                        [&](int64_t u0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
           run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
             using V = Vec<T, decltype(bytes)::value>;
@@ -724,7 +787,7 @@ void backward_layer(const BackwardArgs<T>& a) {
     }
     // The gradient of the initial state: what step 0 sends back through W_hh, plus the carry.
     const T* dg_first = steps > 0 ? dg_step.get() : nullptr;
-    for_each_block(dims, P, B, NR, KH, dg_first, GH, packed_hh.get(), hh_size, group_dims, rec,
+    for_each_block(dims, P, B, NR, PackedProduct<T>{KH, dg_first, GH, packed_hh.get(), hh_size}, group_dims, rec,
                    [&](int64_t p0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
       for (int64_t b = b0; b < b0 + rows; ++b) {
         for (int64_t w = 0; w < width; ++w) {

@@ -47,6 +47,9 @@ struct ForwardArgs {
   const uint8_t* mask;        // [T, B] nonzero where a step is taken, or null (then lengths)
   bool repeat_masked_output;
   bool reverse;
+  bool bf16_weights;          // inference only, float only: the recurrent product W_hh h in
+                              // bfloat16 (cpu/gemm_bf16.h); not with w_hr, recurrent_scale, or
+                              // the reset-before-product GRU
   T* y;                       // out [T, B, P]
   T* h_n;                     // out [B, P]
   T* c_n;                     // out [B, H] (LSTM; else null)

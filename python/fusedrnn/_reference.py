@@ -47,6 +47,13 @@ __all__ = [
 ]
 
 
+def _bf16(a):
+    """float32 values rounded to bfloat16 (8 significant bits; nearest, ties to even), as float32."""
+    bits = np.asarray(a, np.float32).view(np.uint32).astype(np.uint64)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16 << 16
+    return bits.astype(np.uint32).view(np.float32)
+
+
 def _sigmoid(a):
     # Written through tanh so that it never overflows (np.exp(-a) does for a << 0 in float32).
     return 0.5 * (1.0 + np.tanh(0.5 * a))
@@ -173,7 +180,7 @@ def _repeated_mask(active, reverse, masked_output):
 
 
 def _forward(cell, x, states, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse, training,
-             weight_hr=None, mask=None, masked_output="zero", recurrent_scale=None):
+             weight_hr=None, mask=None, masked_output="zero", recurrent_scale=None, bf16_weights=False):
     T, B, _ = x.shape
     P = weight_hh.shape[1]                                  # size of h
     H = P if weight_hr is None else weight_hr.shape[1]      # units of the cell (size of c)
@@ -189,12 +196,16 @@ def _forward(cell, x, states, weight_ih, weight_hh, bias_ih, bias_hh, lengths, r
 
     # Recurrent dropout scales h where it enters W_hh h, not in the state update itself.
     scale = 1 if recurrent_scale is None else recurrent_scale
+    # bfloat16 weights (inference): W_hh and each step's h are rounded to bfloat16 before their
+    # product, which is summed in float32.
+    rounded = _bf16 if bf16_weights else (lambda a: a)
+    weight_rec = rounded(weight_hh)
     y = np.zeros((T, B, P), x.dtype)
     h_prev = np.zeros((T, B, P), x.dtype)   # what W_hh multiplied at step t (h * scale), for dW_hh
     m = np.zeros((T, B, H), x.dtype)        # the cell's output before the projection, for dW_hr
     caches = [None] * T
     for t in _time_order(T, reverse):
-        hp = (states[0] * scale) @ weight_hh.T
+        hp = rounded(states[0] * scale) @ weight_rec.T
         if bias_hh is not None:
             hp = hp + bias_hh
         new_states, caches[t] = cell.step(xp[t], hp, states)
@@ -282,11 +293,11 @@ def _rnn_cell(nonlinearity):
 
 def rnn_forward(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, lengths=None,
                 reverse=False, nonlinearity="tanh", training=True, mask=None, masked_output="zero",
-                recurrent_scale=None):
+                recurrent_scale=None, bf16_weights=False):
     """Returns (y, h_n, saved); saved is None when training is False."""
     y, (h_n,), saved = _forward(_rnn_cell(nonlinearity), x, (h0,), weight_ih, weight_hh,
                                 bias_ih, bias_hh, lengths, reverse, training, None, mask, masked_output,
-                                recurrent_scale)
+                                recurrent_scale, bf16_weights)
     return y, h_n, saved
 
 
@@ -298,7 +309,7 @@ def rnn_backward(dy, dh_n, saved):
 
 def lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, weight_hr=None,
                  lengths=None, reverse=False, training=True, mask=None, masked_output="zero",
-                 recurrent_scale=None):
+                 recurrent_scale=None, bf16_weights=False):
     """Returns (y, h_n, c_n, saved); saved is None when training is False.
 
     weight_hr (P, H), PyTorch's proj_size: h' = weight_hr @ (o * tanh(c')), so h0, h_n and y
@@ -306,7 +317,7 @@ def lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *,
     """
     y, (h_n, c_n), saved = _forward(_LSTM, x, (h0, c0), weight_ih, weight_hh, bias_ih, bias_hh,
                                     lengths, reverse, training, weight_hr, mask, masked_output,
-                                    recurrent_scale)
+                                    recurrent_scale, bf16_weights)
     return y, h_n, c_n, saved
 
 
@@ -319,16 +330,19 @@ def lstm_backward(dy, dh_n, dc_n, saved):
 
 def gru_forward(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, lengths=None,
                 reverse=False, training=True, mask=None, masked_output="zero", reset_after=True,
-                recurrent_scale=None):
+                recurrent_scale=None, bf16_weights=False):
     """Returns (y, h_n, saved); saved is None when training is False.
 
     reset_after=False is Keras's other GRU: n = tanh(W_in x + b_in + W_hn (r * h) + b_hn).
     """
     if not reset_after:
+        if bf16_weights:
+            raise ValueError("bf16_weights=True needs reset_after=True")
         return _gru_reset_before_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, lengths,
                                          reverse, training, mask, masked_output, recurrent_scale)
     y, (h_n,), saved = _forward(_GRU, x, (h0,), weight_ih, weight_hh, bias_ih, bias_hh,
-                                lengths, reverse, training, None, mask, masked_output, recurrent_scale)
+                                lengths, reverse, training, None, mask, masked_output, recurrent_scale,
+                                bf16_weights)
     return y, h_n, saved
 
 

@@ -20,6 +20,14 @@ carried unchanged and the output is zero, or with ``masked_output="repeat"`` the
 (zero before a sequence's first step), as Keras does. ``reverse=True`` then walks the time axis
 from T-1 to 0. (Lengths are the mask ``t < lengths[b]``; for them both readings agree.)
 
+bfloat16 weights (opt-in, inference): ``bf16_weights=True`` with ``training=False`` and float32
+arrays runs each step's recurrent product ``W_hh h`` with both rounded to bfloat16 (8 significant
+bits) and float32 sums, on AVX512-BF16 where the CPU has it. At a batch of a few rows a step is
+bound by reading W_hh, and this halves those bytes. Each rounding errs by at most 2^-9 relatively,
+so a gate's pre-activation moves by up to about 2^-8 * sum_k |W_hh[j, k] h_k| per step (the input
+projection stays float32); over a sequence the outputs typically differ from float32 by 1e-3 to
+1e-2. Not with a projection, recurrent dropout, or ``reset_after=False``.
+
 Every function accepts arrays of any memory layout (they are made contiguous here), float32 or
 float64, all of one dtype; a wrong argument raises ``ValueError`` or ``TypeError`` naming it.
 Backward returns fresh arrays (gradients are written, never accumulated); a bias given as None
@@ -144,8 +152,9 @@ def _check_memory(what, elements, itemsize):
 
 
 def _forward(cell, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse, training,
-             weight_hr=None, mask=None, masked_output="zero", recurrent_scale=None):
+             weight_hr=None, mask=None, masked_output="zero", recurrent_scale=None, bf16_weights=False):
     gates, has_c = _CELLS[cell]
+    _check_bf16(bf16_weights, cell, x, training, weight_hr, recurrent_scale)
     x = _float_array(x, "x")
     if x.ndim != 3:
         raise ValueError(f"x must have 3 dimensions (T, B, I), got shape {x.shape}")
@@ -176,7 +185,7 @@ def _forward(cell, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, r
     )
     repeat = masked_output == "repeat"
     y, h_n, c_n, saved_arrays = _core.forward(cell, repeat_masked_output=repeat, reverse=bool(reverse),
-                                              training=bool(training), **arrays)
+                                              training=bool(training), bf16_weights=bool(bf16_weights), **arrays)
     saved = None
     if training:
         saved = Saved(cell=cell, x=arrays["x"], weight_ih=arrays["w_ih"], weight_hh=arrays["w_hh"],
@@ -184,6 +193,20 @@ def _forward(cell, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, r
                       has_bias_hh=arrays["b_hh"] is not None, lengths=arrays["lengths"], mask=arrays["mask"],
                       repeat_masked_output=repeat, reverse=bool(reverse), arrays=saved_arrays)
     return y, h_n, c_n, saved
+
+
+def _check_bf16(bf16_weights, cell, x, training, weight_hr, recurrent_scale):
+    if not isinstance(bf16_weights, (bool, np.bool_)):
+        raise TypeError(f"bf16_weights must be a bool, got {type(bf16_weights).__name__}")
+    if not bf16_weights:
+        return
+    if training:
+        raise ValueError("bf16_weights=True is for inference: pass training=False")
+    if np.asarray(x).dtype != np.float32:
+        raise TypeError(f"bf16_weights=True needs float32 arrays, got {np.asarray(x).dtype}")
+    if weight_hr is not None or recurrent_scale is not None or cell == "gru_reset_before":
+        raise ValueError("bf16_weights=True is not available with a projection, recurrent dropout or "
+                         "reset_after=False")
 
 
 def _backward(cell, dy, dh_n, dc_n, saved):
@@ -214,7 +237,7 @@ def _rnn_cell(nonlinearity):
 
 def rnn_forward(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, lengths=None,
                 reverse=False, nonlinearity="tanh", training=True, mask=None, masked_output="zero",
-                recurrent_scale=None):
+                recurrent_scale=None, bf16_weights=False):
     """Elman RNN layer: ``h' = act(W_ih x + b_ih + W_hh h + b_hh)``, act = tanh or relu.
 
     Args:
@@ -228,6 +251,7 @@ def rnn_forward(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, leng
         mask: ``(T, B)`` booleans (instead of lengths): where a step is taken.
         masked_output: ``"zero"``, or ``"repeat"`` the last output at a masked step (Keras).
         recurrent_scale: ``(B, H)`` recurrent dropout scale (see the module's notes), or None.
+        bf16_weights: the recurrent products in bfloat16 (inference only; see the module's notes).
 
     Returns:
         ``(y, h_n, saved)``: y ``(T, B, H)`` (zero past each sequence's length), h_n ``(B, H)``.
@@ -235,7 +259,7 @@ def rnn_forward(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, leng
     cell = _rnn_cell(nonlinearity)
     y, h_n, _, saved = _forward(cell, x, h0, None, weight_ih, weight_hh, bias_ih, bias_hh, lengths,
                                 reverse, training, mask=mask, masked_output=masked_output,
-                                recurrent_scale=recurrent_scale)
+                                recurrent_scale=recurrent_scale, bf16_weights=bf16_weights)
     return y, h_n, saved
 
 
@@ -258,7 +282,7 @@ def rnn_backward(dy, dh_n, saved):
 
 def lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, weight_hr=None,
                  lengths=None, reverse=False, training=True, mask=None, masked_output="zero",
-                 recurrent_scale=None):
+                 recurrent_scale=None, bf16_weights=False):
     """LSTM layer (gate order i, f, g, o): ``c' = f*c + i*g``, ``h' = o*tanh(c')``.
 
     With a projection (PyTorch's ``proj_size``), ``h' = weight_hr @ (o*tanh(c'))`` has P values
@@ -268,14 +292,14 @@ def lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *,
         x: ``(T, B, I)``. h0: ``(B, P)``, c0: ``(B, H)``, or None for zeros.
         weight_ih: ``(4H, I)``. weight_hh: ``(4H, P)``. bias_ih, bias_hh: ``(4H,)`` or None.
         weight_hr: ``(P, H)`` projection, or None for none.
-        lengths, reverse, training, mask, masked_output, recurrent_scale: as in :func:`rnn_forward`
-        (recurrent_scale is not available with a projection).
+        lengths, reverse, training, mask, masked_output, recurrent_scale, bf16_weights: as in
+        :func:`rnn_forward` (recurrent_scale and bf16_weights are not available with a projection).
 
     Returns:
         ``(y (T, B, P), h_n (B, P), c_n (B, H), saved)``.
     """
     return _forward("lstm", x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse, training,
-                    weight_hr, mask, masked_output, recurrent_scale)
+                    weight_hr, mask, masked_output, recurrent_scale, bf16_weights)
 
 
 def lstm_backward(dy, dh_n, dc_n, saved):
@@ -293,7 +317,7 @@ def lstm_backward(dy, dh_n, dc_n, saved):
 
 def gru_forward(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, lengths=None,
                 reverse=False, training=True, mask=None, masked_output="zero", reset_after=True,
-                recurrent_scale=None):
+                recurrent_scale=None, bf16_weights=False):
     """GRU layer, gate order r, z, n.
 
     ``r = σ(W_ir x + b_ir + W_hr h + b_hr)``, ``z`` likewise, ``h' = (1 - z) * n + z * h`` and
@@ -304,7 +328,8 @@ def gru_forward(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, leng
     Args:
         x: ``(T, B, I)``. h0: ``(B, H)`` or None for zeros.
         weight_ih: ``(3H, I)``. weight_hh: ``(3H, H)``. bias_ih, bias_hh: ``(3H,)`` or None.
-        lengths, reverse, training, mask, masked_output, recurrent_scale: as in :func:`rnn_forward`.
+        lengths, reverse, training, mask, masked_output, recurrent_scale, bf16_weights: as in
+        :func:`rnn_forward` (bf16_weights needs reset_after=True).
 
     Returns:
         ``(y (T, B, H), h_n (B, H), saved)``.
@@ -312,7 +337,7 @@ def gru_forward(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, leng
     cell = "gru" if reset_after else "gru_reset_before"
     y, h_n, _, saved = _forward(cell, x, h0, None, weight_ih, weight_hh, bias_ih, bias_hh, lengths,
                                 reverse, training, mask=mask, masked_output=masked_output,
-                                recurrent_scale=recurrent_scale)
+                                recurrent_scale=recurrent_scale, bf16_weights=bf16_weights)
     return y, h_n, saved
 
 

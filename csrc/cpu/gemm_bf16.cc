@@ -1,0 +1,95 @@
+// bfloat16-weight products: rounding, packing, dispatch, and the portable loop (see gemm_bf16.h).
+#include "cpu/gemm_bf16.h"
+
+#include <cstring>
+
+#include "cpu/gemm.h"
+
+namespace fusedrnn::cpu {
+namespace {
+
+constexpr int64_t kCols = kPanel<float>;  // 16 columns a panel, as the float32 GEMM's
+
+int64_t pairs(int64_t K) { return (K + 1) / 2; }
+
+void gemm_bf16_portable(int64_t M, int64_t N, int64_t Kp, const uint32_t* A, const uint16_t* Bp, float* C,
+                        int64_t ldc) {
+  for (int64_t i = 0; i < M; ++i) {
+    const uint32_t* a = A + i * Kp;
+    for (int64_t j0 = 0; j0 < N; j0 += kCols) {
+      const uint16_t* panel = Bp + j0 / kCols * Kp * 2 * kCols;
+      float acc[kCols] = {};
+      for (int64_t q = 0; q < Kp; ++q) {
+        const float a_even = from_bf16(static_cast<uint16_t>(a[q])), a_odd = from_bf16(static_cast<uint16_t>(a[q] >> 16));
+        const uint16_t* b = panel + q * 2 * kCols;
+        // The odd k first, then the even one, each added with one rounding, as VDPBF16PS does.
+        for (int64_t j = 0; j < kCols; ++j) acc[j] += a_odd * from_bf16(b[2 * j + 1]);
+        for (int64_t j = 0; j < kCols; ++j) acc[j] += a_even * from_bf16(b[2 * j]);
+      }
+      const int64_t n = N - j0 < kCols ? N - j0 : kCols;
+      std::memcpy(C + i * ldc + j0, acc, sizeof(float) * n);
+    }
+  }
+}
+
+}  // namespace
+
+uint16_t to_bf16(float x) {
+  uint32_t bits;
+  std::memcpy(&bits, &x, sizeof bits);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((bits >> 16) | 0x40);  // quiet NaN
+  bits += 0x7fffu + ((bits >> 16) & 1u);
+  return static_cast<uint16_t>(bits >> 16);
+}
+
+float from_bf16(uint16_t x) {
+  const uint32_t bits = static_cast<uint32_t>(x) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+int64_t packed_bf16_size(int64_t K, int64_t N) { return (N + kCols - 1) / kCols * pairs(K) * 2 * kCols; }
+
+void pack_b_bf16(int64_t K, int64_t N, const float* src, const int64_t* col_offset, int64_t k_stride,
+                 uint16_t* dst) {
+  const int64_t Kp = pairs(K);
+  for (int64_t j0 = 0; j0 < N; j0 += kCols, dst += Kp * 2 * kCols) {
+    for (int64_t r = 0; r < kCols; ++r) {
+      const int64_t j = j0 + r;
+      const float* col = j < N && col_offset[j] >= 0 ? src + col_offset[j] : nullptr;
+      for (int64_t k = 0; k < 2 * Kp; ++k)
+        dst[k / 2 * 2 * kCols + 2 * r + k % 2] = col && k < K ? to_bf16(col[k * k_stride]) : 0;
+    }
+  }
+}
+
+void pack_a_bf16(int64_t M, int64_t K, const float* A, int64_t lda, uint32_t* dst) {
+  const int64_t Kp = pairs(K);
+  for (int64_t i = 0; i < M; ++i) {
+    const float* a = A + i * lda;
+    for (int64_t q = 0; q < Kp; ++q) {
+      const uint32_t even = to_bf16(a[2 * q]), odd = 2 * q + 1 < K ? to_bf16(a[2 * q + 1]) : 0;
+      dst[i * Kp + q] = even | odd << 16;
+    }
+  }
+}
+
+bool bf16_native() {
+#if defined(FUSEDRNN_HAVE_AVX512BF16)
+  static const bool cpu_has_it = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16");
+  return cpu_has_it && current_isa() == Isa::kAvx512;  // FUSEDRNN_ISA / set_isa may ask for less
+#else
+  return false;
+#endif
+}
+
+void gemm_bf16(int64_t M, int64_t N, int64_t K, const uint32_t* A, const uint16_t* Bp, float* C, int64_t ldc) {
+  if (M <= 0 || N <= 0) return;
+#if defined(FUSEDRNN_HAVE_AVX512BF16)
+  if (bf16_native()) return detail::avx512bf16_gemm()(M, N, pairs(K), A, Bp, C, ldc);
+#endif
+  gemm_bf16_portable(M, N, pairs(K), A, Bp, C, ldc);
+}
+
+}  // namespace fusedrnn::cpu

@@ -1,0 +1,175 @@
+"""The bfloat16-weight inference mode (``bf16_weights=True``): its kernel against the exactly
+rounded product, the layers against the reference's bf16 forward, the error against float32
+that the functional module documents, and the arguments it refuses.
+
+Tolerances: one step from a given state must match the reference to float32 rounding, since both
+multiply the same rounded values. Over a sequence the states themselves are rounded at every
+step, and a state value within float32 rounding of a bfloat16 tie may round one way here and the
+other way in the reference: a 2^-9 relative change of that value, which the following steps carry
+on. Those comparisons use 2e-3: over 20 seeds of every case the worst was 8.3e-4, while the
+float32 path differs from the bf16 reference by up to 4e-3 (and the sharp one-step tests catch a
+wrong product).
+"""
+
+import numpy as np
+import pytest
+
+import fusedrnn
+from fusedrnn import _core, _reference
+from fusedrnn import functional as F
+
+CELLS = ["rnn_tanh", "rnn_relu", "lstm", "gru"]
+GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
+
+
+def bf16(a):
+    return _reference._bf16(a)
+
+
+def problem(rng, cell, T, B, H, I=None):
+    I = I or H
+    G, scale = GATES[cell], 1 / np.sqrt(H)
+    return dict(
+        x=rng.standard_normal((T, B, I)).astype(np.float32),
+        h0=rng.uniform(-1, 1, (B, H)).astype(np.float32),
+        c0=rng.uniform(-1, 1, (B, H)).astype(np.float32),
+        weight_ih=rng.uniform(-scale, scale, (G * H, I)).astype(np.float32),
+        weight_hh=rng.uniform(-scale, scale, (G * H, H)).astype(np.float32),
+        bias_ih=rng.uniform(-scale, scale, G * H).astype(np.float32),
+        bias_hh=rng.uniform(-scale, scale, G * H).astype(np.float32),
+    )
+
+
+def run(module, cell, p, **options):
+    """(y, h_n) of `module`'s forward (fusedrnn.functional or the reference) in inference mode."""
+    args = (p["x"], p["h0"])
+    weights = (p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"])
+    if cell == "lstm":
+        y, h_n, _, _ = module.lstm_forward(*args, p["c0"], *weights, training=False, **options)
+    elif cell == "gru":
+        y, h_n, _ = module.gru_forward(*args, *weights, training=False, **options)
+    else:
+        y, h_n, _ = module.rnn_forward(*args, *weights, nonlinearity=cell[4:], training=False, **options)
+    return y, h_n
+
+
+# -- the kernel ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("M, K, N", [(1, 1, 1), (1, 7, 5), (3, 33, 17), (5, 64, 70), (9, 31, 33), (4, 256, 130)])
+def test_kernel_is_the_rounded_product(rng, M, K, N):
+    a = rng.standard_normal((M, K)).astype(np.float32)
+    b = rng.standard_normal((K, N)).astype(np.float32)
+    product = _core.gemm_bf16(a, b)
+    exact = bf16(a).astype(np.float64) @ bf16(b).astype(np.float64)
+    # float32 sums of K exact products: within K * eps of sum |a_k b_k|.
+    bound = K * 2.0 ** -23 * (np.abs(bf16(a)).astype(np.float64) @ np.abs(bf16(b)).astype(np.float64))
+    assert product.dtype == np.float32 and product.shape == (M, N)
+    assert np.all(np.abs(product - exact) <= bound + 1e-30)
+    assert np.abs(product - a.astype(np.float64) @ b).max() > 0   # it did round
+
+
+def test_rounding_is_to_nearest_even():
+    # bfloat16 keeps 7 bits after the point: 1 + 2^-8 is a tie between 1 and 1 + 2^-7.
+    values = np.array([1.0, 1 + 2 ** -7, 1 + 2 ** -8, 1 + 3 * 2 ** -8, 1 + 2 ** -8 + 2 ** -20, -2.5], np.float32)
+    expected = np.array([1.0, 1 + 2 ** -7, 1.0, 1 + 2 ** -6, 1 + 2 ** -7, -2.5], np.float32)
+    product = _core.gemm_bf16(values[:, None], np.ones((1, 1), np.float32))[:, 0]
+    np.testing.assert_array_equal(bf16(values), expected)
+    np.testing.assert_array_equal(product, expected)
+
+
+def test_portable_loop_equals_the_instruction(rng):
+    if not _core.bf16_native():
+        pytest.skip("this CPU (or build) has no AVX512-BF16: only the portable loop runs")
+    a = rng.standard_normal((6, 45)).astype(np.float32)
+    b = rng.standard_normal((45, 50)).astype(np.float32)
+    native = _core.gemm_bf16(a, b)
+    original = _core.isa_selected()
+    assert _core.set_isa("avx2")
+    try:
+        assert not _core.bf16_native()
+        portable = _core.gemm_bf16(a, b)
+    finally:
+        _core.set_isa(original)
+    np.testing.assert_array_equal(native, portable)
+
+
+# -- the layers ---------------------------------------------------------------------------------------
+SIZES = [(1, 33), (3, 64), (70, 17)]   # batch 70 spans two row blocks; 33 and 17: an odd pair at the end
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("B, H", SIZES)
+def test_one_step_matches_reference(rng, cell, B, H, threads):
+    p = problem(rng, cell, 1, B, H, I=5)
+    y, h_n = run(F, cell, p, bf16_weights=True)
+    y_ref, h_ref = run(_reference, cell, p, bf16_weights=True)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(h_n, h_ref, rtol=1e-5, atol=1e-5)
+    y32, _ = run(F, cell, p)
+    assert np.abs(y - y32).max() > 1e-5   # the mode is on: float32 differs by far more
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("B, H", SIZES)
+@pytest.mark.parametrize("variant", ["plain", "reverse_lengths", "mask_repeat"])
+def test_sequences_match_reference(rng, cell, B, H, variant, threads):
+    T = 12
+    p = problem(rng, cell, T, B, H)
+    options = {}
+    if variant == "reverse_lengths":
+        options = dict(reverse=True, lengths=rng.integers(0, T + 1, B))
+    elif variant == "mask_repeat":
+        options = dict(mask=rng.random((T, B)) < 0.7, masked_output="repeat")
+    y, h_n = run(F, cell, p, bf16_weights=True, **options)
+    y_ref, h_ref = run(_reference, cell, p, bf16_weights=True, **options)
+    np.testing.assert_allclose(y, y_ref, atol=2e-3, rtol=0)
+    np.testing.assert_allclose(h_n, h_ref, atol=2e-3, rtol=0)
+
+
+def test_results_do_not_depend_on_threads(rng):
+    p = problem(rng, "lstm", 20, 3, 200)
+    original = fusedrnn.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2):
+            fusedrnn.set_num_threads(threads)
+            results.append(run(F, "lstm", p, bf16_weights=True))
+    finally:
+        fusedrnn.set_num_threads(original)
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("cell", CELLS[:1] + CELLS[2:])
+def test_error_against_float32_as_documented(rng, cell):
+    """The functional module's notes: outputs typically within 1e-3 to 1e-2 of float32."""
+    p = problem(rng, cell, 100, 4, 128)
+    y16, _ = run(F, cell, p, bf16_weights=True)
+    y32, _ = run(F, cell, p)
+    error = np.abs(y16 - y32).max()
+    assert 1e-5 < error < 2e-2
+
+
+# -- what it refuses -----------------------------------------------------------------------------------
+def test_refused_arguments(rng):
+    p = problem(rng, "lstm", 3, 2, 8)
+    args = (p["x"], None, None, p["weight_ih"], p["weight_hh"])
+    with pytest.raises(ValueError, match="inference"):
+        F.lstm_forward(*args, bf16_weights=True)   # training=True is the default
+    with pytest.raises(TypeError, match="float32"):
+        F.lstm_forward(p["x"].astype(np.float64), None, None, p["weight_ih"].astype(np.float64),
+                       p["weight_hh"][:, :4].astype(np.float64), weight_hr=np.zeros((4, 8)), training=False,
+                       bf16_weights=True)
+    with pytest.raises(ValueError, match="projection"):
+        F.lstm_forward(p["x"], None, None, p["weight_ih"], p["weight_hh"][:, :4],
+                       weight_hr=np.zeros((4, 8), np.float32), training=False, bf16_weights=True)
+    with pytest.raises(ValueError, match="recurrent dropout"):
+        F.lstm_forward(*args, training=False, bf16_weights=True, recurrent_scale=np.ones((2, 8), np.float32))
+    g = problem(rng, "gru", 3, 2, 8)
+    with pytest.raises(ValueError, match="reset_after"):
+        F.gru_forward(g["x"], None, g["weight_ih"], g["weight_hh"], training=False, reset_after=False,
+                      bf16_weights=True)
+    with pytest.raises(TypeError, match="bool"):
+        F.lstm_forward(*args, training=False, bf16_weights="yes")
+    with pytest.raises(ValueError, match="inference"):
+        _core.forward("lstm", p["x"], None, None, p["weight_ih"], p["weight_hh"], None, None, None, None, None,
+                      None, False, False, True, True)
