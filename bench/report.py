@@ -68,6 +68,9 @@ def targets(doc):
           if s["H"] == 512 and s.get("others_cpu", 0) < busy]),
         ("training-step peak memory, ours / PyTorch", 1.0, False,
          [(m["ratio"], f"{m['cell']} B={m['B']} H={m['H']}") for m in doc["memory"] if "ratio" in m]),
+        ("stretch: bf16-weight inference B=1, x our float32", 1.7, True,
+         [(b["speedup"], f"{b['cell']} H={b['H']}") for b in doc.get("bf16", [])
+          if b.get("others_cpu", 0) < busy]),
     ]
 
 
@@ -177,6 +180,13 @@ def markdown(doc):
                        num(s["fusedrnn"]["speedup"]), num(s.get("torch", {}).get("speedup")),
                        note(s, [], busy)]
                       for s in doc["scaling"]])
+    if doc.get("bf16"):
+        out += ["", "## bfloat16 recurrent weights, inference at B = 1", "",
+                "`bf16_weights=True` against our own float32, interleaved call by call; max abs diff = the "
+                "largest difference between the two outputs (y) over the whole sequence.", ""]
+        out += table(["cell", "H", "float32 ms", "bf16 ms", "speed-up", "max abs diff", "note"],
+                     [[b["cell"], b["H"], ms(b["float32_ms"]), ms(b["bf16_ms"]), num(b["speedup"]),
+                       f"{b['max_abs_diff']:.1e}", note(b, [], busy)] for b in doc["bf16"]])
     t = doc["timing"]
     out += ["", "## How it was measured", "",
             f"- Every configuration: one warm-up call per contender, then the contenders called in turn, "

@@ -391,6 +391,31 @@ def bench_scaling(configs, modes, threads, timing):
     return rows
 
 
+def bench_bf16(cells, hiddens, timing):
+    """Inference at B=1: our float32 against our bfloat16 weights (bf16_weights=True), interleaved."""
+    rows = []
+    for cell in cells:
+        for H in hiddens:
+            p = make_problem(cell, T_STEPS, 1, H, H)
+            weights = (p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"])
+
+            def forward(bf16, cell=cell, p=p, weights=weights):
+                if cell == "lstm":
+                    return functional.lstm_forward(p["x"], p["h0"], p["c0"], *weights, training=False,
+                                                   bf16_weights=bf16)[0]
+                f = functional.gru_forward if cell == "gru" else functional.rnn_forward
+                return f(p["x"], p["h0"], *weights, training=False, bf16_weights=bf16)[0]
+
+            error = float(np.abs(forward(True) - forward(False)).max())
+            times, _, share = measure({"float32": lambda: forward(False), "bf16": lambda: forward(True)}, timing)
+            f32, b16 = statistics.median(times["float32"]), statistics.median(times["bf16"])
+            rows.append(dict(cell=cell, B=1, H=H, T=T_STEPS, float32_ms=f32, bf16_ms=b16, speedup=f32 / b16,
+                             max_abs_diff=error, others_cpu=share))
+            print(f"{cell:4} B=1 H={H:<5} float32 {f32:.3f} ms  bf16 {b16:.3f} ms  {f32 / b16:.2f}x  "
+                  f"max |diff| {error:.1e}" + ("  busy" if share >= BUSY else ""), flush=True)
+    return rows
+
+
 def machine_description(threads):
     model = platform.processor() or platform.machine()
     try:
@@ -507,7 +532,7 @@ def main(argv=None):
           "NumPy reference (1 BLAS thread); %peak = ours / the FMA peak above; kflt = thousands of page "
           "faults per call.")
 
-    gemm, memory, scaling = None, [], []
+    gemm, memory, scaling, bf16 = None, [], [], []
     if not args.no_extras:
         print(f"\nMerged-GEMM shape, float32, {threads} threads (NumPy in a subprocess):")
         wait_quiet(60)
@@ -527,6 +552,9 @@ def main(argv=None):
         if threads > 1:
             print("\nThread scaling:")
             scaling = bench_scaling(scaling_configs, modes, threads, timing)
+        if "inference" in modes:
+            print("\nbfloat16 recurrent weights (bf16_weights=True), inference at B=1, against our float32:")
+            bf16 = bench_bf16(cells, hiddens, timing)
     wait_quiet(60)
     fma.append(fma_peaks(threads, tries=1)[0])
     # %peak is against the best FMA rate seen in the run (the console table used the first).
@@ -547,7 +575,7 @@ def main(argv=None):
             "timing": dict(zip(("min_calls", "min_seconds", "max_calls"), timing), busy_threshold=BUSY),
             "load_average": [load_before, load_after],
             "peaks": {"fma_gflops": fma, "fma_gflops_1_thread": fma_1, "gemm": gemm},
-            "rows": rows, "memory": memory, "scaling": scaling,
+            "rows": rows, "memory": memory, "scaling": scaling, "bf16": bf16,
         }
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

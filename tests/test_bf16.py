@@ -173,3 +173,43 @@ def test_refused_arguments(rng):
     with pytest.raises(ValueError, match="inference"):
         _core.forward("lstm", p["x"], None, None, p["weight_ih"], p["weight_hh"], None, None, None, None, None,
                       None, False, False, True, True)
+
+
+# -- fusedrnn.nn ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("layer_class", ["LSTM", "GRU", "RNN"])
+def test_nn_layers_use_it_in_eval_mode_only(rng, layer_class):
+    from fusedrnn import nn
+    layer = getattr(nn, layer_class)(6, 24, num_layers=2, bidirectional=True, rng=1)
+    x = rng.standard_normal((9, 3, 6)).astype(np.float32)
+    layer.eval()
+    y32, _ = layer(x)
+    layer.bf16_inference = True
+    y16, _ = layer(x)
+    # Layer by layer and direction by direction, the functional bf16 forward of the same weights.
+    expected, options = x, dict(training=False, bf16_weights=True)
+    for index in range(2):
+        outputs = []
+        for reverse, suffix in ((False, ""), (True, "_reverse")):
+            weights = [getattr(layer, f"{name}_l{index}{suffix}").data
+                       for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+            if layer_class == "LSTM":
+                outputs.append(F.lstm_forward(expected, None, None, *weights, reverse=reverse, **options)[0])
+            elif layer_class == "GRU":
+                outputs.append(F.gru_forward(expected, None, *weights, reverse=reverse, **options)[0])
+            else:
+                outputs.append(F.rnn_forward(expected, None, *weights, reverse=reverse, **options)[0])
+        expected = np.concatenate(outputs, axis=-1)
+    np.testing.assert_array_equal(y16, expected)
+    assert 0 < np.abs(y16 - y32).max() < 2e-2
+    layer.train()
+    y_train, _ = layer(x)
+    np.testing.assert_array_equal(y_train, y32)   # training stays float32
+
+
+def test_nn_refuses_it_with_a_projection():
+    from fusedrnn import nn
+    layer = nn.LSTM(4, 8, proj_size=3)
+    with pytest.raises(ValueError, match="proj_size"):
+        layer.bf16_inference = True
+    with pytest.raises(TypeError, match="bool"):
+        nn.GRU(4, 8).bf16_inference = 1

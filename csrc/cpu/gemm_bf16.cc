@@ -37,9 +37,10 @@ void gemm_bf16_portable(int64_t M, int64_t N, int64_t Kp, const uint32_t* A, con
 uint16_t to_bf16(float x) {
   uint32_t bits;
   std::memcpy(&bits, &x, sizeof bits);
-  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((bits >> 16) | 0x40);  // quiet NaN
-  bits += 0x7fffu + ((bits >> 16) & 1u);
-  return static_cast<uint16_t>(bits >> 16);
+  const uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+  const uint32_t quiet_nan = (bits >> 16) | 0x40u;
+  // Branch-free, so that the packing loops vectorize.
+  return static_cast<uint16_t>((bits & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
 }
 
 float from_bf16(uint16_t x) {
@@ -58,8 +59,13 @@ void pack_b_bf16(int64_t K, int64_t N, const float* src, const int64_t* col_offs
     for (int64_t r = 0; r < kCols; ++r) {
       const int64_t j = j0 + r;
       const float* col = j < N && col_offset[j] >= 0 ? src + col_offset[j] : nullptr;
-      for (int64_t k = 0; k < 2 * Kp; ++k)
-        dst[k / 2 * 2 * kCols + 2 * r + k % 2] = col && k < K ? to_bf16(col[k * k_stride]) : 0;
+      uint16_t* out = dst + 2 * r;
+      if (!col) {
+        for (int64_t q = 0; q < Kp; ++q) out[q * 2 * kCols] = out[q * 2 * kCols + 1] = 0;
+        continue;
+      }
+      for (int64_t k = 0; k < K; ++k) out[k / 2 * 2 * kCols + k % 2] = to_bf16(col[k * k_stride]);
+      if (K % 2) out[(Kp - 1) * 2 * kCols + 1] = 0;
     }
   }
 }

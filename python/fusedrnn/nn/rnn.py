@@ -44,13 +44,15 @@ def _check_size(value, name):
 
 # -- one layer, one direction: the kernel calls ----------------------------------------------------
 
-def _kernel_forward(mode, x, h0, c0, weights, lengths, reverse, training):
+def _kernel_forward(mode, x, h0, c0, weights, lengths, reverse, training, bf16_weights=False):
     """Runs one layer in one direction. weights: dict name -> array (absent or None: no such weight).
 
     Returns ``(y (T, B, P), h_n (B, P), c_n (B, H) or None, saved)``.
     """
     w = [weights.get(name) for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
     options = dict(lengths=lengths, reverse=reverse, training=training)
+    if bf16_weights:
+        options["bf16_weights"] = True
     if mode == "LSTM":
         # Passed only when present, so layers without projection need nothing beyond the core kernel.
         if weights.get("weight_hr") is not None:
@@ -92,6 +94,11 @@ class RNNBase(Module):
     mode: ``"RNN_TANH"``, ``"RNN_RELU"``, ``"LSTM"`` or ``"GRU"``. The other arguments are torch.nn's,
     plus ``rng`` (None for the shared generator, an int seed or a numpy Generator) for the initial
     weights and the dropout masks.
+
+    ``bf16_inference = True`` (not a torch.nn attribute) runs the recurrent products of eval-mode
+    forwards with bfloat16 weights (``fusedrnn.functional``'s ``bf16_weights``: faster at small
+    batches, outputs within ~1e-2 of float32); training-mode forwards stay float32. float32 layers
+    without a projection only.
     """
 
     def __init__(self, mode, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
@@ -133,6 +140,7 @@ class RNNBase(Module):
         # honoured by later dropout masks too.
         self._rng = None if rng is None else resolve_rng(rng)
         self._backward_state = _BackwardState.NO_FORWARD
+        self._bf16_inference = False
         self._context = None
 
         dtype = resolve_dtype(dtype)
@@ -186,6 +194,18 @@ class RNNBase(Module):
 
     def flatten_parameters(self):
         """Does nothing: the weights are always used in place (kept for PyTorch code that calls it)."""
+
+    @property
+    def bf16_inference(self):
+        return self._bf16_inference
+
+    @bf16_inference.setter
+    def bf16_inference(self, enabled):
+        if not isinstance(enabled, (bool, np.bool_)):
+            raise TypeError(f"bf16_inference must be a bool, got {type(enabled).__name__}")
+        if enabled and self.proj_size:
+            raise ValueError("bf16_inference is not available with proj_size")
+        object.__setattr__(self, "_bf16_inference", bool(enabled))
 
     def extra_repr(self):
         s = f"{self.input_size}, {self.hidden_size}"
@@ -254,7 +274,7 @@ class RNNBase(Module):
                 y, h, c, state = _kernel_forward(
                     self.mode, layer_input, None if h0 is None else h0[index],
                     None if c0 is None else c0[index], self._weights(layer, direction), lengths,
-                    direction == 1, training)
+                    direction == 1, training, self._bf16_inference and not training)
                 outputs.append(y)
                 saved.append(state)
                 h_n.append(h)
