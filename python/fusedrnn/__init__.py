@@ -31,7 +31,8 @@ def build_info():
 
     Returns a dict: ``version``, ``compiler``, ``openmp`` (bool), ``max_threads`` (threads a kernel
     may use now), ``isa_compiled`` (GEMM kernel sets in the build), ``isa_selected`` (the one chosen
-    for this CPU at run time; ``FUSEDRNN_ISA`` may ask for a lower one), ``cuda`` (bool).
+    for this CPU at run time; ``FUSEDRNN_ISA`` may ask for a lower one), ``bf16_native`` (whether
+    ``bf16_weights=True`` runs on AVX512-BF16 instructions here), ``cuda`` (bool).
     """
     return {
         "version": __version__,
@@ -40,5 +41,6 @@ def build_info():
         "max_threads": _core.max_threads(),
         "isa_compiled": _core.isa_compiled().split(","),
         "isa_selected": _core.isa_selected(),
+        "bf16_native": bool(_core.bf16_native()),
         "cuda": bool(_core.cuda),
     }
