@@ -20,7 +20,8 @@ void gemm_bf16_portable(int64_t M, int64_t N, int64_t Kp, const uint32_t* A, con
       const uint16_t* panel = Bp + j0 / kCols * Kp * 2 * kCols;
       float acc[kCols] = {};
       for (int64_t q = 0; q < Kp; ++q) {
-        const float a_even = from_bf16(static_cast<uint16_t>(a[q])), a_odd = from_bf16(static_cast<uint16_t>(a[q] >> 16));
+        const float a_even = from_bf16(static_cast<uint16_t>(a[q]));
+        const float a_odd = from_bf16(static_cast<uint16_t>(a[q] >> 16));
         const uint16_t* b = panel + q * 2 * kCols;
         // The odd k first, then the even one, each added with one rounding, as VDPBF16PS does.
         for (int64_t j = 0; j < kCols; ++j) acc[j] += a_odd * from_bf16(b[2 * j + 1]);

@@ -469,7 +469,9 @@ void forward_layer(const ForwardArgs<T>& a) {
   {
     const auto w_hh_column = [&](int g, int64_t u) { return (g * H + u) * P; };
     if (bf16) {
-      if constexpr (kBf16Capable) pack_chunks(units, H, kFirstGates, P, a.w_hh, 1, w_hh_column, packed_hh_bf16.get(), hh_bf16_size);
+      if constexpr (kBf16Capable) {
+        pack_chunks(units, H, kFirstGates, P, a.w_hh, 1, w_hh_column, packed_hh_bf16.get(), hh_bf16_size);
+      }
     } else {
       pack_chunks(units, H, kFirstGates, P, a.w_hh, 1, w_hh_column, packed_hh.get(), hh_size);
     }
@@ -519,8 +521,8 @@ void forward_layer(const ForwardArgs<T>& a) {
       if constexpr (Cell::kTwoPhase) {
         // The last gate's product reads every unit's r*h: a second barrier, and a second GEMM.
         barrier();
-        for_each_block(units, H, B, NR, PackedProduct<T>{H, rh_step.get(), H, packed_hn.get(), panel_size}, group_units, rec,
-                       [&](int64_t u0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
+        for_each_block(units, H, B, NR, PackedProduct<T>{H, rh_step.get(), H, packed_hn.get(), panel_size}, group_units,
+                       rec, [&](int64_t u0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
           run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
             using V = Vec<T, decltype(bytes)::value>;
             for (int64_t b = b0; b < b0 + rows; ++b) {
@@ -533,8 +535,8 @@ void forward_layer(const ForwardArgs<T>& a) {
       if (projected) {
         // h_next = m W_hr^T needs every unit's m: a second barrier, and a second GEMM.
         barrier();
-        for_each_block(dims, P, B, NR, PackedProduct<T>{H, m_step.get(), H, packed_hr.get(), panel_size}, group_dims, rec,
-                       [&](int64_t p0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
+        for_each_block(dims, P, B, NR, PackedProduct<T>{H, m_step.get(), H, packed_hr.get(), panel_size}, group_dims,
+                       rec, [&](int64_t p0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
           run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
             using V = Vec<T, decltype(bytes)::value>;
             for (int64_t b = b0; b < b0 + rows; ++b) {
@@ -765,8 +767,8 @@ void backward_layer(const BackwardArgs<T>& a) {
       if (projected) {
         // dm = dh W_hr needs every state dim's gradient: a second barrier and a second GEMM.
         barrier();
-        for_each_block(units, H, B, NR, PackedProduct<T>{P, dh_step.get(), P, packed_hr.get(), hr_size}, group_units, rec,
-                       [&](int64_t u0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
+        for_each_block(units, H, B, NR, PackedProduct<T>{P, dh_step.get(), P, packed_hr.get(), hr_size}, group_units,
+                       rec, [&](int64_t u0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
           run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
             using V = Vec<T, decltype(bytes)::value>;
             for (int64_t b = b0; b < b0 + rows; ++b) step.template row<V>(s, b, u0, width, block + (b - b0) * ld, dg_cur);
@@ -776,7 +778,8 @@ void backward_layer(const BackwardArgs<T>& a) {
       if constexpr (Cell::kTwoPhase) {
         // d(r*h) = da_n W_hn needs every unit's da_n: a second barrier and a second GEMM.
         barrier();
-        for_each_block(units, H, B, NR, PackedProduct<T>{H, dg_cur + (G - 1) * H, GH, packed_hn.get(), hn_size}, group_units, rec,
+        for_each_block(units, H, B, NR, PackedProduct<T>{H, dg_cur + (G - 1) * H, GH, packed_hn.get(), hn_size},
+                       group_units, rec,
                        [&](int64_t u0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
           run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
             using V = Vec<T, decltype(bytes)::value>;

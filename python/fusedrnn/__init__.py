@@ -11,7 +11,8 @@ from ._random import manual_seed
 
 __version__ = _core.__version__
 
-__all__ = ["functional", "nn", "optim", "keras", "distributed", "manual_seed", "build_info", "get_num_threads", "set_num_threads", "__version__"]
+__all__ = ["functional", "nn", "optim", "keras", "distributed", "manual_seed", "build_info", "get_num_threads",
+           "set_num_threads", "__version__"]
 
 
 def get_num_threads():
