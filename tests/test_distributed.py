@@ -137,6 +137,18 @@ def test_job_of_one_keeps_gradients(job_of_one):
     assert_all_close([p.grad for p in model.parameters()], before, rtol=1e-6)
 
 
+def test_the_reducer_is_kept_while_the_parameters_stay(job_of_one):
+    model = small_model()
+    dist.allreduce_gradients(model)
+    kept = dist._last_reducer[1]
+    dist.allreduce_gradients(model)
+    assert dist._last_reducer[1] is kept
+    next(model.parameters()).requires_grad = False   # another set of trainable parameters
+    dist.allreduce_gradients(model)
+    assert dist._last_reducer[1] is not kept
+    assert dist._last_reducer[1].bucket_count == 1
+
+
 def test_missing_gradients_stay_missing(job_of_one):
     model = small_model()
     first = next(model.parameters())

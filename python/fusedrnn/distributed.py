@@ -320,11 +320,20 @@ class GradientReducer:
         self._weight = None
 
 
+_last_reducer = (None, None)   # (its parameters' ids and bucket size, the reducer)
+
+
 def allreduce_gradients(model, weight=None, bucket_bytes=DEFAULT_BUCKET_BYTES):
     """Replaces every trainable parameter's ``.grad`` with its average over all ranks (see
-    GradientReducer for `weight`). Call it after backward and before the optimizer's step."""
-    reducer = GradientReducer(model, bucket_bytes)
-    reducer.finish(weight)
+    GradientReducer for `weight`). Call it after backward and before the optimizer's step.
+
+    The reducer of the last call is kept (its buffers, and the check that every rank has the
+    same parameters, are paid once) while the model's trainable parameters stay the same."""
+    global _last_reducer
+    key = (tuple(id(p) for p in _parameter_list(model, trainable_only=True)), bucket_bytes, id(_communicator()))
+    if _last_reducer[0] != key:
+        _last_reducer = (key, GradientReducer(model, bucket_bytes))
+    _last_reducer[1].finish(weight)
 
 
 # -- sharding a data set ---------------------------------------------------------------------------
@@ -332,7 +341,7 @@ class DistributedSampler:
     """The indices of this rank's shard of a data set of `dataset` samples (a length or anything
     with ``len``), as torch.utils.data.DistributedSampler gives them.
 
-    Each epoch, every rank draws the same permutation (from ``seed + epoch``: call
+    Each epoch, every rank draws the same permutation (from ``seed`` and the epoch: call
     ``set_epoch(epoch)`` before iterating) and takes every ``num_replicas``-th index from its
     rank on. Without ``drop_last`` the permutation is padded with its own first indices to a
     multiple of ``num_replicas``, so that every rank gets the same number of samples; with it,
@@ -349,7 +358,7 @@ class DistributedSampler:
         if size < 0:
             raise ValueError(f"the data set size must be >= 0, got {size}")
         num_replicas = world_size() if num_replicas is None else num_replicas
-        rank = globals()["rank"]() if rank is None else rank
+        rank = _communicator().Get_rank() if rank is None else rank
         if isinstance(num_replicas, bool) or not isinstance(num_replicas, (int, np.integer)) or num_replicas < 1:
             raise ValueError(f"num_replicas must be a positive int, got {num_replicas!r}")
         if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 0 <= rank < num_replicas:
