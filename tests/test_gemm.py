@@ -131,6 +131,20 @@ def test_gemm_packed_small_batches(isa, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_packing_weight_rows(isa, dtype):
+    """B's columns contiguous (rows of a weight matrix, as the recurrence packs W_hh): with
+    AVX-512 full panels are transposed 16 x 16 at a time, the rest element by element. Packing
+    is exact, so the product must equal the one from a contiguous copy of B bit for bit."""
+    rng = np.random.default_rng(6)
+    for n in [15, 16, 17, 32, 48, 50]:
+        for k in [1, 15, 16, 17, 32, 40, 64]:
+            a, w = random(rng, (3, k), dtype), random(rng, (n, k), dtype)
+            packed_from_rows = _core.gemm_packed(a, w.T)
+            assert_product(packed_from_rows, a, w.T)
+            np.testing.assert_array_equal(packed_from_rows, _core.gemm_packed(a, np.ascontiguousarray(w.T)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_gemm_is_deterministic(isa, dtype):
     rng = np.random.default_rng(5)
     a, b = random(rng, (301, 517), dtype), random(rng, (517, 203), dtype)

@@ -17,6 +17,7 @@
 #include <initializer_list>
 #include <memory>
 #include <new>
+#include <type_traits>
 
 #include "gemm_kernels.h"
 
@@ -29,6 +30,7 @@ namespace {
 
 using detail::GemmKernels;
 using detail::KernelTable;
+using detail::TransposeRows16Fn;
 
 // ---------------------------------------------------------------------------------------
 // ISA selection
@@ -270,14 +272,32 @@ template <class T>
 void pack_b(int64_t K, int64_t N, const T* src, const int64_t* col_offset, int64_t k_stride,
             T* dst) {
     constexpr int64_t P = kPanel<T>;
+    TransposeRows16Fn transpose = nullptr;
+    if constexpr (std::is_same_v<T, float>) {
+        if (k_stride == 1) transpose = kernel_table(current_isa()).transpose_rows16;
+    }
     for (int64_t j0 = 0; j0 < N; j0 += P, dst += K * P) {
+        int64_t k_done = 0;
+        if constexpr (std::is_same_v<T, float>) {
+            // A full panel of contiguous columns (rows of a weight matrix): 16 x 16 blocks.
+            const T* rows[P];
+            bool full = transpose != nullptr && j0 + P <= N;
+            for (int64_t r = 0; full && r < P; ++r) {
+                full = col_offset[j0 + r] >= 0;
+                rows[r] = src + col_offset[j0 + r];
+            }
+            if (full) {
+                k_done = K / P * P;
+                transpose(rows, k_done, dst);
+            }
+        }
         for (int64_t r = 0; r < P; ++r) {
             const int64_t j = j0 + r;
             const bool present = j < N && col_offset[j] >= 0;
             // Walk one column at a time: with k_stride 1 (rows of W_hh) the reads are
             // contiguous, which matters more than the strided writes into the panel.
             const T* col = present ? src + col_offset[j] : nullptr;
-            for (int64_t k = 0; k < K; ++k) dst[k * P + r] = present ? col[k * k_stride] : T(0);
+            for (int64_t k = k_done; k < K; ++k) dst[k * P + r] = present ? col[k * k_stride] : T(0);
         }
     }
 }

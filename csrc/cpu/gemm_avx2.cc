@@ -43,7 +43,7 @@ struct Avx2Double {
 }  // namespace
 
 const KernelTable& avx2_kernel_table() {
-    static const KernelTable table{"avx2", make_kernels<Avx2Float>(), make_kernels<Avx2Double>()};
+    static const KernelTable table{"avx2", make_kernels<Avx2Float>(), make_kernels<Avx2Double>(), nullptr};
     return table;
 }
 

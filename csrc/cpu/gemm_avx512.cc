@@ -40,10 +40,46 @@ struct Avx512Double {
     static Reg add(Reg a, Reg b) { return _mm512_add_pd(a, b); }
 };
 
+// Packing a panel is a transpose (16 weight rows -> K rows of 16). One element at a time it cost
+// 0.37 ns per weight, a tenth of a batch-1 LSTM call at H=256; a 16 x 16 block in registers takes
+// 16 loads, 64 shuffles and 16 stores. Stages: unpack pairs of rows, then shuffle within 128-bit
+// lanes, then move whole lanes twice.
+void transpose_rows16(const float* const* rows, int64_t K, float* dst) {
+    for (int64_t k0 = 0; k0 < K; k0 += 16) {
+        __m512 r[16], u[16], v[16], w[16];
+        for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(rows[i] + k0);
+        for (int i = 0; i < 8; ++i) {
+            u[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+            u[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+        }
+        // v[4i + j], 128-bit lane L: element 4L + j of rows 4i .. 4i + 3.
+        for (int i = 0; i < 4; ++i) {
+            v[4 * i + 0] = _mm512_shuffle_ps(u[4 * i + 0], u[4 * i + 2], 0x44);
+            v[4 * i + 1] = _mm512_shuffle_ps(u[4 * i + 0], u[4 * i + 2], 0xEE);
+            v[4 * i + 2] = _mm512_shuffle_ps(u[4 * i + 1], u[4 * i + 3], 0x44);
+            v[4 * i + 3] = _mm512_shuffle_ps(u[4 * i + 1], u[4 * i + 3], 0xEE);
+        }
+        for (int j = 0; j < 4; ++j) {
+            w[j] = _mm512_shuffle_f32x4(v[j], v[4 + j], 0x88);
+            w[j + 4] = _mm512_shuffle_f32x4(v[j], v[4 + j], 0xDD);
+            w[j + 8] = _mm512_shuffle_f32x4(v[8 + j], v[12 + j], 0x88);
+            w[j + 12] = _mm512_shuffle_f32x4(v[8 + j], v[12 + j], 0xDD);
+        }
+        float* out = dst + k0 * 16;
+        for (int j = 0; j < 4; ++j) {
+            _mm512_storeu_ps(out + j * 16, _mm512_shuffle_f32x4(w[j], w[j + 8], 0x88));
+            _mm512_storeu_ps(out + (8 + j) * 16, _mm512_shuffle_f32x4(w[j], w[j + 8], 0xDD));
+            _mm512_storeu_ps(out + (4 + j) * 16, _mm512_shuffle_f32x4(w[j + 4], w[j + 12], 0x88));
+            _mm512_storeu_ps(out + (12 + j) * 16, _mm512_shuffle_f32x4(w[j + 4], w[j + 12], 0xDD));
+        }
+    }
+}
+
 }  // namespace
 
 const KernelTable& avx512_kernel_table() {
-    static const KernelTable table{"avx512", make_kernels<Avx512Float>(), make_kernels<Avx512Double>()};
+    static const KernelTable table{"avx512", make_kernels<Avx512Float>(), make_kernels<Avx512Double>(),
+                                   &transpose_rows16};
     return table;
 }
 

@@ -62,10 +62,15 @@ struct GemmKernels {
     PackAFn<T> pack_a;      // M * K elements of dst
 };
 
+// dst[k * 16 + r] = rows[r][k] for r < 16, k < K (K a multiple of 16): packing one full panel of
+// float B whose columns are contiguous rows of a weight matrix, 16 x 16 blocks at a time.
+using TransposeRows16Fn = void (*)(const float* const* rows, int64_t K, float* dst);
+
 struct KernelTable {
     const char* name;
     GemmKernels<float> f32;
     GemmKernels<double> f64;
+    TransposeRows16Fn transpose_rows16;  // null where the ISA has no fast transpose
 };
 
 // Defined by each ISA file; gemm.cc references only those its build defines.

@@ -64,7 +64,7 @@ using PortableDouble = Scalar4Rows<double>;
 
 const KernelTable& portable_kernel_table() {
     static const KernelTable table{"portable", make_kernels<PortableFloat>(),
-                                   make_kernels<PortableDouble>()};
+                                   make_kernels<PortableDouble>(), nullptr};
     return table;
 }
 
