@@ -157,6 +157,10 @@ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 template <class T>
 void pack_b_strided(int64_t kc, int64_t nc, const T* B, int64_t b_rs, int64_t b_cs, T* dst) {
     constexpr int64_t P = kPanel<T>;
+    TransposeRows16Fn transpose = nullptr;
+    if constexpr (std::is_same_v<T, float>) {
+        if (b_rs == 1) transpose = kernel_table(current_isa()).transpose_rows16;
+    }
     for (int64_t j0 = 0; j0 < nc; j0 += P, dst += kc * P) {
         const int64_t cols = min64(P, nc - j0);
         const T* src = B + j0 * b_cs;
@@ -165,7 +169,17 @@ void pack_b_strided(int64_t kc, int64_t nc, const T* B, int64_t b_rs, int64_t b_
             for (int64_t k = 0; k < kc; ++k) std::memcpy(dst + k * P, src + k * b_rs, sizeof(T) * P);
             continue;
         }
-        for (int64_t k = 0; k < kc; ++k) {
+        int64_t k_done = 0;
+        if constexpr (std::is_same_v<T, float>) {
+            if (transpose && cols == P) {
+                // Column-major B (a transposed weight matrix, W_ih^T): 16 x 16 blocks (see pack_b).
+                const T* rows[P];
+                for (int64_t r = 0; r < P; ++r) rows[r] = src + r * b_cs;
+                k_done = kc / P * P;
+                transpose(rows, k_done, dst);
+            }
+        }
+        for (int64_t k = k_done; k < kc; ++k) {
             T* row = dst + k * P;
             for (int64_t r = 0; r < cols; ++r) row[r] = src[k * b_rs + r * b_cs];
             for (int64_t r = cols; r < P; ++r) row[r] = T(0);
