@@ -153,14 +153,36 @@ T* thread_scratch(int slot, int64_t elements) {
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
+// The ISA's transpose for packing full float panels whose columns are contiguous in k (rows of a
+// weight matrix), or null (no fast transpose here, or double).
+template <class T>
+TransposeRows16Fn panel_transpose() {
+    if constexpr (std::is_same_v<T, float>) {
+        return kernel_table(current_isa()).transpose_rows16;
+    } else {
+        return nullptr;
+    }
+}
+
+// Packs the first K / 16 * 16 rows of a full panel from its columns (cols[r] contiguous in k)
+// with `transpose`, 16 x 16 blocks at a time; returns how many rows it packed (0 without one).
+template <class T>
+int64_t pack_full_panel(TransposeRows16Fn transpose, const T* const* cols, int64_t K, T* dst) {
+    if constexpr (std::is_same_v<T, float>) {
+        if (transpose) {
+            const int64_t k_done = K / kPanel<T> * kPanel<T>;
+            transpose(cols, k_done, dst);
+            return k_done;
+        }
+    }
+    return 0;
+}
+
 // Packs B(k0 .. k0+kc, j0 .. j0+nc) of a strided B into panels of kc rows.
 template <class T>
 void pack_b_strided(int64_t kc, int64_t nc, const T* B, int64_t b_rs, int64_t b_cs, T* dst) {
     constexpr int64_t P = kPanel<T>;
-    TransposeRows16Fn transpose = nullptr;
-    if constexpr (std::is_same_v<T, float>) {
-        if (b_rs == 1) transpose = kernel_table(current_isa()).transpose_rows16;
-    }
+    const TransposeRows16Fn transpose = b_rs == 1 ? panel_transpose<T>() : nullptr;
     for (int64_t j0 = 0; j0 < nc; j0 += P, dst += kc * P) {
         const int64_t cols = min64(P, nc - j0);
         const T* src = B + j0 * b_cs;
@@ -170,14 +192,11 @@ void pack_b_strided(int64_t kc, int64_t nc, const T* B, int64_t b_rs, int64_t b_
             continue;
         }
         int64_t k_done = 0;
-        if constexpr (std::is_same_v<T, float>) {
-            if (transpose && cols == P) {
-                // Column-major B (a transposed weight matrix, W_ih^T): 16 x 16 blocks (see pack_b).
-                const T* rows[P];
-                for (int64_t r = 0; r < P; ++r) rows[r] = src + r * b_cs;
-                k_done = kc / P * P;
-                transpose(rows, k_done, dst);
-            }
+        if (transpose && cols == P) {
+            // Column-major B (a transposed weight matrix, W_ih^T).
+            const T* columns[P];
+            for (int64_t r = 0; r < P; ++r) columns[r] = src + r * b_cs;
+            k_done = pack_full_panel(transpose, columns, kc, dst);
         }
         for (int64_t k = k_done; k < kc; ++k) {
             T* row = dst + k * P;
@@ -286,25 +305,17 @@ template <class T>
 void pack_b(int64_t K, int64_t N, const T* src, const int64_t* col_offset, int64_t k_stride,
             T* dst) {
     constexpr int64_t P = kPanel<T>;
-    TransposeRows16Fn transpose = nullptr;
-    if constexpr (std::is_same_v<T, float>) {
-        if (k_stride == 1) transpose = kernel_table(current_isa()).transpose_rows16;
-    }
+    const TransposeRows16Fn transpose = k_stride == 1 ? panel_transpose<T>() : nullptr;
     for (int64_t j0 = 0; j0 < N; j0 += P, dst += K * P) {
         int64_t k_done = 0;
-        if constexpr (std::is_same_v<T, float>) {
-            // A full panel of contiguous columns (rows of a weight matrix): 16 x 16 blocks.
-            const T* rows[P];
-            bool full = transpose != nullptr && j0 + P <= N;
-            for (int64_t r = 0; full && r < P; ++r) {
-                full = col_offset[j0 + r] >= 0;
-                rows[r] = src + col_offset[j0 + r];
-            }
-            if (full) {
-                k_done = K / P * P;
-                transpose(rows, k_done, dst);
-            }
+        // A full panel of contiguous columns (rows of a weight matrix).
+        const T* columns[P];
+        bool full = transpose != nullptr && j0 + P <= N;
+        for (int64_t r = 0; full && r < P; ++r) {
+            full = col_offset[j0 + r] >= 0;
+            columns[r] = src + col_offset[j0 + r];
         }
+        if (full) k_done = pack_full_panel(transpose, columns, K, dst);
         for (int64_t r = 0; r < P; ++r) {
             const int64_t j = j0 + r;
             const bool present = j < N && col_offset[j] >= 0;

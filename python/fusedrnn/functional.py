@@ -154,8 +154,8 @@ def _check_memory(what, elements, itemsize):
 def _forward(cell, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse, training,
              weight_hr=None, mask=None, masked_output="zero", recurrent_scale=None, bf16_weights=False):
     gates, has_c = _CELLS[cell]
-    _check_bf16(bf16_weights, cell, x, training, weight_hr, recurrent_scale)
     x = _float_array(x, "x")
+    _check_bf16(bf16_weights, cell, x.dtype, training, weight_hr, recurrent_scale)
     if x.ndim != 3:
         raise ValueError(f"x must have 3 dimensions (T, B, I), got shape {x.shape}")
     T, B, I = x.shape
@@ -195,15 +195,15 @@ def _forward(cell, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, r
     return y, h_n, c_n, saved
 
 
-def _check_bf16(bf16_weights, cell, x, training, weight_hr, recurrent_scale):
+def _check_bf16(bf16_weights, cell, dtype, training, weight_hr, recurrent_scale):
     if not isinstance(bf16_weights, (bool, np.bool_)):
         raise TypeError(f"bf16_weights must be a bool, got {type(bf16_weights).__name__}")
     if not bf16_weights:
         return
     if training:
         raise ValueError("bf16_weights=True is for inference: pass training=False")
-    if np.asarray(x).dtype != np.float32:
-        raise TypeError(f"bf16_weights=True needs float32 arrays, got {np.asarray(x).dtype}")
+    if dtype != np.float32:
+        raise TypeError(f"bf16_weights=True needs float32 arrays, got {dtype}")
     if weight_hr is not None or recurrent_scale is not None or cell == "gru_reset_before":
         raise ValueError("bf16_weights=True is not available with a projection, recurrent dropout or "
                          "reset_after=False")
