@@ -342,6 +342,26 @@ def test_every_kernel_set_and_thread_count(validating, rng, isa, threads, cell, 
     assert_results_close(cell, dtype, ((y, final_states), grads), expected)
 
 
+# The input projections x W_ih^T come from each thread a block of steps at a time when its
+# slice of W_ih is at most 2 MB, else from one GEMM over all steps before the loop
+# (InputProjections in csrc/cpu/recurrence.cc): several blocks, the last one short, a ragged last
+# unit chunk, reversed time and lengths; and an input wide enough for the merged GEMM (float64
+# only: in float32, sums over that many inputs round beyond the tolerance table's bounds).
+@pytest.mark.parametrize("dtype,size", [(np.float32, (20, 64, 24, 130)), (np.float64, (20, 64, 24, 130)),
+                                        (np.float64, (5, 3, 8500, 20))],
+                         ids=["blocks-float32", "blocks-float64", "merged-float64"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_input_projection_blocks_and_merged(validating, rng, threads, cell, dtype, size):
+    T, B, I, H = size
+    problem = make_problem(rng, cell, T, B, I, H, dtype)
+    lengths = make_lengths(rng, T, B)
+    y, final_states, saved = forward(validating, cell, problem, lengths, reverse=True)
+    dy, d_final_states = make_cotangents(rng, y, final_states)
+    grads = backward(validating, cell, dy, d_final_states, saved)
+    expected = reference_results(cell, problem, lengths, True, dy, d_final_states)
+    assert_results_close(cell, dtype, ((y, final_states), grads), expected)
+
+
 @pytest.mark.parametrize("cell", CELLS)
 def test_repeated_runs_are_bitwise_identical(validating, rng, cell):
     T, B, I, H = 5, 9, 20, 48

@@ -46,19 +46,20 @@ FUSEDRNN_INLINE Floats<kBytes> copysign_(Floats<kBytes> magnitude, Floats<kBytes
 
 // e^x: x = k*ln2 + r with |r| <= ln2/2, e^r by a degree-6 polynomial, 2^k built in the exponent
 // bits. x is clamped to [-87, 88] so that 2^k stays a normal float (e^-87 ~ 1.6e-38 and
-// e^88 ~ 1.7e38 are as far as float goes anyway); k is taken from a NaN-free copy because
-// converting NaN to an integer is undefined.
+// e^88 ~ 1.7e38 are as far as float goes anyway); the clamps are comparisons that keep NaN.
+// k = round(x/ln2) without a float-to-int conversion: adding 1.5 * 2^23 leaves k in the low
+// bits of the sum's mantissa (the rounding of that addition is the rounding to an integer),
+// and shifting those bits left by 23 puts k in an exponent field. A NaN makes r, and so the
+// result, NaN whatever bits k gets.
 template <int kBytes>
 FUSEDRNN_INLINE Floats<kBytes> exp_(Floats<kBytes> x) {
   using F = Floats<kBytes>;
   using Bits = FloatBits<kBytes>;
   x = select_less(x, F(-87.0f), F(-87.0f), x);
   x = select_greater(x, F(88.0f), F(88.0f), x);
-  F t = x * F(1.44269504088896341f);  // x / ln2
-  t = F::wrap(t.v == t.v ? t.v : F().v);
-  const F half = select_less(t, F(0.0f), F(-0.5f), F(0.5f));
-  const typename Bits::Ints k = __builtin_convertvector((t + half).v, typename Bits::Ints);  // round
-  const F kf = F::wrap(__builtin_convertvector(k, typename F::Native));
+  const F magic(12582912.0f);  // 1.5 * 2^23
+  const F shifted = x * F(1.44269504088896341f) + magic;
+  const F kf = shifted - magic;
   // ln2 split in a part exact in float and the rest, so r = x - k*ln2 loses no bits.
   const F r = (x - kf * F(0.693359375f)) - kf * F(-2.12194440e-4f);
   F p(1.9875691500e-4f);
@@ -68,7 +69,7 @@ FUSEDRNN_INLINE Floats<kBytes> exp_(Floats<kBytes> x) {
   p = p * r + F(1.6666665459e-1f);
   p = p * r + F(5.0000001201e-1f);
   const F er = p * r * r + r + F(1.0f);
-  return er * Bits::as_floats((k + 127) << 23);
+  return er * Bits::as_floats((Bits::of(shifted) << 23) + (127 << 23));
 }
 
 template <int kBytes>
