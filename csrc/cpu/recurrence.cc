@@ -134,25 +134,6 @@ void copy_or_zero(T* dst, const T* src, int64_t n) {
   }
 }
 
-// dst[j] = sum_r src[r, j]. Threads split the columns and every thread adds its rows in order,
-// so the result is the same whatever the thread count and needs no atomics.
-template <class T>
-void column_sums(int64_t rows, int64_t cols, const T* src, T* dst) {
-  constexpr int64_t kCols = 64;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static)
-#endif
-  for (int64_t j0 = 0; j0 < cols; j0 += kCols) {
-    const int64_t n = std::min(kCols, cols - j0);
-    T acc[kCols] = {};
-    for (int64_t r = 0; r < rows; ++r) {
-      const T* row = src + r * cols + j0;
-      for (int64_t j = 0; j < n; ++j) acc[j] += row[j];
-    }
-    std::copy(acc, acc + n, dst + j0);
-  }
-}
-
 // How a dimension (hidden units, or state dims under a projection) is cut among the team:
 // chunks of one GEMM panel width, each thread a contiguous run of chunks.
 template <class T>
@@ -633,7 +614,18 @@ struct BackwardState {
   T* dc_carry;  // [B, H] the same for c (LSTM)
   T* dh_step;   // [B, P] this step's total gradient of h (projection only)
   T* dh_all;    // [T, B, P] every step's, time order, for dW_hr (projection only)
+  T* db_x;      // [G*H] sum of dgx over all steps and sequences (b_ih's gradient), or null
+  T* db_h;      // [G*H] the same of dgh (b_hh's) when kSplitGradient, else null
 };
+
+// Adds a gate gradient into its bias gradient's sum (db: one of BackwardState's, or null). The
+// thread that owns a unit adds all of its (step, sequence) terms, in the same order whatever the
+// thread count; summing here, while the terms are in registers, saves a pass over T*B*G*H
+// values in memory after the loop (LSTM, B=64, H=256: about 2% of a training step).
+template <class V, class T>
+FUSEDRNN_INLINE void add_to_bias_sum(T* db, V gradient, int64_t n) {
+  if (db) (V::load(db, n) + gradient).store(db, n);
+}
 
 // Gradient of the state dims p0..p0+width of sequence b at step s, from dy, the carry and the
 // recurrent product `rec`; under a projection it is kept for dW_hr and for the units' dm.
@@ -724,6 +716,7 @@ struct BackwardStep {
         for (int g = 1; g < G; ++g) {
           gx[g].store(dgx_row + g * H + w, n);
           gx[g].store(dg_step_row + g * H + w, n);
+          add_to_bias_sum(st.db_x ? st.db_x + g * H + u0 + w : nullptr, gx[g], n);
         }
       } else {
         Cell::backward(saved, prev, next, d_next, gx, gh, d_prev);
@@ -731,6 +724,8 @@ struct BackwardStep {
           gx[g].store(dgx_row + g * H + w, n);
           if constexpr (Cell::kSplitGradient) gh[g].store(dgh_row + g * H + w, n);
           gh[g].store(dg_step_row + g * H + w, n);
+          add_to_bias_sum(st.db_x ? st.db_x + g * H + u0 + w : nullptr, gx[g], n);
+          if constexpr (Cell::kSplitGradient) add_to_bias_sum(st.db_h ? st.db_h + g * H + u0 + w : nullptr, gh[g], n);
         }
       }
       if (!projected) d_prev.h.store(st.dh_carry + at + w, n);
@@ -758,6 +753,7 @@ struct BackwardStep {
       if (scale) d_product.h = d_product.h * V::load(scale + w, n);
       dg[0].store(st.dgx + (t * B + b) * GH + u0 + w, n);
       dg[0].store(dg_step + b * GH + u0 + w, n);
+      add_to_bias_sum(st.db_x ? st.db_x + u0 + w : nullptr, dg[0], n);
       (V::load(st.dh_carry + at + w, n) + d_product.h).store(st.dh_carry + at + w, n);
     });
   }
@@ -784,7 +780,13 @@ void backward_layer(const BackwardArgs<T>& a) {
   T* dh_all = projected ? workspace<T>(2, steps * B * P) : nullptr;
   copy_or_zero(dh_carry.get(), a.dh_n, B * P);
   if constexpr (Cell::kHasCell) copy_or_zero(dc_carry.get(), a.dc_n, B * H);
-  const BackwardState<T> st{dgx, dgh, dh_carry.get(), dc_carry.get(), dh_step.get(), dh_all};
+  // The bias gradients' sums, zeroed: each thread adds its own units' terms (see add_to_bias_sum).
+  const bool bias = a.db_ih || a.db_hh;
+  Buffer<T> db_sums(bias ? 2 * GH : 0);
+  if (bias) std::fill_n(db_sums.get(), 2 * GH, T(0));
+  T* db_x = bias ? db_sums.get() : nullptr;
+  T* db_h = bias && Cell::kSplitGradient ? db_sums.get() + GH : nullptr;
+  const BackwardState<T> st{dgx, dgh, dh_carry.get(), dc_carry.get(), dh_step.get(), dh_all, db_x, db_h};
 
   // State dims in chunks (units when there is no projection), each with its columns of W_hh
   // (K = the rows reading h); under a projection, units in chunks with their columns of W_hr
@@ -890,8 +892,8 @@ void backward_layer(const BackwardArgs<T>& a) {
     gemm<T>(H, P, rows, st.dgh + KH, 1, GH, a.saved_gates + (S - 1) * H, S * H, 1, a.dw_hh + KH * P, P, false);
   }
   if (projected) gemm<T>(P, H, rows, st.dh_all, 1, P, a.saved_m, H, 1, a.dw_hr, H, false);
-  if (a.db_ih) column_sums(rows, GH, st.dgx, a.db_ih);
-  if (a.db_hh) column_sums(rows, GH, st.dgh, a.db_hh);
+  if (a.db_ih) std::copy_n(db_x, GH, a.db_ih);
+  if (a.db_hh) std::copy_n(Cell::kSplitGradient ? db_h : db_x, GH, a.db_hh);
 }
 
 }  // namespace
