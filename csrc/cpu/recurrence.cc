@@ -1,8 +1,10 @@
 // THE time-loop driver, one for every cell (csrc/cells/*.h supply the pointwise math).
 //
 // Forward, one layer, one direction:
-//   1. One merged GEMM over all T*B rows: xp = x W_ih^T (b_ih is added in the pointwise step,
-//      which reads xp anyway: no extra pass over T*B*G*H values).
+//   1. The input projections xp = x W_ih^T (b_ih is added in the pointwise step, which reads xp
+//      anyway): each thread computes its own units' for a block of steps at a time inside the
+//      time loop, so that they stay in its caches until the pointwise step reads them; one
+//      merged GEMM over all T*B rows before the loop when W_ih is large (InputProjections).
 //   2. One OpenMP team spans the whole time loop. Hidden units are cut into chunks of one GEMM
 //      panel width (kPanel units); each thread owns a contiguous run of chunks and computes ALL
 //      gates of its units, so it applies the cell right after its recurrent GEMM block, while
@@ -24,7 +26,8 @@
 // Backward (reverse time), per step: the recurrent product dh += dG_{s+1} W_hh for the thread's
 // own units (a column slice of W_hh, packed once, L2-resident), fused with the cell's pointwise
 // backward that yields dG_s; one barrier per step. After the loop, merged GEMMs with K = T*B give
-// dW_ih = dGx^T x, dW_hh = dGh^T h_prev and dx = dGx W_ih, and the biases are column sums.
+// dW_ih = dGx^T x, dW_hh = dGh^T h_prev and dx = dGx W_ih; the bias gradients are summed in the
+// loop, by the thread that owns each unit (add_to_bias_sum).
 //
 // The pointwise code (cells on Vec<T>: 4 to 16 units at once) is compiled three times, for
 // AVX-512, AVX2 and the baseline, and picked at run time with the GEMM's kernels.
@@ -301,7 +304,9 @@ FUSEDRNN_INLINE void publish_state(const ForwardArgs<T>& a, const Schedule& sch,
 // steps at a time inside the loop, and they stay in its caches in between (LSTM, B=64: 17.5 ->
 // 16.9 ms at H=256, 64.6 -> 56.9 ms at H=512). Each block re-reads the thread's slice of W_ih,
 // though: at 8 MB (H=1024) that cost more than it saved (243 -> 266 ms), so a thread's slice
-// above kMaxSliceBytes keeps the merged GEMM.
+// above kMaxSliceBytes keeps the merged GEMM. So does a team of one thread (a small layer) when
+// there are more cores: the merged GEMM uses them all (LSTM, T=100, B=8, I=2048, H=32: 1.06 ms
+// merged, 1.79 ms by the one thread).
 template <class T>
 struct InputProjections {
   static constexpr int64_t kMaxSliceBytes = int64_t(2) << 20;
@@ -314,8 +319,9 @@ struct InputProjections {
   int64_t steps;  // per block
   int64_t rows;   // per GEMM call
 
-  InputProjections(int64_t B_, int64_t I_, int64_t cols_, int64_t all_steps)
-      : B(B_), I(I_), cols(cols_), blocked(I_ * cols_ * int64_t(sizeof(T)) <= kMaxSliceBytes),
+  InputProjections(int64_t B_, int64_t I_, int64_t cols_, int64_t all_steps, int team)
+      : B(B_), I(I_), cols(cols_),
+        blocked(I_ * cols_ * int64_t(sizeof(T)) <= kMaxSliceBytes && (team > 1 || max_threads() == 1)),
         steps(std::clamp<int64_t>(kBlockBytes / std::max<int64_t>(1, B_ * cols_ * int64_t(sizeof(T))), 1, all_steps)),
         rows(std::max<int64_t>(12, kRowBytes / std::max<int64_t>(1, I_ * int64_t(sizeof(T))) / 12 * 12)) {}
 
@@ -482,7 +488,7 @@ void forward_layer(const ForwardArgs<T>& a) {
   const int64_t group_units = chunk_group(B, units.count, threads, 1), group_dims = chunk_group(B, dims.count, threads, 1);
   const int64_t rec_size = std::min(B, kRowBlock) * std::max({group_first * cols, group_units * NR, group_dims * NR});
   Buffer<T> scratch(threads * rec_size);
-  const InputProjections<T> inputs(B, I, G * NR * ceil_div(units.count, threads), steps);
+  const InputProjections<T> inputs(B, I, G * NR * ceil_div(units.count, threads), steps, threads);
   const int64_t ih_size = inputs.blocked ? packed_b_size<T>(I, G * NR) : 0;
   Buffer<T> packed_ih(units.count * ih_size), xp_blocks(threads * inputs.block_size());
   T* xp_merged = inputs.blocked ? nullptr : workspace<T>(0, steps * B * GH);
