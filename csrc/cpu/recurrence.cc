@@ -314,7 +314,7 @@ struct InputProjections {
   static constexpr int64_t kBlockBytes = int64_t(512) << 10;
   // Rows of x per GEMM call: their K values stay in L2 while the call sweeps the panels.
   static constexpr int64_t kRowBytes = int64_t(128) << 10;
-  int64_t B, I, cols;  // cols: the most columns (G per unit) a thread owns
+  int64_t B, I, cols;  // cols: the most columns (G per unit) a thread of the planned team owns
   bool blocked;
   int64_t steps;  // per block
   int64_t rows;   // per GEMM call
@@ -324,9 +324,6 @@ struct InputProjections {
         blocked(I_ * cols_ * int64_t(sizeof(T)) <= kMaxSliceBytes && (team > 1 || max_threads() == 1)),
         steps(std::clamp<int64_t>(kBlockBytes / std::max<int64_t>(1, B_ * cols_ * int64_t(sizeof(T))), 1, all_steps)),
         rows(std::max<int64_t>(12, kRowBytes / std::max<int64_t>(1, I_ * int64_t(sizeof(T))) / 12 * 12)) {}
-
-  // Values per thread's block (blocked only).
-  int64_t block_size() const { return blocked ? steps * B * cols : 0; }
 
   // xp = the count*B rows of x times this thread's packed W_ih chunks (x_cols columns).
   void project(int64_t count, const T* x, const T* packed, int64_t x_cols, T* xp) const {
@@ -490,7 +487,7 @@ void forward_layer(const ForwardArgs<T>& a) {
   Buffer<T> scratch(threads * rec_size);
   const InputProjections<T> inputs(B, I, G * NR * ceil_div(units.count, threads), steps, threads);
   const int64_t ih_size = inputs.blocked ? packed_b_size<T>(I, G * NR) : 0;
-  Buffer<T> packed_ih(units.count * ih_size), xp_blocks(threads * inputs.block_size());
+  Buffer<T> packed_ih(units.count * ih_size);
   T* xp_merged = inputs.blocked ? nullptr : workspace<T>(0, steps * B * GH);
   if (!inputs.blocked) gemm<T>(steps * B, GH, I, a.x, I, 1, a.w_ih, 1, I, xp_merged, GH, /*accumulate=*/false);
   const ForwardStep<Cell, T> step{a, sch, b_ih.get(), b_hh.get(), rz_step.get(), rh_step.get()};
@@ -523,7 +520,10 @@ void forward_layer(const ForwardArgs<T>& a) {
     int64_t first, last;
     units.mine(&first, &last);
     const int64_t x_cols = (last - first) * G * NR;
-    T* xp = xp_blocks.get() + thread_id() * inputs.block_size();
+    // (Sized by the columns this thread owns in the team it got, which may be smaller than
+    // planned, e.g. inside another parallel region.)
+    Buffer<T> xp_block(inputs.blocked ? inputs.steps * B * x_cols : 0);
+    T* xp = xp_block.get();
     int64_t t_first = 0;  // the time row of xp's first rows
     // The input projections for the step of time row t, sequence b, and the chunk of unit u0:
     // gate g of unit u0+w at [g*x_stride + w].
