@@ -24,6 +24,7 @@ leaving the other ranks waiting for it forever.
 """
 
 import sys
+import time
 
 import numpy as np
 
@@ -72,6 +73,9 @@ def _abort_on_uncaught_exception():
             sys.stderr.write(f"fusedrnn.distributed: rank {_comm.Get_rank()} raised {kind.__name__}; "
                              "aborting the MPI job\n")
             sys.stderr.flush()
+            # Abort ends every process of the job at once, and mpiexec may drop output it has not
+            # forwarded yet (the traceback above came out cut short under load): a moment first.
+            time.sleep(1.0)
             _comm.Abort(1)
 
     hook._fusedrnn_aborts = True
