@@ -7,8 +7,8 @@
 //   kGates          G, rows of weight_ih / weight_hh per hidden unit (gate order as PyTorch's)
 //   kSaved          values per unit that forward saves for backward (post-activation gates, ...)
 //   kHasCell        whether the state carries a cell value c besides h (LSTM)
-//   kSplitGradient  whether the gradient reaching W_hh h differs from the one reaching W_ih x
-//                   (GRU: the reset gate multiplies W_hn h + b_hn only)
+//   kSplitGradient  whether the gradient reaching W_hh h differs from the one reaching W_ih x;
+//                   only the last gate's may differ (GRU: the reset gate multiplies W_hn h + b_hn)
 //   kTwoPhase       whether the last gate's recurrent product needs a value the first gates
 //                   give (reset-before-product GRU); such a cell has its own interface (gru.h)
 //

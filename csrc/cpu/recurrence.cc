@@ -615,7 +615,8 @@ void forward_layer(const ForwardArgs<T>& a) {
 template <class T>
 struct BackwardState {
   T* dgx;       // [T, B, G*H] gradient of x W_ih^T + b_ih, time order
-  T* dgh;       // [T, B, G*H] gradient of h W_hh^T + b_hh (== dgx unless kSplitGradient)
+  T* dgh_last;  // [T, B, H] kSplitGradient only: the last gate's gradient of h W_hh^T + b_hh (the
+                //   other gates' equal dgx's), else null
   T* dh_carry;  // [B, P] gradient reaching the state besides the recurrent product
   T* dc_carry;  // [B, H] the same for c (LSTM)
   T* dh_step;   // [B, P] this step's total gradient of h (projection only)
@@ -674,7 +675,7 @@ struct BackwardStep {
     const bool projected = a.w_hr != nullptr;
     const T* dy_row = a.dy && !projected ? a.dy + (t * B + b) * H + u0 : nullptr;
     T* dgx_row = st.dgx + (t * B + b) * GH + u0;
-    T* dgh_row = st.dgh + (t * B + b) * GH + u0;
+    T* dgh_last_row = Cell::kSplitGradient ? st.dgh_last + (t * B + b) * H + u0 : nullptr;
     T* dg_step_row = dg_step + b * GH + u0;
     // Under recurrent dropout rec is the gradient of h * scale: scaled once more, it is h's.
     const T* scale = a.recurrent_scale ? a.recurrent_scale + at : nullptr;
@@ -687,9 +688,9 @@ struct BackwardStep {
       }
       for (int g = 0; g < G; ++g) {
         std::fill_n(dgx_row + g * H, width, T(0));
-        if constexpr (Cell::kSplitGradient) std::fill_n(dgh_row + g * H, width, T(0));
         std::fill_n(dg_step_row + g * H, width, T(0));
       }
+      if constexpr (Cell::kSplitGradient) std::fill_n(dgh_last_row, width, T(0));
       return;
     }
     const T* saved_row = a.saved_gates + (t * B + b) * S * H + u0;
@@ -728,11 +729,11 @@ struct BackwardStep {
         Cell::backward(saved, prev, next, d_next, gx, gh, d_prev);
         for (int g = 0; g < G; ++g) {
           gx[g].store(dgx_row + g * H + w, n);
-          if constexpr (Cell::kSplitGradient) gh[g].store(dgh_row + g * H + w, n);
           gh[g].store(dg_step_row + g * H + w, n);
           add_to_bias_sum(st.db_x ? st.db_x + g * H + u0 + w : nullptr, gx[g], n);
           if constexpr (Cell::kSplitGradient) add_to_bias_sum(st.db_h ? st.db_h + g * H + u0 + w : nullptr, gh[g], n);
         }
+        if constexpr (Cell::kSplitGradient) gh[G - 1].store(dgh_last_row + w, n);
       }
       if (!projected) d_prev.h.store(st.dh_carry + at + w, n);
       if constexpr (Cell::kHasCell) d_prev.c.store(st.dc_carry + at + w, n);
@@ -777,7 +778,7 @@ void backward_layer(const BackwardArgs<T>& a) {
   const Schedule sch(a);
 
   T* dgx = workspace<T>(0, steps * B * GH);
-  T* dgh = Cell::kSplitGradient ? workspace<T>(1, steps * B * GH) : dgx;
+  T* dgh_last = Cell::kSplitGradient ? workspace<T>(1, steps * B * H) : nullptr;
   // dgh of the step just done and of the one before, in step order: the recurrent product reads
   // one while the team writes the other.
   Buffer<T> dg_step(2 * B * GH);
@@ -792,7 +793,7 @@ void backward_layer(const BackwardArgs<T>& a) {
   if (bias) std::fill_n(db_sums.get(), 2 * GH, T(0));
   T* db_x = bias ? db_sums.get() : nullptr;
   T* db_h = bias && Cell::kSplitGradient ? db_sums.get() + GH : nullptr;
-  const BackwardState<T> st{dgx, dgh, dh_carry.get(), dc_carry.get(), dh_step.get(), dh_all, db_x, db_h};
+  const BackwardState<T> st{dgx, dgh_last, dh_carry.get(), dc_carry.get(), dh_step.get(), dh_all, db_x, db_h};
 
   // State dims in chunks (units when there is no projection), each with its columns of W_hh
   // (K = the rows reading h); under a projection, units in chunks with their columns of W_hr
@@ -892,10 +893,15 @@ void backward_layer(const BackwardArgs<T>& a) {
   }
   gemm<T>(rows, I, GH, st.dgx, GH, 1, a.w_ih, I, 1, a.dx, I, false);
   gemm<T>(GH, I, rows, st.dgx, 1, GH, a.x, I, 1, a.dw_ih, I, false);
-  gemm<T>(KH, P, rows, st.dgh, 1, GH, h_prev, P, 1, a.dw_hh, P, false);
+  if constexpr (Cell::kSplitGradient) {  // the last gate's rows from its own gradient
+    gemm<T>(KH - H, P, rows, st.dgx, 1, GH, h_prev, P, 1, a.dw_hh, P, false);
+    gemm<T>(H, P, rows, st.dgh_last, 1, H, h_prev, P, 1, a.dw_hh + (KH - H) * P, P, false);
+  } else {
+    gemm<T>(KH, P, rows, st.dgx, 1, GH, h_prev, P, 1, a.dw_hh, P, false);
+  }
   if constexpr (Cell::kTwoPhase) {
     // W_hn multiplied r*h, which forward saved as the cell's last saved value.
-    gemm<T>(H, P, rows, st.dgh + KH, 1, GH, a.saved_gates + (S - 1) * H, S * H, 1, a.dw_hh + KH * P, P, false);
+    gemm<T>(H, P, rows, st.dgx + KH, 1, GH, a.saved_gates + (S - 1) * H, S * H, 1, a.dw_hh + KH * P, P, false);
   }
   if (projected) gemm<T>(P, H, rows, st.dh_all, 1, P, a.saved_m, H, 1, a.dw_hr, H, false);
   if (a.db_ih) std::copy_n(db_x, GH, a.db_ih);
