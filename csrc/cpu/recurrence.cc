@@ -84,8 +84,8 @@ int team_size() {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Asks for the cache lines at p, p + stride, ... (count of them) ahead of use. The loop reads
-// its per-step inputs (xp, saved values) from rows written long before, which no hardware
+// Asks for the cache lines at p, p + stride, ... (count of them) ahead of use. The backward loop
+// reads its per-step inputs (the saved values) from rows written long before, which no hardware
 // prefetcher predicts (one line per gate, H*sizeof(T) apart); fetching the next step's lines
 // during this step hides that memory latency.
 template <class T>
