@@ -70,6 +70,15 @@ def keras_grads(keras_layer, x, outputs, cotangent):
     return numpy(grads[0]), [numpy(g) if g is not None else np.zeros(v.shape) for g, v in zip(grads[1:], variables)]
 
 
+def assert_grads_match(keras_layer, ours, x_torch, outputs, rng):
+    """With a random cotangent of `outputs`: our input and weight gradients against Keras's."""
+    cotangent = rng.standard_normal(tuple(outputs.shape)).astype("float32")
+    dx_expected, dweights_expected = keras_grads(keras_layer, x_torch, outputs, cotangent)
+    np.testing.assert_allclose(ours.backward(cotangent), dx_expected, **GRAD_TOL)
+    for got_grad, want in zip(ours._keras_weights("grad"), dweights_expected):
+        np.testing.assert_allclose(got_grad, want, **GRAD_TOL)
+
+
 def check_layer(kind, options, rng, batch=5, steps=6, features=4, mask=None, training=False, call=None):
     """Runs Keras and ours on one input; compares every output, then the gradients."""
     keras_layer, ours = paired(kind, options, features, rng)
@@ -84,13 +93,7 @@ def check_layer(kind, options, rng, batch=5, steps=6, features=4, mask=None, tra
     for g, e in zip(got_list, expected_list):
         assert g.shape == tuple(e.shape) and g.dtype == np.float32
         np.testing.assert_allclose(g, numpy(e), **OUT_TOL)
-    # Gradients of the (first) output, with a random cotangent.
-    cotangent = rng.standard_normal(expected_list[0].shape).astype("float32")
-    dx_expected, dweights_expected = keras_grads(keras_layer, x_torch, expected_list[0], cotangent)
-    ours_grad_input = ours.backward(cotangent)
-    np.testing.assert_allclose(ours_grad_input, dx_expected, **GRAD_TOL)
-    for got_grad, want in zip(ours._keras_weights("grad"), dweights_expected):
-        np.testing.assert_allclose(got_grad, want, **GRAD_TOL)
+    assert_grads_match(keras_layer, ours, x_torch, expected_list[0], rng)   # of the (first) output
     return keras_layer, ours
 
 
@@ -299,11 +302,7 @@ def test_dropout_masks_match_keras_semantics(cell, recurrent_dropout, rng):
     expected = keras_layer(x_torch, training=True)
     got = ours(x, training=True)
     np.testing.assert_allclose(got, numpy(expected), **OUT_TOL)
-    cotangent = rng.standard_normal(got.shape).astype("float32")
-    dx_expected, dweights_expected = keras_grads(keras_layer, x_torch, expected, cotangent)
-    np.testing.assert_allclose(ours.backward(cotangent), dx_expected, **GRAD_TOL)
-    for got_grad, want in zip(ours._keras_weights("grad"), dweights_expected):
-        np.testing.assert_allclose(got_grad, want, **GRAD_TOL)
+    assert_grads_match(keras_layer, ours, x_torch, expected, rng)
 
 
 def test_dropout_is_off_in_inference_and_drawn_per_sequence(rng):
@@ -326,11 +325,7 @@ def test_dense_activations_match_keras(activation, rng):
     x_torch = torch.tensor(x, requires_grad=True)
     expected = keras_layer(x_torch)
     np.testing.assert_allclose(ours(x, training=True), numpy(expected), **OUT_TOL)
-    cotangent = rng.standard_normal(expected.shape).astype("float32")
-    dx_expected, dweights_expected = keras_grads(keras_layer, x_torch, expected, cotangent)
-    np.testing.assert_allclose(ours.backward(cotangent), dx_expected, **GRAD_TOL)
-    for got_grad, want in zip(ours._keras_weights("grad"), dweights_expected):
-        np.testing.assert_allclose(got_grad, want, **GRAD_TOL)
+    assert_grads_match(keras_layer, ours, x_torch, expected, rng)
 
 
 def test_embedding_matches_keras(rng):
