@@ -314,13 +314,14 @@ struct InputProjections {
   static constexpr int64_t kBlockBytes = int64_t(512) << 10;
   // Rows of x per GEMM call: their K values stay in L2 while the call sweeps the panels.
   static constexpr int64_t kRowBytes = int64_t(128) << 10;
-  int64_t B, I, cols;  // cols: the most columns (G per unit) a thread of the planned team owns
+  int64_t B, I;
   bool blocked;
   int64_t steps;  // per block
   int64_t rows;   // per GEMM call
 
+  // cols_: the most columns (G per unit) a thread of the planned team owns.
   InputProjections(int64_t B_, int64_t I_, int64_t cols_, int64_t all_steps, int team)
-      : B(B_), I(I_), cols(cols_),
+      : B(B_), I(I_),
         blocked(I_ * cols_ * int64_t(sizeof(T)) <= kMaxSliceBytes && (team > 1 || max_threads() == 1)),
         steps(std::clamp<int64_t>(kBlockBytes / std::max<int64_t>(1, B_ * cols_ * int64_t(sizeof(T))), 1, all_steps)),
         rows(std::max<int64_t>(12, kRowBytes / std::max<int64_t>(1, I_ * int64_t(sizeof(T))) / 12 * 12)) {}
