@@ -18,6 +18,7 @@
 #include <omp.h>
 #endif
 
+#include "cpu/fingerprint.h"
 #include "cpu/gemm.h"
 #include "cpu/gemm_bf16.h"
 #include "cpu/math.h"
@@ -465,6 +466,18 @@ PYBIND11_MODULE(_core, m) {
       },
       py::arg("threads"), py::arg("iterations") = 20000000,
       "Measured float32 multiply-add peak in GFLOP/s with this many threads (the benchmarks' yardstick).");
+  m.def(
+      "fingerprint",
+      [](const py::array& a) {
+        if (!(a.flags() & py::array::c_style)) throw py::value_error("fingerprint needs a C-contiguous array");
+        const void* data = a.data();
+        const int64_t bytes = a.nbytes();
+        py::gil_scoped_release release;
+        return fusedrnn::cpu::fingerprint(data, bytes);
+      },
+      py::arg("a"),
+      "A 64-bit digest of a C-contiguous array's bytes: an in-place change between a forward and its backward "
+      "changes it.");
   m.def("max_threads", &openmp_max_threads);
   m.def("set_max_threads", &openmp_set_threads, py::arg("threads"));
 #ifdef _OPENMP
