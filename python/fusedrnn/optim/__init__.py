@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from ..nn.module import Parameter
+from .._base import Parameter
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "lr_scheduler"]
 

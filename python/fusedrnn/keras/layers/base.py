@@ -1,7 +1,7 @@
 """Layer, the symbolic KerasTensor, Input and InputLayer.
 
-A layer holds its weights as ``fusedrnn.nn.Parameter`` objects (``.data`` and ``.grad``) in the
-layout its kernel wants; ``get_weights``/``set_weights`` speak Keras's layout and order, so
+A layer holds its weights as Parameters (``fusedrnn.nn.Parameter``: ``.data`` and ``.grad``) in
+the layout its kernel wants; ``get_weights``/``set_weights`` speak Keras's layout and order, so
 weights move between Keras and fusedrnn unchanged.
 
 Since there is no autograd, every layer implements, besides Keras's ``build`` and
@@ -22,7 +22,7 @@ import re
 
 import numpy as np
 
-from ...nn.module import Parameter
+from ..._base import Parameter, resolve_dtype
 
 __all__ = ["Layer", "InputLayer", "Input", "KerasTensor"]
 
@@ -40,14 +40,6 @@ def unique_name(base):
     count = _name_counts.get(base, 0)
     _name_counts[base] = count + 1
     return base if count == 0 else f"{base}_{count}"
-
-
-def float_dtype(dtype):
-    """The layer dtype: float32 (default) or float64."""
-    resolved = np.dtype("float32" if dtype is None else dtype)
-    if resolved not in (np.float32, np.float64):
-        raise TypeError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
-    return resolved
 
 
 def reject_unsupported(owner, **options):
@@ -90,7 +82,7 @@ class Layer:
         if unknown:
             raise TypeError(f"{type(self).__name__} got unexpected keyword argument(s): {', '.join(unknown)}")
         self.name = name or unique_name(_snake_case(type(self).__name__))
-        self.dtype = float_dtype(dtype)
+        self.dtype = resolve_dtype(dtype)   # float32 (default) or float64
         self.built = False
         self._params = {}   # name -> Parameter, in the kernels' layout
         self._trainable = bool(trainable)

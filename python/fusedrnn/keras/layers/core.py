@@ -5,7 +5,7 @@ import math
 import numpy as np
 
 from ..._random import resolve_rng
-from ...nn._common import matmul
+from ..._base import matmul
 from .. import activations, initializers
 from .base import Layer, reject_unsupported
 
