@@ -15,44 +15,72 @@ _FLOAT_DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64
 
 
 class Parameter:
-    """A trainable array: ``.data`` (ndarray), ``.grad`` (ndarray or None) and ``.requires_grad``."""
+    """A trainable array: ``.data`` (ndarray), ``.grad`` (ndarray or None), ``.requires_grad``, and
+    ``.version``, which counts the writes to ``.data`` as PyTorch's ``tensor._version`` does.
 
-    __slots__ = ("data", "grad", "requires_grad")
+    Assigning ``.data`` bumps the version; so does ``param.data -= step``, which Python runs as an
+    assignment. Optimizers bump it once per parameter they update, and weight loads once per
+    parameter they write. A write into the array itself (``param.data[...] = values``) goes
+    unseen: call ``bump_version()`` after it. Whatever is computed from the values (a forward
+    pass's saved state, packed copies of the weights) can compare versions to tell whether the
+    values changed since.
+    """
+
+    __slots__ = ("_data", "_version", "grad", "requires_grad")
 
     def __init__(self, data, requires_grad=True):
-        self.data = np.array(data, copy=True)
+        self._data = np.array(data, copy=True)
+        self._version = 0
         self.grad = None
         self.requires_grad = bool(requires_grad)
 
     @property
+    def data(self):
+        return self._data
+
+    @data.setter
+    def data(self, value):
+        self._data = value
+        self._version += 1
+
+    @property
+    def version(self):
+        """How many times the values were written (0 for a new Parameter); read-only."""
+        return self._version
+
+    def bump_version(self):
+        """Records a write into ``.data`` made in place, which the Parameter cannot see."""
+        self._version += 1
+
+    @property
     def shape(self):
-        return self.data.shape
+        return self._data.shape
 
     @property
     def dtype(self):
-        return self.data.dtype
+        return self._data.dtype
 
     @property
     def size(self):
-        return self.data.size
+        return self._data.size
 
     def numel(self):
-        return self.data.size
+        return self._data.size
 
     def accumulate_grad(self, grad):
         """Adds `grad` into .grad (creating it on first use), PyTorch's ``+=`` contract."""
         if not self.requires_grad or grad is None:
             return
         if self.grad is None:
-            self.grad = np.array(grad, dtype=self.data.dtype, copy=True).reshape(self.data.shape)
+            self.grad = np.array(grad, dtype=self._data.dtype, copy=True).reshape(self._data.shape)
         else:
             self.grad += grad
 
     def __array__(self, dtype=None, copy=None):
-        return self.data if dtype is None else self.data.astype(dtype)
+        return self._data if dtype is None else self._data.astype(dtype)
 
     def __repr__(self):
-        return f"Parameter containing:\n{self.data!r}"
+        return f"Parameter containing:\n{self._data!r}"
 
 
 def resolve_dtype(dtype):

@@ -179,7 +179,8 @@ def _check_same_everywhere(comm, params, what):
 
 
 def broadcast_parameters(model, root=0):
-    """Copies rank `root`'s parameter values (every weight, trainable or not) to every rank."""
+    """Copies rank `root`'s parameter values (every weight, trainable or not) to every rank, bumping
+    the version of every parameter it writes (on rank `root` too)."""
     comm = _communicator()
     if not 0 <= root < comm.Get_size():
         raise ValueError(f"root must be a rank in [0, {comm.Get_size()}), got {root}")

@@ -123,7 +123,7 @@ class Module:
         """Loads arrays (anything numpy.asarray takes) into the parameters of the same names.
 
         Everything is checked before anything is written, so on error the module is unchanged.
-        Returns ``(missing_keys, unexpected_keys)`` like PyTorch (both empty when strict).
+        Each parameter loaded has its version bumped. Returns ``(missing_keys, unexpected_keys)`` like PyTorch (both empty when strict).
         """
         own = OrderedDict(self.named_parameters())
         given = OrderedDict(state_dict)

@@ -156,7 +156,8 @@ class Layer:
         return [np.array(w, copy=True) for w in self._keras_weights()]
 
     def set_weights(self, weights):
-        """Loads arrays in Keras's layout and order (as Keras's get_weights gives them)."""
+        """Loads arrays in Keras's layout and order (as Keras's get_weights gives them); each
+        Parameter written has its version bumped."""
         if not self.built:
             raise ValueError(f"layer {self.name!r} is not built yet: call it on data (or build it) first")
         expected = self._keras_weights()
