@@ -82,8 +82,8 @@ KERAS_STYLE = {
 @pytest.mark.parametrize("make", KERAS_STYLE.values(), ids=KERAS_STYLE)
 def test_each_keras_style_optimizer_bumps_exactly_what_it_updates(make, rng):
     frozen = fk.layers.Dense(4)
-    model = fk.Sequential([fk.Input((5, 2)), frozen, fk.layers.GRU(3), fk.layers.Dense(1)])
-    frozen.trainable = False
+    model = fk.Sequential([fk.Input((5, 2)), fk.layers.TimeDistributed(frozen), fk.layers.GRU(3), fk.layers.Dense(1)])
+    frozen.trainable = False   # inside a trainable wrapper: its weights are not trainable weights
     model.compile(optimizer=make(), loss="mse")
     x = rng.standard_normal((6, 5, 2)).astype(np.float32)
     y = rng.standard_normal((6, 1)).astype(np.float32)

@@ -126,25 +126,34 @@ class Layer:
 
     @property
     def _sublayers(self):
-        """Layers this one wraps (Bidirectional, TimeDistributed): they follow its trainable."""
+        """The layers this one is made of (a wrapper's layer, a model's layers): their weights
+        follow its own in every list of weights, and setting its trainable sets theirs."""
         return ()
 
     @property
     def weights(self):
         """The layer's Parameters (kernel layout; ``get_weights`` gives Keras's)."""
-        return list(self._params.values())
+        return list(self._params.values()) + [w for layer in self._sublayers for w in layer.weights]
 
     @property
     def trainable_weights(self):
-        return self.weights if self.trainable else []
+        """The weights training updates: none when the layer is frozen, else its own and its
+        sublayers' trainable ones (a sublayer may be frozen on its own)."""
+        if not self.trainable:
+            return []
+        return list(self._params.values()) + [w for layer in self._sublayers for w in layer.trainable_weights]
 
     @property
     def non_trainable_weights(self):
-        return [] if self.trainable else self.weights
+        trainable = {id(w) for w in self.trainable_weights}
+        return [w for w in self.weights if id(w) not in trainable]
 
     def _keras_variables(self):
         """The trainable Parameters grouped as Keras's variables (for per-variable clipnorm)."""
-        return [[param] for param in self.trainable_weights]
+        if not self.trainable:
+            return []
+        return [[param] for param in self._params.values()] + [
+            group for layer in self._sublayers for group in layer._keras_variables()]
 
     def count_params(self):
         if not self.built:
@@ -170,7 +179,7 @@ class Layer:
             if given.shape != own.shape:
                 raise ValueError(f"layer {self.name!r}, weight {index}: shape {given.shape} does not match "
                                  f"the layer's {own.shape}")
-            arrays.append(given.astype(self.dtype))
+            arrays.append(given.astype(own.dtype))   # a sublayer's dtype may differ from this layer's
         self._load_keras_weights(arrays)
 
     # -- weights, in the subclass's layout -------------------------------------------------------
@@ -181,11 +190,19 @@ class Layer:
     def _keras_weights(self, attribute="data"):
         """The weights as Keras lays them out (may be views; get_weights copies); with
         attribute="grad", their gradients laid out the same way."""
-        return [getattr(param, attribute) for param in self._params.values()]
+        return [getattr(param, attribute) for param in self._params.values()] + [
+            array for layer in self._sublayers for array in layer._keras_weights(attribute)]
 
     def _load_keras_weights(self, arrays):
-        for param, array in zip(self._params.values(), arrays):
+        """Writes arrays laid out as _keras_weights gives them (checked by set_weights)."""
+        own = len(self._params)
+        for param, array in zip(self._params.values(), arrays[:own]):
             param.data = np.ascontiguousarray(array)
+        start = own
+        for layer in self._sublayers:
+            count = len(layer._keras_weights())
+            layer._load_keras_weights(arrays[start:start + count])
+            start += count
 
     # -- running ---------------------------------------------------------------------------------
     def forward(self, x, mask=None, training=False):

@@ -228,19 +228,6 @@ class TimeDistributed(Layer):
     def _sublayers(self):
         return (self.layer,)
 
-    @property
-    def weights(self):
-        return self.layer.weights
-
-    def _keras_variables(self):
-        return self.layer._keras_variables()
-
-    def _keras_weights(self, attribute="data"):
-        return self.layer._keras_weights(attribute)
-
-    def _load_keras_weights(self, arrays):
-        self.layer._load_keras_weights(arrays)
-
     def forward(self, x, mask=None, training=False):
         x = np.asarray(x)
         y, _ = self.layer.forward(x.reshape((-1,) + x.shape[2:]), None, training)
