@@ -17,17 +17,17 @@ F64 = dict(dtype="float64")
 
 def loss_and_grads(model, x, y):
     """The loss and the gradients of its weights (Keras layout) from our backward pass."""
-    y_pred, mask = model._run(x, training=True)
+    y_pred, mask = model.forward(x, training=True)
     loss, grad = model.loss.value_and_grad(y, y_pred, mask)
     for param in model.trainable_weights:
         param.grad = None
-    model._backprop(grad)
+    model.backward(grad)
     return loss, [g for layer in model.layers for g in layer._keras_weights("grad")]
 
 
 def loss_at(model, x, y, weights):
     model.set_weights(weights)
-    y_pred, mask = model._run(x, training=True)
+    y_pred, mask = model.forward(x, training=True)
     return model.loss.value_and_grad(y, y_pred, mask)[0]
 
 
