@@ -69,6 +69,11 @@ MODELS = {
         lambda: [layers.Masking(0.0, **F64), layers.LSTM(4, return_sequences=True, **F64),
                  layers.Dense(3, activation="tanh", **F64), layers.GRU(3, **F64), layers.Dense(2, **F64)],
         "mse", "floats"),
+    "nested_models": (
+        lambda: [fk.Sequential([layers.Embedding(9, 3, mask_zero=True, **F64),
+                                fk.Sequential([layers.GRU(4, return_sequences=True, **F64)])]),
+                 layers.LSTM(3, **F64), layers.Dense(3, activation="softmax", **F64)],
+        "sparse_categorical_crossentropy", "tokens_sparse"),
     "relu_rnn_mae": (
         lambda: [layers.SimpleRNN(5, activation="relu", go_backwards=True, return_sequences=True, **F64),
                  layers.Bidirectional(layers.LSTM(2, **F64), merge_mode="sum"), layers.Dense(2, **F64)],

@@ -2,8 +2,9 @@
 
 ``Sequential([...])`` (or ``.add``) and the functional ``Model(inputs, outputs)`` of a
 single-input chain of layers are the same thing here: the layers run in order, passing masks
-along as Keras does, and backward runs through them in reverse. compile, fit, evaluate, predict
-and train_step live in ``trainer.py``.
+along as Keras does, and backward runs through them in reverse. A model is a Layer, so a model
+can be one layer of another. compile, fit, evaluate, predict and train_step live in
+``trainer.py``.
 """
 
 import os
@@ -19,22 +20,29 @@ def _format_shape(shape):
     return f"({', '.join('None' if s is None else str(s) for s in shape)})" if shape is not None else "?"
 
 
-class Model(Trainer):
+class Model(Trainer, Layer):
     """A single-input chain of layers: ``Model(inputs, outputs)`` with ``inputs = Input(...)``
-    and ``outputs`` the result of calling layers one after another on it."""
+    and ``outputs`` the result of calling layers one after another on it.
+
+    A model is a Layer too: it can be a layer of another model (``Sequential([inner, Dense(1)])``,
+    or ``outputs = Dense(1)(inner(inputs))``). Its weights are its layers', in order; setting its
+    ``trainable`` sets theirs.
+    """
 
     def __init__(self, inputs=None, outputs=None, name=None, trainable=True):
-        Trainer.__init__(self)
-        self.name = name or unique_name("sequential" if isinstance(self, Sequential) else "functional")
         self._layers = []
         self._input_layer = None
-        self._trainable = bool(trainable)
+        default_name = "sequential" if isinstance(self, Sequential) else "functional"
+        Layer.__init__(self, name=name or unique_name(default_name), trainable=trainable)
+        Trainer.__init__(self)
         if isinstance(self, Sequential):
             return
         if inputs is None or outputs is None:
             raise TypeError("Model needs inputs and outputs (the functional API): Model(inputs=Input(...), "
                             "outputs=...); subclassed models are not supported")
         self._init_chain(inputs, outputs)
+        if not trainable:
+            self.trainable = False   # freezes the layers too, as Keras does
 
     def _init_chain(self, inputs, outputs):
         def single(value, what):
@@ -57,8 +65,13 @@ class Model(Trainer):
             tensor = tensor.parent
         if tensor is not inputs:
             raise ValueError("outputs were not computed from inputs")
-        self._input_layer = inputs.layer
+        self._set_input(inputs.layer)
         self._layers = chain[::-1]
+
+    def _set_input(self, input_layer):
+        self._input_layer = input_layer
+        # As for a layer given input_shape=: a Sequential that starts with this model takes it.
+        self._batch_input_shape = input_layer.batch_shape
 
     # -- structure ----------------------------------------------------------------------------------
     @property
@@ -66,8 +79,16 @@ class Model(Trainer):
         return list(self._layers)
 
     @property
+    def _sublayers(self):
+        return tuple(self._layers)
+
+    @property
     def built(self):
         return bool(self._layers) and all(layer.built for layer in self._layers)
+
+    @built.setter
+    def built(self, value):
+        """Layer's code sets a layer's flag; a model's follows from its layers instead."""
 
     def get_layer(self, name=None, index=None):
         if index is not None:
@@ -79,6 +100,8 @@ class Model(Trainer):
 
     def _shapes(self, input_shape):
         """Each layer's output shape for an input of input_shape (building what is unbuilt)."""
+        if not self._layers:
+            raise ValueError(f"model {self.name!r} has no layers")
         shapes, shape = [], tuple(input_shape)
         for layer in self._layers:
             layer._ensure_built(shape)
@@ -92,6 +115,8 @@ class Model(Trainer):
     def build(self, input_shape=None):
         """Creates every layer's weights for inputs of ``input_shape`` (batch dimension included,
         None allowed), or of the Input's shape."""
+        if not self._layers:
+            raise ValueError(f"model {self.name!r} has no layers")
         if input_shape is None:
             if self._input_layer is None:
                 raise ValueError("build needs input_shape (this model has no Input)")
@@ -99,18 +124,17 @@ class Model(Trainer):
         else:
             input_shape = tuple(input_shape)
             if self._input_layer is None:
-                self._input_layer = InputLayer(batch_shape=input_shape)
+                self._set_input(InputLayer(batch_shape=input_shape))
         self._shapes(input_shape)
 
-    def _build_for(self, x):
-        """Builds the model for inputs like the array x, at its first data."""
-        if not self._layers:
-            raise ValueError(f"model {self.name!r} has no layers")
+    def _ensure_built(self, input_shape):
+        """Builds the model for inputs of input_shape at the first data (or the first call of
+        an enclosing model), for any batch size."""
         if not self.built:
-            shape = (None,) + tuple(x.shape[1:])
-            if self._input_layer is None:
-                self._input_layer = InputLayer(batch_shape=shape)
-            self._shapes(shape)
+            self.build((None,) + tuple(input_shape[1:]))
+
+    def compute_output_shape(self, input_shape):
+        return self._shapes(input_shape)[-1]
 
     @property
     def input_shape(self):
@@ -120,41 +144,15 @@ class Model(Trainer):
     def output_shape(self):
         return self._shapes(self.input_shape)[-1] if self.input_shape is not None else None
 
-    @property
-    def trainable(self):
-        return self._trainable
-
-    @trainable.setter
-    def trainable(self, value):
-        """Freezes (False) or unfreezes every layer, as Keras's model.trainable does."""
-        self._trainable = bool(value)
-        for layer in self._layers:
-            layer.trainable = value
-
-    @property
-    def weights(self):
-        return [w for layer in self._layers for w in layer.weights]
-
-    @property
-    def trainable_weights(self):
-        return [w for layer in self._layers for w in layer.trainable_weights]
-
-    @property
-    def non_trainable_weights(self):
-        return [w for layer in self._layers for w in layer.non_trainable_weights]
-
-    def count_params(self):
-        return sum(layer.count_params() for layer in self._layers)
-
-    def get_weights(self):
-        """Every layer's weights, in order, each in Keras's layout."""
-        return [w for layer in self._layers for w in layer.get_weights()]
-
-    def set_weights(self, weights):
-        """Loads a list like Keras's ``model.get_weights()``."""
+    def _check_built(self):
         if not self.built:
             raise ValueError(f"model {self.name!r} is not built: give it an Input (or input_shape), call it "
                              "on data, or build(input_shape) first")
+
+    def set_weights(self, weights):
+        """Loads a list like Keras's ``model.get_weights()`` (every layer's weights in order, a
+        nested model's as its layers'), each layer checking its own."""
+        self._check_built()
         weights = list(weights)
         counts = [len(layer._keras_weights()) for layer in self._layers]
         if len(weights) != sum(counts):
@@ -194,16 +192,15 @@ class Model(Trainer):
                 break
         return grad
 
-    def __call__(self, x, training=False, mask=None):
-        if isinstance(x, KerasTensor):
-            raise NotImplementedError("calling a model on a symbolic tensor (nesting models) is not supported")
-        x = as_input_array(x)
-        self._build_for(x)
-        y, _ = self.forward(x, None, bool(training))
+    def __call__(self, inputs, training=None, mask=None):
+        """On data: the model's output (in inference mode unless training=True). On a
+        KerasTensor: the model as one layer of a functional model being defined."""
+        if isinstance(inputs, KerasTensor):
+            return self._symbolic_call(inputs)
+        x = as_input_array(inputs)
+        self._ensure_built(x.shape)
+        y, _ = self.forward(x, mask, bool(training))
         return y
-
-    def _keras_variables(self):
-        return [group for layer in self._layers for group in layer._keras_variables()]
 
     # -- weights files ------------------------------------------------------------------------------------
     def save_weights(self, filepath, overwrite=True):
@@ -221,23 +218,31 @@ class Model(Trainer):
         or a Keras 2 ``.h5`` weights file; needs h5py), into a model of the same architecture."""
         if skip_mismatch:
             raise NotImplementedError("skip_mismatch is not supported")
-        if not self.built:
-            raise ValueError(f"model {self.name!r} is not built: give it an Input (or input_shape), call it "
-                             "on data, or build(input_shape) first")
+        self._check_built()
         saving.load_weights(self, filepath)
 
     # -- summary ---------------------------------------------------------------------------------------
-    def summary(self, line_length=None, positions=None, print_fn=None, expand_nested=False, show_trainable=False,
-                layer_range=None):
-        """Prints a table of the layers (type, output shape, parameters) and the totals."""
-        print_fn = print_fn or print
+    def _summary_rows(self, expand_nested, indent=""):
+        """(layer (type), output shape, parameter count) per layer; a nested model's layers
+        follow its row, indented, with expand_nested."""
         if self.built and self._input_layer is not None:
             shapes = [_format_shape(s) for s in self._shapes(self._input_layer.batch_shape)]
         else:
             shapes = ["?"] * len(self._layers)
-        rows = [(f"{layer.name} ({type(layer).__name__})", shape,
-                 f"{layer.count_params():,}" if layer.built else "0 (unbuilt)")
-                for layer, shape in zip(self._layers, shapes)]
+        rows = []
+        for layer, shape in zip(self._layers, shapes):
+            rows.append((f"{indent}{layer.name} ({type(layer).__name__})", shape,
+                         f"{layer.count_params():,}" if layer.built else "0 (unbuilt)"))
+            if expand_nested and isinstance(layer, Model):
+                rows += layer._summary_rows(expand_nested, indent + "  ")
+        return rows
+
+    def summary(self, line_length=None, positions=None, print_fn=None, expand_nested=False, show_trainable=False,
+                layer_range=None):
+        """Prints a table of the layers (type, output shape, parameters) and the totals;
+        ``expand_nested=True`` lists the layers of nested models too."""
+        print_fn = print_fn or print
+        rows = self._summary_rows(expand_nested)
         header = ("Layer (type)", "Output Shape", "Param #")
         widths = [max(len(header[i]), *(len(row[i]) for row in rows)) + 2 for i in range(3)] if rows else [14, 14, 9]
         line = "-" * sum(widths)
@@ -252,9 +257,10 @@ class Model(Trainer):
         for row in rows:
             print_fn(fmt(row))
         print_fn(line)
-        built = [layer for layer in self._layers if layer.built]
-        trainable = sum(layer.count_params() for layer in built if layer.trainable)
-        total = sum(layer.count_params() for layer in built)
+        # Counted over the Parameters, so that a layer frozen inside a nested model counts as
+        # frozen (their sizes add up to those of Keras's weights).
+        total = sum(w.size for w in self.weights)
+        trainable = sum(w.size for w in self.trainable_weights)
         print_fn(f"Total params: {total:,}")
         print_fn(f"Trainable params: {trainable:,}")
         print_fn(f"Non-trainable params: {total - trainable:,}")
@@ -269,19 +275,24 @@ class Sequential(Model):
         super().__init__(name=name, trainable=trainable)
         for layer in layers or []:
             self.add(layer)
+        if not trainable:
+            self.trainable = False   # freezes the layers too, as Keras does
 
     def add(self, layer):
+        """Appends a layer (or a model) to the stack, building it when the input shape is known."""
         if isinstance(layer, KerasTensor) and isinstance(layer.layer, InputLayer):
             layer = layer.layer
         if isinstance(layer, InputLayer):
             if self._layers or self._input_layer is not None:
                 raise ValueError("an Input can only be the first entry of a Sequential model")
-            self._input_layer = layer
+            self._set_input(layer)
             return
         if not isinstance(layer, Layer):
             raise TypeError(f"Sequential.add takes a layer, got {type(layer).__name__}")
+        if layer is self:
+            raise ValueError("a model cannot be a layer of itself")
         if not self._layers and self._input_layer is None and layer._batch_input_shape is not None:
-            self._input_layer = InputLayer(batch_shape=layer._batch_input_shape)
+            self._set_input(InputLayer(batch_shape=layer._batch_input_shape))
         self._layers.append(layer)
         if self._input_layer is not None:
             self._shapes(self._input_layer.batch_shape)   # builds the new layer, as Keras does

@@ -2,7 +2,7 @@
 
 A Model is a Trainer and a container of layers (``models.py``), as in Keras. The Trainer asks
 the container only for ``forward``, ``backward``, ``trainable_weights`` and its Keras variables,
-and builds it from the first data it sees (``_build_for``).
+and builds it from the first data it sees (``_ensure_built``).
 
 ``train_step(x, y)`` is one optimizer step on one batch and ``test_step(x, y)`` one evaluation
 batch; fit and evaluate call them for every batch, so overriding them changes what fit and
@@ -151,7 +151,7 @@ class Trainer:
 
     def predict_on_batch(self, x):
         x = as_input_array(x)
-        self._build_for(x)
+        self._ensure_built(x.shape)
         return self.forward(x, None, training=False)[0]
 
     def _batch_result(self, logs, return_dict):
@@ -167,7 +167,7 @@ class Trainer:
         x, y = as_input_array(x), np.asarray(y)
         if len(x) != len(y):
             raise ValueError(f"x and y have different numbers of samples: {len(x)} and {len(y)}")
-        self._build_for(x)
+        self._ensure_built(x.shape)
         return x, y
 
     # -- the loops --------------------------------------------------------------------------------------
@@ -277,7 +277,7 @@ class Trainer:
         if steps is not None:
             raise NotImplementedError("predict: steps is not supported")
         x = as_input_array(x)
-        self._build_for(x)
+        self._ensure_built(x.shape)
         batch_size = batch_size or 32
         verbose = 1 if verbose == "auto" else int(verbose)
         params = {"verbose": verbose, "epochs": 1, "steps": math.ceil(len(x) / batch_size)}
