@@ -51,16 +51,20 @@ def _keras3_paths(layer):
         return [("vars", [])] + nested("layer", layer.layer)
     if isinstance(layer, _Recurrent):
         return [("vars", []), ("cell/vars", layer.get_weights())]
-    if hasattr(layer, "layers"):   # a model used as a layer
+    if _is_model(layer):
         return [("vars", [])] + [path for inner, name in zip(layer.layers, _keras3_names(layer.layers))
                                  for path in nested(f"layers/{name}", inner)]
     return [("vars", layer.get_weights())]
 
 
+def _is_model(layer, exactly=False):
+    from .models import Model   # here, as models imports this module
+    return type(layer) is Model if exactly else isinstance(layer, Model)
+
+
 def _keras_class_name(layer):
-    from .models import Model   # here: models imports this module
     # keras.Model(inputs, outputs) makes an instance of Keras's Functional class.
-    return "Functional" if type(layer) is Model else type(layer).__name__
+    return "Functional" if _is_model(layer, exactly=True) else type(layer).__name__
 
 
 def _keras3_names(layers):

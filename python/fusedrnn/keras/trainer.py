@@ -41,6 +41,10 @@ def _reject_sample_weight(sample_weight):
 
 
 class Trainer:
+    """What a Model adds to its layers to train: compile, the steps, and the loops. The class
+    that derives from it provides forward(x, mask, training), backward(grad, layer_done),
+    trainable_weights, _keras_variables() and _ensure_built(input_shape)."""
+
     def __init__(self):
         self.optimizer = self.loss = None
         self.compiled = False
