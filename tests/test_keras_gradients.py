@@ -17,17 +17,17 @@ F64 = dict(dtype="float64")
 
 def loss_and_grads(model, x, y):
     """The loss and the gradients of its weights (Keras layout) from our backward pass."""
-    y_pred, mask = model._run(x, training=True)
+    y_pred, mask = model.forward(x, training=True)
     loss, grad = model.loss.value_and_grad(y, y_pred, mask)
     for param in model.trainable_weights:
         param.grad = None
-    model._backprop(grad)
+    model.backward(grad)
     return loss, [g for layer in model.layers for g in layer._keras_weights("grad")]
 
 
 def loss_at(model, x, y, weights):
     model.set_weights(weights)
-    y_pred, mask = model._run(x, training=True)
+    y_pred, mask = model.forward(x, training=True)
     return model.loss.value_and_grad(y, y_pred, mask)[0]
 
 
@@ -69,6 +69,11 @@ MODELS = {
         lambda: [layers.Masking(0.0, **F64), layers.LSTM(4, return_sequences=True, **F64),
                  layers.Dense(3, activation="tanh", **F64), layers.GRU(3, **F64), layers.Dense(2, **F64)],
         "mse", "floats"),
+    "nested_models": (
+        lambda: [fk.Sequential([layers.Embedding(9, 3, mask_zero=True, **F64),
+                                fk.Sequential([layers.GRU(4, return_sequences=True, **F64)])]),
+                 layers.LSTM(3, **F64), layers.Dense(3, activation="softmax", **F64)],
+        "sparse_categorical_crossentropy", "tokens_sparse"),
     "relu_rnn_mae": (
         lambda: [layers.SimpleRNN(5, activation="relu", go_backwards=True, return_sequences=True, **F64),
                  layers.Bidirectional(layers.LSTM(2, **F64), merge_mode="sum"), layers.Dense(2, **F64)],

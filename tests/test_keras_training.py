@@ -360,6 +360,35 @@ def test_keras_weights_files_load_both_ways(rng, tmp_path):
         np.testing.assert_array_equal(got, want)
 
 
+def _nested_model(lib):
+    inner_input = lib.Input((6, 5))
+    functional = lib.Model(inner_input, lib.layers.GRU(4, return_sequences=True)(inner_input))
+    return lib.Sequential([lib.Input((6, 3)), lib.Sequential([lib.layers.LSTM(5, return_sequences=True), functional]),
+                           lib.layers.Dense(1)])
+
+
+def test_nested_models_match_keras_and_share_weights_files(rng, tmp_path):
+    pytest.importorskip("h5py")
+    keras_model, ours = twin_models(_nested_model)
+    x = rng.standard_normal((8, 6, 3)).astype("float32")
+    np.testing.assert_allclose(ours.predict(x, verbose=0), keras_model.predict(x, verbose=0), **LOG_TOL)
+    keras_model.save_weights(tmp_path / "keras.weights.h5")
+    fresh = _nested_model(fk)
+    fresh.load_weights(tmp_path / "keras.weights.h5")
+    for got, want in zip(fresh.get_weights(), keras_model.get_weights()):
+        np.testing.assert_array_equal(got, want)
+    ours.set_weights([w * 0.5 for w in ours.get_weights()])
+    ours.save_weights(tmp_path / "ours.weights.h5")
+    keras_again = _nested_model(keras)
+    keras_again.load_weights(tmp_path / "ours.weights.h5")
+    for got, want in zip(keras_again.get_weights(), ours.get_weights()):
+        np.testing.assert_array_equal(got, want)
+    ours.set_weights(keras_model.get_weights())
+    y = rng.standard_normal((8, 6, 1)).astype("float32")
+    assert_same_history(*fit_both(keras_model, ours, x, y, ("SGD", dict(learning_rate=0.1)), "mse"))
+    assert_same_weights(keras_model, ours)
+
+
 def test_legacy_keras2_h5_weights_load(rng, tmp_path):
     h5py = pytest.importorskip("h5py")
     from keras.src.legacy.saving import legacy_h5_format

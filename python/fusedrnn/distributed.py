@@ -28,6 +28,9 @@ import time
 
 import numpy as np
 
+from ._base import Parameter
+from .nn import Module
+
 __all__ = ["init", "is_initialized", "rank", "world_size", "barrier", "broadcast_parameters", "broadcast_object",
            "allreduce", "allreduce_gradients", "GradientReducer", "DistributedSampler"]
 
@@ -144,7 +147,6 @@ def _in_place():
 def _parameter_list(model, trainable_only):
     """The Parameters of a fusedrnn.nn Module, a fusedrnn.keras Model or Layer, or an iterable of
     Parameters, in a fixed order (the same on every rank for the same model code)."""
-    from .nn.module import Module, Parameter
     if isinstance(model, Parameter):
         params = [model]
     elif isinstance(model, Module):
@@ -177,7 +179,8 @@ def _check_same_everywhere(comm, params, what):
 
 
 def broadcast_parameters(model, root=0):
-    """Copies rank `root`'s parameter values (every weight, trainable or not) to every rank."""
+    """Copies rank `root`'s parameter values (every weight, trainable or not) to every rank, bumping
+    the version of every parameter it writes (on rank `root` too)."""
     comm = _communicator()
     if not 0 <= root < comm.Get_size():
         raise ValueError(f"root must be a rank in [0, {comm.Get_size()}), got {root}")

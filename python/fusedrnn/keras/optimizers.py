@@ -2,7 +2,8 @@
 Adam's epsilon is added to sqrt(v) after the bias correction is folded into the step size,
 RMSprop's epsilon sits inside the square root, SGD's momentum buffer holds -lr * g).
 
-They update ``fusedrnn.nn.Parameter`` objects in place from their ``.grad``. The options every
+They update ``fusedrnn.nn.Parameter`` objects in place from their ``.grad``, bumping the version
+of each one they update once per step. The options every
 optimizer takes, as in Keras: ``weight_decay`` (decoupled: ``p -= lr * weight_decay * p``),
 ``clipnorm`` (per weight), ``global_clipnorm`` and ``clipvalue``. ``learning_rate`` is a float
 (settable, as callbacks do) or a callable of the step count (a schedule).
@@ -16,7 +17,8 @@ __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "get"]
 
 
 class Optimizer:
-    """Base class; subclasses implement ``_update(param, grad, slots, lr)``."""
+    """Base class; subclasses implement ``_update(data, grad, slots, lr)``, which updates a
+    weight's array `data` in place; ``apply`` then bumps its Parameter's version."""
 
     def __init__(self, learning_rate=0.001, weight_decay=None, clipnorm=None, clipvalue=None,
                  global_clipnorm=None, name=None, **unsupported):
@@ -72,12 +74,14 @@ class Optimizer:
         grads = self._clipped([[np.asarray(p.grad, dtype=p.data.dtype) for p in group] for group in groups])
         for group, group_grads in zip(groups, grads):
             for param, grad in zip(group, group_grads):
+                data = param.data
                 if self.weight_decay:
-                    param.data -= param.data * (self.weight_decay * lr)
-                self._update(param, grad, self._slots.setdefault(param, {}), lr)
+                    data -= data * (self.weight_decay * lr)
+                self._update(data, grad, self._slots.setdefault(param, {}), lr)
+                param.bump_version()
         self.iterations += 1
 
-    def _update(self, param, grad, slots, lr):
+    def _update(self, data, grad, slots, lr):
         raise NotImplementedError
 
     def get_config(self):
@@ -88,9 +92,9 @@ class Optimizer:
         return f"<{type(self).__name__} learning_rate={self.learning_rate}>"
 
 
-def _slot(slots, name, param, fill=0.0):
+def _slot(slots, name, data, fill=0.0):
     if name not in slots:
-        slots[name] = np.full_like(param.data, fill)
+        slots[name] = np.full_like(data, fill)
     return slots[name]
 
 
@@ -104,14 +108,14 @@ class SGD(Optimizer):
             raise ValueError(f"momentum must be in [0, 1], got {momentum}")
         self.momentum, self.nesterov = float(momentum), bool(nesterov)
 
-    def _update(self, param, grad, slots, lr):
+    def _update(self, data, grad, slots, lr):
         if not self.momentum:
-            param.data -= lr * grad
+            data -= lr * grad
             return
-        m = _slot(slots, "momentum", param)
+        m = _slot(slots, "momentum", data)
         m *= self.momentum
         m -= lr * grad
-        param.data += self.momentum * m - lr * grad if self.nesterov else m
+        data += self.momentum * m - lr * grad if self.nesterov else m
 
 
 class Adam(Optimizer):
@@ -123,15 +127,15 @@ class Adam(Optimizer):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         self.beta_1, self.beta_2, self.epsilon, self.amsgrad = beta_1, beta_2, epsilon, bool(amsgrad)
 
-    def _update(self, param, grad, slots, lr):
+    def _update(self, data, grad, slots, lr):
         step = self.iterations + 1
         alpha = lr * math.sqrt(1 - self.beta_2 ** step) / (1 - self.beta_1 ** step)
-        m, v = _slot(slots, "momentum", param), _slot(slots, "velocity", param)
+        m, v = _slot(slots, "momentum", data), _slot(slots, "velocity", data)
         m += (grad - m) * (1 - self.beta_1)
         v += (grad * grad - v) * (1 - self.beta_2)
         if self.amsgrad:
-            v = np.maximum(_slot(slots, "velocity_hat", param), v, out=slots["velocity_hat"])
-        param.data -= (m * alpha) / (np.sqrt(v) + self.epsilon)
+            v = np.maximum(_slot(slots, "velocity_hat", data), v, out=slots["velocity_hat"])
+        data -= (m * alpha) / (np.sqrt(v) + self.epsilon)
 
 
 class AdamW(Adam):
@@ -152,23 +156,23 @@ class RMSprop(Optimizer):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         self.rho, self.momentum, self.epsilon, self.centered = rho, momentum, epsilon, bool(centered)
 
-    def _update(self, param, grad, slots, lr):
-        v = _slot(slots, "velocity", param)
+    def _update(self, data, grad, slots, lr):
+        v = _slot(slots, "velocity", data)
         v *= self.rho
         v += (1 - self.rho) * grad * grad
         denominator = v + self.epsilon
         if self.centered:
-            average = _slot(slots, "average_gradient", param)
+            average = _slot(slots, "average_gradient", data)
             average *= self.rho
             average += (1 - self.rho) * grad
             denominator = denominator - average * average
         step = lr * grad / np.sqrt(denominator)
         if self.momentum > 0:
-            m = _slot(slots, "momentum", param)
+            m = _slot(slots, "momentum", data)
             m *= self.momentum
             m += step
             step = m
-        param.data -= step
+        data -= step
 
 
 class Adagrad(Optimizer):
@@ -178,10 +182,10 @@ class Adagrad(Optimizer):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         self.initial_accumulator_value, self.epsilon = initial_accumulator_value, epsilon
 
-    def _update(self, param, grad, slots, lr):
-        accumulator = _slot(slots, "accumulator", param, self.initial_accumulator_value)
+    def _update(self, data, grad, slots, lr):
+        accumulator = _slot(slots, "accumulator", data, self.initial_accumulator_value)
         accumulator += grad * grad
-        param.data -= lr * grad / np.sqrt(accumulator + self.epsilon)
+        data -= lr * grad / np.sqrt(accumulator + self.epsilon)
 
 
 _BY_NAME = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop, "adagrad": Adagrad}

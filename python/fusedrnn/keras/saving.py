@@ -6,7 +6,9 @@ when it is installed), so that weights saved by Keras load unchanged and the oth
   ``layers/``, named by the layer's class in snake case and numbered within the model
   (``lstm``, ``lstm_1``, ...); a recurrent layer's arrays sit in ``cell/vars/0, 1, ...``, a
   Bidirectional's in ``forward_layer/cell/vars`` and ``backward_layer/cell/vars``, others' in
-  ``vars``. Keras addresses layers by these names, not by the layers' own names.
+  ``vars``; a nested model's layers sit in its own ``layers/`` (a functional model is named
+  ``functional``, after Keras's class). Keras addresses layers by these names, not by the
+  layers' own names.
 - Keras 2 (legacy) ``.h5`` weights files are read too: the root (or ``model_weights``) lists
   ``layer_names``; each layer's group lists its ``weight_names``.
 
@@ -49,14 +51,27 @@ def _keras3_paths(layer):
         return [("vars", [])] + nested("layer", layer.layer)
     if isinstance(layer, _Recurrent):
         return [("vars", []), ("cell/vars", layer.get_weights())]
+    if _is_model(layer):
+        return [("vars", [])] + [path for inner, name in zip(layer.layers, _keras3_names(layer.layers))
+                                 for path in nested(f"layers/{name}", inner)]
     return [("vars", layer.get_weights())]
+
+
+def _is_model(layer, exactly=False):
+    from .models import Model   # here, as models imports this module
+    return type(layer) is Model if exactly else isinstance(layer, Model)
+
+
+def _keras_class_name(layer):
+    # keras.Model(inputs, outputs) makes an instance of Keras's Functional class.
+    return "Functional" if _is_model(layer, exactly=True) else type(layer).__name__
 
 
 def _keras3_names(layers):
     """Keras's names for the layers of a model: class names in snake case, numbered per model."""
     used, names = {}, []
     for layer in layers:
-        base = _snake_case(type(layer).__name__)
+        base = _snake_case(_keras_class_name(layer))
         names.append(base if base not in used else f"{base}_{used[base]}")
         used[base] = used.get(base, 0) + 1
     return names

@@ -12,9 +12,9 @@ from collections import OrderedDict
 
 import numpy as np
 
+from .._base import Parameter, as_any_float_array, as_float_array, check_device, check_grad, matmul, resolve_dtype
 from .._random import resolve_rng
-from ._common import as_any_float_array, as_float_array, check_device, check_grad, matmul, resolve_dtype
-from .module import Module, Parameter
+from .module import Module
 
 __all__ = ["Linear", "Embedding", "Dropout", "Identity", "Tanh", "ReLU", "Sigmoid", "Flatten",
            "Sequential"]

@@ -15,7 +15,7 @@ criterion untouched in PyTorch too); each forward can be differentiated once.
 
 import numpy as np
 
-from ._common import as_any_float_array
+from .._base import as_any_float_array
 from .module import Module
 
 __all__ = ["MSELoss", "L1Loss", "CrossEntropyLoss", "NLLLoss", "BCEWithLogitsLoss"]

@@ -1,7 +1,8 @@
-"""Module and Parameter: the PyTorch-flavoured base of every layer, loss and container.
+"""Module: the PyTorch-flavoured base of every layer, loss and container.
 
-A Parameter holds its value in ``.data`` (a NumPy array) and its gradient in ``.grad`` (an array
-of the same shape and dtype, or None). Modules compute ``forward`` and, since there is no
+A Parameter (defined in ``fusedrnn._base``, which every front end shares; ``fusedrnn.nn.Parameter``
+here) holds its value in ``.data`` (a NumPy array) and its gradient in ``.grad`` (an array of the
+same shape and dtype, or None). Modules compute ``forward`` and, since there is no
 autograd here, an explicit ``backward(grad_output)`` that returns the gradient of the input and
 *accumulates* (``+=``) into the ``.grad`` of their parameters, as PyTorch does; ``zero_grad``
 clears them. Recurrent layers' backward takes ``(grad_output, grad_hn)`` and returns
@@ -12,48 +13,9 @@ from collections import OrderedDict
 
 import numpy as np
 
+from .._base import Parameter
+
 __all__ = ["Module", "Parameter"]
-
-
-class Parameter:
-    """A trainable array: ``.data`` (ndarray) and ``.grad`` (ndarray or None)."""
-
-    __slots__ = ("data", "grad", "requires_grad")
-
-    def __init__(self, data, requires_grad=True):
-        self.data = np.array(data, copy=True)
-        self.grad = None
-        self.requires_grad = bool(requires_grad)
-
-    @property
-    def shape(self):
-        return self.data.shape
-
-    @property
-    def dtype(self):
-        return self.data.dtype
-
-    @property
-    def size(self):
-        return self.data.size
-
-    def numel(self):
-        return self.data.size
-
-    def accumulate_grad(self, grad):
-        """Adds `grad` into .grad (creating it on first use), PyTorch's ``+=`` contract."""
-        if not self.requires_grad or grad is None:
-            return
-        if self.grad is None:
-            self.grad = np.array(grad, dtype=self.data.dtype, copy=True).reshape(self.data.shape)
-        else:
-            self.grad += grad
-
-    def __array__(self, dtype=None, copy=None):
-        return self.data if dtype is None else self.data.astype(dtype)
-
-    def __repr__(self):
-        return f"Parameter containing:\n{self.data!r}"
 
 
 class Module:
@@ -161,7 +123,7 @@ class Module:
         """Loads arrays (anything numpy.asarray takes) into the parameters of the same names.
 
         Everything is checked before anything is written, so on error the module is unchanged.
-        Returns ``(missing_keys, unexpected_keys)`` like PyTorch (both empty when strict).
+        Each parameter loaded has its version bumped. Returns ``(missing_keys, unexpected_keys)`` like PyTorch (both empty when strict).
         """
         own = OrderedDict(self.named_parameters())
         given = OrderedDict(state_dict)

@@ -1,8 +1,9 @@
 """Optimizers with torch.optim's interface, defaults and update rules: SGD, Adam, AdamW, RMSprop,
 Adagrad, and ``lr_scheduler``.
 
-They update ``fusedrnn.nn.Parameter`` objects: ``.data`` in place from ``.grad``; a parameter
-whose ``.grad`` is None is skipped. Options live per parameter group (``param_groups``), so
+They update ``fusedrnn.nn.Parameter`` objects: ``.data`` in place from ``.grad``, bumping the
+version of each parameter they update once per step; a parameter whose ``.grad`` is None is
+skipped (and keeps its version). Options live per parameter group (``param_groups``), so
 ``optimizer.param_groups[0]["lr"] = 0.1`` changes the learning rate as in PyTorch.
 
 Common notation in the update rules below: g is the gradient (negated when maximize=True),
@@ -14,7 +15,7 @@ import math
 
 import numpy as np
 
-from ..nn.module import Parameter
+from .._base import Parameter
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "lr_scheduler"]
 
@@ -36,7 +37,8 @@ def _check_non_negative(value, what):
 
 class Optimizer:
     """Base class: holds param_groups (dicts with 'params' and the options) and per-parameter
-    state (``state[param]``, a dict). Subclasses implement ``_update(group, param, grad, state)``.
+    state (``state[param]``, a dict). Subclasses implement ``_update(group, data, grad, state)``,
+    which updates the parameter's array `data` in place; ``step`` then bumps its version.
     """
 
     def __init__(self, params, defaults):
@@ -108,12 +110,13 @@ class Optimizer:
                 if group.get("maximize", False):
                     grad = -grad
                 state = self.state.get(param, {})
-                self._update(group, param, np.asarray(grad, dtype=param.data.dtype), state)
+                self._update(group, param.data, np.asarray(grad, dtype=param.data.dtype), state)
+                param.bump_version()
                 if state:   # stateless updates (plain SGD) keep no entry, as in PyTorch
                     self.state[param] = state
         return loss
 
-    def _update(self, group, param, grad, state):
+    def _update(self, group, data, grad, state):
         raise NotImplementedError
 
     # -- checkpoints -----------------------------------------------------------------------
@@ -203,21 +206,21 @@ class SGD(Optimizer):
                                       weight_decay=weight_decay, nesterov=nesterov,
                                       maximize=maximize))
 
-    def _update(self, group, param, grad, state):
+    def _update(self, group, data, grad, state):
         if group["weight_decay"]:
-            grad = grad + group["weight_decay"] * param.data
+            grad = grad + group["weight_decay"] * data
         momentum = group["momentum"]
         if momentum:
             buffer = state.get("momentum_buffer")
             if buffer is None:
                 # np.array, not grad.copy(): arithmetic on a 0-d array gives a NumPy scalar,
                 # which could not be updated in place at the next step.
-                buffer = state["momentum_buffer"] = np.array(grad, dtype=param.data.dtype)
+                buffer = state["momentum_buffer"] = np.array(grad, dtype=data.dtype)
             else:
                 buffer *= momentum
                 buffer += (1 - group["dampening"]) * grad
             grad = grad + momentum * buffer if group["nesterov"] else buffer
-        param.data -= group["lr"] * grad
+        data -= group["lr"] * grad
 
 
 class Adam(Optimizer):
@@ -241,22 +244,22 @@ class Adam(Optimizer):
                                       amsgrad=amsgrad, maximize=maximize,
                                       decoupled_weight_decay=decoupled_weight_decay))
 
-    def _update(self, group, param, grad, state):
+    def _update(self, group, data, grad, state):
         lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
         weight_decay = group["weight_decay"]
         if not state:
             state["step"] = 0
-            state["exp_avg"] = np.zeros_like(param.data)
-            state["exp_avg_sq"] = np.zeros_like(param.data)
+            state["exp_avg"] = np.zeros_like(data)
+            state["exp_avg_sq"] = np.zeros_like(data)
             if group["amsgrad"]:
-                state["max_exp_avg_sq"] = np.zeros_like(param.data)
+                state["max_exp_avg_sq"] = np.zeros_like(data)
         state["step"] += 1
         step = state["step"]
         if weight_decay:
             if group["decoupled_weight_decay"]:
-                param.data *= 1 - lr * weight_decay
+                data *= 1 - lr * weight_decay
             else:
-                grad = grad + weight_decay * param.data
+                grad = grad + weight_decay * data
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
         exp_avg += (1 - beta1) * (grad - exp_avg)
         exp_avg_sq *= beta2
@@ -267,7 +270,7 @@ class Adam(Optimizer):
             second_moment = exp_avg_sq
         step_size = lr / (1 - beta1 ** step)
         denominator = np.sqrt(second_moment) / math.sqrt(1 - beta2 ** step) + eps
-        param.data -= step_size * (exp_avg / denominator)
+        data -= step_size * (exp_avg / denominator)
 
 
 class AdamW(Adam):
@@ -299,18 +302,18 @@ class RMSprop(Optimizer):
         super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                                       momentum=momentum, centered=centered, maximize=maximize))
 
-    def _update(self, group, param, grad, state):
+    def _update(self, group, data, grad, state):
         alpha, eps, momentum = group["alpha"], group["eps"], group["momentum"]
         if not state:
             state["step"] = 0
-            state["square_avg"] = np.zeros_like(param.data)
+            state["square_avg"] = np.zeros_like(data)
             if momentum > 0:
-                state["momentum_buffer"] = np.zeros_like(param.data)
+                state["momentum_buffer"] = np.zeros_like(data)
             if group["centered"]:
-                state["grad_avg"] = np.zeros_like(param.data)
+                state["grad_avg"] = np.zeros_like(data)
         state["step"] += 1
         if group["weight_decay"]:
-            grad = grad + group["weight_decay"] * param.data
+            grad = grad + group["weight_decay"] * data
         square_avg = state["square_avg"]
         square_avg *= alpha
         square_avg += (1 - alpha) * grad * grad
@@ -324,9 +327,9 @@ class RMSprop(Optimizer):
             buffer = state["momentum_buffer"]
             buffer *= momentum
             buffer += grad / denominator
-            param.data -= group["lr"] * buffer
+            data -= group["lr"] * buffer
         else:
-            param.data -= group["lr"] * (grad / denominator)
+            data -= group["lr"] * (grad / denominator)
 
 
 class Adagrad(Optimizer):
@@ -355,16 +358,16 @@ class Adagrad(Optimizer):
                     "sum": np.full_like(param.data, group["initial_accumulator_value"]),
                 }
 
-    def _update(self, group, param, grad, state):
+    def _update(self, group, data, grad, state):
         if not state:   # a parameter of a group added after construction
             state["step"] = 0
-            state["sum"] = np.full_like(param.data, group["initial_accumulator_value"])
+            state["sum"] = np.full_like(data, group["initial_accumulator_value"])
         state["step"] += 1
         if group["weight_decay"]:
-            grad = grad + group["weight_decay"] * param.data
+            grad = grad + group["weight_decay"] * data
         learning_rate = group["lr"] / (1 + (state["step"] - 1) * group["lr_decay"])
         state["sum"] += grad * grad
-        param.data -= learning_rate * (grad / (np.sqrt(state["sum"]) + group["eps"]))
+        data -= learning_rate * (grad / (np.sqrt(state["sum"]) + group["eps"]))
 
 
 # Last: lr_scheduler checks that it is given an Optimizer, so it imports this module's classes.

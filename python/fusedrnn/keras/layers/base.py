@@ -1,7 +1,7 @@
 """Layer, the symbolic KerasTensor, Input and InputLayer.
 
-A layer holds its weights as ``fusedrnn.nn.Parameter`` objects (``.data`` and ``.grad``) in the
-layout its kernel wants; ``get_weights``/``set_weights`` speak Keras's layout and order, so
+A layer holds its weights as Parameters (``fusedrnn.nn.Parameter``: ``.data`` and ``.grad``) in
+the layout its kernel wants; ``get_weights``/``set_weights`` speak Keras's layout and order, so
 weights move between Keras and fusedrnn unchanged.
 
 Since there is no autograd, every layer implements, besides Keras's ``build`` and
@@ -22,7 +22,7 @@ import re
 
 import numpy as np
 
-from ...nn.module import Parameter
+from ..._base import Parameter, resolve_dtype
 
 __all__ = ["Layer", "InputLayer", "Input", "KerasTensor"]
 
@@ -40,14 +40,6 @@ def unique_name(base):
     count = _name_counts.get(base, 0)
     _name_counts[base] = count + 1
     return base if count == 0 else f"{base}_{count}"
-
-
-def float_dtype(dtype):
-    """The layer dtype: float32 (default) or float64."""
-    resolved = np.dtype("float32" if dtype is None else dtype)
-    if resolved not in (np.float32, np.float64):
-        raise TypeError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
-    return resolved
 
 
 def reject_unsupported(owner, **options):
@@ -90,7 +82,7 @@ class Layer:
         if unknown:
             raise TypeError(f"{type(self).__name__} got unexpected keyword argument(s): {', '.join(unknown)}")
         self.name = name or unique_name(_snake_case(type(self).__name__))
-        self.dtype = float_dtype(dtype)
+        self.dtype = resolve_dtype(dtype)   # float32 (default) or float64
         self.built = False
         self._params = {}   # name -> Parameter, in the kernels' layout
         self._trainable = bool(trainable)
@@ -134,25 +126,34 @@ class Layer:
 
     @property
     def _sublayers(self):
-        """Layers this one wraps (Bidirectional, TimeDistributed): they follow its trainable."""
+        """The layers this one is made of (a wrapper's layer, a model's layers): their weights
+        follow its own in every list of weights, and setting its trainable sets theirs."""
         return ()
 
     @property
     def weights(self):
         """The layer's Parameters (kernel layout; ``get_weights`` gives Keras's)."""
-        return list(self._params.values())
+        return list(self._params.values()) + [w for layer in self._sublayers for w in layer.weights]
 
     @property
     def trainable_weights(self):
-        return self.weights if self.trainable else []
+        """The weights training updates: none when the layer is frozen, else its own and its
+        sublayers' trainable ones (a sublayer may be frozen on its own)."""
+        if not self.trainable:
+            return []
+        return list(self._params.values()) + [w for layer in self._sublayers for w in layer.trainable_weights]
 
     @property
     def non_trainable_weights(self):
-        return [] if self.trainable else self.weights
+        trainable = {id(w) for w in self.trainable_weights}
+        return [w for w in self.weights if id(w) not in trainable]
 
     def _keras_variables(self):
         """The trainable Parameters grouped as Keras's variables (for per-variable clipnorm)."""
-        return [[param] for param in self.trainable_weights]
+        if not self.trainable:
+            return []
+        return [[param] for param in self._params.values()] + [
+            group for layer in self._sublayers for group in layer._keras_variables()]
 
     def count_params(self):
         if not self.built:
@@ -164,7 +165,8 @@ class Layer:
         return [np.array(w, copy=True) for w in self._keras_weights()]
 
     def set_weights(self, weights):
-        """Loads arrays in Keras's layout and order (as Keras's get_weights gives them)."""
+        """Loads arrays in Keras's layout and order (as Keras's get_weights gives them); each
+        Parameter written has its version bumped."""
         if not self.built:
             raise ValueError(f"layer {self.name!r} is not built yet: call it on data (or build it) first")
         expected = self._keras_weights()
@@ -177,7 +179,7 @@ class Layer:
             if given.shape != own.shape:
                 raise ValueError(f"layer {self.name!r}, weight {index}: shape {given.shape} does not match "
                                  f"the layer's {own.shape}")
-            arrays.append(given.astype(self.dtype))
+            arrays.append(given.astype(own.dtype))   # a sublayer's dtype may differ from this layer's
         self._load_keras_weights(arrays)
 
     # -- weights, in the subclass's layout -------------------------------------------------------
@@ -188,11 +190,19 @@ class Layer:
     def _keras_weights(self, attribute="data"):
         """The weights as Keras lays them out (may be views; get_weights copies); with
         attribute="grad", their gradients laid out the same way."""
-        return [getattr(param, attribute) for param in self._params.values()]
+        return [getattr(param, attribute) for param in self._params.values()] + [
+            array for layer in self._sublayers for array in layer._keras_weights(attribute)]
 
     def _load_keras_weights(self, arrays):
-        for param, array in zip(self._params.values(), arrays):
+        """Writes arrays laid out as _keras_weights gives them (checked by set_weights)."""
+        own = len(self._params)
+        for param, array in zip(self._params.values(), arrays[:own]):
             param.data = np.ascontiguousarray(array)
+        start = own
+        for layer in self._sublayers:
+            count = len(layer._keras_weights())
+            layer._load_keras_weights(arrays[start:start + count])
+            start += count
 
     # -- running ---------------------------------------------------------------------------------
     def forward(self, x, mask=None, training=False):

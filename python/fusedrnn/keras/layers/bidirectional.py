@@ -63,21 +63,6 @@ class Bidirectional(Layer):
             self.set_weights(self._initial_weights)
             self._initial_weights = None
 
-    @property
-    def weights(self):
-        return self.forward_layer.weights + self.backward_layer.weights
-
-    def _keras_variables(self):
-        return self.forward_layer._keras_variables() + self.backward_layer._keras_variables()
-
-    def _keras_weights(self, attribute="data"):
-        return self.forward_layer._keras_weights(attribute) + self.backward_layer._keras_weights(attribute)
-
-    def _load_keras_weights(self, arrays):
-        split = len(self.forward_layer._keras_weights())
-        self.forward_layer._load_keras_weights(arrays[:split])
-        self.backward_layer._load_keras_weights(arrays[split:])
-
     def compute_output_shape(self, input_shape):
         shapes = self.forward_layer.compute_output_shape(input_shape)
         output, states = (shapes[0], shapes[1:]) if self.return_state else (shapes, [])

@@ -5,7 +5,7 @@ import math
 import numpy as np
 
 from ..._random import resolve_rng
-from ...nn._common import matmul
+from ..._base import matmul
 from .. import activations, initializers
 from .base import Layer, reject_unsupported
 
@@ -227,19 +227,6 @@ class TimeDistributed(Layer):
     @property
     def _sublayers(self):
         return (self.layer,)
-
-    @property
-    def weights(self):
-        return self.layer.weights
-
-    def _keras_variables(self):
-        return self.layer._keras_variables()
-
-    def _keras_weights(self, attribute="data"):
-        return self.layer._keras_weights(attribute)
-
-    def _load_keras_weights(self, arrays):
-        self.layer._load_keras_weights(arrays)
 
     def forward(self, x, mask=None, training=False):
         x = np.asarray(x)

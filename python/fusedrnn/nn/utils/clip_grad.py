@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from ..module import Parameter
+from ..._base import Parameter
 
 __all__ = ["clip_grad_norm_", "clip_grad_value_"]
 
