@@ -50,6 +50,7 @@
 #include "cpu/buffer.h"
 #include "cpu/gemm.h"
 #include "cpu/gemm_bf16.h"
+#include "cpu/math.h"
 
 namespace fusedrnn::cpu {
 namespace {
