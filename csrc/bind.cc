@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <iterator>
 #include <utility>
 #include <string>
 #include <type_traits>
@@ -22,21 +23,41 @@
 #include "cpu/gemm_bf16.h"
 #include "cpu/math.h"
 #include "cpu/peak.h"
-#include "cpu/recurrence.h"
+#include "cpu/layer.h"
+#include "recurrence.h"
 
 namespace py = pybind11;
-using fusedrnn::cpu::CellKind;
+using fusedrnn::CellInfo;
+using fusedrnn::CellKind;
 
 namespace {
 
+// The CellKind named `name` (the cell table's names, recurrence.h), or ValueError.
 CellKind parse_cell(const std::string& name) {
-  if (name == "rnn_tanh") return CellKind::kRnnTanh;
-  if (name == "rnn_relu") return CellKind::kRnnRelu;
-  if (name == "lstm") return CellKind::kLstm;
-  if (name == "gru") return CellKind::kGru;
-  if (name == "gru_reset_before") return CellKind::kGruResetBefore;
-  throw py::value_error("unknown cell '" + name +
-                        "': expected rnn_tanh, rnn_relu, lstm, gru or gru_reset_before");
+  std::string expected;
+  const int count = static_cast<int>(std::size(fusedrnn::kCellKinds));
+  for (int i = 0; i < count; ++i) {
+    const char* known = fusedrnn::cell_info(fusedrnn::kCellKinds[i]).name;
+    if (name == known) return fusedrnn::kCellKinds[i];
+    expected += (i == 0 ? "" : i + 1 < count ? ", " : " or ") + std::string(known);
+  }
+  throw py::value_error("unknown cell '" + name + "': expected " + expected);
+}
+
+// {name: {"gates", "saved", "has_cell_state", "two_phase", "split_gradient"}} in the table's order.
+py::dict cell_table() {
+  py::dict table;
+  for (const CellKind kind : fusedrnn::kCellKinds) {
+    const CellInfo info = fusedrnn::cell_info(kind);
+    py::dict row;
+    row["gates"] = info.gates;
+    row["saved"] = info.saved;
+    row["has_cell_state"] = info.has_cell_state;
+    row["two_phase"] = info.two_phase;
+    row["split_gradient"] = info.split_gradient;
+    table[py::str(info.name)] = row;
+  }
+  return table;
 }
 
 std::string shape_str(const std::vector<int64_t>& shape) {
@@ -130,16 +151,17 @@ py::tuple forward_typed(CellKind cell, const py::array& x, const py::object& h0,
                         bool reverse, bool training, bool bf16_weights) {
   if (x.ndim() != 3) throw py::value_error("x must have 3 dimensions (T, B, I)");
   if (bf16_weights && (!std::is_same_v<T, float> || training || !w_hr.is_none() || !recurrent_scale.is_none() ||
-                       cell == CellKind::kGruResetBefore)) {
+                       fusedrnn::cell_info(cell).two_phase)) {
     throw py::value_error("bfloat16 recurrent weights are for float32 inference only, without a projection, "
                           "recurrent dropout or the reset-before-product GRU");
   }
   const int64_t steps = x.shape(0), B = x.shape(1), I = x.shape(2);
-  const int G = fusedrnn::cpu::gate_count(cell), S = fusedrnn::cpu::saved_count(cell);
-  const bool has_c = fusedrnn::cpu::has_cell_state(cell);
+  const CellInfo info = fusedrnn::cell_info(cell);
+  const int64_t G = info.gates, S = info.saved;
+  const bool has_c = info.has_cell_state;
   const auto [H, P] = hidden_and_state_size(cell, w_hh, w_hr);
 
-  fusedrnn::cpu::ForwardArgs<T> a{};
+  fusedrnn::ForwardArgs<T> a{};
   a.T_ = steps, a.B = B, a.I = I, a.H = H, a.P = P, a.reverse = reverse;
   a.x = checked<T>(x, "x", {steps, B, I});
   a.h0 = checked<T>(h0, "h0", {B, P}, true);
@@ -202,11 +224,12 @@ py::tuple backward_typed(CellKind cell, const py::array& x, const py::object& w_
   if (x.ndim() != 3) throw py::value_error("x must have 3 dimensions (T, B, I)");
   if (saved.size() != 4) throw py::value_error("saved must be the 4-tuple that forward returned");
   const int64_t steps = x.shape(0), B = x.shape(1), I = x.shape(2);
-  const int G = fusedrnn::cpu::gate_count(cell), S = fusedrnn::cpu::saved_count(cell);
-  const bool has_c = fusedrnn::cpu::has_cell_state(cell);
+  const CellInfo info = fusedrnn::cell_info(cell);
+  const int64_t G = info.gates, S = info.saved;
+  const bool has_c = info.has_cell_state;
   const auto [H, P] = hidden_and_state_size(cell, w_hh, w_hr);
 
-  fusedrnn::cpu::BackwardArgs<T> a{};
+  fusedrnn::BackwardArgs<T> a{};
   a.T_ = steps, a.B = B, a.I = I, a.H = H, a.P = P, a.reverse = reverse;
   a.x = checked<T>(x, "x", {steps, B, I});
   a.w_ih = checked<T>(w_ih, "w_ih", {G * H, I});
@@ -424,6 +447,9 @@ PYBIND11_MODULE(_core, m) {
       py::arg("mask"), py::arg("repeat_masked_output"),
       py::arg("reverse"), py::arg("saved"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"),
       py::arg("want_db_ih"), py::arg("want_db_hh"));
+
+  m.def("cell_info", &cell_table,
+        "The cell table: {name: {gates, saved, has_cell_state, two_phase, split_gradient}}, in the kernels' order.");
 
   m.def(
       "gemm",

@@ -4,6 +4,7 @@
 // A cell is a struct of static functions on ONE hidden unit of ONE sequence at one time step
 // (or a vector of them: the code is the same):
 //
+//   kName           the cell's name, in Python and in the cell table (recurrence.h)
 //   kGates          G, rows of weight_ih / weight_hh per hidden unit (gate order as PyTorch's)
 //   kSaved          values per unit that forward saves for backward (post-activation gates, ...)
 //   kHasCell        whether the state carries a cell value c besides h (LSTM)

@@ -33,7 +33,7 @@
 // AVX-512, AVX2 and the baseline, and picked at run time with the GEMM's kernels.
 //
 // Gradient contract: outputs are overwritten (=); the Python layer accumulates (+=).
-#include "cpu/recurrence.h"
+#include "cpu/layer.h"
 
 #include <algorithm>
 #include <cstring>
@@ -44,13 +44,11 @@
 #include <omp.h>
 #endif
 
-#include "cells/gru.h"
-#include "cells/lstm.h"
-#include "cells/rnn.h"
 #include "cpu/buffer.h"
 #include "cpu/gemm.h"
 #include "cpu/gemm_bf16.h"
 #include "cpu/math.h"
+#include "recurrence.h"
 
 namespace fusedrnn::cpu {
 namespace {
@@ -912,50 +910,14 @@ void backward_layer(const BackwardArgs<T>& a) {
 
 }  // namespace
 
-int gate_count(CellKind cell) {
-  switch (cell) {
-    case CellKind::kRnnTanh:
-    case CellKind::kRnnRelu: return RnnCell<Activation::kTanh>::kGates;
-    case CellKind::kLstm: return LstmCell::kGates;
-    case CellKind::kGru: return GruCell::kGates;
-    case CellKind::kGruResetBefore: return GruResetBeforeCell::kGates;
-  }
-  return 0;
-}
-
-int saved_count(CellKind cell) {
-  switch (cell) {
-    case CellKind::kRnnTanh:
-    case CellKind::kRnnRelu: return RnnCell<Activation::kTanh>::kSaved;
-    case CellKind::kLstm: return LstmCell::kSaved;
-    case CellKind::kGru: return GruCell::kSaved;
-    case CellKind::kGruResetBefore: return GruResetBeforeCell::kSaved;
-  }
-  return 0;
-}
-
-bool has_cell_state(CellKind cell) { return cell == CellKind::kLstm; }
-
 template <class T>
 void forward(CellKind cell, const ForwardArgs<T>& args) {
-  switch (cell) {
-    case CellKind::kRnnTanh: return forward_layer<RnnCell<Activation::kTanh>, T>(args);
-    case CellKind::kRnnRelu: return forward_layer<RnnCell<Activation::kRelu>, T>(args);
-    case CellKind::kLstm: return forward_layer<LstmCell, T>(args);
-    case CellKind::kGru: return forward_layer<GruCell, T>(args);
-    case CellKind::kGruResetBefore: return forward_layer<GruResetBeforeCell, T>(args);
-  }
+  with_cell(cell, [&](auto cell_type) { forward_layer<decltype(cell_type), T>(args); });
 }
 
 template <class T>
 void backward(CellKind cell, const BackwardArgs<T>& args) {
-  switch (cell) {
-    case CellKind::kRnnTanh: return backward_layer<RnnCell<Activation::kTanh>, T>(args);
-    case CellKind::kRnnRelu: return backward_layer<RnnCell<Activation::kRelu>, T>(args);
-    case CellKind::kLstm: return backward_layer<LstmCell, T>(args);
-    case CellKind::kGru: return backward_layer<GruCell, T>(args);
-    case CellKind::kGruResetBefore: return backward_layer<GruResetBeforeCell, T>(args);
-  }
+  with_cell(cell, [&](auto cell_type) { backward_layer<decltype(cell_type), T>(args); });
 }
 
 template void forward<float>(CellKind, const ForwardArgs<float>&);
