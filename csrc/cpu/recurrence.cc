@@ -16,12 +16,7 @@
 //   A projection (LSTM proj_size) or a two-phase cell (reset-before-product GRU) adds a second
 //   GEMM and barrier per step: it needs a value every unit gives first.
 //
-// Steps and rows: loop step s visits time row t = s, or t = T-1-s in reverse. A (row, sequence)
-// pair that is masked out (lengths, or a mask) carries the state unchanged; its output is zero,
-// or (Keras) repeats the last output. With lengths, reversing the whole time axis this way is the
-// same as starting each sequence at its own last step (the rows before it only carry h0).
-// Saved states: row t reads slot t + reverse of saved_h and writes slot t + !reverse, so a
-// masked row writes the carried state into its slot and every row's input is in place.
+// Which steps run and where their states are saved: schedule.h.
 //
 // Backward (reverse time), per step: the recurrent product dh += dG_{s+1} W_hh for the thread's
 // own units (a column slice of W_hh, packed once, L2-resident), fused with the cell's pointwise
@@ -49,6 +44,7 @@
 #include "cpu/gemm_bf16.h"
 #include "cpu/math.h"
 #include "recurrence.h"
+#include "schedule.h"
 
 namespace fusedrnn::cpu {
 namespace {
@@ -91,40 +87,6 @@ template <class T>
 FUSEDRNN_INLINE void prefetch_lines(const T* p, int count, int64_t stride) {
   for (int i = 0; i < count; ++i) __builtin_prefetch(p + i * stride);
 }
-
-// Which (time row, sequence) pairs take a step, in the order the loop visits the rows.
-class Schedule {
- public:
-  template <class Args>
-  explicit Schedule(const Args& a)
-      : T_(a.T_), B_(a.B), reverse_(a.reverse), lengths_(a.lengths), mask_(a.mask),
-        repeat_output_(a.repeat_masked_output), first_step_(a.repeat_masked_output ? a.B : 0, a.T_) {
-    // Keras repeats the last *output* at a masked step, and that is zero until a first step.
-    for (int64_t s = a.T_ - 1; s >= 0 && repeat_output_; --s) {
-      for (int64_t b = 0; b < B_; ++b) {
-        if (active(row(s), b)) first_step_[b] = s;
-      }
-    }
-  }
-
-  int64_t row(int64_t s) const { return reverse_ ? T_ - 1 - s : s; }
-  bool active(int64_t t, int64_t b) const {
-    return mask_ ? mask_[t * B_ + b] != 0 : !lengths_ || t < lengths_[b];
-  }
-  // Whether a masked step's output repeats the state (else it is zero).
-  bool repeats_output(int64_t s, int64_t b) const { return repeat_output_ && s > first_step_[b]; }
-  int64_t prev_slot(int64_t t) const { return t + (reverse_ ? 1 : 0); }
-  int64_t new_slot(int64_t t) const { return t + (reverse_ ? 0 : 1); }
-  int64_t initial_slot() const { return reverse_ ? T_ : 0; }
-
- private:
-  int64_t T_, B_;
-  bool reverse_;
-  const int64_t* lengths_;
-  const uint8_t* mask_;
-  bool repeat_output_;
-  std::vector<int64_t> first_step_;
-};
 
 // Copies n values, or writes zeros when there is no source (an absent h0 or bias).
 template <class T>
@@ -435,7 +397,8 @@ void forward_layer(const ForwardArgs<T>& a) {
   constexpr int kFirstGates = Cell::kTwoPhase ? G - 1 : G;
   const int64_t steps = a.T_, B = a.B, I = a.I, H = a.H, P = a.P, GH = G * H;
   const bool projected = a.w_hr != nullptr;
-  const Schedule sch(a);
+  const std::vector<int64_t> first_steps = first_active_steps(a);
+  const Schedule sch(a, first_steps.data());
 
   Buffer<T> b_ih(GH), b_hh(GH);
   copy_or_zero(b_ih.get(), a.b_ih, GH);
@@ -775,7 +738,8 @@ void backward_layer(const BackwardArgs<T>& a) {
   // Rows of W_hh whose product reads h itself (a two-phase cell's last gate reads r*h).
   const int64_t KH = Cell::kTwoPhase ? (G - 1) * H : GH;
   const bool projected = a.w_hr != nullptr;
-  const Schedule sch(a);
+  const std::vector<int64_t> first_steps = first_active_steps(a);
+  const Schedule sch(a, first_steps.data());
 
   T* dgx = workspace<T>(0, steps * B * GH);
   T* dgh_last = Cell::kSplitGradient ? workspace<T>(1, steps * B * H) : nullptr;
