@@ -95,7 +95,7 @@ decltype(auto) with_dtype(const char* name, const py::array& array, F&& f) {
                        ", expected float32 or float64");
 }
 
-// Defines cell_info() (bind_cells.cc).
+// Defines cell_info() and the scalar cells' test functions (bind_cells.cc).
 void def_cells(py::module_& m);
 
 }  // namespace fusedrnn::bind
