@@ -20,14 +20,15 @@ namespace fusedrnn::bind {
 
 namespace py = pybind11;
 
-// The CellKind named `name` (the cell table's names, recurrence.h), or ValueError.
+// The CellKind named `name` (the cell table's names, recurrence.h), or ValueError listing them.
 inline CellKind parse_cell(const std::string& name) {
+  for (const CellKind kind : kCellKinds) {
+    if (name == cell_info(kind).name) return kind;
+  }
   std::string expected;
-  const int count = static_cast<int>(std::size(kCellKinds));
-  for (int i = 0; i < count; ++i) {
-    const char* known = cell_info(kCellKinds[i]).name;
-    if (name == known) return kCellKinds[i];
-    expected += (i == 0 ? "" : i + 1 < count ? ", " : " or ") + std::string(known);
+  const size_t count = std::size(kCellKinds);
+  for (size_t i = 0; i < count; ++i) {
+    expected += (i == 0 ? "" : i + 1 < count ? ", " : " or ") + std::string(cell_info(kCellKinds[i]).name);
   }
   throw py::value_error("unknown cell '" + name + "': expected " + expected);
 }
