@@ -3,75 +3,39 @@
 // Its callers are fusedrnn.functional (which validates arguments and makes arrays contiguous,
 // with messages written for users) and the tests. The checks here are the last line: whatever
 // reaches a kernel has the shape, dtype and layout it assumes, so a misuse of _core raises
-// instead of reading out of bounds. The GIL is released around every kernel.
-#include <pybind11/numpy.h>
-#include <pybind11/pybind11.h>
-
+// instead of reading out of bounds (bind.h). The GIL is released around every kernel.
+//
+// Each op is one C++ function with the op's Python signature (its py::arg names beside it in
+// PYBIND11_MODULE), whose body is generic in the element type and run through with_dtype.
 #include <algorithm>
 #include <cstdint>
-#include <utility>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
+#include "bind.h"
 #include "cpu/fingerprint.h"
 #include "cpu/gemm.h"
 #include "cpu/gemm_bf16.h"
+#include "cpu/layer.h"
 #include "cpu/math.h"
 #include "cpu/peak.h"
-#include "cpu/recurrence.h"
+#include "recurrence.h"
 
 namespace py = pybind11;
-using fusedrnn::cpu::CellKind;
+using fusedrnn::CellInfo;
+using fusedrnn::CellKind;
+using fusedrnn::bind::checked;
+using fusedrnn::bind::new_array;
+using fusedrnn::bind::new_array_if;
+using fusedrnn::bind::with_dtype;
 
 namespace {
-
-CellKind parse_cell(const std::string& name) {
-  if (name == "rnn_tanh") return CellKind::kRnnTanh;
-  if (name == "rnn_relu") return CellKind::kRnnRelu;
-  if (name == "lstm") return CellKind::kLstm;
-  if (name == "gru") return CellKind::kGru;
-  if (name == "gru_reset_before") return CellKind::kGruResetBefore;
-  throw py::value_error("unknown cell '" + name +
-                        "': expected rnn_tanh, rnn_relu, lstm, gru or gru_reset_before");
-}
-
-std::string shape_str(const std::vector<int64_t>& shape) {
-  std::string s = "(";
-  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + (shape.size() == 1 ? ",)" : ")");
-}
-
-// Checks that `obj` is a C-contiguous array of dtype T and exactly `shape`; returns its data.
-// None is allowed (and gives null) only when `optional`.
-template <class T>
-T* checked(const py::object& obj, const char* name, const std::vector<int64_t>& shape,
-           bool optional = false, bool writable = false) {
-  if (obj.is_none()) {
-    if (optional) return nullptr;
-    throw py::type_error(std::string(name) + " must be an array, not None");
-  }
-  if (!py::isinstance<py::array>(obj)) throw py::type_error(std::string(name) + " must be a numpy array");
-  auto arr = py::reinterpret_borrow<py::array>(obj);
-  if (!arr.dtype().is(py::dtype::of<T>())) {
-    throw py::type_error(std::string(name) + " has dtype " + std::string(py::str(arr.dtype())) +
-                         ", expected " + std::string(py::str(py::dtype::of<T>())));
-  }
-  std::vector<int64_t> actual(arr.shape(), arr.shape() + arr.ndim());
-  if (actual != shape) {
-    throw py::value_error(std::string(name) + " has shape " + shape_str(actual) + ", expected " +
-                          shape_str(shape));
-  }
-  if (!(arr.flags() & py::array::c_style)) throw py::value_error(std::string(name) + " must be C-contiguous");
-  if (writable && !arr.writeable()) throw py::value_error(std::string(name) + " must be writable");
-  // Inputs may be read-only arrays: the kernels only read them (data(), not mutable_data(),
-  // which refuses a read-only array); only `writable` ones are written.
-  return static_cast<T*>(const_cast<void*>(arr.data()));
-}
 
 const int64_t* checked_lengths(const py::object& obj, int64_t B, int64_t T) {
   if (obj.is_none()) return nullptr;
@@ -98,13 +62,6 @@ const uint8_t* checked_mask(const py::object& obj, const py::object& lengths, in
   return checked<uint8_t>(obj, "mask", {T, B});
 }
 
-template <class T>
-py::array_t<T> new_array(const std::vector<int64_t>& shape) {
-  return py::array_t<T>(std::vector<py::ssize_t>(shape.begin(), shape.end()));
-}
-
-py::object none() { return py::none(); }
-
 // Sizes read off w_hh (G*H, P) and w_hr (P, H) | None: (H, P).
 std::pair<int64_t, int64_t> hidden_and_state_size(CellKind cell, const py::object& w_hh, const py::object& w_hr) {
   if (!py::isinstance<py::array>(w_hh) || py::reinterpret_borrow<py::array>(w_hh).ndim() != 2) {
@@ -120,151 +77,122 @@ std::pair<int64_t, int64_t> hidden_and_state_size(CellKind cell, const py::objec
 }
 
 // forward(cell, x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh, recurrent_scale, lengths, mask,
-//         repeat_masked_output, reverse, training, bf16_weights)
+//         repeat_masked_output, reverse, training, bf16_weights=False)
 //   -> (y, h_n, c_n | None, saved | None),
 //   saved = (gates [T,B,S*H], h [T+1,B,P], c [T+1,B,H] | None, m [T,B,H] | None)
-template <class T>
-py::tuple forward_typed(CellKind cell, const py::array& x, const py::object& h0, const py::object& c0,
-                        const py::object& w_ih, const py::object& w_hh, const py::object& w_hr,
-                        const py::object& b_ih, const py::object& b_hh, const py::object& recurrent_scale,
-                        const py::object& lengths, const py::object& mask, bool repeat_masked_output,
-                        bool reverse, bool training, bool bf16_weights) {
-  if (x.ndim() != 3) throw py::value_error("x must have 3 dimensions (T, B, I)");
-  if (bf16_weights && (!std::is_same_v<T, float> || training || !w_hr.is_none() || !recurrent_scale.is_none() ||
-                       cell == CellKind::kGruResetBefore)) {
-    throw py::value_error("bfloat16 recurrent weights are for float32 inference only, without a projection, "
-                          "recurrent dropout or the reset-before-product GRU");
-  }
-  const int64_t steps = x.shape(0), B = x.shape(1), I = x.shape(2);
-  const int G = fusedrnn::cpu::gate_count(cell), S = fusedrnn::cpu::saved_count(cell);
-  const bool has_c = fusedrnn::cpu::has_cell_state(cell);
-  const auto [H, P] = hidden_and_state_size(cell, w_hh, w_hr);
-
-  fusedrnn::cpu::ForwardArgs<T> a{};
-  a.T_ = steps, a.B = B, a.I = I, a.H = H, a.P = P, a.reverse = reverse;
-  a.x = checked<T>(x, "x", {steps, B, I});
-  a.h0 = checked<T>(h0, "h0", {B, P}, true);
-  a.c0 = has_c ? checked<T>(c0, "c0", {B, H}, true) : nullptr;
-  a.w_ih = checked<T>(w_ih, "w_ih", {G * H, I});
-  a.w_hh = checked<T>(w_hh, "w_hh", {G * H, P});
-  a.w_hr = checked<T>(w_hr, "w_hr", {P, H}, true);
-  a.recurrent_scale = checked_scale<T>(recurrent_scale, a.w_hr, B, P);
-  a.b_ih = checked<T>(b_ih, "b_ih", {G * H}, true);
-  a.b_hh = checked<T>(b_hh, "b_hh", {G * H}, true);
-  a.lengths = checked_lengths(lengths, B, steps);
-  a.mask = checked_mask(mask, lengths, steps, B);
-  a.repeat_masked_output = repeat_masked_output;
-  a.bf16_weights = bf16_weights;
-
-  auto y = new_array<T>({steps, B, P});
-  auto h_n = new_array<T>({B, P});
-  py::object c_n = none(), saved = none();
-  a.y = y.mutable_data();
-  a.h_n = h_n.mutable_data();
-  if (has_c) {
-    auto arr = new_array<T>({B, H});
-    a.c_n = arr.mutable_data();
-    c_n = arr;
-  }
-  if (training) {
-    auto gates = new_array<T>({steps, B, S * H});
-    auto hs = new_array<T>({steps + 1, B, P});
-    py::object cs = none(), ms = none();
-    a.saved_gates = gates.mutable_data();
-    a.saved_h = hs.mutable_data();
-    if (has_c) {
-      auto arr = new_array<T>({steps + 1, B, H});
-      a.saved_c = arr.mutable_data();
-      cs = arr;
+py::tuple forward(const std::string& cell_name, const py::array& x, const py::object& h0, const py::object& c0,
+                  const py::object& w_ih, const py::object& w_hh, const py::object& w_hr, const py::object& b_ih,
+                  const py::object& b_hh, const py::object& recurrent_scale, const py::object& lengths,
+                  const py::object& mask, bool repeat_masked_output, bool reverse, bool training, bool bf16_weights) {
+  const CellKind cell = fusedrnn::bind::parse_cell(cell_name);
+  const CellInfo info = fusedrnn::cell_info(cell);
+  return with_dtype("x", x, [&](auto dtype) -> py::tuple {
+    using T = typename decltype(dtype)::type;
+    if (x.ndim() != 3) throw py::value_error("x must have 3 dimensions (T, B, I)");
+    if (bf16_weights && (!std::is_same_v<T, float> || training || !w_hr.is_none() || !recurrent_scale.is_none() ||
+                         info.two_phase)) {
+      throw py::value_error("bfloat16 recurrent weights are for float32 inference only, without a projection, "
+                            "recurrent dropout or the reset-before-product GRU");
     }
-    if (a.w_hr) {
-      auto arr = new_array<T>({steps, B, H});
-      a.saved_m = arr.mutable_data();
-      ms = arr;
+    const int64_t steps = x.shape(0), B = x.shape(1), I = x.shape(2);
+    const int64_t G = info.gates, S = info.saved;
+    const bool has_c = info.has_cell_state;
+    const auto [H, P] = hidden_and_state_size(cell, w_hh, w_hr);
+
+    fusedrnn::ForwardArgs<T> a{};
+    a.T_ = steps, a.B = B, a.I = I, a.H = H, a.P = P, a.reverse = reverse;
+    a.x = checked<T>(x, "x", {steps, B, I});
+    a.h0 = checked<T>(h0, "h0", {B, P}, true);
+    a.c0 = has_c ? checked<T>(c0, "c0", {B, H}, true) : nullptr;
+    a.w_ih = checked<T>(w_ih, "w_ih", {G * H, I});
+    a.w_hh = checked<T>(w_hh, "w_hh", {G * H, P});
+    a.w_hr = checked<T>(w_hr, "w_hr", {P, H}, true);
+    a.recurrent_scale = checked_scale<T>(recurrent_scale, a.w_hr, B, P);
+    a.b_ih = checked<T>(b_ih, "b_ih", {G * H}, true);
+    a.b_hh = checked<T>(b_hh, "b_hh", {G * H}, true);
+    a.lengths = checked_lengths(lengths, B, steps);
+    a.mask = checked_mask(mask, lengths, steps, B);
+    a.repeat_masked_output = repeat_masked_output;
+    a.bf16_weights = bf16_weights;
+
+    auto y = new_array<T>({steps, B, P});
+    auto h_n = new_array<T>({B, P});
+    a.y = y.mutable_data();
+    a.h_n = h_n.mutable_data();
+    py::object c_n = new_array_if<T>(has_c, {B, H}, &a.c_n);
+    py::object saved = py::none();
+    if (training) {
+      auto gates = new_array<T>({steps, B, S * H});
+      auto hs = new_array<T>({steps + 1, B, P});
+      a.saved_gates = gates.mutable_data();
+      a.saved_h = hs.mutable_data();
+      py::object cs = new_array_if<T>(has_c, {steps + 1, B, H}, &a.saved_c);
+      py::object ms = new_array_if<T>(a.w_hr != nullptr, {steps, B, H}, &a.saved_m);
+      saved = py::make_tuple(gates, hs, cs, ms);
     }
-    saved = py::make_tuple(gates, hs, cs, ms);
-  }
-  {
-    py::gil_scoped_release release;
-    fusedrnn::cpu::forward<T>(cell, a);
-  }
-  return py::make_tuple(y, h_n, c_n, saved);
+    {
+      py::gil_scoped_release release;
+      fusedrnn::cpu::forward<T>(cell, a);
+    }
+    return py::make_tuple(y, h_n, c_n, saved);
+  });
 }
 
 // backward(cell, x, w_ih, w_hh, w_hr, recurrent_scale, lengths, mask, repeat_masked_output,
 //          reverse, saved, dy, dh_n, dc_n, want_db_ih, want_db_hh)
 //   -> (dx, dh0, dc0 | None, dw_ih, dw_hh, db_ih | None, db_hh | None, dw_hr | None)
-template <class T>
-py::tuple backward_typed(CellKind cell, const py::array& x, const py::object& w_ih,
-                         const py::object& w_hh, const py::object& w_hr, const py::object& recurrent_scale,
-                         const py::object& lengths, const py::object& mask, bool repeat_masked_output, bool reverse,
-                         const py::tuple& saved, const py::object& dy, const py::object& dh_n,
-                         const py::object& dc_n, bool want_db_ih, bool want_db_hh) {
-  if (x.ndim() != 3) throw py::value_error("x must have 3 dimensions (T, B, I)");
-  if (saved.size() != 4) throw py::value_error("saved must be the 4-tuple that forward returned");
-  const int64_t steps = x.shape(0), B = x.shape(1), I = x.shape(2);
-  const int G = fusedrnn::cpu::gate_count(cell), S = fusedrnn::cpu::saved_count(cell);
-  const bool has_c = fusedrnn::cpu::has_cell_state(cell);
-  const auto [H, P] = hidden_and_state_size(cell, w_hh, w_hr);
+py::tuple backward(const std::string& cell_name, const py::array& x, const py::object& w_ih, const py::object& w_hh,
+                   const py::object& w_hr, const py::object& recurrent_scale, const py::object& lengths,
+                   const py::object& mask, bool repeat_masked_output, bool reverse, const py::tuple& saved,
+                   const py::object& dy, const py::object& dh_n, const py::object& dc_n, bool want_db_ih,
+                   bool want_db_hh) {
+  const CellKind cell = fusedrnn::bind::parse_cell(cell_name);
+  const CellInfo info = fusedrnn::cell_info(cell);
+  return with_dtype("x", x, [&](auto dtype) -> py::tuple {
+    using T = typename decltype(dtype)::type;
+    if (x.ndim() != 3) throw py::value_error("x must have 3 dimensions (T, B, I)");
+    if (saved.size() != 4) throw py::value_error("saved must be the 4-tuple that forward returned");
+    const int64_t steps = x.shape(0), B = x.shape(1), I = x.shape(2);
+    const int64_t G = info.gates, S = info.saved;
+    const bool has_c = info.has_cell_state;
+    const auto [H, P] = hidden_and_state_size(cell, w_hh, w_hr);
 
-  fusedrnn::cpu::BackwardArgs<T> a{};
-  a.T_ = steps, a.B = B, a.I = I, a.H = H, a.P = P, a.reverse = reverse;
-  a.x = checked<T>(x, "x", {steps, B, I});
-  a.w_ih = checked<T>(w_ih, "w_ih", {G * H, I});
-  a.w_hh = checked<T>(w_hh, "w_hh", {G * H, P});
-  a.w_hr = checked<T>(w_hr, "w_hr", {P, H}, true);
-  a.recurrent_scale = checked_scale<T>(recurrent_scale, a.w_hr, B, P);
-  a.lengths = checked_lengths(lengths, B, steps);
-  a.mask = checked_mask(mask, lengths, steps, B);
-  a.repeat_masked_output = repeat_masked_output;
-  a.saved_gates = checked<T>(saved[0], "saved gates", {steps, B, S * H});
-  a.saved_h = checked<T>(saved[1], "saved h", {steps + 1, B, P});
-  a.saved_c = has_c ? checked<T>(saved[2], "saved c", {steps + 1, B, H}) : nullptr;
-  a.saved_m = a.w_hr ? checked<T>(saved[3], "saved m", {steps, B, H}) : nullptr;
-  a.dy = checked<T>(dy, "dy", {steps, B, P}, true);
-  a.dh_n = checked<T>(dh_n, "dh_n", {B, P}, true);
-  a.dc_n = has_c ? checked<T>(dc_n, "dc_n", {B, H}, true) : nullptr;
+    fusedrnn::BackwardArgs<T> a{};
+    a.T_ = steps, a.B = B, a.I = I, a.H = H, a.P = P, a.reverse = reverse;
+    a.x = checked<T>(x, "x", {steps, B, I});
+    a.w_ih = checked<T>(w_ih, "w_ih", {G * H, I});
+    a.w_hh = checked<T>(w_hh, "w_hh", {G * H, P});
+    a.w_hr = checked<T>(w_hr, "w_hr", {P, H}, true);
+    a.recurrent_scale = checked_scale<T>(recurrent_scale, a.w_hr, B, P);
+    a.lengths = checked_lengths(lengths, B, steps);
+    a.mask = checked_mask(mask, lengths, steps, B);
+    a.repeat_masked_output = repeat_masked_output;
+    a.saved_gates = checked<T>(saved[0], "saved gates", {steps, B, S * H});
+    a.saved_h = checked<T>(saved[1], "saved h", {steps + 1, B, P});
+    a.saved_c = has_c ? checked<T>(saved[2], "saved c", {steps + 1, B, H}) : nullptr;
+    a.saved_m = a.w_hr ? checked<T>(saved[3], "saved m", {steps, B, H}) : nullptr;
+    a.dy = checked<T>(dy, "dy", {steps, B, P}, true);
+    a.dh_n = checked<T>(dh_n, "dh_n", {B, P}, true);
+    a.dc_n = has_c ? checked<T>(dc_n, "dc_n", {B, H}, true) : nullptr;
 
-  auto dx = new_array<T>({steps, B, I});
-  auto dh0 = new_array<T>({B, P});
-  auto dw_ih = new_array<T>({G * H, I});
-  auto dw_hh = new_array<T>({G * H, P});
-  py::object dc0 = none(), db_ih = none(), db_hh = none(), dw_hr = none();
-  a.dx = dx.mutable_data();
-  a.dh0 = dh0.mutable_data();
-  a.dw_ih = dw_ih.mutable_data();
-  a.dw_hh = dw_hh.mutable_data();
-  if (has_c) {
-    auto arr = new_array<T>({B, H});
-    a.dc0 = arr.mutable_data();
-    dc0 = arr;
-  }
-  if (a.w_hr) {
-    auto arr = new_array<T>({P, H});
-    a.dw_hr = arr.mutable_data();
-    dw_hr = arr;
-  }
-  if (want_db_ih) {
-    auto arr = new_array<T>({G * H});
-    a.db_ih = arr.mutable_data();
-    db_ih = arr;
-  }
-  if (want_db_hh) {
-    auto arr = new_array<T>({G * H});
-    a.db_hh = arr.mutable_data();
-    db_hh = arr;
-  }
-  {
-    py::gil_scoped_release release;
-    fusedrnn::cpu::backward<T>(cell, a);
-  }
-  return py::make_tuple(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr);
-}
-
-bool is_float32(const py::array& x) {
-  if (x.dtype().is(py::dtype::of<float>())) return true;
-  if (x.dtype().is(py::dtype::of<double>())) return false;
-  throw py::type_error("x has dtype " + std::string(py::str(x.dtype())) + ", expected float32 or float64");
+    auto dx = new_array<T>({steps, B, I});
+    auto dh0 = new_array<T>({B, P});
+    auto dw_ih = new_array<T>({G * H, I});
+    auto dw_hh = new_array<T>({G * H, P});
+    a.dx = dx.mutable_data();
+    a.dh0 = dh0.mutable_data();
+    a.dw_ih = dw_ih.mutable_data();
+    a.dw_hh = dw_hh.mutable_data();
+    py::object dc0 = new_array_if<T>(has_c, {B, H}, &a.dc0);
+    py::object dw_hr = new_array_if<T>(a.w_hr != nullptr, {P, H}, &a.dw_hr);
+    py::object db_ih = new_array_if<T>(want_db_ih, {G * H}, &a.db_ih);
+    py::object db_hh = new_array_if<T>(want_db_hh, {G * H}, &a.db_hh);
+    {
+      py::gil_scoped_release release;
+      fusedrnn::cpu::backward<T>(cell, a);
+    }
+    return py::make_tuple(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr);
+  });
 }
 
 // C = A @ B through the general (threaded) GEMM, any strides; or C += A @ B into a given C.
@@ -316,7 +244,6 @@ py::object gemm_packed_typed(const py::array& a, const py::array& b) {
 // a @ b with both rounded to bfloat16 and float32 sums, through the bf16 inference mode's kernel.
 py::object gemm_bf16(const py::array& a, const py::array& b) {
   const int64_t M = a.shape(0), K = a.shape(1), N = b.shape(1);
-  if (!is_float32(a)) throw py::type_error("gemm_bf16 takes float32 arrays");
   if (!(a.flags() & py::array::c_style)) throw py::value_error("a must be C-contiguous");
   auto c = new_array<float>({M, N});
   const float* a_data = static_cast<const float*>(a.data());
@@ -390,47 +317,21 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "fusedrnn native kernels (see fusedrnn.functional for the documented API)";
   m.attr("__version__") = FUSEDRNN_VERSION;
 
-  m.def(
-      "forward",
-      [](const std::string& cell, const py::array& x, const py::object& h0, const py::object& c0,
-         const py::object& w_ih, const py::object& w_hh, const py::object& w_hr, const py::object& b_ih,
-         const py::object& b_hh, const py::object& recurrent_scale, const py::object& lengths,
-         const py::object& mask, bool repeat_masked_output, bool reverse, bool training, bool bf16_weights) {
-        const CellKind kind = parse_cell(cell);
-        return is_float32(x) ? forward_typed<float>(kind, x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh, recurrent_scale,
-                                                    lengths, mask, repeat_masked_output, reverse, training,
-                                                    bf16_weights)
-                             : forward_typed<double>(kind, x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh, recurrent_scale,
-                                                     lengths, mask, repeat_masked_output, reverse, training,
-                                                     bf16_weights);
-      },
-      py::arg("cell"), py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("w_ih"), py::arg("w_hh"),
-      py::arg("w_hr"), py::arg("b_ih"), py::arg("b_hh"), py::arg("recurrent_scale"), py::arg("lengths"), py::arg("mask"),
-      py::arg("repeat_masked_output"), py::arg("reverse"), py::arg("training"), py::arg("bf16_weights") = false);
-
-  m.def(
-      "backward",
-      [](const std::string& cell, const py::array& x, const py::object& w_ih, const py::object& w_hh,
-         const py::object& w_hr, const py::object& recurrent_scale, const py::object& lengths,
-         const py::object& mask, bool repeat_masked_output, bool reverse, const py::tuple& saved,
-         const py::object& dy, const py::object& dh_n, const py::object& dc_n, bool want_db_ih,
-         bool want_db_hh) {
-        const CellKind kind = parse_cell(cell);
-        return is_float32(x) ? backward_typed<float>(kind, x, w_ih, w_hh, w_hr, recurrent_scale, lengths, mask,
-                                                     repeat_masked_output, reverse, saved, dy, dh_n, dc_n, want_db_ih, want_db_hh)
-                             : backward_typed<double>(kind, x, w_ih, w_hh, w_hr, recurrent_scale, lengths, mask,
-                                                      repeat_masked_output, reverse, saved, dy, dh_n, dc_n, want_db_ih, want_db_hh);
-      },
-      py::arg("cell"), py::arg("x"), py::arg("w_ih"), py::arg("w_hh"), py::arg("w_hr"), py::arg("recurrent_scale"), py::arg("lengths"),
-      py::arg("mask"), py::arg("repeat_masked_output"),
-      py::arg("reverse"), py::arg("saved"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"),
-      py::arg("want_db_ih"), py::arg("want_db_hh"));
+  m.def("forward", &forward, py::arg("cell"), py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("w_ih"),
+        py::arg("w_hh"), py::arg("w_hr"), py::arg("b_ih"), py::arg("b_hh"), py::arg("recurrent_scale"),
+        py::arg("lengths"), py::arg("mask"), py::arg("repeat_masked_output"), py::arg("reverse"), py::arg("training"),
+        py::arg("bf16_weights") = false);
+  m.def("backward", &backward, py::arg("cell"), py::arg("x"), py::arg("w_ih"), py::arg("w_hh"), py::arg("w_hr"),
+        py::arg("recurrent_scale"), py::arg("lengths"), py::arg("mask"), py::arg("repeat_masked_output"),
+        py::arg("reverse"), py::arg("saved"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"), py::arg("want_db_ih"),
+        py::arg("want_db_hh"));
+  fusedrnn::bind::def_cells(m);
 
   m.def(
       "gemm",
       [](const py::array& a, const py::array& b, const py::object& c) {
         check_matmul(a, b);
-        return is_float32(a) ? gemm_typed<float>(a, b, c) : gemm_typed<double>(a, b, c);
+        return with_dtype("x", a, [&](auto dtype) { return gemm_typed<typename decltype(dtype)::type>(a, b, c); });
       },
       py::arg("a"), py::arg("b"), py::arg("c") = py::none(),
       "a @ b through fusedrnn's own GEMM (any strides); with c, c += a @ b in place.");
@@ -438,7 +339,7 @@ PYBIND11_MODULE(_core, m) {
       "gemm_packed",
       [](const py::array& a, const py::array& b) {
         check_matmul(a, b);
-        return is_float32(a) ? gemm_packed_typed<float>(a, b) : gemm_packed_typed<double>(a, b);
+        return with_dtype("x", a, [&](auto dtype) { return gemm_packed_typed<typename decltype(dtype)::type>(a, b); });
       },
       py::arg("a"), py::arg("b"), "a @ b through the packed single-thread path of the recurrence.");
 
@@ -446,7 +347,13 @@ PYBIND11_MODULE(_core, m) {
       "gemm_bf16",
       [](const py::array& a, const py::array& b) {
         check_matmul(a, b);
-        return gemm_bf16(a, b);
+        return with_dtype("x", a, [&](auto dtype) -> py::object {
+          if constexpr (std::is_same_v<typename decltype(dtype)::type, float>) {
+            return gemm_bf16(a, b);
+          } else {
+            throw py::type_error("gemm_bf16 takes float32 arrays");
+          }
+        });
       },
       py::arg("a"), py::arg("b"), "a @ b rounded to bfloat16, float32 sums: the bf16 inference mode's kernel.");
   m.def("bf16_native", &fusedrnn::cpu::bf16_native,

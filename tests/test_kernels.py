@@ -344,7 +344,7 @@ def test_every_kernel_set_and_thread_count(validating, rng, isa, threads, cell, 
 
 # The input projections x W_ih^T come from each thread a block of steps at a time when its
 # slice of W_ih is at most 2 MB, else from one GEMM over all steps before the loop
-# (InputProjections in csrc/cpu/recurrence.cc): several blocks, the last one short, a ragged last
+# (InputProjections in csrc/cpu/forward.cc): several blocks, the last one short, a ragged last
 # unit chunk, reversed time and lengths; and an input wide enough for the merged GEMM (float64
 # only: in float32, sums over that many inputs round beyond the tolerance table's bounds).
 @pytest.mark.parametrize("dtype,size", [(np.float32, (20, 64, 24, 130)), (np.float64, (20, 64, 24, 130)),

@@ -18,6 +18,7 @@ vectorized exp/tanh approximations with a few ulp of error, and no more, so that
 import numpy as np
 
 OUTPUT, STATE, INPUT_GRAD, WEIGHT_GRAD = "output", "state", "input_grad", "weight_grad"
+CELL_STEP = "cell_step"
 
 TOLERANCES = {  # dtype -> kind -> (atol, rtol)
     np.dtype(np.float32): {
@@ -30,6 +31,9 @@ TOLERANCES = {  # dtype -> kind -> (atol, rtol)
         INPUT_GRAD: (1e-5, 1e-4),
         # dW, db: sums over T*B rows; worst 7e-6 of mean |g|.
         WEIGHT_GRAD: (1e-6, 1e-4),
+        # One cell's pointwise step on one unit (tests/test_cells_scalar.py): no sums, a handful of
+        # roundings and library exp/tanh; calibrated worst 3.3 ulp of (1 + |expected|), bound 16.
+        CELL_STEP: (2e-6, 2e-6),
     },
     np.dtype(np.float64): {
         # float64 rounding is ~2^29 (5e8) times smaller than float32's, so the calibrated float32
@@ -40,6 +44,9 @@ TOLERANCES = {  # dtype -> kind -> (atol, rtol)
         # Gradients must agree to 1e-9 relative (the issue's requirement for float64 gradients).
         INPUT_GRAD: (1e-11, 1e-9),
         WEIGHT_GRAD: (1e-12, 1e-9),
+        # Calibrated worst 5.2 ulp of (1 + |expected|), ~1.2e-15: ~1000x headroom, and still
+        # far below what a float32 intermediate would show.
+        CELL_STEP: (1e-12, 1e-12),
     },
 }
 

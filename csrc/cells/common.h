@@ -1,9 +1,10 @@
-// What every cell shares: the host/device qualifier, the recurrent state of one hidden unit of
-// one sequence, and the activations.
+// What every cell shares: the recurrent state of one hidden unit of one sequence, the activations
+// and the host/device qualifier.
 //
 // A cell is a struct of static functions on ONE hidden unit of ONE sequence at one time step
 // (or a vector of them: the code is the same):
 //
+//   kName           the cell's name, in Python and in the cell table (recurrence.h)
 //   kGates          G, rows of weight_ih / weight_hh per hidden unit (gate order as PyTorch's)
 //   kSaved          values per unit that forward saves for backward (post-activation gates, ...)
 //   kHasCell        whether the state carries a cell value c besides h (LSTM)
@@ -24,14 +25,12 @@
 // (+=) into param.grad, as PyTorch does.
 #pragma once
 
-// On the CPU, T is a Vec<float|double> (cpu/simd.h): a cell's code runs on a chunk of units at
-// once, and everything is inlined into the driver's per-instruction-set functions.
-#if defined(__CUDACC__)
-#define FUSEDRNN_HD __host__ __device__ __forceinline__
-#else
-#include "cpu/math.h"
-#define FUSEDRNN_HD FUSEDRNN_INLINE
-#endif
+// T is float or double (on a GPU, or the host's scalar tests), or on the CPU a Vec<float|double>
+// (cpu/simd.h): there a cell's code runs on a chunk of units at once, inlined into the driver's
+// per-instruction-set functions. The activations are cells/math.h's on scalars and cpu/math.h's
+// on vectors (found by argument-dependent lookup); nothing here depends on a backend.
+#include "cells/math.h"
+#include "host_device.h"
 
 namespace fusedrnn {
 

@@ -21,6 +21,7 @@
 namespace fusedrnn {
 
 struct GruCell {
+  static constexpr const char* kName = "gru";
   static constexpr int kGates = 3;
   static constexpr int kSaved = 4;
   static constexpr bool kHasCell = false;
@@ -80,6 +81,7 @@ namespace fusedrnn {
 //   da_r = d_rh * h * r (1 - r)
 //   dh_prev = dh' * z + d_rh * r   besides what flows through W_hr, W_hz
 struct GruResetBeforeCell {
+  static constexpr const char* kName = "gru_reset_before";
   static constexpr int kGates = 3;
   static constexpr int kSaved = 4;
   static constexpr bool kHasCell = false;

@@ -19,6 +19,7 @@
 namespace fusedrnn {
 
 struct LstmCell {
+  static constexpr const char* kName = "lstm";
   static constexpr int kGates = 4;
   static constexpr int kSaved = 4;
   static constexpr bool kHasCell = true;

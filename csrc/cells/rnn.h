@@ -16,6 +16,7 @@ enum class Activation { kTanh, kRelu };
 
 template <Activation kAct>
 struct RnnCell {
+  static constexpr const char* kName = kAct == Activation::kTanh ? "rnn_tanh" : "rnn_relu";
   static constexpr int kGates = 1;
   static constexpr int kSaved = 0;
   static constexpr bool kHasCell = false;

@@ -1,6 +1,7 @@
-// The CPU time-loop driver: forward and backpropagation through time of one recurrent layer in
-// one direction, for every cell (csrc/cells/*.h). Layer-level features (stacking, two directions,
-// projections) are built by the caller from these calls.
+// What every backend shares about one recurrent layer in one direction: the cell table, and the
+// arguments of forward and backpropagation through time with every field's shape. A backend
+// (cpu/, later cuda/) runs these; layer-level features (stacking, two directions, projections
+// of several layers) are built by the caller from such calls.
 //
 // Letters: T time steps, B batch, I input size, H hidden size, G gates of the cell
 // (RNN 1, GRU 3, LSTM 4), S values per unit the cell saves for backward (RNN 0, GRU 4, LSTM 4),
@@ -12,23 +13,62 @@
 // carries the state of sequence b unchanged; its output is zero, or, with repeat_masked_output
 // (Keras), the last output (zero before the sequence's first step). Masks come from lengths
 // (t < len[b]: with reverse, each sequence then starts at its own last valid step, PyTorch's
-// packed semantics) or from an explicit mask.
+// packed semantics) or from an explicit mask (schedule.h says which steps run).
 //
 // Gradient contract: every output is overwritten (=), never accumulated into; the Python layer
 // accumulates into param.grad (+=).
 #pragma once
 
 #include <cstdint>
+#include <stdexcept>
 
-namespace fusedrnn::cpu {
+#include "cells/gru.h"
+#include "cells/lstm.h"
+#include "cells/rnn.h"
 
-// kGru is PyTorch's (linear-before-reset, Keras reset_after=True); kGruResetBefore is Keras's
-// reset_after=False, with the same weight layout (cells/gru.h).
+namespace fusedrnn {
+
+// The cell table. Each kind names one cell struct (cells/*.h) and with_cell() is the one place
+// that maps a kind to it; every fact about a cell (its name, gates, saved values, ...) is the
+// struct's own constant, read through cell_info() or the struct, never written down again.
+// kGru is PyTorch's GRU (linear-before-reset, Keras reset_after=True); kGruResetBefore is
+// Keras's reset_after=False, with the same weight layout.
 enum class CellKind { kRnnTanh, kRnnRelu, kLstm, kGru, kGruResetBefore };
 
-int gate_count(CellKind cell);   // G
-int saved_count(CellKind cell);  // S
-bool has_cell_state(CellKind cell);
+// Every kind, in the table's order (the order _core.cell_info() lists them in).
+inline constexpr CellKind kCellKinds[] = {CellKind::kRnnTanh, CellKind::kRnnRelu, CellKind::kLstm,
+                                          CellKind::kGru, CellKind::kGruResetBefore};
+
+// Calls f(Cell{}) with the cell struct of `kind` and returns what it returns: code generic in the
+// cell (a driver's layer function, a binding) is instantiated for every cell from this one switch.
+template <class F>
+constexpr decltype(auto) with_cell(CellKind kind, F&& f) {
+  switch (kind) {
+    case CellKind::kRnnTanh: return f(RnnCell<Activation::kTanh>{});
+    case CellKind::kRnnRelu: return f(RnnCell<Activation::kRelu>{});
+    case CellKind::kLstm: return f(LstmCell{});
+    case CellKind::kGru: return f(GruCell{});
+    case CellKind::kGruResetBefore: return f(GruResetBeforeCell{});
+  }
+  throw std::invalid_argument("fusedrnn: not a CellKind");
+}
+
+// A cell's facts as values, for code that holds a CellKind rather than a cell type.
+struct CellInfo {
+  const char* name;
+  int gates;            // G (Cell::kGates)
+  int saved;            // S (Cell::kSaved)
+  bool has_cell_state;  // the state has c besides h (Cell::kHasCell)
+  bool two_phase;       // the last gate's product waits for the first gates (Cell::kTwoPhase)
+  bool split_gradient;  // the last gate's gradient of W_hh h differs from W_ih x's (Cell::kSplitGradient)
+};
+
+constexpr CellInfo cell_info(CellKind kind) {
+  return with_cell(kind, [](auto cell) {
+    using Cell = decltype(cell);
+    return CellInfo{Cell::kName, Cell::kGates, Cell::kSaved, Cell::kHasCell, Cell::kTwoPhase, Cell::kSplitGradient};
+  });
+}
 
 template <class T>
 struct ForwardArgs {
@@ -48,8 +88,8 @@ struct ForwardArgs {
   bool repeat_masked_output;
   bool reverse;
   bool bf16_weights;          // inference only, float only: the recurrent product W_hh h in
-                              // bfloat16 (cpu/gemm_bf16.h); not with w_hr, recurrent_scale, or
-                              // the reset-before-product GRU
+                              // bfloat16 (on the CPU: cpu/gemm_bf16.h); not with w_hr,
+                              // recurrent_scale, or a two-phase cell (reset-before-product GRU)
   T* y;                       // out [T, B, P]
   T* h_n;                     // out [B, P]
   T* c_n;                     // out [B, H] (LSTM; else null)
@@ -90,11 +130,4 @@ struct BackwardArgs {
   T* db_hh;                   // out [G*H], or null to skip
 };
 
-// Both run one OpenMP team over the whole time loop (see recurrence.cc) and must be called from
-// outside any parallel region.
-template <class T>
-void forward(CellKind cell, const ForwardArgs<T>& args);
-template <class T>
-void backward(CellKind cell, const BackwardArgs<T>& args);
-
-}  // namespace fusedrnn::cpu
+}  // namespace fusedrnn

@@ -1,0 +1,341 @@
+// The CPU backward loop (backpropagation through time): one recurrent layer, one direction, every
+// cell (the shared machinery and how the team works: cpu/driver.h).
+//
+// Backward (reverse time), per step: the recurrent product dh += dG_{s+1} W_hh for the thread's
+// own units (a column slice of W_hh, packed once, L2-resident), fused with the cell's pointwise
+// backward that yields dG_s; one barrier per step. After the loop, merged GEMMs with K = T*B give
+// dW_ih = dGx^T x, dW_hh = dGh^T h_prev and dx = dGx W_ih; the bias gradients are summed in the
+// loop, by the thread that owns each unit (add_to_bias_sum).
+// Which steps ran and where their states were saved: schedule.h.
+//
+// Gradient contract: outputs are overwritten (=); the Python layer accumulates (+=).
+#include <algorithm>
+#include <vector>
+
+#include "cpu/buffer.h"
+#include "cpu/driver.h"
+#include "cpu/layer.h"
+#include "recurrence.h"
+#include "schedule.h"
+
+namespace fusedrnn::cpu {
+namespace {
+
+// Asks for the cache lines at p, p + stride, ... (count of them) ahead of use. The backward loop
+// reads its per-step inputs (the saved values) from rows written long before, which no hardware
+// prefetcher predicts (one line per gate, H*sizeof(T) apart); fetching the next step's lines
+// during this step hides that memory latency.
+template <class T>
+FUSEDRNN_INLINE void prefetch_lines(const T* p, int count, int64_t stride) {
+  for (int i = 0; i < count; ++i) __builtin_prefetch(p + i * stride);
+}
+
+// Backward buffers shared by the team.
+template <class T>
+struct BackwardState {
+  T* dgx;       // [T, B, G*H] gradient of x W_ih^T + b_ih, time order
+  T* dgh_last;  // [T, B, H] kSplitGradient only: the last gate's gradient of h W_hh^T + b_hh (the
+                //   other gates' equal dgx's), else null
+  T* dh_carry;  // [B, P] gradient reaching the state besides the recurrent product
+  T* dc_carry;  // [B, H] the same for c (LSTM)
+  T* dh_step;   // [B, P] this step's total gradient of h (projection only)
+  T* dh_all;    // [T, B, P] every step's, time order, for dW_hr (projection only)
+  T* db_x;      // [G*H] sum of dgx over all steps and sequences (b_ih's gradient), or null
+  T* db_h;      // [G*H] the same of dgh (b_hh's) when kSplitGradient, else null
+};
+
+// Adds a gate gradient into its bias gradient's sum (db: one of BackwardState's, or null). The
+// thread that owns a unit adds all of its (step, sequence) terms, in the same order whatever the
+// thread count; summing here, while the terms are in registers, saves a pass over T*B*G*H
+// values in memory after the loop (LSTM, B=64, H=256: about 2% of a training step).
+template <class V, class T>
+FUSEDRNN_INLINE void add_to_bias_sum(T* db, V gradient, int64_t n) {
+  if (db) (V::load(db, n) + gradient).store(db, n);
+}
+
+// Gradient of the state dims p0..p0+width of sequence b at step s, from dy, the carry and the
+// recurrent product `rec`; under a projection it is kept for dW_hr and for the units' dm.
+template <class T>
+void gather_state_gradient(const BackwardArgs<T>& a, const Schedule& sch, const BackwardState<T>& st,
+                           int64_t s, int64_t b, int64_t p0, int64_t width, const T* rec) {
+  const int64_t B = a.B, P = a.P, at = b * P + p0, t = sch.row(s);
+  const T* dy_row = a.dy ? a.dy + (t * B + b) * P + p0 : nullptr;
+  if (!sch.active(t, b)) {  // masked: the state was carried, so is its gradient
+    const bool repeated = dy_row && sch.repeats_output(s, b);
+    for (int64_t w = 0; w < width; ++w) st.dh_carry[at + w] += rec[w] + (repeated ? dy_row[w] : T(0));
+    std::fill_n(st.dh_step + at, width, T(0));
+    std::fill_n(st.dh_all + (t * B + b) * P + p0, width, T(0));
+    return;
+  }
+  for (int64_t w = 0; w < width; ++w) {
+    const T total = st.dh_carry[at + w] + rec[w] + (dy_row ? dy_row[w] : T(0));
+    st.dh_step[at + w] = total;
+    st.dh_all[(t * B + b) * P + p0 + w] = total;
+    st.dh_carry[at + w] = T(0);  // the LSTM update reads no h directly: nothing else flows back
+  }
+}
+
+// The pointwise half of a backward step for one sequence and one chunk of hidden units.
+template <class Cell, class T>
+struct BackwardStep {
+  static constexpr int G = Cell::kGates;
+  static constexpr int S = Cell::kSaved;
+  const BackwardArgs<T>& a;
+  const Schedule& sch;
+  const BackwardState<T>& st;
+
+  // rec: without projection dG_{s+1} W_hh for these units (zero at the last step), to which the
+  // carry and dy are added; with one, dm = dh_step W_hr, the whole gradient of the cell output.
+  // dg_step: this step's dgh again, in step order, for the next recurrent product.
+  // Two-phase cells: this is their first backward phase (n and z); reset_row finishes r.
+  template <class V>
+  FUSEDRNN_INLINE void row(int64_t s, int64_t b, int64_t u0, int64_t width, const T* rec, T* dg_step) const {
+    const int64_t B = a.B, H = a.H, GH = G * H, at = b * H + u0, t = sch.row(s);
+    const bool projected = a.w_hr != nullptr;
+    const T* dy_row = a.dy && !projected ? a.dy + (t * B + b) * H + u0 : nullptr;
+    T* dgx_row = st.dgx + (t * B + b) * GH + u0;
+    T* dgh_last_row = Cell::kSplitGradient ? st.dgh_last + (t * B + b) * H + u0 : nullptr;
+    T* dg_step_row = dg_step + b * GH + u0;
+    // Under recurrent dropout rec is the gradient of h * scale: scaled once more, it is h's.
+    const T* scale = a.recurrent_scale ? a.recurrent_scale + at : nullptr;
+    if (!sch.active(t, b)) {  // masked: the state was carried, so is its gradient
+      if (!projected) {
+        const bool repeated = dy_row && sch.repeats_output(s, b);
+        for (int64_t w = 0; w < width; ++w) {
+          st.dh_carry[at + w] += rec[w] * (scale ? scale[w] : T(1)) + (repeated ? dy_row[w] : T(0));
+        }
+      }
+      for (int g = 0; g < G; ++g) {
+        std::fill_n(dgx_row + g * H, width, T(0));
+        std::fill_n(dg_step_row + g * H, width, T(0));
+      }
+      if constexpr (Cell::kSplitGradient) std::fill_n(dgh_last_row, width, T(0));
+      return;
+    }
+    const T* saved_row = a.saved_gates + (t * B + b) * S * H + u0;
+    const int64_t prev_at = (sch.prev_slot(t) * B + b) * H + u0, new_at = (sch.new_slot(t) * B + b) * H + u0;
+    if (s > 0) {  // the next step (backward walks down) reads these rows of row(s-1)
+      const int64_t t_next = sch.row(s - 1);
+      prefetch_lines(a.saved_gates + (t_next * B + b) * S * H + u0, S, H);
+      if (dy_row) prefetch_lines(a.dy + (t_next * B + b) * H + u0, 1, 0);
+      if (!projected) prefetch_lines(a.saved_h + (sch.prev_slot(t_next) * B + b) * H + u0, 1, 0);
+      if (Cell::kHasCell) prefetch_lines(a.saved_c + (sch.prev_slot(t_next) * B + b) * H + u0, 1, 0);
+    }
+    for_each_vector<V, T>(width, [&](int64_t w, int64_t n) FUSEDRNN_INLINE_LAMBDA {
+      V saved[S > 0 ? S : 1], gx[G], gh[G];
+      for (int k = 0; k < S; ++k) saved[k] = V::load(saved_row + k * H + w, n);
+      // Under a projection only c's saved rows are per unit (the LSTM reads no h).
+      const State<V> prev{projected ? V() : V::load(a.saved_h + prev_at + w, n),
+                          Cell::kHasCell ? V::load(a.saved_c + prev_at + w, n) : V()};
+      const State<V> next{projected ? V() : V::load(a.saved_h + new_at + w, n),
+                          Cell::kHasCell ? V::load(a.saved_c + new_at + w, n) : V()};
+      V dh = V::load(rec + w);
+      if (scale) dh = dh * V::load(scale + w, n);
+      if (!projected) {
+        dh += V::load(st.dh_carry + at + w, n);
+        if (dy_row) dh += V::load(dy_row + w, n);
+      }
+      const State<V> d_next{dh, Cell::kHasCell ? V::load(st.dc_carry + at + w, n) : V()};
+      State<V> d_prev{};
+      if constexpr (Cell::kTwoPhase) {
+        Cell::output_backward(saved, prev, d_next, gx, d_prev);
+        for (int g = 1; g < G; ++g) {
+          gx[g].store(dgx_row + g * H + w, n);
+          gx[g].store(dg_step_row + g * H + w, n);
+          add_to_bias_sum(st.db_x ? st.db_x + g * H + u0 + w : nullptr, gx[g], n);
+        }
+      } else {
+        Cell::backward(saved, prev, next, d_next, gx, gh, d_prev);
+        for (int g = 0; g < G; ++g) {
+          gx[g].store(dgx_row + g * H + w, n);
+          gh[g].store(dg_step_row + g * H + w, n);
+          add_to_bias_sum(st.db_x ? st.db_x + g * H + u0 + w : nullptr, gx[g], n);
+          if constexpr (Cell::kSplitGradient) add_to_bias_sum(st.db_h ? st.db_h + g * H + u0 + w : nullptr, gh[g], n);
+        }
+        if constexpr (Cell::kSplitGradient) gh[G - 1].store(dgh_last_row + w, n);
+      }
+      if (!projected) d_prev.h.store(st.dh_carry + at + w, n);
+      if constexpr (Cell::kHasCell) d_prev.c.store(st.dc_carry + at + w, n);
+    });
+  }
+
+  // Two-phase cells, second phase: d_rh = (W_hn^T da_n) of these units in rec gives da_r and
+  // the rest of the previous state's gradient.
+  template <class V>
+  FUSEDRNN_INLINE void reset_row(int64_t s, int64_t b, int64_t u0, int64_t width, const T* rec, T* dg_step) const {
+    const int64_t B = a.B, H = a.H, GH = G * H, at = b * H + u0, t = sch.row(s);
+    if (!sch.active(t, b)) return;  // row() zeroed its gradients and carried the state's
+    const T* saved_row = a.saved_gates + (t * B + b) * S * H + u0;
+    const int64_t prev_at = (sch.prev_slot(t) * B + b) * H + u0;
+    const T* scale = a.recurrent_scale ? a.recurrent_scale + at : nullptr;
+    for_each_vector<V, T>(width, [&](int64_t w, int64_t n) FUSEDRNN_INLINE_LAMBDA {
+      V saved[S], dg[G];
+      for (int k = 0; k < S; ++k) saved[k] = V::load(saved_row + k * H + w, n);
+      // r multiplied h as the products see it (h * scale under recurrent dropout).
+      V h_product = V::load(a.saved_h + prev_at + w, n);
+      if (scale) h_product = h_product * V::load(scale + w, n);
+      State<V> d_product{};
+      Cell::reset_backward(saved, State<V>{h_product, V()}, V::load(rec + w), dg, d_product);
+      if (scale) d_product.h = d_product.h * V::load(scale + w, n);
+      dg[0].store(st.dgx + (t * B + b) * GH + u0 + w, n);
+      dg[0].store(dg_step + b * GH + u0 + w, n);
+      add_to_bias_sum(st.db_x ? st.db_x + u0 + w : nullptr, dg[0], n);
+      (V::load(st.dh_carry + at + w, n) + d_product.h).store(st.dh_carry + at + w, n);
+    });
+  }
+};
+
+template <class Cell, class T>
+void backward_layer(const BackwardArgs<T>& a) {
+  constexpr int G = Cell::kGates;
+  constexpr int S = Cell::kSaved;
+  constexpr int64_t NR = kPanel<T>;
+  const int64_t steps = a.T_, B = a.B, I = a.I, H = a.H, P = a.P, GH = G * H;
+  // Rows of W_hh whose product reads h itself (a two-phase cell's last gate reads r*h).
+  const int64_t KH = Cell::kTwoPhase ? (G - 1) * H : GH;
+  const bool projected = a.w_hr != nullptr;
+  const std::vector<int64_t> first_steps = first_active_steps(a);
+  const Schedule sch(a, first_steps.data());
+
+  T* dgx = workspace<T>(0, steps * B * GH);
+  T* dgh_last = Cell::kSplitGradient ? workspace<T>(1, steps * B * H) : nullptr;
+  // dgh of the step just done and of the one before, in step order: the recurrent product reads
+  // one while the team writes the other.
+  Buffer<T> dg_step(2 * B * GH);
+  Buffer<T> dh_carry(B * P), dc_carry(Cell::kHasCell ? B * H : 0);
+  Buffer<T> dh_step(projected ? B * P : 0);
+  T* dh_all = projected ? workspace<T>(2, steps * B * P) : nullptr;
+  copy_or_zero(dh_carry.get(), a.dh_n, B * P);
+  if constexpr (Cell::kHasCell) copy_or_zero(dc_carry.get(), a.dc_n, B * H);
+  // The bias gradients' sums, zeroed: each thread adds its own units' terms (see add_to_bias_sum).
+  const bool bias = a.db_ih || a.db_hh;
+  Buffer<T> db_sums(bias ? 2 * GH : 0);
+  if (bias) std::fill_n(db_sums.get(), 2 * GH, T(0));
+  T* db_x = bias ? db_sums.get() : nullptr;
+  T* db_h = bias && Cell::kSplitGradient ? db_sums.get() + GH : nullptr;
+  const BackwardState<T> st{dgx, dgh_last, dh_carry.get(), dc_carry.get(), dh_step.get(), dh_all, db_x, db_h};
+
+  // State dims in chunks (units when there is no projection), each with its columns of W_hh
+  // (K = the rows reading h); under a projection, units in chunks with their columns of W_hr
+  // (K = P); a two-phase cell's units with their columns of W_hn (K = H).
+  const Chunks<T> dims(P), units(projected || Cell::kTwoPhase ? H : 0);
+  const int64_t hh_size = packed_b_size<T>(KH, NR), hr_size = packed_b_size<T>(P, NR);
+  const int64_t hn_size = packed_b_size<T>(H, NR);
+  Buffer<T> packed_hh(dims.count * hh_size), packed_hr(projected ? units.count * hr_size : 0);
+  Buffer<T> packed_hn(Cell::kTwoPhase ? units.count * hn_size : 0);
+  const int64_t weights = P * G * H + (projected ? H * P : 0);
+  const int threads = team_for(std::max(dims.count, units.count), 2 * B * weights, weights * int64_t(sizeof(T)));
+  const int64_t group_dims = chunk_group(B, dims.count, threads, 1), group_units = chunk_group(B, units.count, threads, 1);
+  const int64_t rec_size = std::min(B, kRowBlock) * std::max(group_dims, group_units) * NR;
+  Buffer<T> scratch(threads * rec_size);
+  const BackwardStep<Cell, T> step{a, sch, st};
+  const Isa isa = current_isa();
+
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads)
+#endif
+  {
+    pack_chunks(dims, P, 1, KH, a.w_hh, P, [](int, int64_t p) { return p; }, packed_hh.get(), hh_size);
+    if (projected) {
+      pack_chunks(units, H, 1, P, a.w_hr, H, [](int, int64_t u) { return u; }, packed_hr.get(), hr_size);
+    }
+    if constexpr (Cell::kTwoPhase) {
+      pack_chunks(units, H, 1, H, a.w_hh + (G - 1) * H * P, P, [](int, int64_t u) { return u; },
+                  packed_hn.get(), hn_size);
+    }
+    T* rec = scratch.get() + thread_id() * rec_size;
+    for (int64_t s = steps - 1; s >= 0; --s) {
+      T* dg_cur = dg_step.get() + (s & 1) * B * GH;
+      // dG_{s+1} W_hh, through the rows reading h; nothing after the last step.
+      const T* dg_next = s + 1 < steps ? dg_step.get() + ((s + 1) & 1) * B * GH : nullptr;
+      for_each_block(dims, P, B, NR, PackedProduct<T>{KH, dg_next, GH, packed_hh.get(), hh_size}, group_dims, rec,
+                     [&](int64_t p0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
+        run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
+          using V = Vec<T, decltype(bytes)::value>;
+          for (int64_t b = b0; b < b0 + rows; ++b) {
+            if (projected) {
+              gather_state_gradient(a, sch, st, s, b, p0, width, block + (b - b0) * ld);
+            } else {
+              step.template row<V>(s, b, p0, width, block + (b - b0) * ld, dg_cur);
+            }
+          }
+        });
+      });
+      if (projected) {
+        // dm = dh W_hr needs every state dim's gradient: a second barrier and a second GEMM.
+        barrier();
+        for_each_block(units, H, B, NR, PackedProduct<T>{P, dh_step.get(), P, packed_hr.get(), hr_size}, group_units,
+                       rec, [&](int64_t u0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
+          run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
+            using V = Vec<T, decltype(bytes)::value>;
+            for (int64_t b = b0; b < b0 + rows; ++b) step.template row<V>(s, b, u0, width, block + (b - b0) * ld, dg_cur);
+          });
+        });
+      }
+      if constexpr (Cell::kTwoPhase) {
+        // d(r*h) = da_n W_hn needs every unit's da_n: a second barrier and a second GEMM.
+        barrier();
+        for_each_block(units, H, B, NR, PackedProduct<T>{H, dg_cur + (G - 1) * H, GH, packed_hn.get(), hn_size},
+                       group_units, rec,
+                       [&](int64_t u0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
+          run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
+            using V = Vec<T, decltype(bytes)::value>;
+            for (int64_t b = b0; b < b0 + rows; ++b) step.template reset_row<V>(s, b, u0, width, block + (b - b0) * ld, dg_cur);
+          });
+        });
+      }
+      barrier();
+    }
+    // The gradient of the initial state: what step 0 sends back through W_hh, plus the carry.
+    const T* dg_first = steps > 0 ? dg_step.get() : nullptr;
+    for_each_block(dims, P, B, NR, PackedProduct<T>{KH, dg_first, GH, packed_hh.get(), hh_size}, group_dims, rec,
+                   [&](int64_t p0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
+      for (int64_t b = b0; b < b0 + rows; ++b) {
+        for (int64_t w = 0; w < width; ++w) {
+          const T scale = a.recurrent_scale ? a.recurrent_scale[b * P + p0 + w] : T(1);
+          a.dh0[b * P + p0 + w] = block[(b - b0) * ld + w] * scale + dh_carry.get()[b * P + p0 + w];
+        }
+      }
+    });
+  }
+  if constexpr (Cell::kHasCell) std::copy_n(dc_carry.get(), B * H, a.dc0);
+
+  // Merged GEMMs over all T*B rows. The input state of time row t is saved_h[t + reverse].
+  const int64_t rows = steps * B;
+  const T* h_prev = a.saved_h + sch.prev_slot(0) * B * P;
+  // Under recurrent dropout W_hh multiplied h * scale (the same scale at every step).
+  if (a.recurrent_scale) {
+    T* scaled = workspace<T>(2, rows * P);  // (slot 2 is free: no projection with a scale)
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t p = 0; p < P; ++p) scaled[r * P + p] = h_prev[r * P + p] * a.recurrent_scale[(r % B) * P + p];
+    }
+    h_prev = scaled;
+  }
+  gemm<T>(rows, I, GH, st.dgx, GH, 1, a.w_ih, I, 1, a.dx, I, false);
+  gemm<T>(GH, I, rows, st.dgx, 1, GH, a.x, I, 1, a.dw_ih, I, false);
+  if constexpr (Cell::kSplitGradient) {  // the last gate's rows from its own gradient
+    gemm<T>(KH - H, P, rows, st.dgx, 1, GH, h_prev, P, 1, a.dw_hh, P, false);
+    gemm<T>(H, P, rows, st.dgh_last, 1, H, h_prev, P, 1, a.dw_hh + (KH - H) * P, P, false);
+  } else {
+    gemm<T>(KH, P, rows, st.dgx, 1, GH, h_prev, P, 1, a.dw_hh, P, false);
+  }
+  if constexpr (Cell::kTwoPhase) {
+    // W_hn multiplied r*h, which forward saved as the cell's last saved value.
+    gemm<T>(H, P, rows, st.dgx + KH, 1, GH, a.saved_gates + (S - 1) * H, S * H, 1, a.dw_hh + KH * P, P, false);
+  }
+  if (projected) gemm<T>(P, H, rows, st.dh_all, 1, P, a.saved_m, H, 1, a.dw_hr, H, false);
+  if (a.db_ih) std::copy_n(db_x, GH, a.db_ih);
+  if (a.db_hh) std::copy_n(Cell::kSplitGradient ? db_h : db_x, GH, a.db_hh);
+}
+
+}  // namespace
+
+template <class T>
+void backward(CellKind cell, const BackwardArgs<T>& args) {
+  with_cell(cell, [&](auto cell_type) { backward_layer<decltype(cell_type), T>(args); });
+}
+
+template void backward<float>(CellKind, const BackwardArgs<float>&);
+template void backward<double>(CellKind, const BackwardArgs<double>&);
+
+}  // namespace fusedrnn::cpu

@@ -1,0 +1,217 @@
+// The CPU time-loop driver's shared parts: one driver for every cell (csrc/cells/*.h supply the
+// pointwise math), its forward loop in cpu/forward.cc and its backward loop in cpu/backward.cc.
+//
+// Both loops run one OpenMP team over the whole time loop, one barrier per step (barrier). A
+// dimension (hidden units, or state dims under a projection) is cut into chunks of one GEMM panel
+// width, each thread owning a contiguous run of them (Chunks), in a team sized to the work of a
+// step (team_for). Each thread packs its chunks' slice of the recurrent weights once per call
+// (pack_chunks), so that it stays in its core's L2 for all T steps, and each step multiplies it
+// block by block, handing each block to the cell's pointwise code while it is still in L1
+// (for_each_block).
+//
+// The pointwise code (cells on Vec<T>: 4 to 16 units at once) is compiled three times, for
+// AVX-512, AVX2 and the baseline, and picked at run time with the GEMM's kernels (run_for_isa).
+//
+// Like cpu/simd.h, everything here has internal linkage (an unnamed namespace): each loop's file
+// compiles its own copy into its per-instruction-set functions.
+#pragma once
+
+#include <algorithm>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "cpu/gemm.h"
+#include "cpu/gemm_bf16.h"
+#include "cpu/math.h"
+#include "cpu/simd.h"
+
+namespace fusedrnn::cpu {
+namespace {
+
+// Batch rows per recurrent GEMM call: bounds each thread's scratch (kRowBlock x G x kPanel values,
+// 16 KiB for an LSTM) so that it stays in L1 between the GEMM and the pointwise update.
+constexpr int64_t kRowBlock = 64;
+
+int max_threads() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+int thread_id() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+int team_size() {
+#ifdef _OPENMP
+  return omp_get_num_threads();
+#else
+  return 1;
+#endif
+}
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Copies n values, or writes zeros when there is no source (an absent h0 or bias).
+template <class T>
+void copy_or_zero(T* dst, const T* src, int64_t n) {
+  if (src) {
+    std::copy(src, src + n, dst);
+  } else {
+    std::fill(dst, dst + n, T(0));
+  }
+}
+
+// How a dimension (hidden units, or state dims under a projection) is cut among the team:
+// chunks of one GEMM panel width, each thread a contiguous run of chunks.
+template <class T>
+struct Chunks {
+  int64_t count;
+
+  explicit Chunks(int64_t n) : count(ceil_div(n, kPanel<T>)) {}
+
+  // This thread's chunks [first, last), for the team it actually got.
+  void mine(int64_t* first, int64_t* last) const {
+    const int64_t tid = thread_id(), team = team_size();
+    *first = count * tid / team;
+    *last = count * (tid + 1) / team;
+  }
+};
+
+// Team size: no more threads than there are chunks, nor than there is work per step for. Each
+// step ends in a barrier, so a thread must have enough work per step to pay for it: 2^16 flops'
+// worth (~0.25 us at this machine's peak; a barrier of two spinning threads costs well under
+// that, measured). The recurrent product of a step also reads every weight once, from the L2
+// cache of the core that owns its slice, at ~32 bytes a cycle where the FMA units do 64 flops:
+// with a batch of a few rows a step is bound by those bytes, not by its flops, and a second
+// core's L2 halves it. So a byte of weights counts as 2 flops. (Counting flops alone ran a
+// 256-unit GRU at batch 1 on one thread: 1.7x slower than on two.)
+int team_for(int64_t chunks, int64_t step_flops, int64_t weight_bytes) {
+  constexpr int64_t kMinWorkPerThread = int64_t(1) << 16;
+  const int64_t work = std::max(step_flops, 2 * weight_bytes);
+  const int64_t useful = std::max<int64_t>(1, work / kMinWorkPerThread);
+  return static_cast<int>(std::min<int64_t>({max_threads(), chunks, useful}));
+}
+
+// Packs, for each of `chunks` chunks, the K x (groups*NR) matrix whose column g*NR + w is
+// src[offset(g, unit) + k * k_stride] for unit = chunk*NR + w < n (zero past n); the chunks
+// are laid out one after another, `size` elements apart. Each thread packs only its own chunks.
+// A uint16_t destination packs bfloat16 (cpu/gemm_bf16.h; float weights only).
+template <class T, class Offset, class Packed>
+void pack_chunks(const Chunks<T>& chunks, int64_t n, int groups, int64_t K, const T* src,
+                 int64_t k_stride, Offset offset, Packed* dst, int64_t size) {
+  constexpr int64_t NR = kPanel<T>;
+  int64_t first, last;
+  chunks.mine(&first, &last);
+  std::vector<int64_t> col_offset(groups * NR);
+  for (int64_t c = first; c < last; ++c) {
+    for (int g = 0; g < groups; ++g) {
+      for (int64_t w = 0; w < NR; ++w) {
+        const int64_t unit = c * NR + w;
+        col_offset[g * NR + w] = unit < n ? offset(g, unit) : -1;
+      }
+    }
+    if constexpr (std::is_same_v<Packed, uint16_t>) {
+      pack_b_bf16(K, groups * NR, src, col_offset.data(), k_stride, dst + c * size);
+    } else {
+      pack_b<T>(K, groups * NR, src, col_offset.data(), k_stride, dst + c * size);
+    }
+  }
+}
+
+// The recurrent products of for_each_block: block (rows x ld, row stride ld) = rows b0.. of A
+// times the packed matrices of chunks c, c+1, ... (ld columns in all: the chunks' packed matrices
+// lie one after another, so a run of them is one wider matrix), or zeros without A.
+template <class T>
+struct PackedProduct {
+  int64_t K;
+  const T* A;  // [B, K] row stride lda, or null for zeros
+  int64_t lda;
+  const T* packed;
+  int64_t packed_size;  // elements per chunk
+
+  void operator()(int64_t b0, int64_t rows, int64_t c, int64_t ld, T* block) const {
+    if (A) {
+      gemm_packed_b<T>(rows, ld, K, A + b0 * lda, lda, packed + c * packed_size, block, ld, false);
+    } else {
+      std::fill_n(block, rows * ld, T(0));
+    }
+  }
+};
+
+// The same with the weights in bfloat16 (the opt-in inference mode, cpu/gemm_bf16.h): A as rows
+// of bfloat16 pairs.
+struct Bf16Product {
+  int64_t K;
+  const uint32_t* A;  // [B, ceil(K/2)]
+  const uint16_t* packed;
+  int64_t packed_size;
+
+  void operator()(int64_t b0, int64_t rows, int64_t c, int64_t ld, float* block) const {
+    gemm_bf16(rows, ld, K, A + b0 * ((K + 1) / 2), packed + c * packed_size, block, ld);
+  }
+};
+
+// For each block of batch rows and each run of up to `group` of this thread's chunks: one
+// product (above) gives the block, then body(chunk's first unit, its width, b0, rows, its
+// columns of block, block's row stride).
+// Runs of several chunks pay the GEMM's per-call cost once and let it use its widest tiles;
+// one chunk at a time keeps a large batch's block in L1 for the pointwise step.
+template <class T, class Product, class Body>
+void for_each_block(const Chunks<T>& chunks, int64_t n, int64_t B, int64_t cols, const Product& product,
+                    int64_t group, T* rec, Body body) {
+  constexpr int64_t NR = kPanel<T>;
+  int64_t first, last;
+  chunks.mine(&first, &last);
+  for (int64_t c = first; c < last; c += group) {
+    const int64_t count = std::min(group, last - c), ld = count * cols;
+    for (int64_t b0 = 0; b0 < B; b0 += kRowBlock) {
+      const int64_t rows = std::min(kRowBlock, B - b0);
+      product(b0, rows, c, ld, rec);
+      for (int64_t j = 0; j < count; ++j) {
+        const int64_t u0 = (c + j) * NR;
+        body(u0, std::min(NR, n - u0), b0, rows, rec + j * cols, ld);
+      }
+    }
+  }
+}
+
+// Chunks per GEMM call (see for_each_block): with a few batch rows the call overhead dominates,
+// so a thread's whole run of chunks goes in one call; with many, one chunk (G panels) at a time,
+// or two one-panel chunks so that the GEMM gets two panels per tile.
+int64_t chunk_group(int64_t B, int64_t chunks, int threads, int64_t panels_per_chunk) {
+  if (B <= 8) return std::max<int64_t>(1, ceil_div(chunks, threads));
+  return panels_per_chunk == 1 ? 2 : 1;
+}
+
+void barrier() {
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+}
+
+// Calls body(w, n) for the V-wide pieces (n lanes each) of a chunk's first `width` values. A
+// whole chunk (width == kPanel: every chunk but a ragged last one) passes n as a constant, so
+// that its loads and stores compile to single vector moves, not length-checked copies.
+template <class V, class T, class Body>
+FUSEDRNN_INLINE void for_each_vector(int64_t width, Body body) {
+  if (width == kPanel<T>) {
+    for (int64_t w = 0; w < kPanel<T>; w += V::kLanes) body(w, V::kLanes);
+  } else {
+    for (int64_t w = 0; w < width; w += V::kLanes) body(w, std::min<int64_t>(V::kLanes, width - w));
+  }
+}
+
+}  // namespace
+}  // namespace fusedrnn::cpu

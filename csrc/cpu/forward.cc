@@ -1,0 +1,381 @@
+// The CPU forward loop: one recurrent layer, one direction, every cell (the shared machinery and
+// how the team works: cpu/driver.h).
+//
+// Forward, one layer, one direction:
+//   1. The input projections xp = x W_ih^T (b_ih is added in the pointwise step, which reads xp
+//      anyway): each thread computes its own units' for a block of steps at a time inside the
+//      time loop, so that they stay in its caches until the pointwise step reads them; one
+//      merged GEMM over all T*B rows before the loop when W_ih is large (InputProjections).
+//   2. One OpenMP team spans the whole time loop. Hidden units are cut into chunks of one GEMM
+//      panel width (kPanel units); each thread owns a contiguous run of chunks and computes ALL
+//      gates of its units, so it applies the cell right after its recurrent GEMM block, while
+//      the values are still in L1. It packs its slice of W_hh once per call with the gates of a
+//      chunk interleaved panel by panel, so the slice stays in its core's L2 for all T steps.
+//      The state is double-buffered: step s reads buffer s&1 and writes the other, so one
+//      barrier per step is enough.
+//   3. Training saves the cell's post-activation values and every state; inference saves nothing.
+//   A projection (LSTM proj_size) or a two-phase cell (reset-before-product GRU) adds a second
+//   GEMM and barrier per step: it needs a value every unit gives first.
+// Which steps run and where their states are saved: schedule.h.
+//
+// Gradient contract: outputs are overwritten (=); the Python layer accumulates (+=).
+#include <algorithm>
+#include <type_traits>
+#include <vector>
+
+#include "cpu/buffer.h"
+#include "cpu/driver.h"
+#include "cpu/layer.h"
+#include "recurrence.h"
+#include "schedule.h"
+
+namespace fusedrnn::cpu {
+namespace {
+
+// Writes the new recurrent state of sequence b, dims p0..p0+width, where the output and the
+// saved states want it; or, at a masked step, carries the old state. With a recurrent scale it
+// also writes h * scale into `product_next`, the copy of the state the next step's recurrent
+// products read. One pass of V-wide loads and stores, inlined into the caller's pointwise code.
+template <class V, class T>
+FUSEDRNN_INLINE void publish_state(const ForwardArgs<T>& a, const Schedule& sch, int64_t s, int64_t b,
+                                   int64_t p0, int64_t width, const T* h_prev, T* h_next, T* product_next) {
+  const int64_t B = a.B, P = a.P, at = b * P + p0, t = sch.row(s);
+  const bool active = sch.active(t, b), output = active || sch.repeats_output(s, b);
+  T* y = a.y + (t * B + b) * P + p0;
+  T* saved = a.saved_h ? a.saved_h + (sch.new_slot(t) * B + b) * P + p0 : nullptr;
+  for_each_vector<V, T>(width, [&](int64_t w, int64_t n) FUSEDRNN_INLINE_LAMBDA {
+    const V h = V::load((active ? h_next : h_prev) + at + w, n);
+    if (!active) h.store(h_next + at + w, n);
+    (output ? h : V()).store(y + w, n);
+    if (saved) h.store(saved + w, n);
+    if (product_next) (h * V::load(a.recurrent_scale + at + w, n)).store(product_next + at + w, n);
+  });
+}
+
+// The input projections x W_ih^T (b_ih is added in the pointwise step, which reads them anyway).
+// A merged GEMM over all T*B rows before the time loop writes T*B*G*H values (26 MB for an LSTM
+// at T=100, B=64, H=256) that the pointwise code reads back a step at a time: that traffic cost
+// as much as the pointwise math there. So each thread computes them for its own units a block of
+// steps at a time inside the loop, and they stay in its caches in between (LSTM, B=64: 17.5 ->
+// 16.9 ms at H=256, 64.6 -> 56.9 ms at H=512). Each block re-reads the thread's slice of W_ih,
+// though: at 8 MB (H=1024) that cost more than it saved (243 -> 266 ms), so a thread's slice
+// above kMaxSliceBytes keeps the merged GEMM. So does a team of one thread (a small layer) when
+// there are more cores: the merged GEMM uses them all (LSTM, T=100, B=8, I=2048, H=32: 1.06 ms
+// merged, 1.79 ms by the one thread).
+template <class T>
+struct InputProjections {
+  static constexpr int64_t kMaxSliceBytes = int64_t(2) << 20;
+  // One thread's block: with its slice of W_hh it should stay in L2, or at worst in L3.
+  static constexpr int64_t kBlockBytes = int64_t(512) << 10;
+  // Rows of x per GEMM call: their K values stay in L2 while the call sweeps the panels.
+  static constexpr int64_t kRowBytes = int64_t(128) << 10;
+  int64_t B, I;
+  bool blocked;
+  int64_t steps;  // per block
+  int64_t rows;   // per GEMM call
+
+  // cols_: the most columns (G per unit) a thread of the planned team owns.
+  InputProjections(int64_t B_, int64_t I_, int64_t cols_, int64_t all_steps, int team)
+      : B(B_), I(I_),
+        blocked(I_ * cols_ * int64_t(sizeof(T)) <= kMaxSliceBytes && (team > 1 || max_threads() == 1)),
+        steps(std::clamp<int64_t>(kBlockBytes / std::max<int64_t>(1, B_ * cols_ * int64_t(sizeof(T))), 1, all_steps)),
+        rows(std::max<int64_t>(12, kRowBytes / std::max<int64_t>(1, I_ * int64_t(sizeof(T))) / 12 * 12)) {}
+
+  // xp = the count*B rows of x times this thread's packed W_ih chunks (x_cols columns).
+  void project(int64_t count, const T* x, const T* packed, int64_t x_cols, T* xp) const {
+    for (int64_t r0 = 0; r0 < count * B; r0 += rows) {
+      gemm_packed_b<T>(std::min(rows, count * B - r0), x_cols, I, x + r0 * I, I, packed, xp + r0 * x_cols, x_cols,
+                       false);
+    }
+  }
+};
+
+// The pointwise half of a forward step for one sequence and one chunk of hidden units.
+template <class Cell, class T>
+struct ForwardStep {
+  static constexpr int G = Cell::kGates;
+  static constexpr int S = Cell::kSaved;
+  static constexpr int64_t NR = kPanel<T>;
+  const ForwardArgs<T>& a;
+  const Schedule& sch;
+  const T* b_ih;  // [G*H] (zeros when the layer has no bias)
+  const T* b_hh;  // [G*H] (zeros when the layer has no bias)
+  T* rz_step;     // [B, 2H] two-phase cells: this step's r and z
+  T* rh_step;     // [B, H]  two-phase cells: this step's r*h, the input of the last gate's product
+
+  // Two-phase cells, phase 1: r, z and r*h of sequence b, units u0.., from rec (r, z block)
+  // and x_row (this sequence's input projections of the chunk, gate g of unit u0+w at
+  // x_row[g*x_stride + w]); h_product: the state as the recurrent products see it (scaled under
+  // recurrent dropout).
+  template <class V>
+  FUSEDRNN_INLINE void reset_row(int64_t s, int64_t b, int64_t u0, int64_t width, const T* rec, const T* x_row,
+                                 int64_t x_stride, const T* h_product) const {
+    const int64_t H = a.H, at = b * H + u0, t = sch.row(s);
+    if (!sch.active(t, b)) {  // its row of the next product is unused, but must be finite
+      std::fill_n(rh_step + at, width, T(0));
+      return;
+    }
+    for_each_vector<V, T>(width, [&](int64_t w, int64_t n) FUSEDRNN_INLINE_LAMBDA {
+      V xg[2], hg[2], rz[2], rh;
+      for (int g = 0; g < 2; ++g) {
+        xg[g] = V::load(x_row + g * x_stride + w, n) + V::load(b_ih + g * H + u0 + w, n);
+        hg[g] = V::load(rec + g * NR + w) + V::load(b_hh + g * H + u0 + w, n);
+      }
+      Cell::reset(xg, hg, State<V>{V::load(h_product + at + w, n), V()}, rz, rh);
+      rz[0].store(rz_step + b * 2 * H + u0 + w, n);
+      rz[1].store(rz_step + b * 2 * H + H + u0 + w, n);
+      rh.store(rh_step + at + w, n);
+    });
+  }
+
+  // rec: this sequence's row of the recurrent GEMM block, gate g of unit u0+w at rec[g*NR + w]
+  // (two-phase cells: the last gate's block, W_hn (r*h), unit u0+w at rec[w]); x_row: its input
+  // projections, gate g of unit u0+w at x_row[g*x_stride + w], for all G gates.
+  // out: where the cell's output goes, [B, H]: the next state, or m before the projection.
+  // V: the Vec type of the instruction set this is compiled for; a chunk is 1, 2 or 4 of them.
+  template <class V>
+  FUSEDRNN_INLINE void row(int64_t s, int64_t b, int64_t u0, int64_t width, const T* rec, const T* x_row,
+                           int64_t x_stride, const T* h_prev, T* out, const T* c_prev, T* c_next) const {
+    const int64_t B = a.B, H = a.H, at = b * H + u0, t = sch.row(s);
+    const bool training = a.saved_gates != nullptr, projected = a.w_hr != nullptr;
+    T* saved_row = training ? a.saved_gates + (t * B + b) * S * H + u0 : nullptr;
+    T* saved_c = training && Cell::kHasCell ? a.saved_c + (sch.new_slot(t) * B + b) * H + u0 : nullptr;
+    T* saved_m = training && projected ? a.saved_m + (t * B + b) * H + u0 : nullptr;
+    if (!sch.active(t, b)) {  // masked: carry c, save zeros (finite, unused); h is publish_state's
+      if constexpr (Cell::kHasCell) std::copy_n(c_prev + at, width, c_next + at);
+      if (saved_c) std::copy_n(c_prev + at, width, saved_c);
+      if (saved_row) {
+        for (int k = 0; k < S; ++k) std::fill_n(saved_row + k * H, width, T(0));
+      }
+      if (saved_m) std::fill_n(saved_m, width, T(0));
+      return;
+    }
+    const T* x_bias = b_ih + u0;
+    const T* bias = b_hh + u0;
+    for_each_vector<V, T>(width, [&](int64_t w, int64_t n) FUSEDRNN_INLINE_LAMBDA {
+      V saved[S > 0 ? S : 1];
+      // Under a projection h has P dims, not one per unit; only the LSTM projects, and its
+      // update reads c, not h.
+      const State<V> prev{projected ? V() : V::load(h_prev + at + w, n),
+                          Cell::kHasCell ? V::load(c_prev + at + w, n) : V()};
+      State<V> next{};
+      if constexpr (Cell::kTwoPhase) {
+        const V rz[2] = {V::load(rz_step + b * 2 * H + u0 + w, n), V::load(rz_step + b * 2 * H + H + u0 + w, n)};
+        const V hn = V::load(rec + w) + V::load(bias + (G - 1) * H + w, n);
+        const V x_n = V::load(x_row + (G - 1) * x_stride + w, n) + V::load(x_bias + (G - 1) * H + w, n);
+        Cell::output(x_n, hn, rz, V::load(rh_step + at + w, n), prev, next, saved);
+      } else {
+        V xg[G], hg[G];
+        for (int g = 0; g < G; ++g) {
+          xg[g] = V::load(x_row + g * x_stride + w, n) + V::load(x_bias + g * H + w, n);
+          hg[g] = V::load(rec + g * NR + w) + V::load(bias + g * H + w, n);
+        }
+        Cell::forward(xg, hg, prev, next, saved);
+      }
+      next.h.store(out + at + w, n);
+      if constexpr (Cell::kHasCell) next.c.store(c_next + at + w, n);
+      if (saved_c) next.c.store(saved_c + w, n);
+      if (saved_row) {
+        for (int k = 0; k < S; ++k) saved[k].store(saved_row + k * H + w, n);
+      }
+      if (saved_m) next.h.store(saved_m + w, n);
+    });
+  }
+};
+
+template <class Cell, class T>
+void forward_layer(const ForwardArgs<T>& a) {
+  constexpr int G = Cell::kGates;
+  constexpr int64_t NR = kPanel<T>;
+  // Gates whose recurrent product reads h itself (a two-phase cell's last one reads r*h).
+  constexpr int kFirstGates = Cell::kTwoPhase ? G - 1 : G;
+  const int64_t steps = a.T_, B = a.B, I = a.I, H = a.H, P = a.P, GH = G * H;
+  const bool projected = a.w_hr != nullptr;
+  const std::vector<int64_t> first_steps = first_active_steps(a);
+  const Schedule sch(a, first_steps.data());
+
+  Buffer<T> b_ih(GH), b_hh(GH);
+  copy_or_zero(b_ih.get(), a.b_ih, GH);
+  copy_or_zero(b_hh.get(), a.b_hh, GH);
+
+  // 2. The initial state, in the double buffer and, for backward, in its saved slot.
+  Buffer<T> h_state(2 * B * P), c_state(Cell::kHasCell ? 2 * B * H : 0);
+  Buffer<T> m_step(projected ? B * H : 0);  // the cell's outputs of this step, to be projected
+  // Under recurrent dropout the products read h * scale: a second double buffer holds that copy.
+  const bool scaled = a.recurrent_scale != nullptr;
+  Buffer<T> h_product(scaled ? 2 * B * P : 0);
+  copy_or_zero(h_state.get(), a.h0, B * P);
+  if (scaled) {
+    for (int64_t i = 0; i < B * P; ++i) h_product.get()[i] = h_state.get()[i] * a.recurrent_scale[i];
+  }
+  if constexpr (Cell::kHasCell) copy_or_zero(c_state.get(), a.c0, B * H);
+  if (a.saved_h) {
+    std::copy_n(h_state.get(), B * P, a.saved_h + sch.initial_slot() * B * P);
+    if constexpr (Cell::kHasCell) std::copy_n(c_state.get(), B * H, a.saved_c + sch.initial_slot() * B * H);
+  }
+
+  // Hidden units in chunks (the first gates of a chunk: one panel each); a two-phase cell's
+  // last gate in chunks of its own; under a projection, the output dims in chunks too (one
+  // panel each: rows of W_hr).
+  const Chunks<T> units(H), dims(projected ? P : 0);
+  const int64_t cols = kFirstGates * NR;
+  const int64_t hh_size = packed_b_size<T>(P, cols), panel_size = packed_b_size<T>(H, NR);
+  Buffer<T> packed_hh(units.count * hh_size), packed_hr(dims.count * panel_size);
+  Buffer<T> packed_hn(Cell::kTwoPhase ? units.count * panel_size : 0);
+  Buffer<T> rz_step(Cell::kTwoPhase ? 2 * B * H : 0), rh_step(Cell::kTwoPhase ? B * H : 0);
+  // bfloat16 recurrent weights (the opt-in inference mode; the caller checks that the cell has
+  // one product a step, without projection or recurrent scale): W_hh packed as bfloat16, and the
+  // state as bfloat16 pairs, double-buffered like h, each thread writing its own units' pairs.
+  constexpr bool kBf16Capable = std::is_same_v<T, float> && !Cell::kTwoPhase;
+  const bool bf16 = kBf16Capable && a.bf16_weights;
+  const int64_t pairs = (P + 1) / 2, hh_bf16_size = bf16 ? packed_bf16_size(P, cols) : 0;
+  Buffer<uint16_t> packed_hh_bf16(units.count * hh_bf16_size);
+  Buffer<uint32_t> h_pairs(bf16 ? 2 * B * pairs : 0);
+  if constexpr (kBf16Capable) {
+    if (bf16) pack_a_bf16(B, P, h_state.get(), P, h_pairs.get());
+  }
+  // (The same team with bf16 weights: halving the count there ran small layers on one thread,
+  // 1.6x slower than on two.)
+  const int64_t weights = P * G * H + (projected ? H * P : 0);
+  const int threads = team_for(std::max(units.count, dims.count), 2 * B * weights, weights * int64_t(sizeof(T)));
+  const int64_t group_first = chunk_group(B, units.count, threads, kFirstGates);
+  const int64_t group_units = chunk_group(B, units.count, threads, 1), group_dims = chunk_group(B, dims.count, threads, 1);
+  const int64_t rec_size = std::min(B, kRowBlock) * std::max({group_first * cols, group_units * NR, group_dims * NR});
+  Buffer<T> scratch(threads * rec_size);
+  const InputProjections<T> inputs(B, I, G * NR * ceil_div(units.count, threads), steps, threads);
+  const int64_t ih_size = inputs.blocked ? packed_b_size<T>(I, G * NR) : 0;
+  Buffer<T> packed_ih(units.count * ih_size);
+  T* xp_merged = inputs.blocked ? nullptr : workspace<T>(0, steps * B * GH);
+  if (!inputs.blocked) gemm<T>(steps * B, GH, I, a.x, I, 1, a.w_ih, 1, I, xp_merged, GH, /*accumulate=*/false);
+  const ForwardStep<Cell, T> step{a, sch, b_ih.get(), b_hh.get(), rz_step.get(), rh_step.get()};
+  const Isa isa = current_isa();
+
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads)
+#endif
+  {
+    const auto w_hh_column = [&](int g, int64_t u) { return (g * H + u) * P; };
+    if (bf16) {
+      if constexpr (kBf16Capable) {
+        pack_chunks(units, H, kFirstGates, P, a.w_hh, 1, w_hh_column, packed_hh_bf16.get(), hh_bf16_size);
+      }
+    } else {
+      pack_chunks(units, H, kFirstGates, P, a.w_hh, 1, w_hh_column, packed_hh.get(), hh_size);
+    }
+    if constexpr (Cell::kTwoPhase) {
+      pack_chunks(units, H, 1, H, a.w_hh, 1, [&](int, int64_t u) { return ((G - 1) * H + u) * P; },
+                  packed_hn.get(), panel_size);
+    }
+    if (projected) {
+      pack_chunks(dims, P, 1, H, a.w_hr, 1, [&](int, int64_t p) { return p * H; }, packed_hr.get(), panel_size);
+    }
+    if (inputs.blocked) {
+      pack_chunks(units, H, G, I, a.w_ih, 1, [&](int g, int64_t u) { return (g * H + u) * I; }, packed_ih.get(),
+                  ih_size);
+    }
+    T* rec = scratch.get() + thread_id() * rec_size;
+    int64_t first, last;
+    units.mine(&first, &last);
+    const int64_t x_cols = (last - first) * G * NR;
+    // (Sized by the columns this thread owns in the team it got, which may be smaller than
+    // planned, e.g. inside another parallel region.)
+    Buffer<T> xp_block(inputs.blocked ? inputs.steps * B * x_cols : 0);
+    T* xp = xp_block.get();
+    int64_t t_first = 0;  // the time row of xp's first rows
+    // The input projections for the step of time row t, sequence b, and the chunk of unit u0:
+    // gate g of unit u0+w at [g*x_stride + w].
+    const int64_t x_stride = inputs.blocked ? NR : H;
+    const auto x_row = [&](int64_t t, int64_t b, int64_t u0) {
+      return inputs.blocked ? xp + ((t - t_first) * B + b) * x_cols + (u0 / NR - first) * G * NR
+                            : xp_merged + (t * B + b) * GH + u0;
+    };
+    for (int64_t s = 0; s < steps; ++s) {
+      if (inputs.blocked && s % inputs.steps == 0) {
+        const int64_t count = std::min(inputs.steps, steps - s);
+        t_first = a.reverse ? steps - s - count : s;
+        inputs.project(count, a.x + t_first * B * I, packed_ih.get() + first * ih_size, x_cols, xp);
+      }
+      const T* h_prev = h_state.get() + (s & 1) * B * P;
+      T* h_next = h_state.get() + ((s + 1) & 1) * B * P;
+      const T* c_prev = Cell::kHasCell ? c_state.get() + (s & 1) * B * H : nullptr;
+      T* c_next = Cell::kHasCell ? c_state.get() + ((s + 1) & 1) * B * H : nullptr;
+      T* cell_out = projected ? m_step.get() : h_next;
+      const T* product_prev = scaled ? h_product.get() + (s & 1) * B * P : h_prev;
+      T* product_next = scaled ? h_product.get() + ((s + 1) & 1) * B * P : nullptr;
+      uint32_t* pairs_next = bf16 ? h_pairs.get() + ((s + 1) & 1) * B * pairs : nullptr;
+      const auto cell_rows = [&](int64_t u0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
+        run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
+          using V = Vec<T, decltype(bytes)::value>;
+          for (int64_t b = b0; b < b0 + rows; ++b) {
+            const T* x = x_row(sch.row(s), b, u0);
+            if constexpr (Cell::kTwoPhase) {
+              step.template reset_row<V>(s, b, u0, width, block + (b - b0) * ld, x, x_stride, product_prev);
+            } else {
+              step.template row<V>(s, b, u0, width, block + (b - b0) * ld, x, x_stride, h_prev, cell_out, c_prev,
+                                   c_next);
+              if (!projected) publish_state<V>(a, sch, s, b, u0, width, h_prev, h_next, product_next);
+              if constexpr (kBf16Capable) {  // (u0 is even: a chunk's pairs are its own)
+                if (pairs_next) pack_a_bf16(1, width, h_next + b * P + u0, P, pairs_next + b * pairs + u0 / 2);
+              }
+            }
+          }
+        });
+      };
+      if (bf16) {
+        if constexpr (kBf16Capable) {
+          const uint32_t* pairs_prev = h_pairs.get() + (s & 1) * B * pairs;
+          for_each_block(units, H, B, cols, Bf16Product{P, pairs_prev, packed_hh_bf16.get(), hh_bf16_size},
+                         group_first, rec, cell_rows);
+        }
+      } else {
+        for_each_block(units, H, B, cols, PackedProduct<T>{P, product_prev, P, packed_hh.get(), hh_size}, group_first,
+                       rec, cell_rows);
+      }
+      if constexpr (Cell::kTwoPhase) {
+        // The last gate's product reads every unit's r*h: a second barrier, and a second GEMM.
+        barrier();
+        for_each_block(units, H, B, NR, PackedProduct<T>{H, rh_step.get(), H, packed_hn.get(), panel_size}, group_units,
+                       rec, [&](int64_t u0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
+          run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
+            using V = Vec<T, decltype(bytes)::value>;
+            for (int64_t b = b0; b < b0 + rows; ++b) {
+              step.template row<V>(s, b, u0, width, block + (b - b0) * ld, x_row(sch.row(s), b, u0), x_stride,
+                                   h_prev, h_next, nullptr, nullptr);
+              publish_state<V>(a, sch, s, b, u0, width, h_prev, h_next, product_next);
+            }
+          });
+        });
+      }
+      if (projected) {
+        // h_next = m W_hr^T needs every unit's m: a second barrier, and a second GEMM.
+        barrier();
+        for_each_block(dims, P, B, NR, PackedProduct<T>{H, m_step.get(), H, packed_hr.get(), panel_size}, group_dims,
+                       rec, [&](int64_t p0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
+          run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
+            using V = Vec<T, decltype(bytes)::value>;
+            for (int64_t b = b0; b < b0 + rows; ++b) {
+              std::copy_n(block + (b - b0) * ld, width, h_next + b * P + p0);
+              publish_state<V, T>(a, sch, s, b, p0, width, h_prev, h_next, nullptr);  // (no scale with w_hr)
+            }
+          });
+        });
+      }
+      barrier();
+    }
+  }
+
+  std::copy_n(h_state.get() + (steps & 1) * B * P, B * P, a.h_n);
+  if constexpr (Cell::kHasCell) std::copy_n(c_state.get() + (steps & 1) * B * H, B * H, a.c_n);
+}
+
+}  // namespace
+
+template <class T>
+void forward(CellKind cell, const ForwardArgs<T>& args) {
+  with_cell(cell, [&](auto cell_type) { forward_layer<decltype(cell_type), T>(args); });
+}
+
+template void forward<float>(CellKind, const ForwardArgs<float>&);
+template void forward<double>(CellKind, const ForwardArgs<double>&);
+
+}  // namespace fusedrnn::cpu
