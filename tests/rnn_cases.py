@@ -1,19 +1,22 @@
-"""Shared test helpers: random problems and one uniform way to call any cell of a module.
+"""Shared test helpers: random problems and one way to call any cell of a module.
 
-The functional API has one signature per cell (LSTM carries c0/c_n, RNN takes a nonlinearity);
-the helpers here hide that so a test can loop over cells. `module` is fusedrnn.functional or
-fusedrnn._reference: both have the same signatures.
+`module` is fusedrnn.functional or fusedrnn._reference: both have the uniform op
+recurrent_forward / recurrent_backward. The helpers keep a cell's states as a list (h, or h and
+c) so that a test can loop over cells. The cells and their facts come from the cell table.
 """
 
 import numpy as np
 
+from fusedrnn.functional import CELLS as CELL_TABLE
+
 # gru_reset_before is Keras's reset_after=False GRU (gru_forward(..., reset_after=False)).
-CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru", "gru_reset_before")
-GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3, "gru_reset_before": 3}
+CELLS = tuple(CELL_TABLE)
+GATES = {cell: info.gates for cell, info in CELL_TABLE.items()}
+WEIGHT_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
 
 def num_states(cell):
-    return 2 if cell == "lstm" else 1
+    return 2 if CELL_TABLE[cell].has_cell_state else 1
 
 
 def make_problem(rng, cell, T, B, I, H, dtype=np.float64, random_state=True, bias=True):
@@ -59,28 +62,19 @@ def astype(problem, dtype):
 
 
 def forward(module, cell, problem, lengths=None, reverse=False, training=True, **options):
-    """-> (y, final_states list, saved). options: mask=, masked_output=."""
-    x, states, weights = problem["x"], problem["states"], problem["weights"]
-    kwargs = dict(lengths=lengths, reverse=reverse, training=training, **options)
-    if cell == "lstm":
-        y, h_n, c_n, saved = module.lstm_forward(x, *states, *weights, **kwargs)
-        return y, [h_n, c_n], saved
-    if cell.startswith("gru"):
-        y, h_n, saved = module.gru_forward(x, *states, *weights, reset_after=cell == "gru", **kwargs)
-    else:
-        y, h_n, saved = module.rnn_forward(x, *states, *weights,
-                                           nonlinearity=cell[len("rnn_"):], **kwargs)
-    return y, [h_n], saved
+    """-> (y, final_states list, saved). options: mask=, masked_output=, ..."""
+    states = list(problem["states"]) + [None] * (2 - len(problem["states"]))
+    weights = dict(zip(WEIGHT_NAMES, problem["weights"]))
+    y, h_n, c_n, saved = module.recurrent_forward(cell, problem["x"], *states, weights, lengths=lengths,
+                                                  reverse=reverse, training=training, **options)
+    return y, [h_n] if c_n is None else [h_n, c_n], saved
 
 
 def backward(module, cell, dy, d_final_states, saved):
     """-> (dx, d_initial_states list, d_weights list of 4: dw_ih, dw_hh, db_ih, db_hh)."""
-    if cell == "lstm":
-        dx, dh0, dc0, *dweights = module.lstm_backward(dy, *d_final_states, saved)
-        return dx, [dh0, dc0], dweights
-    backward_fn = module.gru_backward if cell.startswith("gru") else module.rnn_backward
-    dx, dh0, *dweights = backward_fn(dy, *d_final_states, saved)
-    return dx, [dh0], dweights
+    d_states = list(d_final_states) + [None] * (2 - len(d_final_states))
+    dx, dh0, dc0, dweights = module.recurrent_backward(dy, *d_states, saved)
+    return dx, [dh0] if num_states(cell) == 1 else [dh0, dc0], [dweights[name] for name in WEIGHT_NAMES]
 
 
 def loss(y, final_states, dy, d_final_states):

@@ -41,6 +41,7 @@ from collections import namedtuple
 import numpy as np
 
 __all__ = [
+    "recurrent_forward", "recurrent_backward",
     "rnn_forward", "rnn_backward",
     "lstm_forward", "lstm_backward",
     "gru_forward", "gru_backward",
@@ -352,6 +353,35 @@ def gru_backward(dy, dh_n, saved):
         return _gru_reset_before_backward(dy, dh_n, saved)
     dx, (dh0,), *dweights, _ = _backward(saved, dy, (dh_n,), (_GRU,))
     return (dx, dh0, *dweights)
+
+
+def recurrent_forward(cell, x, h0, c0, weights, *, lengths=None, mask=None, masked_output="zero",
+                      reverse=False, training=True, recurrent_scale=None, bf16_weights=False):
+    """The uniform op of fusedrnn.functional: any cell by name, weights as a dict (weight_ih,
+    weight_hh, bias_ih, bias_hh, weight_hr). Returns (y, h_n, c_n or None, saved)."""
+    w = [weights.get(name) for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+    options = dict(lengths=lengths, reverse=reverse, training=training, mask=mask, masked_output=masked_output,
+                   recurrent_scale=recurrent_scale, bf16_weights=bf16_weights)
+    if cell == "lstm":
+        return lstm_forward(x, h0, c0, *w, weight_hr=weights.get("weight_hr"), **options)
+    if cell in ("gru", "gru_reset_before"):
+        y, h_n, saved = gru_forward(x, h0, *w, reset_after=cell == "gru", **options)
+    else:
+        y, h_n, saved = rnn_forward(x, h0, *w, nonlinearity=cell[len("rnn_"):], **options)
+    return y, h_n, None, saved
+
+
+def recurrent_backward(dy, dh_n, dc_n, saved):
+    """Returns (dx, dh0, dc0 or None, dweights): dweights maps weight_ih, weight_hh, bias_ih,
+    bias_hh, weight_hr to their gradients (None where the forward had no such weight)."""
+    names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+    if saved is not None and saved["cell"] is _LSTM:
+        dx, dh0, dc0, *dweights = lstm_backward(dy, dh_n, dc_n, saved)
+    else:
+        dc0 = None
+        backward = gru_backward if saved is not None and saved["cell"].name.startswith("gru") else rnn_backward
+        dx, dh0, *dweights = backward(dy, dh_n, saved)
+    return dx, dh0, dc0, dict(zip(names, dweights + [None] * (len(names) - len(dweights))))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,11 +1,26 @@
 """Forward and backpropagation through time of one recurrent layer, on the native kernels.
 
-Letters: T time steps, B batch, I input size, H hidden size, G gates (RNN 1, GRU 3, LSTM 4).
-Arrays are time-major: ``x`` is ``(T, B, I)``. Weights are laid out exactly as PyTorch's:
-``weight_ih (G*H, I)``, ``weight_hh (G*H, H)``, ``bias_ih (G*H,)``, ``bias_hh (G*H,)``; gate order
-LSTM ``i, f, g, o``, GRU ``r, z, n`` (linear-before-reset: ``n = tanh(W_in x + b_in + r * (W_hn h +
-b_hn))``). The math of each cell is written out in :mod:`fusedrnn._reference`, which has the same
-functions with the same signatures and is the spec these kernels are tested against.
+One op serves every cell and every front end::
+
+    y, h_n, c_n, saved = recurrent_forward(cell, x, h0, c0, weights, ...)
+    dx, dh0, dc0, dweights = recurrent_backward(dy, dh_n, dc_n, saved)
+
+``cell`` is a name of the cell table :data:`CELLS` (read from the native module): ``"rnn_tanh"``,
+``"rnn_relu"``, ``"lstm"``, ``"gru"`` (linear-before-reset, PyTorch's) or ``"gru_reset_before"``
+(Keras's ``reset_after=False``). ``weights`` maps ``weight_ih``, ``weight_hh``, ``bias_ih``,
+``bias_hh`` and ``weight_hr`` to arrays (an absent or None bias is zero; ``weight_hr`` is the
+LSTM's projection); ``dweights`` has those five keys, None where the weight was absent. Results
+have the same shape for every cell: ``c0``, ``c_n`` and ``dc0`` are None for cells without a
+cell state. ``rnn_forward``, ``lstm_forward``, ``gru_forward`` and their backwards are thin
+wrappers with one signature per cell.
+
+Letters: T time steps, B batch, I input size, H hidden size, G gates (``CELLS[cell].gates``), P
+the size of h (H, or the projection's size). Arrays are time-major: ``x`` is ``(T, B, I)``.
+Weights are laid out exactly as PyTorch's: ``weight_ih (G*H, I)``, ``weight_hh (G*H, P)``,
+``bias_ih (G*H,)``, ``bias_hh (G*H,)``, ``weight_hr (P, H)``; gate order LSTM ``i, f, g, o``, GRU
+``r, z, n`` (linear-before-reset: ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``). The math of
+each cell is written out in :mod:`fusedrnn._reference`, which has the same functions with the
+same signatures and is the spec these kernels are tested against.
 
 Variable lengths: ``lengths`` (B integers in ``[0, T]``) makes sequence ``b`` run over its first
 ``lengths[b]`` steps; after them its state is carried unchanged and its outputs are zero. With
@@ -28,47 +43,104 @@ so a gate's pre-activation moves by up to about 2^-8 * sum_k |W_hh[j, k] h_k| pe
 projection stays float32); over a sequence the outputs typically differ from float32 by 1e-3 to
 1e-2. Not with a projection, recurrent dropout, or ``reset_after=False``.
 
+Saved state cannot go stale: the backward reads ``x`` and the weights again, so a training
+forward records a fingerprint of each (:class:`Saved`), and a backward after one of them was
+changed in place raises ``RuntimeError`` naming it, as PyTorch does. (``lengths`` and ``mask`` are
+copied.) A caller whose framework already tracks in-place changes may pass
+``check_unchanged=False``.
+
 Every function accepts arrays of any memory layout (they are made contiguous here), float32 or
 float64, all of one dtype; a wrong argument raises ``ValueError`` or ``TypeError`` naming it.
-Backward returns fresh arrays (gradients are written, never accumulated); a bias given as None
-gets None as its gradient.
+Backward returns fresh arrays (gradients are written, never accumulated).
 """
 
 import os
+from collections import namedtuple
+from collections.abc import Mapping
 
 import numpy as np
 
 from . import _core
 
 __all__ = [
+    "CELLS", "CellInfo", "WEIGHT_NAMES", "Saved", "SavedMeta", "recurrent_forward", "recurrent_backward",
     "rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward", "gru_forward", "gru_backward",
 ]
 
-# cell -> (G, carries a cell state c)
-_CELLS = {"rnn_tanh": (1, False), "rnn_relu": (1, False), "lstm": (4, True), "gru": (3, False),
-          "gru_reset_before": (3, False)}
+CellInfo = namedtuple("CellInfo", "gates saved has_cell_state two_phase split_gradient")
+CellInfo.__doc__ = """One cell's facts: gates G (rows of weight_ih per unit), values per unit that
+forward saves for backward, whether the state has a cell value c besides h, whether a step needs
+two recurrent products (the reset-before GRU), and whether the gradient reaching W_hh h differs
+from the one reaching W_ih x."""
+
+#: The cell table, as the native module defines it: name -> CellInfo, in the table's order.
+CELLS = {name: CellInfo(**facts) for name, facts in _core.cell_info().items()}
+
+#: The keys of a layer's weights, as PyTorch names them (without the layer suffix).
+WEIGHT_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+
 _MASKED_OUTPUTS = ("zero", "repeat")
+# The inputs of a forward that its backward must find unchanged, Saved.ARRAY_NAMES's first ones:
+# fingerprinted by the forward. (The biases are not read again, but a changed bias means a
+# changed layer all the same, as in PyTorch; h0 and c0 are copied into the saved states.)
+_CHECKED_INPUTS = ("x", "weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr", "recurrent_scale")
+
+SavedMeta = namedtuple("SavedMeta", "cell reverse repeat_masked_output fingerprints")
+SavedMeta.__doc__ = """The plain values of a Saved: the cell's name, the direction, whether masked
+steps repeat the last output, and the fingerprints (ints) that the forward took of its inputs x,
+weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, recurrent_scale (None for an absent one; None
+altogether when not checked)."""
 
 
 class Saved:
-    """What a training-mode forward keeps for its backward. Opaque: pass it to the backward."""
+    """What a training-mode forward keeps for its backward: ``meta`` and ``arrays``.
 
-    __slots__ = ("cell", "x", "weight_ih", "weight_hh", "weight_hr", "recurrent_scale", "has_bias_ih",
-                 "has_bias_hh", "lengths", "mask", "repeat_masked_output", "reverse", "arrays")
+    ``arrays`` is a tuple of arrays (or None where absent) in the order of ``Saved.ARRAY_NAMES``:
 
-    def __init__(self, **fields):
-        for name, value in fields.items():
-            setattr(self, name, value)
+    - the inputs: ``x (T, B, I)``, ``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh`` (None
+      where absent: their gradients are None then), ``weight_hr`` (or None), ``recurrent_scale
+      (B, P)`` (or None), ``lengths (B,)`` int64 (or None), ``mask (T, B)`` uint8 (or None);
+    - what the forward computed: ``gates (T, B, S*H)``, per time row the cell's S saved values per
+      unit (``CELLS[cell].saved``); ``h (T+1, B, P)``, every state (time row t reads slot
+      ``t + reverse`` and writes slot ``t + 1 - reverse``); ``c (T+1, B, H)`` likewise for cells
+      with a cell state (else None); ``m (T, B, H)``, the cell's output before the projection
+      (with ``weight_hr``; else None).
+
+    ``meta`` is a :class:`SavedMeta` of plain values. A framework may carry the arrays as its own
+    tensors and rebuild the object for the backward: ``Saved(saved.meta, arrays)``, with anything
+    ``numpy.asarray`` reads as the same arrays.
+    """
+
+    ARRAY_NAMES = _CHECKED_INPUTS + ("lengths", "mask", "gates", "h", "c", "m")
+    __slots__ = ("meta", "arrays")
+
+    def __init__(self, meta, arrays):
+        if not isinstance(meta, SavedMeta):
+            raise TypeError(f"meta must be a SavedMeta, got {type(meta).__name__}")
+        arrays = tuple(arrays)
+        if len(arrays) != len(self.ARRAY_NAMES):
+            raise ValueError(f"a Saved holds {len(self.ARRAY_NAMES)} arrays ({', '.join(self.ARRAY_NAMES)}), "
+                             f"got {len(arrays)}")
+        self.meta = meta
+        self.arrays = tuple(None if a is None else np.asarray(a) for a in arrays)
+
+    def __getitem__(self, name):
+        """The array called `name` (one of ARRAY_NAMES), or None."""
+        return self.arrays[self.ARRAY_NAMES.index(name)]
 
     @property
-    def hidden_size(self):
-        """H, the cell's units."""
-        return self.weight_hh.shape[0] // _CELLS[self.cell][0]
+    def cell(self):
+        return self.meta.cell
 
-    @property
-    def state_size(self):
-        """P, the size of h: H, or the projection's size."""
-        return self.weight_hh.shape[1]
+    def __repr__(self):
+        x = self["x"]
+        return f"Saved({self.meta.cell}, x {x.shape} {x.dtype}, reverse={self.meta.reverse})"
+
+
+def _cell_info(cell):
+    if not isinstance(cell, str) or cell not in CELLS:
+        raise ValueError(f"cell must be one of {', '.join(CELLS)}, got {cell!r}")
+    return CELLS[cell]
 
 
 def _float_array(value, name):
@@ -102,22 +174,7 @@ def _checked_lengths(lengths, T, B):
         raise ValueError(f"lengths must have shape ({B},) (one per sequence), got {array.shape}")
     if B and (array.min() < 0 or array.max() > T):
         raise ValueError(f"lengths must lie in [0, T={T}], got values from {array.min()} to {array.max()}")
-    return np.ascontiguousarray(array, dtype=np.int64)
-
-
-def _sizes(cell, weight_hh, weight_hr):
-    """(H, P) from weight_hh (G*H, P) and the projection weight_hr (P, H) or None (P = H)."""
-    gates = _CELLS[cell][0]
-    weight_hh = _float_array(weight_hh, "weight_hh")
-    if weight_hr is None:
-        if weight_hh.ndim != 2 or weight_hh.shape[1] == 0 or weight_hh.shape[0] != gates * weight_hh.shape[1]:
-            raise ValueError(f"weight_hh must have shape ({gates}*H, H) with H >= 1 for {cell}, "
-                             f"got {weight_hh.shape}")
-        return weight_hh.shape[1], weight_hh.shape[1]
-    weight_hr = _float_array(weight_hr, "weight_hr")
-    if weight_hr.ndim != 2 or 0 in weight_hr.shape:
-        raise ValueError(f"weight_hr must have shape (P, H) with P, H >= 1, got {weight_hr.shape}")
-    return weight_hr.shape[1], weight_hr.shape[0]
+    return np.array(array, dtype=np.int64)  # a copy: the backward reads it again
 
 
 def _checked_mask(mask, T, B, lengths):
@@ -130,7 +187,39 @@ def _checked_mask(mask, T, B, lengths):
         raise TypeError(f"mask must be a boolean array, got dtype {array.dtype}")
     if array.shape != (T, B):
         raise ValueError(f"mask must have shape (T, B) = ({T}, {B}), got {array.shape}")
-    return np.ascontiguousarray(array, dtype=np.uint8)
+    return np.array(array, dtype=np.uint8)  # a copy: the backward reads it again
+
+
+def _checked_weights(weights):
+    if not isinstance(weights, Mapping):
+        raise TypeError(f"weights must be a dict of name -> array ({', '.join(WEIGHT_NAMES)}), "
+                        f"got {type(weights).__name__}")
+    unknown = sorted(set(weights) - set(WEIGHT_NAMES))
+    if unknown:
+        raise ValueError(f"unknown weight name(s) {', '.join(map(str, unknown))}: expected {', '.join(WEIGHT_NAMES)}")
+    for name in ("weight_ih", "weight_hh"):
+        if weights.get(name) is None:
+            raise TypeError(f"weights[{name!r}] is required")
+    return {name: weights.get(name) for name in WEIGHT_NAMES}
+
+
+def _sizes(cell, gates, weight_hh, weight_hr):
+    """(H, P) from weight_hh (G*H, P) and the projection weight_hr (P, H) or None (P = H)."""
+    weight_hh = _float_array(weight_hh, "weight_hh")
+    if weight_hr is None:
+        if weight_hh.ndim != 2 or weight_hh.shape[1] == 0 or weight_hh.shape[0] != gates * weight_hh.shape[1]:
+            raise ValueError(f"weight_hh must have shape ({gates}*H, H) with H >= 1 for {cell}, "
+                             f"got {weight_hh.shape}")
+        return weight_hh.shape[1], weight_hh.shape[1]
+    weight_hr = _float_array(weight_hr, "weight_hr")
+    if weight_hr.ndim != 2 or 0 in weight_hr.shape:
+        raise ValueError(f"weight_hr must have shape (P, H) with P, H >= 1, got {weight_hr.shape}")
+    return weight_hr.shape[1], weight_hr.shape[0]
+
+
+def _no_cell_state(cell, info, value, name):
+    if value is not None and not info.has_cell_state:
+        raise ValueError(f"{cell} has no cell state: {name} must be None")
 
 
 def _physical_memory():
@@ -151,51 +240,7 @@ def _check_memory(what, elements, itemsize):
                           f"machine's {memory / 2**30:.1f} GiB" if memory else f"{what} needs {needed} bytes")
 
 
-def _forward(cell, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse, training,
-             weight_hr=None, mask=None, masked_output="zero", recurrent_scale=None, bf16_weights=False):
-    gates, has_c = _CELLS[cell]
-    x = _float_array(x, "x")
-    _check_bf16(bf16_weights, cell, x.dtype, training, weight_hr, recurrent_scale)
-    if x.ndim != 3:
-        raise ValueError(f"x must have 3 dimensions (T, B, I), got shape {x.shape}")
-    T, B, I = x.shape
-    if T == 0:
-        raise ValueError("x has T = 0 time steps: a sequence needs at least one step")
-    H, P = _sizes(cell, weight_hh, weight_hr)
-    dtype = x.dtype
-    # y and xp always; in training the saved gates (up to 4 per unit) and states too.
-    _check_memory(f"{cell} forward", T * B * (P + gates * H) + bool(training) * (T + 1) * B * (4 * H + 2 * P + 2 * H),
-                  dtype.itemsize)
-    if not isinstance(reverse, (bool, np.bool_)):
-        raise TypeError(f"reverse must be a bool, got {type(reverse).__name__}")
-    if masked_output not in _MASKED_OUTPUTS:
-        raise ValueError(f"masked_output must be 'zero' or 'repeat', got {masked_output!r}")
-    arrays = dict(
-        x=np.ascontiguousarray(x),
-        h0=_checked(h0, "h0", (B, P), dtype, optional=True),
-        c0=_checked(c0, "c0", (B, H), dtype, optional=True) if has_c else None,
-        w_ih=_checked(weight_ih, "weight_ih", (gates * H, I), dtype),
-        w_hh=_checked(weight_hh, "weight_hh", (gates * H, P), dtype),
-        w_hr=_checked(weight_hr, "weight_hr", (P, H), dtype, optional=True),
-        recurrent_scale=_checked(recurrent_scale, "recurrent_scale", (B, P), dtype, optional=True),
-        b_ih=_checked(bias_ih, "bias_ih", (gates * H,), dtype, optional=True),
-        b_hh=_checked(bias_hh, "bias_hh", (gates * H,), dtype, optional=True),
-        lengths=_checked_lengths(lengths, T, B),
-        mask=_checked_mask(mask, T, B, lengths),
-    )
-    repeat = masked_output == "repeat"
-    y, h_n, c_n, saved_arrays = _core.forward(cell, repeat_masked_output=repeat, reverse=bool(reverse),
-                                              training=bool(training), bf16_weights=bool(bf16_weights), **arrays)
-    saved = None
-    if training:
-        saved = Saved(cell=cell, x=arrays["x"], weight_ih=arrays["w_ih"], weight_hh=arrays["w_hh"],
-                      weight_hr=arrays["w_hr"], recurrent_scale=arrays["recurrent_scale"], has_bias_ih=arrays["b_ih"] is not None,
-                      has_bias_hh=arrays["b_hh"] is not None, lengths=arrays["lengths"], mask=arrays["mask"],
-                      repeat_masked_output=repeat, reverse=bool(reverse), arrays=saved_arrays)
-    return y, h_n, c_n, saved
-
-
-def _check_bf16(bf16_weights, cell, dtype, training, weight_hr, recurrent_scale):
+def _check_bf16(bf16_weights, info, dtype, training, weight_hr, recurrent_scale):
     if not isinstance(bf16_weights, (bool, np.bool_)):
         raise TypeError(f"bf16_weights must be a bool, got {type(bf16_weights).__name__}")
     if not bf16_weights:
@@ -204,29 +249,144 @@ def _check_bf16(bf16_weights, cell, dtype, training, weight_hr, recurrent_scale)
         raise ValueError("bf16_weights=True is for inference: pass training=False")
     if dtype != np.float32:
         raise TypeError(f"bf16_weights=True needs float32 arrays, got {dtype}")
-    if weight_hr is not None or recurrent_scale is not None or cell == "gru_reset_before":
+    if weight_hr is not None or recurrent_scale is not None or info.two_phase:
         raise ValueError("bf16_weights=True is not available with a projection, recurrent dropout or "
                          "reset_after=False")
 
 
-def _backward(cell, dy, dh_n, dc_n, saved):
+def _fingerprints(arrays):
+    return tuple(None if a is None else _core.fingerprint(a) for a in arrays)
+
+
+def recurrent_forward(cell, x, h0, c0, weights, *, lengths=None, mask=None, masked_output="zero",
+                      reverse=False, training=True, recurrent_scale=None, bf16_weights=False,
+                      check_unchanged=True):
+    """One recurrent layer in one direction, any cell.
+
+    Args:
+        cell: a name of :data:`CELLS`.
+        x: ``(T, B, I)`` inputs.
+        h0: ``(B, P)`` initial state, or None for zeros. c0: ``(B, H)`` initial cell state of a
+            cell that has one (else None), or None for zeros.
+        weights: dict with ``weight_ih (G*H, I)``, ``weight_hh (G*H, P)``, optionally ``bias_ih``,
+            ``bias_hh (G*H,)`` and (LSTM) the projection ``weight_hr (P, H)``.
+        lengths: ``(B,)`` integers in ``[0, T]``, or None for all T.
+        mask: ``(T, B)`` booleans (instead of lengths): where a step is taken.
+        masked_output: ``"zero"``, or ``"repeat"`` the last output at a masked step (Keras).
+        reverse: process each sequence from its last valid step back to step 0.
+        training: save what backward needs (otherwise ``saved`` is None).
+        recurrent_scale: ``(B, P)`` recurrent dropout scale (see the module's notes), or None.
+        bf16_weights: the recurrent products in bfloat16 (inference only; see the module's notes).
+        check_unchanged: record fingerprints of x and the weights, so that the backward raises if
+            one was changed in place in between.
+
+    Returns:
+        ``(y (T, B, P), h_n (B, P), c_n (B, H) or None, saved)``; y is zero (or, with "repeat",
+        the last output) where a sequence takes no step; saved is None unless training.
+    """
+    info = _cell_info(cell)
+    weights = _checked_weights(weights)
+    x = _float_array(x, "x")
+    _check_bf16(bf16_weights, info, x.dtype, training, weights["weight_hr"], recurrent_scale)
+    _no_cell_state(cell, info, c0, "c0")
+    if x.ndim != 3:
+        raise ValueError(f"x must have 3 dimensions (T, B, I), got shape {x.shape}")
+    T, B, I = x.shape
+    if T == 0:
+        raise ValueError("x has T = 0 time steps: a sequence needs at least one step")
+    G = info.gates
+    H, P = _sizes(cell, G, weights["weight_hh"], weights["weight_hr"])
+    dtype = x.dtype
+    # y and the input projections always; in training the saved values and states too.
+    _check_memory(f"{cell} forward", T * B * (P + G * H) + bool(training) * (T + 1) * B * (info.saved * H + 2 * P + 2 * H),
+                  dtype.itemsize)
+    if not isinstance(reverse, (bool, np.bool_)):
+        raise TypeError(f"reverse must be a bool, got {type(reverse).__name__}")
+    if masked_output not in _MASKED_OUTPUTS:
+        raise ValueError(f"masked_output must be 'zero' or 'repeat', got {masked_output!r}")
+    arrays = dict(
+        x=np.ascontiguousarray(x),
+        h0=_checked(h0, "h0", (B, P), dtype, optional=True),
+        c0=_checked(c0, "c0", (B, H), dtype, optional=True),
+        w_ih=_checked(weights["weight_ih"], "weight_ih", (G * H, I), dtype),
+        w_hh=_checked(weights["weight_hh"], "weight_hh", (G * H, P), dtype),
+        w_hr=_checked(weights["weight_hr"], "weight_hr", (P, H), dtype, optional=True),
+        recurrent_scale=_checked(recurrent_scale, "recurrent_scale", (B, P), dtype, optional=True),
+        b_ih=_checked(weights["bias_ih"], "bias_ih", (G * H,), dtype, optional=True),
+        b_hh=_checked(weights["bias_hh"], "bias_hh", (G * H,), dtype, optional=True),
+        lengths=_checked_lengths(lengths, T, B),
+        mask=_checked_mask(mask, T, B, lengths),
+    )
+    repeat = masked_output == "repeat"
+    y, h_n, c_n, computed = _core.forward(cell, repeat_masked_output=repeat, reverse=bool(reverse),
+                                          training=bool(training), bf16_weights=bool(bf16_weights), **arrays)
+    if not training:
+        return y, h_n, c_n, None
+    inputs = tuple(arrays[key] for key in ("x", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr", "recurrent_scale"))
+    meta = SavedMeta(cell=cell, reverse=bool(reverse), repeat_masked_output=repeat,
+                     fingerprints=_fingerprints(inputs) if check_unchanged else None)
+    return y, h_n, c_n, Saved(meta, inputs + (arrays["lengths"], arrays["mask"]) + tuple(computed))
+
+
+def _check_unchanged(saved):
+    """Raises if an input the backward reads differs from what the forward read."""
+    if saved.meta.fingerprints is None:
+        return
+    for name, before in zip(_CHECKED_INPUTS, saved.meta.fingerprints):
+        array = saved[name]
+        if before is not None and _core.fingerprint(np.ascontiguousarray(array)) != before:
+            raise RuntimeError(f"{name} was modified in place after the forward pass that saved it for backward: "
+                               "its gradients would be wrong. Run the forward again after changing it (or "
+                               "change a copy).")
+
+
+def recurrent_backward(dy, dh_n, dc_n, saved):
+    """Gradients of a :func:`recurrent_forward` run with ``training=True``.
+
+    Args:
+        dy: ``(T, B, P)`` gradient of y, or None for zeros.
+        dh_n: ``(B, P)`` gradient of h_n, or None. dc_n: ``(B, H)`` gradient of c_n of a cell with
+            a cell state, or None.
+        saved: what the forward returned (or a :class:`Saved` rebuilt from its arrays).
+
+    Returns:
+        ``(dx (T, B, I), dh0 (B, P), dc0 (B, H) or None, dweights)``: dweights maps every name of
+        :data:`WEIGHT_NAMES` to the gradient of that weight, None where the forward had none.
+    """
     if saved is None:
         raise ValueError("backward needs what a training-mode forward saved: this forward ran with "
                          "training=False, which saves nothing")
     if not isinstance(saved, Saved):
         raise TypeError(f"saved must be the object the forward returned, got {type(saved).__name__}")
-    if saved.cell != cell:
-        raise ValueError(f"saved comes from a {saved.cell} forward, not {cell}")
-    T, B, _ = saved.x.shape
-    H, P, dtype = saved.hidden_size, saved.state_size, saved.x.dtype
-    return _core.backward(
-        cell, saved.x, saved.weight_ih, saved.weight_hh, saved.weight_hr, saved.recurrent_scale,
-        saved.lengths, saved.mask,
-        saved.repeat_masked_output, saved.reverse, saved.arrays,
-        dy=_checked(dy, "dy", (T, B, P), dtype, optional=True),
-        dh_n=_checked(dh_n, "dh_n", (B, P), dtype, optional=True),
-        dc_n=_checked(dc_n, "dc_n", (B, H), dtype, optional=True) if _CELLS[cell][1] else None,
-        want_db_ih=saved.has_bias_ih, want_db_hh=saved.has_bias_hh)
+    meta = saved.meta
+    info = _cell_info(meta.cell)
+    _no_cell_state(meta.cell, info, dc_n, "dc_n")
+    x = saved["x"]
+    T, B, _ = x.shape
+    G = info.gates
+    H, P, dtype = saved["weight_hh"].shape[0] // G, saved["weight_hh"].shape[1], x.dtype
+    grads = dict(dy=_checked(dy, "dy", (T, B, P), dtype, optional=True),
+                 dh_n=_checked(dh_n, "dh_n", (B, P), dtype, optional=True),
+                 dc_n=_checked(dc_n, "dc_n", (B, H), dtype, optional=True))
+    _check_unchanged(saved)
+    dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = _core.backward(
+        meta.cell, x, saved["weight_ih"], saved["weight_hh"], saved["weight_hr"], saved["recurrent_scale"],
+        saved["lengths"], saved["mask"], meta.repeat_masked_output, meta.reverse,
+        (saved["gates"], saved["h"], saved["c"], saved["m"]),
+        want_db_ih=saved["bias_ih"] is not None, want_db_hh=saved["bias_hh"] is not None, **grads)
+    return dx, dh0, dc0, dict(weight_ih=dw_ih, weight_hh=dw_hh, bias_ih=db_ih, bias_hh=db_hh, weight_hr=dw_hr)
+
+
+# -- one signature per cell ---------------------------------------------------------------------
+
+def _layer_weights(weight_ih, weight_hh, bias_ih, bias_hh, weight_hr=None):
+    return dict(weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih, bias_hh=bias_hh, weight_hr=weight_hr)
+
+
+def _check_saved_cell(saved, cells, function):
+    """The per-cell backwards accept only their own cells' saved state."""
+    if isinstance(saved, Saved) and saved.meta.cell not in cells:
+        raise ValueError(f"saved comes from a {saved.meta.cell} forward, not {function}'s ({', '.join(cells)})")
 
 
 def _rnn_cell(nonlinearity):
@@ -256,10 +416,10 @@ def rnn_forward(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, leng
     Returns:
         ``(y, h_n, saved)``: y ``(T, B, H)`` (zero past each sequence's length), h_n ``(B, H)``.
     """
-    cell = _rnn_cell(nonlinearity)
-    y, h_n, _, saved = _forward(cell, x, h0, None, weight_ih, weight_hh, bias_ih, bias_hh, lengths,
-                                reverse, training, mask=mask, masked_output=masked_output,
-                                recurrent_scale=recurrent_scale, bf16_weights=bf16_weights)
+    y, h_n, _, saved = recurrent_forward(
+        _rnn_cell(nonlinearity), x, h0, None, _layer_weights(weight_ih, weight_hh, bias_ih, bias_hh),
+        lengths=lengths, mask=mask, masked_output=masked_output, reverse=reverse, training=training,
+        recurrent_scale=recurrent_scale, bf16_weights=bf16_weights)
     return y, h_n, saved
 
 
@@ -274,10 +434,9 @@ def rnn_backward(dy, dh_n, saved):
         ``(dx (T, B, I), dh0 (B, H), dweight_ih (H, I), dweight_hh (H, H), dbias_ih (H,) | None,
         dbias_hh (H,) | None)``.
     """
-    is_rnn = isinstance(saved, Saved) and saved.cell.startswith("rnn_")
-    cell = saved.cell if is_rnn else "rnn_tanh"  # anything else is refused by _backward
-    dx, dh0, _, dw_ih, dw_hh, db_ih, db_hh, _ = _backward(cell, dy, dh_n, None, saved)
-    return dx, dh0, dw_ih, dw_hh, db_ih, db_hh
+    _check_saved_cell(saved, ("rnn_tanh", "rnn_relu"), "rnn_backward")
+    dx, dh0, _, dw = recurrent_backward(dy, dh_n, None, saved)
+    return dx, dh0, dw["weight_ih"], dw["weight_hh"], dw["bias_ih"], dw["bias_hh"]
 
 
 def lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, weight_hr=None,
@@ -298,8 +457,10 @@ def lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *,
     Returns:
         ``(y (T, B, P), h_n (B, P), c_n (B, H), saved)``.
     """
-    return _forward("lstm", x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse, training,
-                    weight_hr, mask, masked_output, recurrent_scale, bf16_weights)
+    return recurrent_forward(
+        "lstm", x, h0, c0, _layer_weights(weight_ih, weight_hh, bias_ih, bias_hh, weight_hr), lengths=lengths,
+        mask=mask, masked_output=masked_output, reverse=reverse, training=training,
+        recurrent_scale=recurrent_scale, bf16_weights=bf16_weights)
 
 
 def lstm_backward(dy, dh_n, dc_n, saved):
@@ -311,8 +472,10 @@ def lstm_backward(dy, dh_n, dc_n, saved):
         dbias_ih (4H,) | None, dbias_hh (4H,) | None)``, and an eighth value, ``dweight_hr (P, H)``,
         when the forward had a projection.
     """
-    *grads, dw_hr = _backward("lstm", dy, dh_n, dc_n, saved)
-    return (*grads, dw_hr) if dw_hr is not None else tuple(grads)
+    _check_saved_cell(saved, ("lstm",), "lstm_backward")
+    dx, dh0, dc0, dw = recurrent_backward(dy, dh_n, dc_n, saved)
+    grads = (dx, dh0, dc0, dw["weight_ih"], dw["weight_hh"], dw["bias_ih"], dw["bias_hh"])
+    return grads + (dw["weight_hr"],) if dw["weight_hr"] is not None else grads
 
 
 def gru_forward(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, lengths=None,
@@ -334,10 +497,11 @@ def gru_forward(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, leng
     Returns:
         ``(y (T, B, H), h_n (B, H), saved)``.
     """
-    cell = "gru" if reset_after else "gru_reset_before"
-    y, h_n, _, saved = _forward(cell, x, h0, None, weight_ih, weight_hh, bias_ih, bias_hh, lengths,
-                                reverse, training, mask=mask, masked_output=masked_output,
-                                recurrent_scale=recurrent_scale, bf16_weights=bf16_weights)
+    y, h_n, _, saved = recurrent_forward(
+        "gru" if reset_after else "gru_reset_before", x, h0, None,
+        _layer_weights(weight_ih, weight_hh, bias_ih, bias_hh), lengths=lengths, mask=mask,
+        masked_output=masked_output, reverse=reverse, training=training, recurrent_scale=recurrent_scale,
+        bf16_weights=bf16_weights)
     return y, h_n, saved
 
 
@@ -348,7 +512,6 @@ def gru_backward(dy, dh_n, saved):
         ``(dx (T, B, I), dh0 (B, H), dweight_ih (3H, I), dweight_hh (3H, H), dbias_ih (3H,) | None,
         dbias_hh (3H,) | None)``.
     """
-    is_gru = isinstance(saved, Saved) and saved.cell.startswith("gru")
-    cell = saved.cell if is_gru else "gru"  # anything else is refused by _backward
-    dx, dh0, _, dw_ih, dw_hh, db_ih, db_hh, _ = _backward(cell, dy, dh_n, None, saved)
-    return dx, dh0, dw_ih, dw_hh, db_ih, db_hh
+    _check_saved_cell(saved, ("gru", "gru_reset_before"), "gru_backward")
+    dx, dh0, _, dw = recurrent_backward(dy, dh_n, None, saved)
+    return dx, dh0, dw["weight_ih"], dw["weight_hh"], dw["bias_ih"], dw["bias_hh"]
