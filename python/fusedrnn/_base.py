@@ -8,7 +8,7 @@ import numpy as np
 
 from . import _core
 
-__all__ = ["Parameter", "resolve_dtype", "check_device", "as_float_array", "as_any_float_array", "check_grad",
+__all__ = ["Parameter", "parameter_versions", "check_parameter_versions", "resolve_dtype", "check_device", "as_float_array", "as_any_float_array", "check_grad",
            "matmul"]
 
 _FLOAT_DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
@@ -81,6 +81,22 @@ class Parameter:
 
     def __repr__(self):
         return f"Parameter containing:\n{self._data!r}"
+
+
+def parameter_versions(named_parameters):
+    """``[(name, parameter, version)]`` of (name, Parameter) pairs, taken by a training forward
+    for :func:`check_parameter_versions` in its backward."""
+    return [(name, param, param.version) for name, param in named_parameters if param is not None]
+
+
+def check_parameter_versions(recorded):
+    """Raises RuntimeError naming the first parameter written since :func:`parameter_versions`
+    recorded it: what the forward saved for backward is stale then, and PyTorch raises too."""
+    for name, param, version in recorded:
+        if param.version != version:
+            raise RuntimeError(f"{name} was changed (by an optimizer step, an assignment or a weight load) after "
+                               f"the forward pass that saved it for backward: it is at version {param.version}, "
+                               f"the forward saw version {version}. Run the forward again after changing it.")
 
 
 def resolve_dtype(dtype):

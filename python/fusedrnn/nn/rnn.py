@@ -21,14 +21,20 @@ import numpy as np
 
 from .. import functional as F
 from .._random import resolve_rng
-from ._common import as_float_array, check_device, resolve_dtype
-from .module import Module, Parameter
+from .._base import (Parameter, as_float_array, check_device, check_parameter_versions, parameter_versions,
+                     resolve_dtype)
+from .module import Module
 from .utils.rnn import PackedSequence, _packed_to_padded, _valid_steps
 
 __all__ = ["RNNBase", "RNN", "LSTM", "GRU", "RNNCellBase", "RNNCell", "LSTMCell", "GRUCell"]
 
-_GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
-_GRAD_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+_MODES = ("RNN_TANH", "RNN_RELU", "LSTM", "GRU")  # torch.nn's
+_GRAD_NAMES = F.WEIGHT_NAMES
+
+
+def _cell(mode):
+    """The cell table's name of a torch.nn mode ("RNN_TANH", "LSTM", ...)."""
+    return mode.lower()
 
 
 # -- argument checks shared by layers and cells -------------------------------------------------
@@ -40,40 +46,6 @@ def _check_size(value, name):
     if value <= 0:
         raise ValueError(f"{name} must be greater than zero")
     return int(value)
-
-
-# -- one layer, one direction: the kernel calls ----------------------------------------------------
-
-def _kernel_forward(mode, x, h0, c0, weights, lengths, reverse, training, bf16_weights=False):
-    """Runs one layer in one direction. weights: dict name -> array (absent or None: no such weight).
-
-    Returns ``(y (T, B, P), h_n (B, P), c_n (B, H) or None, saved)``.
-    """
-    w = [weights.get(name) for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-    options = dict(lengths=lengths, reverse=reverse, training=training)
-    if bf16_weights:
-        options["bf16_weights"] = True
-    if mode == "LSTM":
-        # Passed only when present, so layers without projection need nothing beyond the core kernel.
-        if weights.get("weight_hr") is not None:
-            options["weight_hr"] = weights["weight_hr"]
-        return F.lstm_forward(x, h0, c0, *w, **options)
-    if mode == "GRU":
-        y, h_n, saved = F.gru_forward(x, h0, *w, **options)
-    else:
-        y, h_n, saved = F.rnn_forward(x, h0, *w, nonlinearity=mode[4:].lower(), **options)
-    return y, h_n, None, saved
-
-
-def _kernel_backward(mode, dy, dh_n, dc_n, saved):
-    """Returns ``(dx, dh0, dc0 or None, {weight name: gradient or None})``."""
-    if mode == "LSTM":
-        dx, dh0, dc0, *dweights = F.lstm_backward(dy, dh_n, dc_n, saved)
-    elif mode == "GRU":
-        (dx, dh0, *dweights), dc0 = F.gru_backward(dy, dh_n, saved), None
-    else:
-        (dx, dh0, *dweights), dc0 = F.rnn_backward(dy, dh_n, saved), None
-    return dx, dh0, dc0, dict(zip(_GRAD_NAMES, dweights))
 
 
 class _BackwardState:
@@ -104,7 +76,7 @@ class RNNBase(Module):
     def __init__(self, mode, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, rng=None):
         super().__init__()
-        if mode not in _GATES:
+        if mode not in _MODES:
             raise ValueError(f"Unrecognized RNN mode: {mode!r}")
         if (not isinstance(dropout, numbers.Number) or isinstance(dropout, bool)
                 or not 0 <= dropout <= 1):
@@ -144,7 +116,7 @@ class RNNBase(Module):
         self._context = None
 
         dtype = resolve_dtype(dtype)
-        gates_h = _GATES[mode] * hidden_size
+        gates_h = F.CELLS[_cell(mode)].gates * hidden_size
         for layer in range(num_layers):
             layer_input = input_size if layer == 0 else self._state_size * self._directions
             for suffix in self._suffixes(layer):
@@ -191,6 +163,7 @@ class RNNBase(Module):
         rng = resolve_rng(self._rng)
         for param in self.parameters():
             param.data[...] = rng.uniform(-bound, bound, param.shape)
+            param.bump_version()
 
     def flatten_parameters(self):
         """Does nothing: the weights are always used in place (kept for PyTorch code that calls it)."""
@@ -271,10 +244,11 @@ class RNNBase(Module):
             outputs = []
             for direction in range(self._directions):
                 index = layer * self._directions + direction
-                y, h, c, state = _kernel_forward(
-                    self.mode, layer_input, None if h0 is None else h0[index],
-                    None if c0 is None else c0[index], self._weights(layer, direction), lengths,
-                    direction == 1, training, self._bf16_inference and not training)
+                y, h, c, state = F.recurrent_forward(
+                    _cell(self.mode), layer_input, None if h0 is None else h0[index],
+                    None if c0 is None else c0[index], self._weights(layer, direction), lengths=lengths,
+                    reverse=direction == 1, training=training,
+                    bf16_weights=self._bf16_inference and not training)
                 outputs.append(y)
                 saved.append(state)
                 h_n.append(h)
@@ -287,7 +261,8 @@ class RNNBase(Module):
             layer_input = layer_output
 
         if training:
-            self._context = dict(saved=saved, masks=masks, packed=input if packed else None,
+            self._context = dict(saved=saved, versions=parameter_versions(self.named_parameters()), masks=masks,
+                                 packed=input if packed else None,
                                  steps=steps, unbatched=unbatched, hx_given=hx is not None,
                                  output_shape=layer_input.shape, batch=x.shape[1])
             self._backward_state = None
@@ -373,6 +348,7 @@ class RNNBase(Module):
         if self._backward_state is not None:
             raise RuntimeError(self._backward_state)
         ctx = self._context
+        check_parameter_versions(ctx["versions"])
         packed = ctx["packed"]
         dy = self._grad_output_time_major(grad_output, ctx)
         dh_n, dc_n = self._grad_final_states(grad_hn, ctx)
@@ -388,8 +364,8 @@ class RNNBase(Module):
             for direction in range(self._directions):
                 index = layer * self._directions + direction
                 dy_direction = None if d_output is None else d_output[..., direction * P:(direction + 1) * P]
-                dx, dh0[index], dc0[index], dweights = _kernel_backward(
-                    self.mode, dy_direction, None if dh_n is None else dh_n[index],
+                dx, dh0[index], dc0[index], dweights = F.recurrent_backward(
+                    dy_direction, None if dh_n is None else dh_n[index],
                     None if dc_n is None else dc_n[index], ctx["saved"][index])
                 suffix = self._suffixes(layer)[direction]
                 for name, grad in dweights.items():
@@ -529,7 +505,7 @@ class RNNCellBase(Module):
         self._backward_state = _BackwardState.NO_FORWARD
         self._context = None
         dtype = resolve_dtype(dtype)
-        gates_h = _GATES[mode] * self.hidden_size
+        gates_h = F.CELLS[_cell(mode)].gates * self.hidden_size
         self.weight_ih = Parameter(np.zeros((gates_h, self.input_size), dtype))
         self.weight_hh = Parameter(np.zeros((gates_h, self.hidden_size), dtype))
         if self.bias:
@@ -546,6 +522,7 @@ class RNNCellBase(Module):
         rng = resolve_rng(self._rng)
         for param in self.parameters():
             param.data[...] = rng.uniform(-bound, bound, param.shape)
+            param.bump_version()
 
     def extra_repr(self):
         s = f"{self.input_size}, {self.hidden_size}"
@@ -588,10 +565,11 @@ class RNNCellBase(Module):
                                      f"expected {self.hidden_size}")
                 states[i] = state
         weights = {name: param.data for name, param in self._parameters.items() if param is not None}
-        _, h, c, saved = _kernel_forward(self.mode, x[None], states[0], states[1], weights, None, False,
-                                         self.training)
+        _, h, c, saved = F.recurrent_forward(_cell(self.mode), x[None], states[0], states[1], weights,
+                                             training=self.training)
         if self.training:
-            self._context = dict(saved=saved, batched=batched, hx_given=hx is not None, batch=x.shape[0])
+            self._context = dict(saved=saved, versions=parameter_versions(self.named_parameters()), batched=batched,
+                                 hx_given=hx is not None, batch=x.shape[0])
             self._backward_state = None
         else:
             self._context, self._backward_state = None, _BackwardState.EVAL
@@ -618,6 +596,7 @@ class RNNCellBase(Module):
         if not lstm and grad_c is not None:
             raise TypeError(f"{type(self).__name__} has no cell state: grad_c must be None")
         ctx = self._context
+        check_parameter_versions(ctx["versions"])
         dtype = self.weight_ih.dtype
         shape = (ctx["batch"], self.hidden_size) if ctx["batched"] else (self.hidden_size,)
         grads = []
@@ -629,7 +608,7 @@ class RNNCellBase(Module):
                 grad = grad if ctx["batched"] else grad[None]
             grads.append(grad)
         self._context, self._backward_state = None, _BackwardState.USED
-        dx, dh0, dc0, dweights = _kernel_backward(self.mode, None, grads[0], grads[1], ctx["saved"])
+        dx, dh0, dc0, dweights = F.recurrent_backward(None, grads[0], grads[1], ctx["saved"])
         for name, grad in dweights.items():
             if grad is not None:
                 getattr(self, name).accumulate_grad(grad)

@@ -14,6 +14,7 @@ kernel too: a masked step carries the state, and its output repeats the last one
 import numpy as np
 
 from ... import functional as F
+from ..._base import check_parameter_versions, parameter_versions
 from ..._random import resolve_rng
 from .. import initializers
 from .base import Layer, reject_unsupported
@@ -33,12 +34,11 @@ def _fraction(value, name):
 
 
 class _Recurrent(Layer):
-    """What SimpleRNN, LSTM and GRU share. Subclasses set _GATES, _GATE_ORDER (ours[k] is Keras's
-    gate _GATE_ORDER[k]) and _SUPPORTED, the (activation, recurrent activation) pairs the kernels
-    have."""
+    """What SimpleRNN, LSTM and GRU share. Subclasses define _cell (the cell table's name of the
+    kernel they run) and set _GATE_ORDER (ours[k] is Keras's gate _GATE_ORDER[k]) and _SUPPORTED,
+    the (activation, recurrent activation) pairs the kernels have."""
 
     supports_masking = True
-    _GATES = 1
     _GATE_ORDER = (0,)
 
     def __init__(self, units, activation="tanh", recurrent_activation=None, use_bias=True,
@@ -87,7 +87,7 @@ class _Recurrent(Layer):
         if (self.activation, self.recurrent_activation) in self._SUPPORTED:
             return
         given = f"activation={self.activation!r}"
-        if self._GATES > 1:
+        if not isinstance(self, SimpleRNN):
             given += f", recurrent_activation={self.recurrent_activation!r}"
         raise NotImplementedError(f"{type(self).__name__}({given}) is not supported by the fused kernels; "
                                   f"supported: {self._SUPPORTED_TEXT}")
@@ -97,7 +97,7 @@ class _Recurrent(Layer):
         if len(input_shape) != 3 or input_shape[-1] is None:
             raise ValueError(f"{self.name}: expected an input of shape (batch, time, features) with known "
                              f"features, got {tuple(input_shape)}")
-        features, units, width = input_shape[-1], self.units, self._GATES * self.units
+        features, units, width = input_shape[-1], self.units, self._gates * self.units
         self._add_param("weight_ih", np.zeros((width, features)))
         self._add_param("weight_hh", np.zeros((width, units)))
         if self.use_bias:
@@ -114,7 +114,7 @@ class _Recurrent(Layer):
         return False
 
     def _initial_bias(self):
-        return self.bias_initializer((self._GATES * self.units,), self.dtype)
+        return self.bias_initializer((self._gates * self.units,), self.dtype)
 
     def _reorder(self, array, order):
         """The gate blocks of the last axis of `array` taken in `order`."""
@@ -148,8 +148,16 @@ class _Recurrent(Layer):
 
     # -- shapes and states --------------------------------------------------------------------------
     @property
+    def _cell(self):
+        raise NotImplementedError
+
+    @property
+    def _gates(self):
+        return F.CELLS[self._cell].gates
+
+    @property
     def _state_count(self):
-        return 1
+        return 2 if F.CELLS[self._cell].has_cell_state else 1
 
     def compute_output_shape(self, input_shape):
         batch, steps = input_shape[0], input_shape[1]
@@ -200,12 +208,6 @@ class _Recurrent(Layer):
         return draw(self.dropout, features), draw(self.recurrent_dropout, self.units)
 
     # -- forward and backward -----------------------------------------------------------------------
-    def _kernel_forward(self, x, states, options):
-        raise NotImplementedError
-
-    def _kernel_backward(self, dy, dh_n, saved):
-        raise NotImplementedError
-
     def __call__(self, inputs, *args, mask=None, training=None, initial_state=None, **kwargs):
         if initial_state is not None:
             kwargs["initial_state"] = initial_state
@@ -239,12 +241,16 @@ class _Recurrent(Layer):
         options = dict(reverse=self.go_backwards, training=training, mask=kernel_mask,
                        masked_output="zero" if self.zero_output_for_mask else "repeat",
                        recurrent_scale=recurrent_scale)
-        y, new_states, saved = self._kernel_forward(x_time_major, states, options)
+        weights = {name: param.data for name, param in self._params.items()}
+        y, h_n, c_n, saved = F.recurrent_forward(self._cell, x_time_major, *(list(states) + [None])[:2], weights,
+                                                 **options)
+        new_states = [h_n] if c_n is None else [h_n, c_n]
         if self.go_backwards:
             y = y[::-1]   # Keras returns the steps in the order they were processed
         if self.stateful:
             self.states = [s.copy() for s in new_states]
-        self._save(training, saved, input_scale, steps, kernel_mask is not None)
+        versions = parameter_versions((f"{self.name}.{name}", param) for name, param in self._params.items())
+        self._save(training, saved, versions, input_scale, steps, kernel_mask is not None)
         output = np.ascontiguousarray(y.transpose(1, 0, 2)) if self.return_sequences else y[-1].copy()
         output_mask = mask if self.return_sequences else None
         if self.return_state:
@@ -253,7 +259,8 @@ class _Recurrent(Layer):
 
     def backward(self, grad):
         """grad: the gradient of the output (not of returned states). Returns the input's."""
-        saved, input_scale, steps, masked = self._take_saved()
+        saved, versions, input_scale, steps, masked = self._take_saved()
+        check_parameter_versions(versions)
         grad = np.asarray(grad, dtype=self.dtype)
         dy = dh_n = None
         if self.return_sequences:
@@ -267,22 +274,12 @@ class _Recurrent(Layer):
             dy[0 if self.go_backwards else steps - 1] = grad
         else:
             dh_n = grad
-        dx, grads = self._kernel_backward(dy, dh_n, saved)
-        for name, value in grads.items():
-            if name in self._params:
-                self._params[name].accumulate_grad(value)
+        dx, _, _, grads = F.recurrent_backward(dy, dh_n, None, saved)
+        for name, param in self._params.items():
+            param.accumulate_grad(grads[name])
         if input_scale is not None:
             dx = dx * input_scale
         return dx.transpose(1, 0, 2)
-
-
-def _weights(params):
-    return [params[name].data if name in params else None
-            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-
-
-def _grads(dweights):
-    return dict(zip(("weight_ih", "weight_hh", "bias_ih", "bias_hh"), dweights))
 
 
 class SimpleRNN(_Recurrent):
@@ -295,20 +292,15 @@ class SimpleRNN(_Recurrent):
     def __init__(self, units, activation="tanh", **kwargs):
         super().__init__(units, activation=activation, **kwargs)
 
-    def _kernel_forward(self, x, states, options):
-        y, h_n, saved = F.rnn_forward(x, states[0], *_weights(self._params), nonlinearity=self.activation, **options)
-        return y, [h_n], saved
-
-    def _kernel_backward(self, dy, dh_n, saved):
-        dx, _, *dweights = F.rnn_backward(dy, dh_n, saved)
-        return dx, _grads(dweights)
+    @property
+    def _cell(self):
+        return "rnn_" + self.activation
 
 
 class LSTM(_Recurrent):
     """Keras's LSTM (gates i, f, c, o). ``unit_forget_bias`` (default) starts the forget gate's
     bias at exactly 1."""
 
-    _GATES = 4
     _GATE_ORDER = (0, 1, 2, 3)   # Keras's i, f, c, o are the kernels' i, f, g, o
     _SUPPORTED = {("tanh", "sigmoid")}
     _SUPPORTED_TEXT = "activation='tanh' with recurrent_activation='sigmoid'"
@@ -321,8 +313,8 @@ class LSTM(_Recurrent):
         self._config.update(recurrent_activation=self.recurrent_activation, unit_forget_bias=self.unit_forget_bias)
 
     @property
-    def _state_count(self):
-        return 2
+    def _cell(self):
+        return "lstm"
 
     def _initial_bias(self):
         if not self.unit_forget_bias:
@@ -331,13 +323,6 @@ class LSTM(_Recurrent):
         return np.concatenate([self.bias_initializer((units,), self.dtype), np.ones(units, self.dtype),
                                self.bias_initializer((2 * units,), self.dtype)])
 
-    def _kernel_forward(self, x, states, options):
-        y, h_n, c_n, saved = F.lstm_forward(x, states[0], states[1], *_weights(self._params), **options)
-        return y, [h_n, c_n], saved
-
-    def _kernel_backward(self, dy, dh_n, saved):
-        dx, _, _, *dweights = F.lstm_backward(dy, dh_n, None, saved)
-        return dx, _grads(dweights)
 
 
 class GRU(_Recurrent):
@@ -345,7 +330,6 @@ class GRU(_Recurrent):
     an input and a recurrent bias, ``bias (2, 3*units)``; ``reset_after=False`` applies the reset
     gate before the recurrent product and has one bias ``(3*units,)``."""
 
-    _GATES = 3
     _GATE_ORDER = (1, 0, 2)   # the kernels' r, z, n are Keras's gates 1 (r), 0 (z), 2 (h)
     _SUPPORTED = {("tanh", "sigmoid")}
     _SUPPORTED_TEXT = "activation='tanh' with recurrent_activation='sigmoid'"
@@ -356,6 +340,10 @@ class GRU(_Recurrent):
         super().__init__(units, activation=activation, recurrent_activation=recurrent_activation, **kwargs)
         self.reset_after = bool(reset_after)
         self._config.update(recurrent_activation=self.recurrent_activation, reset_after=self.reset_after)
+
+    @property
+    def _cell(self):
+        return "gru" if self.reset_after else "gru_reset_before"
 
     def _has_recurrent_bias(self):
         return self.reset_after
@@ -377,11 +365,3 @@ class GRU(_Recurrent):
         if bias_hh is None:
             return self._reorder(bias_ih, to_keras)
         return np.stack([self._reorder(bias_ih, to_keras), self._reorder(bias_hh, to_keras)])
-
-    def _kernel_forward(self, x, states, options):
-        y, h_n, saved = F.gru_forward(x, states[0], *_weights(self._params), reset_after=self.reset_after, **options)
-        return y, [h_n], saved
-
-    def _kernel_backward(self, dy, dh_n, saved):
-        dx, _, *dweights = F.gru_backward(dy, dh_n, saved)
-        return dx, _grads(dweights)
