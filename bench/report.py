@@ -194,7 +194,7 @@ def markdown(doc):
             "median and min reported. Outputs are checked to agree before timing.",
             "- Same process, same thread count for every contender; PyTorch inference under "
             "`torch.inference_mode()`, training = forward with `x.requires_grad` + `backward(dy)` after "
-            "`zero_grad(set_to_none=True)`; ours = `*_forward(training=True)` + `*_backward(dy, ...)`.",
+            "`zero_grad(set_to_none=True)`; ours = `recurrent_forward(training=True)` + `recurrent_backward(dy, ...)`.",
             "- OPENBLAS_NUM_THREADS=1 in the timing process (only the NumPy reference uses BLAS there), "
             "so no OpenBLAS worker threads spin while the others run.",
             "- Each measurement records the CPU time other processes took meanwhile (/proc/stat minus "

@@ -49,7 +49,9 @@ except ImportError:  # PyTorch is an optional contender
     torch = None
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+# The benchmark's cell names and the cell table's.
+KERNEL_CELLS = {"rnn": "rnn_tanh", "lstm": "lstm", "gru": "gru"}
+GATES = {cell: functional.CELLS[kernel].gates for cell, kernel in KERNEL_CELLS.items()}
 T_STEPS = 100
 # The NumPy reference runs one small GEMM per step in Python: only time it where T*B*G*H*H is at
 # most that of an LSTM at B=8, H=128 (a fraction of a second per call).
@@ -79,25 +81,20 @@ def make_problem(cell, T, B, I, H, seed=0):
     }
 
 
+def layer_weights(p):
+    return dict(weight_ih=p["w_ih"], weight_hh=p["w_hh"], bias_ih=p["b_ih"], bias_hh=p["b_hh"])
+
+
 def numpy_contender(module, cell, p):
-    """Contender over a module with the functional API (fusedrnn.functional or the reference)."""
-    weights = (p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"])
-    if cell == "lstm":
-        def forward(training):
-            return module.lstm_forward(p["x"], p["h0"], p["c0"], *weights, training=training)
+    """Contender over a module with the uniform op (fusedrnn.functional or the reference)."""
+    kernel, weights = KERNEL_CELLS[cell], layer_weights(p)
+    c0 = p["c0"] if functional.CELLS[kernel].has_cell_state else None
 
-        def train():
-            _, _, _, saved = forward(True)
-            return module.lstm_backward(p["dy"], None, None, saved)
-    else:
-        fwd = module.gru_forward if cell == "gru" else module.rnn_forward
-        bwd = module.gru_backward if cell == "gru" else module.rnn_backward
+    def forward(training):
+        return module.recurrent_forward(kernel, p["x"], p["h0"], c0, weights, training=training)
 
-        def forward(training):
-            return fwd(p["x"], p["h0"], *weights, training=training)
-
-        def train():
-            return bwd(p["dy"], None, forward(True)[-1])
+    def train():
+        return module.recurrent_backward(p["dy"], None, None, forward(True)[-1])
     return (lambda: forward(False)), train, (lambda: forward(False)[0])
 
 
@@ -397,14 +394,12 @@ def bench_bf16(cells, hiddens, timing):
     for cell in cells:
         for H in hiddens:
             p = make_problem(cell, T_STEPS, 1, H, H)
-            weights = (p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"])
+            kernel = KERNEL_CELLS[cell]
+            c0 = p["c0"] if functional.CELLS[kernel].has_cell_state else None
 
-            def forward(bf16, cell=cell, p=p, weights=weights):
-                if cell == "lstm":
-                    return functional.lstm_forward(p["x"], p["h0"], p["c0"], *weights, training=False,
-                                                   bf16_weights=bf16)[0]
-                f = functional.gru_forward if cell == "gru" else functional.rnn_forward
-                return f(p["x"], p["h0"], *weights, training=False, bf16_weights=bf16)[0]
+            def forward(bf16, kernel=kernel, p=p, c0=c0):
+                return functional.recurrent_forward(kernel, p["x"], p["h0"], c0, layer_weights(p), training=False,
+                                                    bf16_weights=bf16)[0]
 
             error = float(np.abs(forward(True) - forward(False)).max())
             times, _, share = measure({"float32": lambda: forward(False), "bf16": lambda: forward(True)}, timing)
