@@ -37,6 +37,11 @@ def _cell(mode):
     return mode.lower()
 
 
+def _has_cell_state(mode):
+    """Whether a mode's state is (h, c), as LSTM's, rather than h alone (from the cell table)."""
+    return F.CELLS[_cell(mode)].has_cell_state
+
+
 # -- argument checks shared by layers and cells -------------------------------------------------
 
 def _check_size(value, name):
@@ -270,7 +275,7 @@ class RNNBase(Module):
             self._context, self._backward_state = None, _BackwardState.EVAL
 
         h_n = np.stack(h_n)
-        c_n = np.stack(c_n) if self.mode == "LSTM" else None
+        c_n = np.stack(c_n) if _has_cell_state(self.mode) else None
         if packed:
             output = PackedSequence(layer_input[steps], input.batch_sizes, input.sorted_indices,
                                     input.unsorted_indices)
@@ -295,7 +300,7 @@ class RNNBase(Module):
         """Expected shapes of h and c (batched), in the order of the hx tuple."""
         rows = self.num_layers * self._directions
         shapes = [(rows, batch, self._state_size)]
-        if self.mode == "LSTM":
+        if _has_cell_state(self.mode):
             shapes.append((rows, batch, self.hidden_size))
         return shapes
 
@@ -303,7 +308,7 @@ class RNNBase(Module):
         """hx as batched (h0, c0) arrays in the kernels' (sorted) batch order; (None, None) if absent."""
         if hx is None:
             return None, None
-        lstm = self.mode == "LSTM"
+        lstm = _has_cell_state(self.mode)
         if lstm and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
             raise TypeError("hx of an LSTM must be a tuple (h_0, c_0)")
         if not lstm and isinstance(hx, (tuple, list)):
@@ -385,12 +390,12 @@ class RNNBase(Module):
             grad_input = np.ascontiguousarray(d_output.swapaxes(0, 1)) if self.batch_first else d_output
         if not ctx["hx_given"]:
             return grad_input, None
-        states = [np.stack(dh0)] + ([np.stack(dc0)] if self.mode == "LSTM" else [])
+        states = [np.stack(dh0)] + ([np.stack(dc0)] if _has_cell_state(self.mode) else [])
         if packed is not None and packed.unsorted_indices is not None:
             states = [s[:, packed.unsorted_indices] for s in states]
         if ctx["unbatched"]:
             states = [s[:, 0] for s in states]
-        return grad_input, tuple(states) if self.mode == "LSTM" else states[0]
+        return grad_input, tuple(states) if _has_cell_state(self.mode) else states[0]
 
     def _grad_output_time_major(self, grad_output, ctx):
         """grad_output as (T, B, D*P) in the kernels' layout, or None."""
@@ -417,7 +422,7 @@ class RNNBase(Module):
 
     def _grad_final_states(self, grad_hn, ctx):
         """grad_hn as batched (dh_n, dc_n) in the kernels' (sorted) order; entries may be None."""
-        lstm = self.mode == "LSTM"
+        lstm = _has_cell_state(self.mode)
         if grad_hn is None:
             return None, None
         if lstm and not (isinstance(grad_hn, (tuple, list)) and len(grad_hn) == 2):
@@ -546,7 +551,7 @@ class RNNCellBase(Module):
         x = x if batched else x[None]
         if x.shape[1] != self.input_size:
             raise ValueError(f"input has inconsistent input_size: got {x.shape[1]} expected {self.input_size}")
-        lstm = self.mode == "LSTM"
+        lstm = _has_cell_state(self.mode)
         states = [None, None]
         if hx is not None:
             if lstm and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
@@ -590,7 +595,7 @@ class RNNCellBase(Module):
         """
         if self._backward_state is not None:
             raise RuntimeError(self._backward_state)
-        lstm = self.mode == "LSTM"
+        lstm = _has_cell_state(self.mode)
         if lstm and isinstance(grad_h, tuple) and grad_c is None:
             grad_h, grad_c = grad_h
         if not lstm and grad_c is not None:
