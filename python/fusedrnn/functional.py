@@ -54,12 +54,12 @@ float64, all of one dtype; a wrong argument raises ``ValueError`` or ``TypeError
 Backward returns fresh arrays (gradients are written, never accumulated).
 """
 
-import os
 from collections import namedtuple
 from collections.abc import Mapping
 
 import numpy as np
 
+from . import _arguments as args
 from . import _core
 
 __all__ = [
@@ -143,53 +143,6 @@ def _cell_info(cell):
     return CELLS[cell]
 
 
-def _float_array(value, name):
-    array = np.asarray(value)
-    if array.dtype not in (np.float32, np.float64):
-        raise TypeError(f"{name} must be a float32 or float64 array, got dtype {array.dtype}")
-    return array
-
-
-def _checked(value, name, shape, dtype, optional=False):
-    """value as a C-contiguous array of `dtype` and exactly `shape` (None allowed if optional)."""
-    if value is None:
-        if optional:
-            return None
-        raise TypeError(f"{name} is required")
-    array = _float_array(value, name)
-    if array.dtype != dtype:
-        raise TypeError(f"{name} has dtype {array.dtype} but x has dtype {dtype}: use one dtype")
-    if array.shape != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)}, got {array.shape}")
-    return np.ascontiguousarray(array)
-
-
-def _checked_lengths(lengths, T, B):
-    if lengths is None:
-        return None
-    array = np.asarray(lengths)
-    if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.integer):
-        raise TypeError(f"lengths must be integers, got dtype {array.dtype}")
-    if array.shape != (B,):
-        raise ValueError(f"lengths must have shape ({B},) (one per sequence), got {array.shape}")
-    if B and (array.min() < 0 or array.max() > T):
-        raise ValueError(f"lengths must lie in [0, T={T}], got values from {array.min()} to {array.max()}")
-    return np.array(array, dtype=np.int64)  # a copy: the backward reads it again
-
-
-def _checked_mask(mask, T, B, lengths):
-    if mask is None:
-        return None
-    if lengths is not None:
-        raise ValueError("give lengths or mask, not both")
-    array = np.asarray(mask)
-    if array.dtype != np.bool_:
-        raise TypeError(f"mask must be a boolean array, got dtype {array.dtype}")
-    if array.shape != (T, B):
-        raise ValueError(f"mask must have shape (T, B) = ({T}, {B}), got {array.shape}")
-    return np.array(array, dtype=np.uint8)  # a copy: the backward reads it again
-
-
 def _checked_weights(weights):
     if not isinstance(weights, Mapping):
         raise TypeError(f"weights must be a dict of name -> array ({', '.join(WEIGHT_NAMES)}), "
@@ -203,55 +156,9 @@ def _checked_weights(weights):
     return {name: weights.get(name) for name in WEIGHT_NAMES}
 
 
-def _sizes(cell, gates, weight_hh, weight_hr):
-    """(H, P) from weight_hh (G*H, P) and the projection weight_hr (P, H) or None (P = H)."""
-    weight_hh = _float_array(weight_hh, "weight_hh")
-    if weight_hr is None:
-        if weight_hh.ndim != 2 or weight_hh.shape[1] == 0 or weight_hh.shape[0] != gates * weight_hh.shape[1]:
-            raise ValueError(f"weight_hh must have shape ({gates}*H, H) with H >= 1 for {cell}, "
-                             f"got {weight_hh.shape}")
-        return weight_hh.shape[1], weight_hh.shape[1]
-    weight_hr = _float_array(weight_hr, "weight_hr")
-    if weight_hr.ndim != 2 or 0 in weight_hr.shape:
-        raise ValueError(f"weight_hr must have shape (P, H) with P, H >= 1, got {weight_hr.shape}")
-    return weight_hr.shape[1], weight_hr.shape[0]
-
-
 def _no_cell_state(cell, info, value, name):
     if value is not None and not info.has_cell_state:
         raise ValueError(f"{cell} has no cell state: {name} must be None")
-
-
-def _physical_memory():
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # not every platform reports it
-        return None
-
-
-def _check_memory(what, elements, itemsize):
-    """Refuses, before anything is allocated, a call whose arrays could not fit in this machine's
-    memory: with overcommitted memory the allocation itself may succeed and the process be
-    killed later, when the pages are touched."""
-    needed = elements * itemsize
-    memory = _physical_memory()
-    if needed >= 2 ** 63 or (memory is not None and needed > memory):
-        raise MemoryError(f"{what} needs {needed / 2**30:.1f} GiB of outputs and workspace, more than this "
-                          f"machine's {memory / 2**30:.1f} GiB" if memory else f"{what} needs {needed} bytes")
-
-
-def _check_bf16(bf16_weights, info, dtype, training, weight_hr, recurrent_scale):
-    if not isinstance(bf16_weights, (bool, np.bool_)):
-        raise TypeError(f"bf16_weights must be a bool, got {type(bf16_weights).__name__}")
-    if not bf16_weights:
-        return
-    if training:
-        raise ValueError("bf16_weights=True is for inference: pass training=False")
-    if dtype != np.float32:
-        raise TypeError(f"bf16_weights=True needs float32 arrays, got {dtype}")
-    if weight_hr is not None or recurrent_scale is not None or info.two_phase:
-        raise ValueError("bf16_weights=True is not available with a projection, recurrent dropout or "
-                         "reset_after=False")
 
 
 def _fingerprints(arrays):
@@ -286,8 +193,8 @@ def recurrent_forward(cell, x, h0, c0, weights, *, lengths=None, mask=None, mask
     """
     info = _cell_info(cell)
     weights = _checked_weights(weights)
-    x = _float_array(x, "x")
-    _check_bf16(bf16_weights, info, x.dtype, training, weights["weight_hr"], recurrent_scale)
+    x = args.float_array(x, "x")
+    args.check_bf16(bf16_weights, info, x.dtype, training, weights["weight_hr"], recurrent_scale)
     _no_cell_state(cell, info, c0, "c0")
     if x.ndim != 3:
         raise ValueError(f"x must have 3 dimensions (T, B, I), got shape {x.shape}")
@@ -295,10 +202,10 @@ def recurrent_forward(cell, x, h0, c0, weights, *, lengths=None, mask=None, mask
     if T == 0:
         raise ValueError("x has T = 0 time steps: a sequence needs at least one step")
     G = info.gates
-    H, P = _sizes(cell, G, weights["weight_hh"], weights["weight_hr"])
+    H, P = args.sizes(cell, G, weights["weight_hh"], weights["weight_hr"])
     dtype = x.dtype
     # y and the input projections always; in training the saved values and states too.
-    _check_memory(f"{cell} forward", T * B * (P + G * H) + bool(training) * (T + 1) * B * (info.saved * H + 2 * P + 2 * H),
+    args.check_memory(f"{cell} forward", T * B * (P + G * H) + bool(training) * (T + 1) * B * (info.saved * H + 2 * P + 2 * H),
                   dtype.itemsize)
     if not isinstance(reverse, (bool, np.bool_)):
         raise TypeError(f"reverse must be a bool, got {type(reverse).__name__}")
@@ -306,16 +213,16 @@ def recurrent_forward(cell, x, h0, c0, weights, *, lengths=None, mask=None, mask
         raise ValueError(f"masked_output must be 'zero' or 'repeat', got {masked_output!r}")
     arrays = dict(
         x=np.ascontiguousarray(x),
-        h0=_checked(h0, "h0", (B, P), dtype, optional=True),
-        c0=_checked(c0, "c0", (B, H), dtype, optional=True),
-        w_ih=_checked(weights["weight_ih"], "weight_ih", (G * H, I), dtype),
-        w_hh=_checked(weights["weight_hh"], "weight_hh", (G * H, P), dtype),
-        w_hr=_checked(weights["weight_hr"], "weight_hr", (P, H), dtype, optional=True),
-        recurrent_scale=_checked(recurrent_scale, "recurrent_scale", (B, P), dtype, optional=True),
-        b_ih=_checked(weights["bias_ih"], "bias_ih", (G * H,), dtype, optional=True),
-        b_hh=_checked(weights["bias_hh"], "bias_hh", (G * H,), dtype, optional=True),
-        lengths=_checked_lengths(lengths, T, B),
-        mask=_checked_mask(mask, T, B, lengths),
+        h0=args.checked(h0, "h0", (B, P), dtype, optional=True),
+        c0=args.checked(c0, "c0", (B, H), dtype, optional=True),
+        w_ih=args.checked(weights["weight_ih"], "weight_ih", (G * H, I), dtype),
+        w_hh=args.checked(weights["weight_hh"], "weight_hh", (G * H, P), dtype),
+        w_hr=args.checked(weights["weight_hr"], "weight_hr", (P, H), dtype, optional=True),
+        recurrent_scale=args.checked(recurrent_scale, "recurrent_scale", (B, P), dtype, optional=True),
+        b_ih=args.checked(weights["bias_ih"], "bias_ih", (G * H,), dtype, optional=True),
+        b_hh=args.checked(weights["bias_hh"], "bias_hh", (G * H,), dtype, optional=True),
+        lengths=args.checked_lengths(lengths, T, B),
+        mask=args.checked_mask(mask, T, B, lengths),
     )
     repeat = masked_output == "repeat"
     y, h_n, c_n, computed = _core.forward(cell, repeat_masked_output=repeat, reverse=bool(reverse),
@@ -365,9 +272,9 @@ def recurrent_backward(dy, dh_n, dc_n, saved):
     T, B, _ = x.shape
     G = info.gates
     H, P, dtype = saved["weight_hh"].shape[0] // G, saved["weight_hh"].shape[1], x.dtype
-    grads = dict(dy=_checked(dy, "dy", (T, B, P), dtype, optional=True),
-                 dh_n=_checked(dh_n, "dh_n", (B, P), dtype, optional=True),
-                 dc_n=_checked(dc_n, "dc_n", (B, H), dtype, optional=True))
+    grads = dict(dy=args.checked(dy, "dy", (T, B, P), dtype, optional=True),
+                 dh_n=args.checked(dh_n, "dh_n", (B, P), dtype, optional=True),
+                 dc_n=args.checked(dc_n, "dc_n", (B, H), dtype, optional=True))
     _check_unchanged(saved)
     dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = _core.backward(
         meta.cell, x, saved["weight_ih"], saved["weight_hh"], saved["weight_hr"], saved["recurrent_scale"],
