@@ -76,6 +76,26 @@ std::pair<int64_t, int64_t> hidden_and_state_size(CellKind cell, const py::objec
   return {py::reinterpret_borrow<py::array>(w_hr).shape(1), P};
 }
 
+// Fills and checks what forward's and backward's arguments share (sizes, x, the weights the
+// backward reads again, the masks): Args is ForwardArgs<T> or BackwardArgs<T>.
+template <class T, class Args>
+void check_shared(Args& a, CellKind cell, const CellInfo& info, const py::array& x, const py::object& w_ih,
+                  const py::object& w_hh, const py::object& w_hr, const py::object& recurrent_scale,
+                  const py::object& lengths, const py::object& mask, bool repeat_masked_output, bool reverse) {
+  if (x.ndim() != 3) throw py::value_error("x must have 3 dimensions (T, B, I)");
+  const auto [H, P] = hidden_and_state_size(cell, w_hh, w_hr);
+  const int64_t G = info.gates;
+  a.T_ = x.shape(0), a.B = x.shape(1), a.I = x.shape(2), a.H = H, a.P = P, a.reverse = reverse;
+  a.x = checked<T>(x, "x", {a.T_, a.B, a.I});
+  a.w_ih = checked<T>(w_ih, "w_ih", {G * H, a.I});
+  a.w_hh = checked<T>(w_hh, "w_hh", {G * H, P});
+  a.w_hr = checked<T>(w_hr, "w_hr", {P, H}, true);
+  a.recurrent_scale = checked_scale<T>(recurrent_scale, a.w_hr, a.B, P);
+  a.lengths = checked_lengths(lengths, a.B, a.T_);
+  a.mask = checked_mask(mask, lengths, a.T_, a.B);
+  a.repeat_masked_output = repeat_masked_output;
+}
+
 // forward(cell, x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh, recurrent_scale, lengths, mask,
 //         repeat_masked_output, reverse, training, bf16_weights=False)
 //   -> (y, h_n, c_n | None, saved | None),
@@ -88,31 +108,20 @@ py::tuple forward(const std::string& cell_name, const py::array& x, const py::ob
   const CellInfo info = fusedrnn::cell_info(cell);
   return with_dtype("x", x, [&](auto dtype) -> py::tuple {
     using T = typename decltype(dtype)::type;
-    if (x.ndim() != 3) throw py::value_error("x must have 3 dimensions (T, B, I)");
     if (bf16_weights && (!std::is_same_v<T, float> || training || !w_hr.is_none() || !recurrent_scale.is_none() ||
                          info.two_phase)) {
       throw py::value_error("bfloat16 recurrent weights are for float32 inference only, without a projection, "
                             "recurrent dropout or the reset-before-product GRU");
     }
-    const int64_t steps = x.shape(0), B = x.shape(1), I = x.shape(2);
-    const int64_t G = info.gates, S = info.saved;
-    const bool has_c = info.has_cell_state;
-    const auto [H, P] = hidden_and_state_size(cell, w_hh, w_hr);
-
     fusedrnn::ForwardArgs<T> a{};
-    a.T_ = steps, a.B = B, a.I = I, a.H = H, a.P = P, a.reverse = reverse;
-    a.x = checked<T>(x, "x", {steps, B, I});
+    check_shared<T>(a, cell, info, x, w_ih, w_hh, w_hr, recurrent_scale, lengths, mask, repeat_masked_output,
+                    reverse);
+    const int64_t steps = a.T_, B = a.B, H = a.H, P = a.P, G = info.gates, S = info.saved;
+    const bool has_c = info.has_cell_state;
     a.h0 = checked<T>(h0, "h0", {B, P}, true);
     a.c0 = has_c ? checked<T>(c0, "c0", {B, H}, true) : nullptr;
-    a.w_ih = checked<T>(w_ih, "w_ih", {G * H, I});
-    a.w_hh = checked<T>(w_hh, "w_hh", {G * H, P});
-    a.w_hr = checked<T>(w_hr, "w_hr", {P, H}, true);
-    a.recurrent_scale = checked_scale<T>(recurrent_scale, a.w_hr, B, P);
     a.b_ih = checked<T>(b_ih, "b_ih", {G * H}, true);
     a.b_hh = checked<T>(b_hh, "b_hh", {G * H}, true);
-    a.lengths = checked_lengths(lengths, B, steps);
-    a.mask = checked_mask(mask, lengths, steps, B);
-    a.repeat_masked_output = repeat_masked_output;
     a.bf16_weights = bf16_weights;
 
     auto y = new_array<T>({steps, B, P});
@@ -150,23 +159,12 @@ py::tuple backward(const std::string& cell_name, const py::array& x, const py::o
   const CellInfo info = fusedrnn::cell_info(cell);
   return with_dtype("x", x, [&](auto dtype) -> py::tuple {
     using T = typename decltype(dtype)::type;
-    if (x.ndim() != 3) throw py::value_error("x must have 3 dimensions (T, B, I)");
     if (saved.size() != 4) throw py::value_error("saved must be the 4-tuple that forward returned");
-    const int64_t steps = x.shape(0), B = x.shape(1), I = x.shape(2);
-    const int64_t G = info.gates, S = info.saved;
-    const bool has_c = info.has_cell_state;
-    const auto [H, P] = hidden_and_state_size(cell, w_hh, w_hr);
-
     fusedrnn::BackwardArgs<T> a{};
-    a.T_ = steps, a.B = B, a.I = I, a.H = H, a.P = P, a.reverse = reverse;
-    a.x = checked<T>(x, "x", {steps, B, I});
-    a.w_ih = checked<T>(w_ih, "w_ih", {G * H, I});
-    a.w_hh = checked<T>(w_hh, "w_hh", {G * H, P});
-    a.w_hr = checked<T>(w_hr, "w_hr", {P, H}, true);
-    a.recurrent_scale = checked_scale<T>(recurrent_scale, a.w_hr, B, P);
-    a.lengths = checked_lengths(lengths, B, steps);
-    a.mask = checked_mask(mask, lengths, steps, B);
-    a.repeat_masked_output = repeat_masked_output;
+    check_shared<T>(a, cell, info, x, w_ih, w_hh, w_hr, recurrent_scale, lengths, mask, repeat_masked_output,
+                    reverse);
+    const int64_t steps = a.T_, B = a.B, I = a.I, H = a.H, P = a.P, G = info.gates, S = info.saved;
+    const bool has_c = info.has_cell_state;
     a.saved_gates = checked<T>(saved[0], "saved gates", {steps, B, S * H});
     a.saved_h = checked<T>(saved[1], "saved h", {steps + 1, B, P});
     a.saved_c = has_c ? checked<T>(saved[2], "saved c", {steps + 1, B, H}) : nullptr;
