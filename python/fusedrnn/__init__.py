@@ -15,16 +15,33 @@ __all__ = ["functional", "nn", "optim", "keras", "distributed", "manual_seed", "
            "set_num_threads", "__version__"]
 
 
+# The thread count set by set_num_threads, or None: then the framework adapters (fusedrnn.torch)
+# give the kernels the framework's own thread count at each call.
+_user_threads = None
+_STARTUP_THREADS = _core.max_threads()
+
+
 def get_num_threads():
     """Threads a kernel may use (OMP_NUM_THREADS at start-up, or what set_num_threads set)."""
     return _core.max_threads()
 
 
 def set_num_threads(threads):
-    """Sets how many threads the kernels may use from now on (in the calling thread)."""
+    """Sets how many threads the kernels may use from now on (in the calling thread).
+
+    Once set, PyTorch's custom operators (fusedrnn.torch) use this count too, in every thread,
+    instead of following ``torch.get_num_threads()``; ``set_num_threads(None)`` undoes that and
+    goes back to the start-up count.
+    """
+    global _user_threads
+    if threads is None:
+        _user_threads = None
+        _core.set_max_threads(_STARTUP_THREADS)
+        return
     if isinstance(threads, bool) or not isinstance(threads, int):
         raise TypeError(f"threads must be an int, got {type(threads).__name__}")
     _core.set_max_threads(threads)
+    _user_threads = threads
 
 
 def build_info():

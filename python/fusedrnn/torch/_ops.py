@@ -1,0 +1,239 @@
+"""The uniform op (fusedrnn.functional) as two PyTorch custom operators, with fake kernels and
+autograd.
+
+``torch.ops.fusedrnn.recurrent_forward``::
+
+    (str cell, Tensor x, Tensor? h0, Tensor? c0, Tensor weight_ih, Tensor weight_hh,
+     Tensor? bias_ih, Tensor? bias_hh, Tensor? weight_hr, Tensor? lengths, Tensor? mask,
+     str masked_output, bool reverse, bool training, Tensor? recurrent_scale)
+    -> (Tensor y, Tensor h_n, Tensor c_n, Tensor gates, Tensor h, Tensor c, Tensor m)
+
+``torch.ops.fusedrnn.recurrent_backward``::
+
+    (str cell, Tensor? dy, Tensor? dh_n, Tensor? dc_n, Tensor x, Tensor weight_ih,
+     Tensor weight_hh, Tensor? bias_ih, Tensor? bias_hh, Tensor? weight_hr,
+     Tensor? recurrent_scale, Tensor? lengths, Tensor? mask, str masked_output, bool reverse,
+     Tensor gates, Tensor h, Tensor c, Tensor m)
+    -> (Tensor dx, Tensor dh0, Tensor dc0, Tensor dweight_ih, Tensor dweight_hh,
+        Tensor dbias_ih, Tensor dbias_hh, Tensor dweight_hr)
+
+Arguments mean what they mean in :func:`fusedrnn.functional.recurrent_forward` (time-major
+``x (T, B, I)``, PyTorch's weight layout; ``lengths (B,)`` integers, ``mask (T, B)`` booleans).
+``gates``, ``h``, ``c`` and ``m`` are what a training forward saves for its backward
+(``Saved.ARRAY_NAMES``' last four); the backward also reads the forward's inputs again.
+
+Absent results: an operator's outputs cannot be None, so a result that does not exist is an
+empty tensor of shape ``(0,)``: ``c_n`` and ``c`` of a cell without a cell state, ``m`` without a
+projection, all four saved tensors when ``training`` is False, ``dc0`` of a cell without a cell
+state, and the gradient of a bias or projection that was None. ``recurrent_backward`` reads a
+``c`` or ``m`` of shape ``(0,)`` as None.
+
+Devices and dtypes: the operators have CPU kernels only (another device raises
+``NotImplementedError``). Contiguous float32 and float64 tensors reach the kernels without a copy
+(others are made contiguous first). bfloat16 and float16 tensors are widened to float32 and
+computed in float32: ``y``, ``h_n`` and ``c_n`` then have x's dtype, the saved tensors are
+float32, and every gradient has the dtype of the tensor it is the gradient of (``dh0`` and
+``dc0``: x's). Apart from that every floating tensor must have x's dtype.
+
+Threads: at each call the kernels use ``torch.get_num_threads()`` threads, unless
+``fusedrnn.set_num_threads(n)`` was called: then n (``fusedrnn.set_num_threads(None)`` goes back
+to following PyTorch). The kernels release the GIL.
+
+In-place changes: autograd saves the inputs with ``save_for_backward`` and no copy, so changing x
+or a weight in place between forward and backward raises PyTorch's usual error; the uniform op's
+own fingerprints are therefore not taken (``check_unchanged=False``).
+"""
+
+import numpy as np
+import torch
+
+import fusedrnn
+from fusedrnn import _core
+from fusedrnn import functional as F
+
+_HALF = (torch.bfloat16, torch.float16)
+_COMPUTED = F.Saved.ARRAY_NAMES[-4:]  # gates, h, c, m
+assert _COMPUTED == ("gates", "h", "c", "m")
+
+_FORWARD_SCHEMA = (
+    "(str cell, Tensor x, Tensor? h0, Tensor? c0, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, "
+    "Tensor? bias_hh, Tensor? weight_hr, Tensor? lengths, Tensor? mask, str masked_output, bool reverse, "
+    "bool training, Tensor? recurrent_scale) "
+    "-> (Tensor y, Tensor h_n, Tensor c_n, Tensor gates, Tensor h, Tensor c, Tensor m)")
+_BACKWARD_SCHEMA = (
+    "(str cell, Tensor? dy, Tensor? dh_n, Tensor? dc_n, Tensor x, Tensor weight_ih, Tensor weight_hh, "
+    "Tensor? bias_ih, Tensor? bias_hh, Tensor? weight_hr, Tensor? recurrent_scale, Tensor? lengths, "
+    "Tensor? mask, str masked_output, bool reverse, Tensor gates, Tensor h, Tensor c, Tensor m) "
+    "-> (Tensor dx, Tensor dh0, Tensor dc0, Tensor dweight_ih, Tensor dweight_hh, Tensor dbias_ih, "
+    "Tensor dbias_hh, Tensor dweight_hr)")
+
+
+# -- tensors to arrays and back ------------------------------------------------------------------
+
+def compute_dtype(dtype):
+    """The dtype the kernels compute in for tensors of `dtype`."""
+    return torch.float32 if dtype in _HALF else dtype
+
+
+def _array(tensor):
+    """A CPU tensor as the array the kernels read: the tensor's own memory when it is a contiguous
+    float32 or float64 tensor; half precision widened to float32."""
+    if tensor is None:
+        return None
+    tensor = tensor.detach()
+    if tensor.dtype in _HALF:
+        tensor = tensor.float()
+    return tensor.contiguous().numpy()
+
+
+def _index_array(tensor, dtype):
+    """lengths (any integer dtype) or mask (bool) as an array; None stays None."""
+    if tensor is None:
+        return None
+    array = tensor.detach().contiguous().numpy()
+    return array if dtype is None else array.astype(dtype, copy=False)
+
+
+def _absent(tensor):
+    """The convention for a result that does not exist: shape (0,)."""
+    return tensor is None or tensor.dim() == 1 and tensor.shape[0] == 0
+
+
+def _empty(like, dtype):
+    return like.new_empty((0,), dtype=dtype)
+
+
+def _tensor(array, like, dtype):
+    """A result array as a tensor of `dtype` (no copy when it already has it); None as (0,)."""
+    if array is None:
+        return _empty(like, dtype)
+    return torch.from_numpy(array).to(dtype)
+
+
+def _use_threads():
+    """The kernels run with fusedrnn.set_num_threads's count if the user set one, else PyTorch's."""
+    wanted = fusedrnn._user_threads or torch.get_num_threads()
+    if _core.max_threads() != wanted:
+        _core.set_max_threads(wanted)
+
+
+def _cell_info(cell):
+    if cell not in F.CELLS:
+        raise ValueError(f"cell must be one of {', '.join(F.CELLS)}, got {cell!r}")
+    return F.CELLS[cell]
+
+
+def _sizes(x, weight_hh, weight_hr):
+    """(H, P) from the shapes alone (for the fake kernels)."""
+    if x.dim() != 3:
+        raise ValueError(f"x must have 3 dimensions (T, B, I), got shape {tuple(x.shape)}")
+    if weight_hr is not None:
+        return weight_hr.shape[1], weight_hr.shape[0]
+    return weight_hh.shape[1], weight_hh.shape[1]
+
+
+# -- forward -------------------------------------------------------------------------------------
+
+@torch.library.custom_op("fusedrnn::recurrent_forward", mutates_args=(), device_types="cpu", schema=_FORWARD_SCHEMA)
+def recurrent_forward(cell, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, mask,
+                      masked_output, reverse, training, recurrent_scale):
+    _use_threads()
+    weights = dict(weight_ih=_array(weight_ih), weight_hh=_array(weight_hh), bias_ih=_array(bias_ih),
+                   bias_hh=_array(bias_hh), weight_hr=_array(weight_hr))
+    y, h_n, c_n, saved = F.recurrent_forward(
+        cell, _array(x), _array(h0), _array(c0), weights, lengths=_index_array(lengths, None),
+        mask=_index_array(mask, None), masked_output=masked_output, reverse=reverse, training=training,
+        recurrent_scale=_array(recurrent_scale), check_unchanged=False)
+    compute = compute_dtype(x.dtype)
+    computed = tuple(saved[name] if saved is not None else None for name in _COMPUTED)
+    return ((_tensor(y, x, x.dtype), _tensor(h_n, x, x.dtype), _tensor(c_n, x, x.dtype))
+            + tuple(_tensor(array, x, compute) for array in computed))
+
+
+@recurrent_forward.register_fake
+def _forward_fake(cell, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, mask,
+                  masked_output, reverse, training, recurrent_scale):
+    info = _cell_info(cell)
+    H, P = _sizes(x, weight_hh, weight_hr)
+    T, B, _ = x.shape
+    compute = compute_dtype(x.dtype)
+    y = x.new_empty((T, B, P))
+    h_n = x.new_empty((B, P))
+    c_n = x.new_empty((B, H)) if info.has_cell_state else _empty(x, x.dtype)
+    if not training:
+        return (y, h_n, c_n) + tuple(_empty(x, compute) for _ in _COMPUTED)
+    gates = x.new_empty((T, B, info.saved * H), dtype=compute)
+    h = x.new_empty((T + 1, B, P), dtype=compute)
+    c = x.new_empty((T + 1, B, H), dtype=compute) if info.has_cell_state else _empty(x, compute)
+    m = x.new_empty((T, B, H), dtype=compute) if weight_hr is not None else _empty(x, compute)
+    return y, h_n, c_n, gates, h, c, m
+
+
+# -- backward ------------------------------------------------------------------------------------
+
+@torch.library.custom_op("fusedrnn::recurrent_backward", mutates_args=(), device_types="cpu",
+                         schema=_BACKWARD_SCHEMA)
+def recurrent_backward(cell, dy, dh_n, dc_n, x, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr,
+                       recurrent_scale, lengths, mask, masked_output, reverse, gates, h, c, m):
+    _use_threads()
+    inputs = (x, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, recurrent_scale)
+    arrays = tuple(_array(t) for t in inputs) + (
+        _index_array(lengths, np.int64), _index_array(mask, np.uint8),
+        _array(gates), _array(h), None if _absent(c) else _array(c), None if _absent(m) else _array(m))
+    meta = F.SavedMeta(cell=cell, reverse=bool(reverse), repeat_masked_output=masked_output == "repeat",
+                       fingerprints=None)
+    dx, dh0, dc0, dweights = F.recurrent_backward(_array(dy), _array(dh_n), None if _absent(dc_n) else _array(dc_n),
+                                                  F.Saved(meta, arrays))
+    grads = (_tensor(dx, x, x.dtype), _tensor(dh0, x, x.dtype), _tensor(dc0, x, x.dtype))
+    for name, weight in zip(F.WEIGHT_NAMES, (weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)):
+        grads += (_tensor(dweights[name], x, x.dtype if weight is None else weight.dtype),)
+    return grads
+
+
+@recurrent_backward.register_fake
+def _backward_fake(cell, dy, dh_n, dc_n, x, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr,
+                   recurrent_scale, lengths, mask, masked_output, reverse, gates, h, c, m):
+    info = _cell_info(cell)
+    H, P = _sizes(x, weight_hh, weight_hr)
+    B = x.shape[1]
+    grads = (torch.empty_like(x), x.new_empty((B, P)),
+             x.new_empty((B, H)) if info.has_cell_state else _empty(x, x.dtype))
+    for weight in (weight_ih, weight_hh, bias_ih, bias_hh, weight_hr):
+        grads += (_empty(x, x.dtype) if weight is None else torch.empty_like(weight),)
+    return grads
+
+
+# -- autograd ------------------------------------------------------------------------------------
+
+def _setup_context(ctx, inputs, output):
+    (cell, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, mask, masked_output, reverse,
+     training, recurrent_scale) = inputs
+    ctx.mark_non_differentiable(*output[3:])
+    ctx.cell, ctx.masked_output, ctx.reverse, ctx.training = cell, masked_output, reverse, training
+    ctx.h0_dtype = None if h0 is None else h0.dtype
+    ctx.c0_dtype = None if c0 is None else c0.dtype
+    # No copies: autograd's version counters then catch an in-place change before the backward.
+    ctx.save_for_backward(x, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, recurrent_scale, lengths, mask,
+                          *output[3:])
+
+
+def _backward(ctx, dy, dh_n, dc_n, *_):
+    if not ctx.training:
+        raise RuntimeError("fusedrnn::recurrent_forward ran with training=False, which saves nothing for the "
+                           "backward: run it with training=True to take gradients")
+    (x, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, recurrent_scale, lengths, mask,
+     gates, h, c, m) = ctx.saved_tensors
+    dx, dh0, dc0, dweight_ih, dweight_hh, dbias_ih, dbias_hh, dweight_hr = torch.ops.fusedrnn.recurrent_backward(
+        ctx.cell, dy, dh_n, dc_n, x, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, recurrent_scale, lengths,
+        mask, ctx.masked_output, ctx.reverse, gates, h, c, m)
+    return (None, dx,
+            None if ctx.h0_dtype is None else dh0.to(ctx.h0_dtype),
+            None if ctx.c0_dtype is None else dc0.to(ctx.c0_dtype),
+            dweight_ih, dweight_hh,
+            None if bias_ih is None else dbias_ih,
+            None if bias_hh is None else dbias_hh,
+            None if weight_hr is None else dweight_hr,
+            None, None, None, None, None, None)
+
+
+recurrent_forward.register_autograd(_backward, setup_context=_setup_context)

@@ -1,0 +1,68 @@
+"""One recurrent layer on PyTorch tensors, with autograd: the entry of fusedrnn's PyTorch modules."""
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+
+from fusedrnn import functional as F
+
+from . import _ops
+
+__all__ = ["recurrent"]
+
+
+def _as_tensor(value):
+    if value is None or isinstance(value, torch.Tensor):
+        return value
+    return torch.as_tensor(np.asarray(value))
+
+
+def recurrent(cell, x, h0, c0, weights, *, lengths=None, mask=None, masked_output="zero", reverse=False,
+              recurrent_scale=None):
+    """One recurrent layer in one direction, any cell, through PyTorch's autograd.
+
+    The same op as :func:`fusedrnn.functional.recurrent_forward` (see it for the cells, the
+    masks and the recurrent dropout scale), on CPU tensors, its backward run by autograd
+    (``torch.ops.fusedrnn.recurrent_forward`` and ``recurrent_backward``).
+
+    Args:
+        cell: a name of ``fusedrnn.functional.CELLS``: ``"rnn_tanh"``, ``"rnn_relu"``, ``"lstm"``,
+            ``"gru"`` or ``"gru_reset_before"``.
+        x: ``(T, B, I)`` time-major inputs.
+        h0: ``(B, P)`` initial state, or None for zeros. c0: ``(B, H)`` initial cell state of an
+            LSTM, or None for zeros (None for other cells).
+        weights: dict with PyTorch's layout: ``weight_ih (G*H, I)``, ``weight_hh (G*H, P)``, and
+            optionally ``bias_ih``, ``bias_hh (G*H,)`` and the LSTM projection ``weight_hr (P, H)``
+            (absent or None: none).
+        lengths: ``(B,)`` integers in ``[0, T]`` (a tensor, array or list), or None for all T.
+        mask: ``(T, B)`` booleans (instead of lengths): where a step is taken.
+        masked_output: ``"zero"``, or ``"repeat"`` the last output at a masked step (Keras).
+        reverse: process each sequence from its last valid step back to step 0.
+        recurrent_scale: ``(B, P)`` recurrent dropout scale, or None; it gets no gradient.
+
+    Returns:
+        ``(y (T, B, P), h_n (B, P), c_n (B, H) or None)``, with x's dtype.
+
+    The forward saves what the backward needs when grad mode is on and x, h0, c0 or a weight
+    requires grad. Gradients flow to x, h0, c0 and every weight given; changing one of them in
+    place before the backward raises PyTorch's usual error. bfloat16 and float16 tensors compute
+    in float32 and give results in their own dtype. CPU tensors only. Threads: see
+    :mod:`fusedrnn.torch._ops`.
+    """
+    info = _ops._cell_info(cell)
+    if not isinstance(weights, Mapping):
+        raise TypeError(f"weights must be a dict of name -> tensor ({', '.join(F.WEIGHT_NAMES)}), "
+                        f"got {type(weights).__name__}")
+    unknown = sorted(set(weights) - set(F.WEIGHT_NAMES))
+    if unknown:
+        raise ValueError(f"unknown weight name(s) {', '.join(map(str, unknown))}: expected {', '.join(F.WEIGHT_NAMES)}")
+    weight_ih, weight_hh, bias_ih, bias_hh, weight_hr = (weights.get(name) for name in F.WEIGHT_NAMES)
+    if c0 is not None and not info.has_cell_state:
+        raise ValueError(f"{cell} has no cell state: c0 must be None")
+    differentiable = (x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)
+    training = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in differentiable)
+    y, h_n, c_n, *_ = torch.ops.fusedrnn.recurrent_forward(
+        cell, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, _as_tensor(lengths), _as_tensor(mask),
+        masked_output, bool(reverse), training, recurrent_scale)
+    return y, h_n, c_n if info.has_cell_state else None
