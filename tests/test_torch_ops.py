@@ -176,3 +176,229 @@ def test_outputs_and_gradients_match_torch_nn(rng, cell, projection, reverse, dt
     for name, grad in grads.items():
         kind = INPUT_GRAD if name in ("x", "h0", "c0") else WEIGHT_GRAD
         assert_close(grad, expected_grads[name], dtype, kind, name)
+
+
+# -- gradcheck, opcheck, torch.compile ------------------------------------------------------------
+
+def tensors_of(cell, x, h0, c0, weights, requires_grad=True):
+    def tensor(array):
+        return None if array is None else torch.tensor(array, requires_grad=requires_grad)
+    return tensor(x), tensor(h0), tensor(c0), {name: tensor(w) for name, w in weights.items()}
+
+
+GRADCHECK_CASES = [(cell, {}) for cell in CELLS] + [
+    ("lstm", dict(projection=True)), ("gru", dict(lengths=True, reverse=True)),
+    ("rnn_tanh", dict(mask=True, masked_output="repeat")), ("gru_reset_before", dict(recurrent_scale=True))]
+
+
+@pytest.mark.parametrize("cell, case", GRADCHECK_CASES, ids=lambda v: v if isinstance(v, str) else
+                         "-".join(v) or "plain")
+def test_gradcheck_in_float64(rng, cell, case):
+    T, B, I, H = 3, 3, 3, 5
+    x, h0, c0, weights = make_problem(rng, cell, np.float64, T=T, B=B, I=I, H=H, P=3 if case.get("projection") else None)
+    if cell == "rnn_relu":  # keep pre-activations away from relu's kink, where the difference quotient fails
+        weights["bias_ih"] += 0.5
+    options = {key: value for key, value in case.items() if key not in ("projection", "lengths", "mask")}
+    if case.get("lengths"):
+        options["lengths"] = torch.tensor([3, 0, 2])
+    if case.get("mask"):
+        options["mask"] = torch.tensor(rng.random((T, B)) < 0.6)
+    if case.get("recurrent_scale"):
+        options["recurrent_scale"] = torch.tensor(rng.uniform(0.5, 1.5, (B, H)))
+    xt, h0t, c0t, wt = tensors_of(cell, x, h0, c0, weights)
+    names = [name for name in NAMES if wt[name] is not None]
+
+    def function(x, h0, c0, *values):
+        outputs = fr.recurrent(cell, x, h0, c0, dict(zip(names, values)), **options)
+        return tuple(o for o in outputs if o is not None)
+
+    assert torch.autograd.gradcheck(function, (xt, h0t, c0t, *(wt[n] for n in names)))
+
+
+def op_arguments(rng, cell, training, projection=False, lengths=False, mask=False, recurrent_scale=False):
+    T, B = 4, 3
+    x, h0, c0, weights = make_problem(rng, cell, np.float32, T=T, B=B, I=3, H=5, P=4 if projection else None)
+    xt, h0t, c0t, wt = tensors_of(cell, x, h0, c0, weights, requires_grad=training)
+    P = weights["weight_hh"].shape[1]
+    return (cell, xt, h0t, c0t, *(wt[name] for name in NAMES),
+            torch.tensor([4, 0, 2]) if lengths else None,
+            torch.tensor(rng.random((T, B)) < 0.6) if mask else None,
+            "repeat" if mask else "zero", bool(lengths), training,
+            torch.tensor(rng.uniform(0.5, 1.5, (B, P)), dtype=torch.float32) if recurrent_scale else None)
+
+
+@pytest.mark.parametrize("cell, training, options", [
+    ("lstm", True, dict(projection=True, lengths=True)),
+    ("gru_reset_before", True, dict(mask=True, recurrent_scale=True)),
+    ("rnn_relu", False, {}),
+], ids=["lstm-projection-lengths", "gru_reset_before-mask-scale", "rnn_relu-inference"])
+def test_opcheck_forward(rng, cell, training, options):
+    torch.library.opcheck(torch.ops.fusedrnn.recurrent_forward.default, op_arguments(rng, cell, training, **options))
+
+
+def test_opcheck_backward(rng):
+    arguments = op_arguments(rng, "lstm", True, lengths=True)
+    (cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, mask, masked_output, reverse, _, scale) = arguments
+    with torch.no_grad():
+        y, h_n, c_n, gates, h, c, m = torch.ops.fusedrnn.recurrent_forward(*arguments)
+    grads = [torch.tensor(rng.standard_normal(t.shape), dtype=torch.float32) for t in (y, h_n, c_n)]
+    inputs = [t.detach() for t in (x, w_ih, w_hh, b_ih, b_hh)]
+    torch.library.opcheck(torch.ops.fusedrnn.recurrent_backward.default,
+                          (cell, *grads, *inputs, w_hr, scale, lengths, mask, masked_output, reverse, gates, h, c, m))
+
+
+def test_compiled_with_fullgraph_equals_eager(rng):
+    x, h0, c0, weights = make_problem(rng, "lstm", np.float32, T=6, B=3, I=4, H=7)
+    del weights["weight_hr"]
+    lengths = torch.tensor([6, 2, 4])
+
+    def step(x, h0, c0, weights):
+        y, h_n, c_n = fr.recurrent("lstm", x, h0, c0, weights, lengths=lengths)
+        return y.sin().sum() + (h_n * c_n).sum()
+
+    def loss_and_grads(function):
+        x_, h0_, c0_, weights_ = tensors_of("lstm", x, h0, c0, weights)
+        loss = function(x_, h0_, c0_, weights_)
+        loss.backward()  # the backward graph AOTAutograd compiled
+        return loss, [t.grad for t in (x_, h0_, c0_, *weights_.values())]
+
+    eager_loss, eager_grads = loss_and_grads(step)
+    # aot_eager: Dynamo's whole-graph capture and AOTAutograd's forward and backward graphs (where
+    # the fake kernels and the autograd registration are traced) without Inductor's code
+    # generation, which costs ~15 s here and never looks inside the operators.
+    loss, grads = loss_and_grads(torch.compile(step, fullgraph=True, backend="aot_eager"))
+    torch.testing.assert_close(loss, eager_loss)
+    assert len(grads) == len(eager_grads) == 7
+    for grad, expected in zip(grads, eager_grads):
+        torch.testing.assert_close(grad, expected)
+
+
+# -- in-place changes, dtypes, copies, threads, import ---------------------------------------------
+
+@pytest.mark.parametrize("changed", ["x", "weight_hh", "bias_ih"])
+def test_an_input_changed_in_place_before_the_backward_raises(rng, changed):
+    x, h0, c0, weights = make_problem(rng, "gru", np.float32)
+    xt, h0t, c0t, wt = tensors_of("gru", x, h0, c0, weights)
+    y, h_n, _ = fr.recurrent("gru", xt, h0t, c0t, wt)
+    with torch.no_grad():
+        (xt if changed == "x" else wt[changed]).mul_(2.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        (y.sum() + h_n.sum()).backward()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_half_precision_computes_in_float32_and_returns_its_dtype(rng, cell, dtype):
+    x, h0, c0, weights = make_problem(rng, cell, np.float32)
+    del weights["weight_hr"]
+    half = [t.to(dtype).requires_grad_() for t in (torch.from_numpy(x), torch.from_numpy(h0))]
+    half_weights = {name: torch.from_numpy(w).to(dtype).requires_grad_() for name, w in weights.items()}
+    outputs = fr.recurrent(cell, half[0], half[1], None, half_weights)
+    sum(o.float().sum() for o in outputs if o is not None).backward()
+    # The same widened values in float32: the same computation, rounded to the half dtype at the end.
+    wide = [t.detach().float().requires_grad_() for t in half]
+    wide_weights = {name: w.detach().float().requires_grad_() for name, w in half_weights.items()}
+    expected = fr.recurrent(cell, wide[0], wide[1], None, wide_weights)
+    sum(o.sum() for o in expected if o is not None).backward()
+    for output, reference in zip(outputs, expected):
+        if reference is not None:
+            assert output.dtype == dtype
+            torch.testing.assert_close(output, reference.to(dtype), rtol=0, atol=0)
+    for tensor, reference in zip(half + list(half_weights.values()), wide + list(wide_weights.values())):
+        assert tensor.grad.dtype == dtype
+        torch.testing.assert_close(tensor.grad, reference.grad.to(dtype), rtol=0, atol=0)
+
+
+def test_contiguous_float_tensors_reach_the_kernels_without_a_copy(rng, monkeypatch):
+    x, h0, c0, weights = make_problem(rng, "lstm", np.float32)
+    xt, h0t, c0t, wt = tensors_of("lstm", x, h0, c0, weights)
+    seen = {}
+    original = F.recurrent_forward
+
+    def spy(cell, x, h0, c0, weights, **options):
+        seen.update(x=x, h0=h0, c0=c0, **weights)
+        return original(cell, x, h0, c0, weights, **options)
+
+    monkeypatch.setattr(F, "recurrent_forward", spy)
+    fr.recurrent("lstm", xt, h0t, c0t, wt)
+    for name, tensor in dict(x=xt, h0=h0t, c0=c0t, **wt).items():
+        if tensor is not None:
+            assert seen[name].__array_interface__["data"][0] == tensor.data_ptr(), name
+
+
+def test_non_contiguous_inputs_give_the_results_of_contiguous_ones(rng):
+    x, h0, c0, weights = make_problem(rng, "rnn_tanh", np.float64)
+    batch_major = torch.tensor(x.transpose(1, 0, 2).copy(), requires_grad=True)
+    weight_hh_t = torch.tensor(weights["weight_hh"].T.copy(), requires_grad=True)
+    y, h_n, _ = fr.recurrent("rnn_tanh", batch_major.transpose(0, 1), None, None,
+                             dict(weights, weight_ih=torch.tensor(weights["weight_ih"]), weight_hh=weight_hh_t.t(),
+                                  bias_ih=None, bias_hh=None, weight_hr=None))
+    (y.sum() + h_n.sum()).backward()
+    outputs, grads = run_torch("rnn_tanh", x, None, None, dict(weights, bias_ih=None, bias_hh=None),
+                               [np.ones_like(y.detach().numpy()), np.ones_like(h_n.detach().numpy()), None])
+    np.testing.assert_array_equal(y.detach().numpy(), outputs[0])
+    np.testing.assert_array_equal(batch_major.grad.transpose(0, 1).numpy(), grads["x"])
+    np.testing.assert_array_equal(weight_hh_t.grad.t().numpy(), grads["weight_hh"])
+
+
+def test_without_grad_nothing_is_saved_and_the_results_are_the_same(rng):
+    x, h0, c0, weights = make_problem(rng, "lstm", np.float32, P=4)
+    arguments = op_arguments(rng, "lstm", True, projection=True)
+    with torch.no_grad():
+        inference = torch.ops.fusedrnn.recurrent_forward(*arguments[:13], False, arguments[14])
+    training = torch.ops.fusedrnn.recurrent_forward(*arguments)
+    assert [tuple(t.shape) for t in inference[3:]] == [(0,)] * 4
+    assert [tuple(t.shape) for t in training[3:]] == [(4, 3, 5 * F.CELLS["lstm"].saved), (5, 3, 4), (5, 3, 5),
+                                                      (4, 3, 5)]
+    for a, b in zip(inference[:3], training[:3]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with torch.no_grad():
+        y, h_n, c_n = fr.recurrent("lstm", *tensors_of("lstm", x, h0, c0, weights))
+    assert not y.requires_grad and c_n.shape == (4, 6)
+    forward = torch.ops.fusedrnn.recurrent_forward(*arguments[:13], False, arguments[14])
+    with pytest.raises(RuntimeError, match="training=False"):
+        forward[0].sum().backward()
+
+
+def test_threads_follow_torch_unless_set_for_fusedrnn(rng, monkeypatch):
+    x, h0, c0, weights = make_problem(rng, "rnn_relu", np.float32)
+    before = torch.get_num_threads()
+    monkeypatch.setattr(fusedrnn, "_user_threads", None)
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            fr.recurrent("rnn_relu", *tensors_of("rnn_relu", x, h0, c0, weights))
+            assert fusedrnn.get_num_threads() == threads
+        monkeypatch.setattr(fusedrnn, "_user_threads", 1)
+        fr.recurrent("rnn_relu", *tensors_of("rnn_relu", x, h0, c0, weights))
+        assert fusedrnn.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_import_without_torch_says_how_to_install_it():
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import fusedrnn\n"
+            "try:\n"
+            "    import fusedrnn.torch\n"
+            "except ImportError as error:\n"
+            "    print(error)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ, check=True)
+    assert 'pip install "fusedrnn[torch]"' in result.stdout
+
+
+def test_the_package_imports_pytorch_itself():
+    assert fr.torch is torch and fr._ops.torch is torch
+
+
+def test_wrong_arguments_raise_before_any_kernel_runs(rng):
+    x, h0, c0, weights = make_problem(rng, "gru", np.float32)
+    xt, h0t, _, wt = tensors_of("gru", x, h0, c0, weights)
+    with pytest.raises(ValueError, match="cell must be one of"):
+        fr.recurrent("lstmm", xt, h0t, None, wt)
+    with pytest.raises(ValueError, match="gru has no cell state"):
+        fr.recurrent("gru", xt, h0t, h0t, wt)
+    with pytest.raises(ValueError, match="unknown weight name"):
+        fr.recurrent("gru", xt, h0t, None, dict(wt, weight_xx=xt))
+    with pytest.raises(TypeError, match="dtype float64 but x has dtype float32"):
+        fr.recurrent("gru", xt, h0t.double(), None, wt)
