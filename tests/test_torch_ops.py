@@ -15,6 +15,7 @@ torch = pytest.importorskip("torch")
 
 import fusedrnn  # noqa: E402
 import fusedrnn.torch as fr  # noqa: E402
+from fusedrnn import _core  # noqa: E402
 from fusedrnn import functional as F  # noqa: E402
 from rnn_cases import CELLS, GATES, make_lengths  # noqa: E402
 from tolerances import INPUT_GRAD, OUTPUT, STATE, WEIGHT_GRAD, assert_close  # noqa: E402
@@ -195,8 +196,9 @@ GRADCHECK_CASES = [(cell, {}) for cell in CELLS] + [
                          "-".join(v) or "plain")
 def test_gradcheck_in_float64(rng, cell, case):
     T, B, I, H = 3, 3, 3, 5
-    x, h0, c0, weights = make_problem(rng, cell, np.float64, T=T, B=B, I=I, H=H, P=3 if case.get("projection") else None)
-    if cell == "rnn_relu":  # keep pre-activations away from relu's kink, where the difference quotient fails
+    x, h0, c0, weights = make_problem(rng, cell, np.float64, T=T, B=B, I=I, H=H,
+                                      P=3 if case.get("projection") else None)
+    if cell == "rnn_relu":  # most pre-activations positive: gradients then flow through most units
         weights["bias_ih"] += 0.5
     options = {key: value for key, value in case.items() if key not in ("projection", "lengths", "mask")}
     if case.get("lengths"):
@@ -362,18 +364,23 @@ def test_without_grad_nothing_is_saved_and_the_results_are_the_same(rng):
 
 def test_threads_follow_torch_unless_set_for_fusedrnn(rng, monkeypatch):
     x, h0, c0, weights = make_problem(rng, "rnn_relu", np.float32)
-    before = torch.get_num_threads()
-    monkeypatch.setattr(fusedrnn, "_user_threads", None)
+    before, kernel_threads = torch.get_num_threads(), fusedrnn.get_num_threads()
+    monkeypatch.setattr(fusedrnn, "_user_threads", None)  # restored after the test
     try:
         for threads in (1, 2):
             torch.set_num_threads(threads)
             fr.recurrent("rnn_relu", *tensors_of("rnn_relu", x, h0, c0, weights))
             assert fusedrnn.get_num_threads() == threads
-        monkeypatch.setattr(fusedrnn, "_user_threads", 1)
+        fusedrnn.set_num_threads(1)  # from now on fusedrnn's own count, in every thread
         fr.recurrent("rnn_relu", *tensors_of("rnn_relu", x, h0, c0, weights))
         assert fusedrnn.get_num_threads() == 1
+        fusedrnn.set_num_threads(None)  # following PyTorch again
+        assert fusedrnn._user_threads is None
+        fr.recurrent("rnn_relu", *tensors_of("rnn_relu", x, h0, c0, weights))
+        assert fusedrnn.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+        _core.set_max_threads(kernel_threads)
 
 
 def test_import_without_torch_says_how_to_install_it():

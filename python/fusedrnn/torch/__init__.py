@@ -15,7 +15,8 @@ except ImportError as error:
     raise ImportError('fusedrnn.torch needs PyTorch, which is not installed: pip install "fusedrnn[torch]"') from error
 
 if not hasattr(torch, "library"):
-    raise ImportError(f"fusedrnn.torch needs PyTorch >= 2.4, but 'import torch' found {getattr(torch, '__file__', torch)!r}")
+    raise ImportError("fusedrnn.torch needs PyTorch >= 2.4, but 'import torch' found "
+                      f"{getattr(torch, '__file__', torch)!r}")
 
 from . import _ops  # noqa: E402  registers the operators
 from .functional import recurrent  # noqa: E402
