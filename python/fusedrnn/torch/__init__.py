@@ -6,6 +6,9 @@ autograd; underneath are two operators registered with ``torch.library``,
 (meta) kernels, so that ``torch.compile(fullgraph=True)`` traces them without a graph break. See
 :mod:`fusedrnn.torch._ops` for their schemas and conventions.
 
+``fusedrnn.torch.nn.RNN``, ``LSTM`` and ``GRU`` are drop-in ``torch.nn`` modules on those kernels,
+and ``convert(model)`` switches the ones inside an existing model in place (:mod:`fusedrnn.torch.nn`).
+
 Needs PyTorch: ``pip install "fusedrnn[torch]"``. ``import fusedrnn`` works without it.
 """
 
@@ -20,5 +23,7 @@ if not hasattr(torch, "library"):
 
 from . import _ops  # noqa: E402  registers the operators
 from .functional import recurrent  # noqa: E402
+from . import nn  # noqa: E402
+from .nn import convert  # noqa: E402
 
-__all__ = ["recurrent"]
+__all__ = ["recurrent", "nn", "convert"]

@@ -1,0 +1,162 @@
+"""Drop-in ``torch.nn.RNN``, ``LSTM`` and ``GRU`` that run on fusedrnn's kernels.
+
+``fusedrnn.torch.nn.RNN``, ``LSTM`` and ``GRU`` subclass their ``torch.nn`` namesakes: the same
+constructor, parameters, ``state_dict``, initialisation, inputs and outputs (``isinstance(m,
+torch.nn.LSTM)`` holds and a PyTorch checkpoint loads unchanged). Only ``forward`` differs: every
+layer and direction runs through :func:`fusedrnn.torch.recurrent` (the reverse direction with
+``reverse=True``), so the backward through time runs in the fused kernels too. Supported:
+``num_layers``, ``bidirectional``, ``batch_first``, ``dropout`` between layers (drawn with
+``torch.nn.functional.dropout``, so from PyTorch's RNG: the same distribution as PyTorch's but not
+the same mask), ``proj_size``, ``bias=False``, unbatched 2-D input, ``hx``, and ``PackedSequence``
+in and out, run inside the kernels with per-sequence lengths (``sorted_indices`` and
+``unsorted_indices`` applied to ``hx`` and ``h_n`` as PyTorch does).
+
+:func:`convert` turns the ``torch.nn.RNN``, ``LSTM`` and ``GRU`` modules inside a model into these,
+in place, keeping the very same ``Parameter`` objects.
+
+What the kernels don't serve goes to PyTorch's own implementation (``super().forward``) with the
+same arguments:
+
+- an input, state or parameter that is not on the CPU;
+- a dtype other than float32 and float64 (bfloat16 and float16 included: PyTorch computes those
+  itself), or parameters and states whose dtype differs from the input's (PyTorch then raises its
+  own error).
+
+Double backward (a gradient of a gradient) is not supported on the fused path: the operators'
+backward is not itself differentiable. Use the ``torch.nn`` modules for that.
+"""
+
+import torch
+from torch.nn.utils.rnn import PackedSequence
+
+from .functional import recurrent
+
+__all__ = ["RNN", "LSTM", "GRU", "convert"]
+
+_SERVED_DTYPES = (torch.float32, torch.float64)
+
+
+def _permute(hx, permutation):
+    """hx (L*D, B, P) with its batch reordered by `permutation` (None: unchanged)."""
+    if permutation is None:
+        return hx
+    return hx.index_select(1, permutation)
+
+
+class _Fused:
+    """The forward shared by RNN, LSTM and GRU; mixed in before the torch.nn class."""
+
+    def _cell(self):
+        return {"RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu", "LSTM": "lstm", "GRU": "gru"}[self.mode]
+
+    def _served(self, tensors):
+        dtype = tensors[0].dtype
+        return dtype in _SERVED_DTYPES and all(t.device.type == "cpu" and t.dtype == dtype for t in tensors)
+
+    def _layer_weights(self, layer, direction):
+        suffix = f"_l{layer}" + ("_reverse" if direction else "")
+        names = ["weight_ih", "weight_hh"]
+        if self.bias:
+            names += ["bias_ih", "bias_hh"]
+        if getattr(self, "proj_size", 0) > 0:
+            names.append("weight_hr")
+        return {name: getattr(self, name + suffix) for name in names}
+
+    def forward(self, input, hx=None):
+        is_lstm = self.mode == "LSTM"
+        states = () if hx is None else tuple(hx) if is_lstm else (hx,)
+        data = input.data if isinstance(input, PackedSequence) else input
+        if not isinstance(data, torch.Tensor) or not self._served([data, *states, *self.parameters()]):
+            return super().forward(input, hx)
+
+        packed = isinstance(input, PackedSequence)
+        if packed:
+            data, batch_sizes, sorted_indices, unsorted_indices = input
+            T, B = batch_sizes.shape[0], int(batch_sizes[0])
+            # (T, B) in the packed (sorted) batch order: where step t of sequence b exists.
+            steps = torch.arange(B).unsqueeze(0) < batch_sizes.unsqueeze(1)
+            x = data.new_zeros((T, B, data.shape[-1]))
+            x[steps] = data
+            lengths = steps.sum(0)
+            is_batched = True
+            if hx is not None:
+                states = tuple(_permute(s, sorted_indices) for s in states)
+            check_input, check_batch_sizes = data, batch_sizes
+        else:
+            if input.dim() not in (2, 3):
+                raise ValueError(f"{type(self).__name__}: Expected input to be 2D or 3D, got {input.dim()}D instead")
+            is_batched = input.dim() == 3
+            batch_dim = 0 if self.batch_first else 1
+            if not is_batched:
+                input = input.unsqueeze(batch_dim)
+            expected = 3 if is_batched else 2
+            if any(s.dim() != expected for s in states):
+                raise RuntimeError(f"For {'batched 3-D' if is_batched else 'unbatched 2-D'} input, hx should also be "
+                                   f"{expected}-D but got {', '.join(f'{s.dim()}-D' for s in states)} tensors")
+            if not is_batched:
+                states = tuple(s.unsqueeze(1) for s in states)
+            x = input.transpose(0, 1) if self.batch_first else input
+            lengths = sorted_indices = unsorted_indices = None
+            check_input, check_batch_sizes = input, None
+        if hx is None:
+            self.check_input(check_input, check_batch_sizes)
+        else:
+            self.check_forward_args(check_input, states if is_lstm else states[0], check_batch_sizes)
+
+        h0s = states[0] if states else None
+        c0s = states[1] if is_lstm and states else None
+        D = 2 if self.bidirectional else 1
+        h_n, c_n = [], []
+        for layer in range(self.num_layers):
+            if layer > 0 and self.dropout > 0:
+                x = torch.nn.functional.dropout(x, self.dropout, training=self.training)
+            ys = []
+            for direction in range(D):
+                k = layer * D + direction
+                y, h, c = recurrent(self._cell(), x, None if h0s is None else h0s[k], None if c0s is None else c0s[k],
+                                    self._layer_weights(layer, direction), lengths=lengths, reverse=bool(direction))
+                ys.append(y)
+                h_n.append(h)
+                c_n.append(c)
+            x = ys[0] if D == 1 else torch.cat(ys, dim=2)
+
+        hidden = [torch.stack(h_n)] + ([torch.stack(c_n)] if is_lstm else [])
+        if packed:
+            output = PackedSequence(x[steps], batch_sizes, sorted_indices, unsorted_indices)
+            hidden = [_permute(s, unsorted_indices) for s in hidden]
+        else:
+            output = x.transpose(0, 1) if self.batch_first else x
+            if not is_batched:
+                output = output.squeeze(0 if self.batch_first else 1)
+                hidden = [s.squeeze(1) for s in hidden]
+        return output, (tuple(hidden) if is_lstm else hidden[0])
+
+
+class RNN(_Fused, torch.nn.RNN):
+    __doc__ = torch.nn.RNN.__doc__
+
+
+class LSTM(_Fused, torch.nn.LSTM):
+    __doc__ = torch.nn.LSTM.__doc__
+
+
+class GRU(_Fused, torch.nn.GRU):
+    __doc__ = torch.nn.GRU.__doc__
+
+
+_FUSED = {torch.nn.RNN: RNN, torch.nn.LSTM: LSTM, torch.nn.GRU: GRU}
+
+
+def convert(model):
+    """Turn every ``torch.nn.RNN``, ``LSTM`` and ``GRU`` in `model` (`model` itself included) into
+    its fusedrnn counterpart, in place, and return `model`.
+
+    Each module keeps its attributes and its very ``Parameter`` objects (only its class changes),
+    so an optimizer built before still updates them and the results are the same. Only modules of
+    exactly those classes are converted: a user's subclass of them keeps its own ``forward``.
+    """
+    for module in model.modules():
+        fused = _FUSED.get(type(module))
+        if fused is not None:
+            module.__class__ = fused
+    return model

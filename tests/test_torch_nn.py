@@ -1,0 +1,257 @@
+"""fusedrnn.torch.nn.RNN, LSTM, GRU and fusedrnn.torch.convert, against torch.nn's own modules.
+
+The oracle is the torch.nn module with the same parameters, evaluated in float64 (the tolerance
+table compares float32 results with a float64 evaluation on the same inputs); both run through
+PyTorch's autograd with the same random cotangents.
+"""
+
+import itertools
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import fusedrnn.torch as fr  # noqa: E402
+from fusedrnn.torch import nn as fnn  # noqa: E402
+from tolerances import INPUT_GRAD, OUTPUT, STATE, WEIGHT_GRAD, assert_close  # noqa: E402
+
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence  # noqa: E402
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+MODES = {  # name -> (torch.nn class name, constructor options)
+    "rnn_tanh": ("RNN", dict(nonlinearity="tanh")),
+    "rnn_relu": ("RNN", dict(nonlinearity="relu")),
+    "lstm": ("LSTM", dict()),
+    "lstm_proj": ("LSTM", dict(proj_size=3)),
+    "gru": ("GRU", dict()),
+}
+INPUTS = ("padded", "packed_sorted", "packed_unsorted")
+T, B, I, H = 5, 4, 3, 6
+
+
+def modules(mode, dtype, seed, **options):
+    """(torch.nn module in float64, fusedrnn module in dtype) with the same parameters."""
+    kind, extra = MODES[mode]
+    torch.manual_seed(seed)
+    oracle = getattr(torch.nn, kind)(I, H, dtype=torch.float64, **extra, **options)
+    fused = getattr(fnn, kind)(I, H, dtype=dtype, **extra, **options)
+    fused.load_state_dict(oracle.state_dict())
+    return oracle, fused
+
+
+def states_of(module, rng, batch=B):
+    """A random hx for the module: h0, or (h0, c0) for an LSTM; float64 arrays."""
+    D = 2 if module.bidirectional else 1
+    P = module.proj_size if getattr(module, "proj_size", 0) else module.hidden_size
+    h0 = rng.uniform(-1, 1, (module.num_layers * D, batch, P))
+    if module.mode != "LSTM":
+        return (h0,)
+    return h0, rng.uniform(-1, 1, (module.num_layers * D, batch, module.hidden_size))
+
+
+def run(module, x, hx, lengths, form, dtype, cotangents=None, rng=None):
+    """Forward and backward of `module` on fresh leaf tensors of `dtype`.
+
+    -> outputs (output as padded-or-packed data, h_n[, c_n]) and gradients {name: array},
+    the cotangents used (drawn from rng when None)."""
+    xt = torch.tensor(x, dtype=dtype, requires_grad=True)
+    hxt = [torch.tensor(s, dtype=dtype, requires_grad=True) for s in hx] if hx is not None else None
+    batch_first = module.batch_first
+    inp = xt
+    if form != "padded":
+        inp = pack_padded_sequence(xt, torch.tensor(lengths), batch_first=batch_first,
+                                   enforce_sorted=form == "packed_sorted")
+    state = None if hxt is None else (tuple(hxt) if module.mode == "LSTM" else hxt[0])
+    output, hidden = module(inp, state)
+    if form != "padded":
+        assert isinstance(output, PackedSequence)
+        assert torch.equal(output.batch_sizes, inp.batch_sizes)
+        for name in ("sorted_indices", "unsorted_indices"):
+            a, b = getattr(output, name), getattr(inp, name)
+            assert (a is None and b is None) or torch.equal(a, b), name
+        output = output.data
+    outputs = [output] + (list(hidden) if module.mode == "LSTM" else [hidden])
+    if cotangents is None:
+        cotangents = [rng.standard_normal(tuple(o.shape)) for o in outputs]
+    torch.autograd.backward(outputs, [torch.tensor(c, dtype=o.dtype) for o, c in zip(outputs, cotangents)])
+    grads = {"x": xt.grad}
+    if hxt is not None:
+        grads.update({f"hx{k}": t.grad for k, t in enumerate(hxt)})
+    grads.update({name: p.grad for name, p in module.named_parameters()})
+    return ([o.detach().double().numpy() for o in outputs], {k: v.double().numpy() for k, v in grads.items()},
+            cotangents)
+
+
+def assert_parity(oracle, fused, x, hx, lengths, form, dtype, rng):
+    actual, actual_grads, cotangents = run(fused, x, hx, lengths, form, dtype, rng=rng)
+    expected, expected_grads, _ = run(oracle, x, hx, lengths, form, torch.float64, cotangents)
+    np_dtype = np.float32 if dtype == torch.float32 else np.float64
+    for name, a, e, kind in zip(("output", "h_n", "c_n"), actual, expected, (OUTPUT, STATE, STATE)):
+        assert_close(a, e, np_dtype, kind, name)
+    assert set(actual_grads) == set(expected_grads)
+    for name, grad in actual_grads.items():
+        kind = INPUT_GRAD if name == "x" or name.startswith("hx") else WEIGHT_GRAD
+        assert_close(grad, expected_grads[name], np_dtype, kind, name)
+
+
+def matrix():
+    """Every mode x num_layers x bidirectional x input form x dtype; batch_first, bias and hx
+    cycle through their values over a seeded shuffle so that each pairs with every mode."""
+    cases = list(itertools.product(MODES, (1, 2), (False, True), INPUTS, DTYPES))
+    flags = list(itertools.product((False, True), repeat=3))  # batch_first, bias, hx
+    order = np.random.default_rng(0).permutation(len(cases))
+    for index, case in zip(order, cases):
+        yield (*case, *flags[index % len(flags)])
+
+
+@pytest.mark.parametrize("mode, num_layers, bidirectional, form, dtype, batch_first, bias, with_hx", list(matrix()))
+def test_outputs_states_and_gradients_match_torch_nn(rng, mode, num_layers, bidirectional, form, dtype,
+                                                     batch_first, bias, with_hx):
+    seed = int(rng.integers(2**31))
+    oracle, fused = modules(mode, DTYPES[dtype], seed, num_layers=num_layers, bidirectional=bidirectional,
+                            batch_first=batch_first, bias=bias)
+    x = rng.standard_normal((B, T, I) if batch_first else (T, B, I))
+    lengths = rng.integers(1, T + 1, size=B)
+    lengths[1] = T
+    if form == "packed_sorted":
+        lengths = np.sort(lengths)[::-1].copy()
+    hx = states_of(oracle, rng) if with_hx else None
+    assert_parity(oracle, fused, x, hx, lengths, form, DTYPES[dtype], rng)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("batch_first", (False, True))
+def test_unbatched_input(rng, mode, batch_first):
+    oracle, fused = modules(mode, torch.float64, 1, num_layers=2, bidirectional=True, batch_first=batch_first)
+    x = rng.standard_normal((T, I))
+    hx = tuple(s[:, 0] for s in states_of(oracle, rng, batch=1))
+    for states in (None, hx):
+        actual, actual_grads, cotangents = run(fused, x, states, None, "padded", torch.float64, rng=rng)
+        expected, expected_grads, _ = run(oracle, x, states, None, "padded", torch.float64, cotangents)
+        assert [a.shape for a in actual] == [e.shape for e in expected]
+        assert actual[0].shape[0] == T and actual[1].ndim == 2
+        for a, e in zip(actual, expected):
+            assert_close(a, e, np.float64, OUTPUT)
+        for name, grad in actual_grads.items():
+            assert_close(grad, expected_grads[name], np.float64, INPUT_GRAD if name[0] in "xh" else WEIGHT_GRAD,
+                         name)
+
+
+def test_the_classes_are_torch_nn_classes_and_state_dicts_load_both_ways():
+    for kind in ("RNN", "LSTM", "GRU"):
+        torch.manual_seed(3)
+        plain = getattr(torch.nn, kind)(I, H, num_layers=2, bidirectional=True)
+        torch.manual_seed(3)
+        fused = getattr(fnn, kind)(I, H, num_layers=2, bidirectional=True)
+        assert isinstance(fused, getattr(torch.nn, kind))
+        # The same constructor draws the same initial parameters from the same seed.
+        assert fused.state_dict().keys() == plain.state_dict().keys()
+        for name, value in plain.state_dict().items():
+            assert torch.equal(fused.state_dict()[name], value), name
+        other = getattr(fnn, kind)(I, H, num_layers=2, bidirectional=True)
+        other.load_state_dict(plain.state_dict())
+        back = getattr(torch.nn, kind)(I, H, num_layers=2, bidirectional=True)
+        back.load_state_dict(other.state_dict())
+        for name, value in plain.state_dict().items():
+            assert torch.equal(other.state_dict()[name], value) and torch.equal(back.state_dict()[name], value)
+
+
+def test_dropout_between_layers_applies_in_training_only(rng):
+    plain, fused = modules("lstm", torch.float32, 5, num_layers=3, dropout=0.5, batch_first=True)
+    plain.float()
+    x = torch.tensor(rng.standard_normal((B, T, I)), dtype=torch.float32)
+    fused.train()
+    torch.manual_seed(0)
+    y1, (h1, c1) = fused(x)
+    y2, _ = fused(x)
+    assert y1.shape == (B, T, H) and h1.shape == c1.shape == (3, B, H)
+    assert not torch.equal(y1, y2)  # a fresh dropout mask each call
+    y1.sum().backward()
+    assert all(p.grad is not None for p in fused.parameters())
+    fused.eval()
+    plain.eval()
+    with torch.no_grad():
+        y3, _ = fused(x)
+        y4, _ = fused(x)
+        expected, _ = plain(x)
+    assert torch.equal(y3, y4)
+    assert_close(y3.numpy(), expected.numpy(), np.float32, OUTPUT)
+
+
+def test_unsupported_dtype_takes_torchs_own_path(rng, monkeypatch):
+    calls = []
+    monkeypatch.setattr(fnn, "recurrent", lambda *args, **kwargs: calls.append(1))
+    plain, fused = modules("gru", torch.float64, 7, num_layers=2)
+    plain.bfloat16()
+    fused.bfloat16()
+    x = torch.tensor(rng.standard_normal((T, B, I)), dtype=torch.bfloat16)
+    y, h = fused(x)
+    expected_y, expected_h = plain(x)
+    assert not calls
+    assert y.dtype == torch.bfloat16
+    assert torch.equal(y, expected_y) and torch.equal(h, expected_h)
+
+
+def test_wrong_sizes_raise_torchs_errors(rng):
+    fused = fnn.LSTM(I, H, num_layers=2)
+    with pytest.raises(RuntimeError, match="input.size"):
+        fused(torch.randn(T, B, I + 1))
+    with pytest.raises(RuntimeError, match="hidden"):
+        fused(torch.randn(T, B, I), (torch.zeros(2, B + 1, H), torch.zeros(2, B, H)))
+    with pytest.raises(RuntimeError, match="3-D"):
+        fused(torch.randn(T, B, I), (torch.zeros(B, H), torch.zeros(B, H)))
+    with pytest.raises(ValueError, match="2D or 3D"):
+        fused(torch.randn(1, T, B, I))
+
+
+class Tagger(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Linear(I, 4)
+        self.body = torch.nn.Sequential(torch.nn.LSTM(4, H, num_layers=2, batch_first=True, bidirectional=True))
+        self.head = torch.nn.Linear(2 * H, 2)
+
+    def forward(self, x):
+        y, _ = self.body(self.embed(x))
+        return self.head(y)
+
+
+def test_convert_keeps_the_parameters_the_optimizer_holds(rng):
+    torch.manual_seed(11)
+    model = Tagger().double()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    parameters = list(model.parameters())
+    x = torch.tensor(rng.standard_normal((B, T, I)))
+    with torch.no_grad():
+        before = model(x)
+    assert fr.convert(model) is model
+    lstm = model.body[0]
+    assert type(lstm) is fnn.LSTM and isinstance(lstm, torch.nn.LSTM)
+    assert [id(p) for p in model.parameters()] == [id(p) for p in parameters]
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert {id(p) for p in lstm.parameters()} <= held
+    with torch.no_grad():
+        after = model(x)
+    assert_close(after.numpy(), before.numpy(), np.float64, OUTPUT)
+
+    old = {name: p.detach().clone() for name, p in lstm.named_parameters()}
+    optimizer.zero_grad()
+    model(x).square().sum().backward()
+    optimizer.step()
+    for name, p in lstm.named_parameters():
+        assert not torch.equal(p, old[name]), name
+
+    # A module converted itself, and one converted twice, stay what they are.
+    gru = torch.nn.GRU(I, H)
+    assert type(fr.convert(gru)) is fnn.GRU
+    assert type(fr.convert(gru)) is fnn.GRU
+
+
+def test_convert_leaves_user_subclasses_alone():
+    class Custom(torch.nn.LSTM):
+        pass
+
+    model = torch.nn.Sequential(Custom(I, H), torch.nn.RNN(I, H))
+    fr.convert(model)
+    assert type(model[0]) is Custom and type(model[1]) is fnn.RNN
