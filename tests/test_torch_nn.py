@@ -83,8 +83,20 @@ def run(module, x, hx, lengths, form, dtype, cotangents=None, rng=None):
             cotangents)
 
 
-def assert_parity(oracle, fused, x, hx, lengths, form, dtype, rng):
+def assert_parity(oracle, fused, x, hx, lengths, form, dtype, rng, monkeypatch):
+    calls = []
+
+    def spy(cell, *args, **kwargs):
+        calls.append((cell, kwargs["reverse"], kwargs["lengths"] is not None))
+        return fr.recurrent(cell, *args, **kwargs)
+
+    monkeypatch.setattr(fnn, "recurrent", spy)
     actual, actual_grads, cotangents = run(fused, x, hx, lengths, form, dtype, rng=rng)
+    monkeypatch.undo()
+    # Every layer and direction ran in the kernels, the reverse ones reversed, packed with lengths.
+    D = 2 if fused.bidirectional else 1
+    cell = dict(RNN_TANH="rnn_tanh", RNN_RELU="rnn_relu", LSTM="lstm", GRU="gru")[fused.mode]
+    assert calls == [(cell, bool(d), form != "padded") for _ in range(fused.num_layers) for d in range(D)]
     expected, expected_grads, _ = run(oracle, x, hx, lengths, form, torch.float64, cotangents)
     np_dtype = np.float32 if dtype == torch.float32 else np.float64
     for name, a, e, kind in zip(("output", "h_n", "c_n"), actual, expected, (OUTPUT, STATE, STATE)):
@@ -106,7 +118,7 @@ def matrix():
 
 
 @pytest.mark.parametrize("mode, num_layers, bidirectional, form, dtype, batch_first, bias, with_hx", list(matrix()))
-def test_outputs_states_and_gradients_match_torch_nn(rng, mode, num_layers, bidirectional, form, dtype,
+def test_outputs_states_and_gradients_match_torch_nn(rng, monkeypatch, mode, num_layers, bidirectional, form, dtype,
                                                      batch_first, bias, with_hx):
     seed = int(rng.integers(2**31))
     oracle, fused = modules(mode, DTYPES[dtype], seed, num_layers=num_layers, bidirectional=bidirectional,
@@ -117,7 +129,7 @@ def test_outputs_states_and_gradients_match_torch_nn(rng, mode, num_layers, bidi
     if form == "packed_sorted":
         lengths = np.sort(lengths)[::-1].copy()
     hx = states_of(oracle, rng) if with_hx else None
-    assert_parity(oracle, fused, x, hx, lengths, form, DTYPES[dtype], rng)
+    assert_parity(oracle, fused, x, hx, lengths, form, DTYPES[dtype], rng, monkeypatch)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -191,6 +203,15 @@ def test_unsupported_dtype_takes_torchs_own_path(rng, monkeypatch):
     assert not calls
     assert y.dtype == torch.bfloat16
     assert torch.equal(y, expected_y) and torch.equal(h, expected_h)
+
+
+def test_other_devices_and_mixed_dtypes_take_torchs_own_path(monkeypatch):
+    monkeypatch.setattr(fnn, "recurrent", lambda *args, **kwargs: pytest.fail("the kernels ran"))
+    on_meta = fnn.LSTM(I, H, num_layers=2, proj_size=2, device="meta")
+    y, (h_n, c_n) = on_meta(torch.empty(T, B, I, device="meta"))
+    assert y.device.type == "meta" and y.shape == (T, B, 2) and h_n.shape == (2, B, 2) and c_n.shape == (2, B, H)
+    with pytest.raises((RuntimeError, ValueError), match="dtype"):  # torch's own message
+        fnn.GRU(I, H)(torch.zeros(T, B, I, dtype=torch.float64))
 
 
 def test_wrong_sizes_raise_torchs_errors(rng):
