@@ -238,13 +238,22 @@ def test_opcheck_forward(rng, cell, training, options):
     torch.library.opcheck(torch.ops.fusedrnn.recurrent_forward.default, op_arguments(rng, cell, training, **options))
 
 
-def test_opcheck_backward(rng):
+def strided_like_transpose(t):
+    """The same values with the strides of a transposed tensor (batch-first x, a transposed weight)."""
+    return t.transpose(0, 1).contiguous().transpose(0, 1)
+
+
+@pytest.mark.parametrize("contiguous", (True, False), ids=["contiguous", "strided"])
+def test_opcheck_backward(rng, contiguous):
     arguments = op_arguments(rng, "lstm", True, lengths=True)
     (cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, mask, masked_output, reverse, _, scale) = arguments
     with torch.no_grad():
         y, h_n, c_n, gates, h, c, m = torch.ops.fusedrnn.recurrent_forward(*arguments)
     grads = [torch.tensor(rng.standard_normal(t.shape), dtype=torch.float32) for t in (y, h_n, c_n)]
     inputs = [t.detach() for t in (x, w_ih, w_hh, b_ih, b_hh)]
+    if not contiguous:  # the gradients are contiguous whatever the strides of x and the weights
+        inputs = [strided_like_transpose(t) if t.dim() > 1 else t for t in inputs]
+        assert not inputs[0].is_contiguous() and not inputs[1].is_contiguous()
     torch.library.opcheck(torch.ops.fusedrnn.recurrent_backward.default,
                           (cell, *grads, *inputs, w_hr, scale, lengths, mask, masked_output, reverse, gates, h, c, m))
 

@@ -196,10 +196,11 @@ def _backward_fake(cell, dy, dh_n, dc_n, x, weight_ih, weight_hh, bias_ih, bias_
     info = _cell_info(cell)
     H, P = _sizes(x, weight_hh, weight_hr)
     B = x.shape[1]
-    grads = (torch.empty_like(x), x.new_empty((B, P)),
+    # Contiguous whatever the strides of x and the weights, as the kernels' results are.
+    grads = (x.new_empty(x.shape), x.new_empty((B, P)),
              x.new_empty((B, H)) if info.has_cell_state else _empty(x, x.dtype))
     for weight in (weight_ih, weight_hh, bias_ih, bias_hh, weight_hr):
-        grads += (_empty(x, x.dtype) if weight is None else torch.empty_like(weight),)
+        grads += (_empty(x, x.dtype) if weight is None else weight.new_empty(weight.shape),)
     return grads
 
 
