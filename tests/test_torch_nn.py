@@ -276,3 +276,18 @@ def test_convert_leaves_user_subclasses_alone():
     model = torch.nn.Sequential(Custom(I, H), torch.nn.RNN(I, H))
     fr.convert(model)
     assert type(model[0]) is Custom and type(model[1]) is fnn.RNN
+
+
+def test_compiled_with_fullgraph_equals_eager(rng, monkeypatch):
+    # Dynamo leaves torch.nn's recurrent modules (subclasses included) out of graphs unless told.
+    monkeypatch.setattr(torch._dynamo.config, "allow_rnn", True)
+    _, fused = modules("gru", torch.float32, 13, batch_first=True)
+    x = torch.tensor(rng.standard_normal((B, T, I)), dtype=torch.float32, requires_grad=True)
+    compiled = torch.compile(fused, fullgraph=True)
+    results = []
+    for module in (fused, compiled):
+        y, h_n = module(x)
+        loss = y.sin().sum() + h_n.square().sum()
+        results.append([y, h_n, *torch.autograd.grad(loss, [x, *fused.parameters()])])
+    for eager, traced in zip(*results):
+        assert_close(traced.detach().numpy(), eager.detach().numpy(), np.float32, OUTPUT)

@@ -24,6 +24,10 @@ same arguments:
 
 Double backward (a gradient of a gradient) is not supported on the fused path: the operators'
 backward is not itself differentiable. Use the ``torch.nn`` modules for that.
+
+``torch.compile``: Dynamo leaves ``torch.nn``'s recurrent modules, subclasses included, out of its
+graphs (a graph break; these modules then run eagerly) unless ``torch._dynamo.config.allow_rnn`` is
+True; with it they compile, with ``fullgraph=True`` too, as the operators have fake kernels.
 """
 
 import torch
