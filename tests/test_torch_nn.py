@@ -224,6 +224,14 @@ def test_wrong_sizes_raise_torchs_errors(rng):
         fused(torch.randn(T, B, I), (torch.zeros(B, H), torch.zeros(B, H)))
     with pytest.raises(ValueError, match="2D or 3D"):
         fused(torch.randn(1, T, B, I))
+    for hx in (torch.zeros(2, B, H), (torch.zeros(2, B, H),), [None, None]):
+        with pytest.raises(Exception) as fused_error:
+            fused(torch.randn(T, B, I), hx)
+        with pytest.raises(Exception) as torch_error:
+            torch.nn.LSTM(I, H, num_layers=2)(torch.randn(T, B, I), hx)
+        assert type(fused_error.value) is type(torch_error.value)
+    with pytest.raises(Exception):
+        fnn.GRU(I, H)(torch.randn(T, B, I), (torch.zeros(1, B, H),))
 
 
 class Tagger(torch.nn.Module):

@@ -54,6 +54,8 @@ class _Fused:
         return {"RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu", "LSTM": "lstm", "GRU": "gru"}[self.mode]
 
     def _served(self, tensors):
+        if not all(isinstance(t, torch.Tensor) for t in tensors):
+            return False
         dtype = tensors[0].dtype
         return dtype in _SERVED_DTYPES and all(t.device.type == "cpu" and t.dtype == dtype for t in tensors)
 
@@ -68,9 +70,14 @@ class _Fused:
 
     def forward(self, input, hx=None):
         is_lstm = self.mode == "LSTM"
-        states = () if hx is None else tuple(hx) if is_lstm else (hx,)
+        if hx is None:
+            states = ()
+        elif is_lstm:  # (h0, c0); anything else goes to torch, which says what is wrong
+            states = tuple(hx) if isinstance(hx, (tuple, list)) and len(hx) == 2 else (None,)
+        else:
+            states = (hx,)
         data = input.data if isinstance(input, PackedSequence) else input
-        if not isinstance(data, torch.Tensor) or not self._served([data, *states, *self.parameters()]):
+        if not self._served([data, *states, *self.parameters()]):
             return super().forward(input, hx)
 
         packed = isinstance(input, PackedSequence)
