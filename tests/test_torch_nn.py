@@ -5,6 +5,7 @@ table compares float32 results with a float64 evaluation on the same inputs); bo
 PyTorch's autograd with the same random cotangents.
 """
 
+import contextlib
 import itertools
 
 import numpy as np
@@ -83,6 +84,18 @@ def run(module, x, hx, lengths, form, dtype, cotangents=None, rng=None):
             cotangents)
 
 
+@contextlib.contextmanager
+def one_torch_thread():
+    """For the oracle: torch.nn's multi-layer modules take up to 100x longer at these tiny sizes
+    with several intra-op threads on a small shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def assert_parity(oracle, fused, x, hx, lengths, form, dtype, rng, monkeypatch):
     calls = []
 
@@ -97,7 +110,8 @@ def assert_parity(oracle, fused, x, hx, lengths, form, dtype, rng, monkeypatch):
     D = 2 if fused.bidirectional else 1
     cell = dict(RNN_TANH="rnn_tanh", RNN_RELU="rnn_relu", LSTM="lstm", GRU="gru")[fused.mode]
     assert calls == [(cell, bool(d), form != "padded") for _ in range(fused.num_layers) for d in range(D)]
-    expected, expected_grads, _ = run(oracle, x, hx, lengths, form, torch.float64, cotangents)
+    with one_torch_thread():
+        expected, expected_grads, _ = run(oracle, x, hx, lengths, form, torch.float64, cotangents)
     np_dtype = np.float32 if dtype == torch.float32 else np.float64
     for name, a, e, kind in zip(("output", "h_n", "c_n"), actual, expected, (OUTPUT, STATE, STATE)):
         assert_close(a, e, np_dtype, kind, name)
@@ -140,7 +154,8 @@ def test_unbatched_input(rng, mode, batch_first):
     hx = tuple(s[:, 0] for s in states_of(oracle, rng, batch=1))
     for states in (None, hx):
         actual, actual_grads, cotangents = run(fused, x, states, None, "padded", torch.float64, rng=rng)
-        expected, expected_grads, _ = run(oracle, x, states, None, "padded", torch.float64, cotangents)
+        with one_torch_thread():
+            expected, expected_grads, _ = run(oracle, x, states, None, "padded", torch.float64, cotangents)
         assert [a.shape for a in actual] == [e.shape for e in expected]
         assert actual[0].shape[0] == T and actual[1].ndim == 2
         for a, e in zip(actual, expected):
