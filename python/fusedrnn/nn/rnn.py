@@ -43,6 +43,16 @@ def _has_cell_state(mode):
     return F.CELLS[_cell(mode)].has_cell_state
 
 
+def _reset_uniform(module):
+    """PyTorch's initialisation of recurrent layers and cells: every parameter from
+    U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)), drawn from the module's generator."""
+    bound = 1.0 / math.sqrt(module.hidden_size)
+    rng = resolve_rng(module._rng)
+    for param in module.parameters():
+        param.data[...] = rng.uniform(-bound, bound, param.shape)
+        param.bump_version()
+
+
 # -- argument checks shared by layers and cells -------------------------------------------------
 
 def _check_size(value, name):
@@ -165,11 +175,7 @@ class RNNBase(Module):
 
     def reset_parameters(self):
         """Draws every parameter from U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)), as PyTorch."""
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        rng = resolve_rng(self._rng)
-        for param in self.parameters():
-            param.data[...] = rng.uniform(-bound, bound, param.shape)
-            param.bump_version()
+        _reset_uniform(self)
 
     def flatten_parameters(self):
         """Does nothing: the weights are always used in place (kept for PyTorch code that calls it)."""

@@ -5,8 +5,6 @@ Since there is no autograd, ``backward`` runs through the last training-mode for
 returns ``(grad_input, grad_hx)`` and accumulates (``+=``) into every parameter's ``.grad``.
 """
 
-import math
-
 import numpy as np
 
 from .. import functional as F
@@ -14,7 +12,7 @@ from .._base import (Parameter, as_float_array, check_device, check_parameter_ve
                      resolve_dtype)
 from .._random import resolve_rng
 from .module import Module
-from .rnn import _BackwardState, _cell, _check_size, _has_cell_state
+from .rnn import _BackwardState, _cell, _check_size, _has_cell_state, _reset_uniform
 
 __all__ = ["RNNCellBase", "RNNCell", "LSTMCell", "GRUCell"]
 
@@ -51,11 +49,7 @@ class RNNCellBase(Module):
 
     def reset_parameters(self):
         """Draws every parameter from U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)), as PyTorch."""
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        rng = resolve_rng(self._rng)
-        for param in self.parameters():
-            param.data[...] = rng.uniform(-bound, bound, param.shape)
-            param.bump_version()
+        _reset_uniform(self)
 
     def extra_repr(self):
         s = f"{self.input_size}, {self.hidden_size}"
