@@ -22,3 +22,24 @@ def test_char_rnn_trains_and_samples(tmp_path):
                           "--seq-len", "16", "--hidden", "32", "--embed", "8", "--print-every", "2",
                           "--sample-len", "20")
         assert "held-out loss" in out and "sample" in out
+
+
+def test_torch_char_rnn_is_the_same_program_on_fusedrnn(tmp_path):
+    """The PyTorch example with --fusedrnn (one changed line) trains like torch.nn from the same seed."""
+    import re
+
+    import pytest
+    pytest.importorskip("torch")
+    text = tmp_path / "text.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog.\n" * 200)
+    for cell in ("lstm", "gru", "rnn"):
+        losses = []
+        for flag in ((), ("--fusedrnn",)):
+            out = run_example("torch_char_rnn.py", str(text), "--cell", cell, "--steps", "4", "--batch", "4",
+                              "--seq-len", "16", "--hidden", "32", "--embed", "8", "--print-every", "2",
+                              "--sample-len", "20", *flag)
+            assert "sample:" in out
+            losses.append([float(v) for v in re.findall(r"loss (\d+\.\d+)", out)])
+        assert len(losses[0]) == 3 and len(losses[1]) == 3
+        # float32, different summation orders in the products: equal to well within 1e-3 nats
+        assert max(abs(a - b) for a, b in zip(*losses)) < 1e-3, (cell, losses)
