@@ -6,8 +6,12 @@ allocated.
 """
 
 import os
+from collections.abc import Mapping
 
 import numpy as np
+
+# The keys of a layer's weights, as PyTorch names them (without the layer suffix).
+WEIGHT_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
 
 
 def float_array(value, name):
@@ -101,3 +105,21 @@ def check_bf16(bf16_weights, info, dtype, training, weight_hr, recurrent_scale):
     if weight_hr is not None or recurrent_scale is not None or info.two_phase:
         raise ValueError("bf16_weights=True is not available with a projection, recurrent dropout or "
                          "reset_after=False")
+
+
+def checked_weights(weights):
+    if not isinstance(weights, Mapping):
+        raise TypeError(f"weights must be a dict of name -> array ({', '.join(WEIGHT_NAMES)}), "
+                        f"got {type(weights).__name__}")
+    unknown = sorted(set(weights) - set(WEIGHT_NAMES))
+    if unknown:
+        raise ValueError(f"unknown weight name(s) {', '.join(map(str, unknown))}: expected {', '.join(WEIGHT_NAMES)}")
+    for name in ("weight_ih", "weight_hh"):
+        if weights.get(name) is None:
+            raise TypeError(f"weights[{name!r}] is required")
+    return {name: weights.get(name) for name in WEIGHT_NAMES}
+
+
+def no_cell_state(cell, info, value, name):
+    if value is not None and not info.has_cell_state:
+        raise ValueError(f"{cell} has no cell state: {name} must be None")

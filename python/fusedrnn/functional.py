@@ -55,7 +55,6 @@ Backward returns fresh arrays (gradients are written, never accumulated).
 """
 
 from collections import namedtuple
-from collections.abc import Mapping
 
 import numpy as np
 
@@ -77,7 +76,7 @@ from the one reaching W_ih x."""
 CELLS = {name: CellInfo(**facts) for name, facts in _core.cell_info().items()}
 
 #: The keys of a layer's weights, as PyTorch names them (without the layer suffix).
-WEIGHT_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+WEIGHT_NAMES = args.WEIGHT_NAMES
 
 _MASKED_OUTPUTS = ("zero", "repeat")
 # The inputs of a forward that its backward must find unchanged, Saved.ARRAY_NAMES's first ones:
@@ -143,24 +142,6 @@ def _cell_info(cell):
     return CELLS[cell]
 
 
-def _checked_weights(weights):
-    if not isinstance(weights, Mapping):
-        raise TypeError(f"weights must be a dict of name -> array ({', '.join(WEIGHT_NAMES)}), "
-                        f"got {type(weights).__name__}")
-    unknown = sorted(set(weights) - set(WEIGHT_NAMES))
-    if unknown:
-        raise ValueError(f"unknown weight name(s) {', '.join(map(str, unknown))}: expected {', '.join(WEIGHT_NAMES)}")
-    for name in ("weight_ih", "weight_hh"):
-        if weights.get(name) is None:
-            raise TypeError(f"weights[{name!r}] is required")
-    return {name: weights.get(name) for name in WEIGHT_NAMES}
-
-
-def _no_cell_state(cell, info, value, name):
-    if value is not None and not info.has_cell_state:
-        raise ValueError(f"{cell} has no cell state: {name} must be None")
-
-
 def _fingerprints(arrays):
     return tuple(None if a is None else _core.fingerprint(a) for a in arrays)
 
@@ -192,10 +173,10 @@ def recurrent_forward(cell, x, h0, c0, weights, *, lengths=None, mask=None, mask
         the last output) where a sequence takes no step; saved is None unless training.
     """
     info = _cell_info(cell)
-    weights = _checked_weights(weights)
+    weights = args.checked_weights(weights)
     x = args.float_array(x, "x")
     args.check_bf16(bf16_weights, info, x.dtype, training, weights["weight_hr"], recurrent_scale)
-    _no_cell_state(cell, info, c0, "c0")
+    args.no_cell_state(cell, info, c0, "c0")
     if x.ndim != 3:
         raise ValueError(f"x must have 3 dimensions (T, B, I), got shape {x.shape}")
     T, B, I = x.shape
@@ -267,7 +248,7 @@ def recurrent_backward(dy, dh_n, dc_n, saved):
         raise TypeError(f"saved must be the object the forward returned, got {type(saved).__name__}")
     meta = saved.meta
     info = _cell_info(meta.cell)
-    _no_cell_state(meta.cell, info, dc_n, "dc_n")
+    args.no_cell_state(meta.cell, info, dc_n, "dc_n")
     x = saved["x"]
     T, B, _ = x.shape
     G = info.gates

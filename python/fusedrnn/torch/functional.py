@@ -1,10 +1,9 @@
 """One recurrent layer on PyTorch tensors, with autograd: the entry of fusedrnn's PyTorch modules."""
 
-from collections.abc import Mapping
-
 import numpy as np
 import torch
 
+from fusedrnn import _arguments as args
 from fusedrnn import functional as F
 
 from . import _ops
@@ -51,15 +50,9 @@ def recurrent(cell, x, h0, c0, weights, *, lengths=None, mask=None, masked_outpu
     :mod:`fusedrnn.torch._ops`.
     """
     info = _ops._cell_info(cell)
-    if not isinstance(weights, Mapping):
-        raise TypeError(f"weights must be a dict of name -> tensor ({', '.join(F.WEIGHT_NAMES)}), "
-                        f"got {type(weights).__name__}")
-    unknown = sorted(set(weights) - set(F.WEIGHT_NAMES))
-    if unknown:
-        raise ValueError(f"unknown weight name(s) {', '.join(map(str, unknown))}: expected {', '.join(F.WEIGHT_NAMES)}")
-    weight_ih, weight_hh, bias_ih, bias_hh, weight_hr = (weights.get(name) for name in F.WEIGHT_NAMES)
-    if c0 is not None and not info.has_cell_state:
-        raise ValueError(f"{cell} has no cell state: c0 must be None")
+    weights = args.checked_weights(weights)
+    weight_ih, weight_hh, bias_ih, bias_hh, weight_hr = (weights[name] for name in F.WEIGHT_NAMES)
+    args.no_cell_state(cell, info, c0, "c0")
     differentiable = (x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)
     training = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in differentiable)
     y, h_n, c_n, *_ = torch.ops.fusedrnn.recurrent_forward(
