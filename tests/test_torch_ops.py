@@ -238,6 +238,32 @@ def test_opcheck_forward(rng, cell, training, options):
     torch.library.opcheck(torch.ops.fusedrnn.recurrent_forward.default, op_arguments(rng, cell, training, **options))
 
 
+@pytest.mark.parametrize("cell, options", [
+    ("lstm", dict(projection=True, lengths=True)),
+    ("gru", {}),
+    ("gru_reset_before", dict(mask=True, recurrent_scale=True)),
+], ids=["lstm-projection-lengths", "gru", "gru_reset_before-mask-scale"])
+def test_eager_calls_and_the_operators_give_the_same_outputs_and_gradients(rng, cell, options):
+    """fusedrnn.torch.recurrent runs the implementations through an autograd.Function in eager
+    mode, the operators (and their registered autograd) under torch.compile: the same numbers."""
+    arguments = op_arguments(rng, cell, True, **options)
+    (_, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, mask, masked_output, reverse, _,
+     recurrent_scale) = arguments
+    leaves = [t for t in (x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr) if t is not None]
+    weights = dict(zip(NAMES, (weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)))
+    eager = fr.recurrent(cell, x, h0, c0, weights, lengths=lengths, mask=mask, masked_output=masked_output,
+                         reverse=reverse, recurrent_scale=recurrent_scale)
+    operator = torch.ops.fusedrnn.recurrent_forward(*arguments)[:3]
+    cotangents = [torch.from_numpy(d) for d in cotangents_of(rng, [o.detach().numpy() for o in eager if o is not None])]
+    results = []
+    for outputs in (eager, operator):
+        outputs = [o for o in outputs if o is not None and o.numel()]
+        grads = torch.autograd.grad(outputs, leaves, cotangents[:len(outputs)])
+        results.append([o.detach() for o in outputs] + list(grads))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def strided_like_transpose(t):
     """The same values with the strides of a transposed tensor (batch-first x, a transposed weight)."""
     return t.transpose(0, 1).contiguous().transpose(0, 1)

@@ -5,6 +5,7 @@ ValueError / TypeError naming it; the memory check raises MemoryError before any
 allocated.
 """
 
+import functools
 import os
 from collections.abc import Mapping
 
@@ -14,9 +15,12 @@ import numpy as np
 WEIGHT_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
 
 
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 def float_array(value, name):
-    array = np.asarray(value)
-    if array.dtype not in (np.float32, np.float64):
+    array = value if type(value) is np.ndarray else np.asarray(value)
+    if array.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"{name} must be a float32 or float64 array, got dtype {array.dtype}")
     return array
 
@@ -30,9 +34,9 @@ def checked(value, name, shape, dtype, optional=False):
     array = float_array(value, name)
     if array.dtype != dtype:
         raise TypeError(f"{name} has dtype {array.dtype} but x has dtype {dtype}: use one dtype")
-    if array.shape != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)}, got {array.shape}")
-    return np.ascontiguousarray(array)
+    if array.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {array.shape}")
+    return array if array.flags.c_contiguous else np.ascontiguousarray(array)
 
 
 def checked_lengths(lengths, T, B):
@@ -75,6 +79,7 @@ def sizes(cell, gates, weight_hh, weight_hr):
     return weight_hr.shape[1], weight_hr.shape[0]
 
 
+@functools.cache  # read once: it does not change while the process runs
 def physical_memory():
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -111,8 +116,9 @@ def checked_weights(weights):
     if not isinstance(weights, Mapping):
         raise TypeError(f"weights must be a dict of name -> array ({', '.join(WEIGHT_NAMES)}), "
                         f"got {type(weights).__name__}")
-    unknown = sorted(set(weights) - set(WEIGHT_NAMES))
+    unknown = weights.keys() - set(WEIGHT_NAMES)
     if unknown:
+        unknown = sorted(map(str, unknown))
         raise ValueError(f"unknown weight name(s) {', '.join(map(str, unknown))}: expected {', '.join(WEIGHT_NAMES)}")
     for name in ("weight_ih", "weight_hh"):
         if weights.get(name) is None:

@@ -39,6 +39,10 @@ Threads: at each call the kernels use ``torch.get_num_threads()`` threads, unles
 ``fusedrnn.set_num_threads(n)`` was called: then n (``fusedrnn.set_num_threads(None)`` goes back
 to following PyTorch). The kernels release the GIL.
 
+Eager calls: :func:`fusedrnn.torch.recurrent` (and so the modules) runs these implementations
+through an autograd.Function (:class:`EagerForward`), without the dispatcher's per-call cost; under
+``torch.compile``, or for a tensor that is not on the CPU, it calls the operators.
+
 In-place changes: autograd saves the inputs with ``save_for_backward`` and no copy, so changing x
 or a weight in place between forward and backward raises PyTorch's usual error; the uniform op's
 own fingerprints are therefore not taken (``check_unchanged=False``).
@@ -103,11 +107,17 @@ def _empty(like, dtype):
     return like.new_empty((0,), dtype=dtype)
 
 
-def _tensor(array, like, dtype):
-    """A result array as a tensor of `dtype` (no copy when it already has it); None as (0,)."""
+def _tensor(array, dtype):
+    """A result array as a tensor of `dtype` (no copy when it already has it); None stays None."""
     if array is None:
-        return _empty(like, dtype)
-    return torch.from_numpy(array).to(dtype)
+        return None
+    tensor = torch.from_numpy(array)
+    return tensor if tensor.dtype == dtype else tensor.to(dtype)
+
+
+def _present(outputs, like, dtypes):
+    """Operator outputs cannot be None: an absent one becomes (0,) of its dtype."""
+    return tuple(_empty(like, dtype) if t is None else t for t, dtype in zip(outputs, dtypes))
 
 
 def _use_threads():
@@ -134,9 +144,9 @@ def _sizes(x, weight_hh, weight_hr):
 
 # -- forward -------------------------------------------------------------------------------------
 
-@torch.library.custom_op("fusedrnn::recurrent_forward", mutates_args=(), device_types="cpu", schema=_FORWARD_SCHEMA)
-def recurrent_forward(cell, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, mask,
-                      masked_output, reverse, training, recurrent_scale):
+def forward_tensors(cell, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, mask,
+                    masked_output, reverse, training, recurrent_scale):
+    """The forward operator's results, with None for an absent one (not (0,) as the operator)."""
     _use_threads()
     weights = dict(weight_ih=_array(weight_ih), weight_hh=_array(weight_hh), bias_ih=_array(bias_ih),
                    bias_hh=_array(bias_hh), weight_hr=_array(weight_hr))
@@ -144,10 +154,20 @@ def recurrent_forward(cell, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, w
         cell, _array(x), _array(h0), _array(c0), weights, lengths=_index_array(lengths, None),
         mask=_index_array(mask, None), masked_output=masked_output, reverse=reverse, training=training,
         recurrent_scale=_array(recurrent_scale), check_unchanged=False)
+    results = (_tensor(y, x.dtype), _tensor(h_n, x.dtype), _tensor(c_n, x.dtype))
+    if saved is None:
+        return results + (None,) * len(_COMPUTED)
     compute = compute_dtype(x.dtype)
-    computed = tuple(saved[name] if saved is not None else None for name in _COMPUTED)
-    return ((_tensor(y, x, x.dtype), _tensor(h_n, x, x.dtype), _tensor(c_n, x, x.dtype))
-            + tuple(_tensor(array, x, compute) for array in computed))
+    return results + tuple(_tensor(saved[name], compute) for name in _COMPUTED)
+
+
+def forward_impl(cell, x, *arguments):
+    compute = compute_dtype(x.dtype)
+    return _present(forward_tensors(cell, x, *arguments), x, (x.dtype,) * 3 + (compute,) * len(_COMPUTED))
+
+
+recurrent_forward = torch.library.custom_op("fusedrnn::recurrent_forward", forward_impl, mutates_args=(),
+                                            device_types="cpu", schema=_FORWARD_SCHEMA)
 
 
 @recurrent_forward.register_fake
@@ -171,10 +191,8 @@ def _forward_fake(cell, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weigh
 
 # -- backward ------------------------------------------------------------------------------------
 
-@torch.library.custom_op("fusedrnn::recurrent_backward", mutates_args=(), device_types="cpu",
-                         schema=_BACKWARD_SCHEMA)
-def recurrent_backward(cell, dy, dh_n, dc_n, x, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr,
-                       recurrent_scale, lengths, mask, masked_output, reverse, gates, h, c, m):
+def backward_impl(cell, dy, dh_n, dc_n, x, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr,
+                  recurrent_scale, lengths, mask, masked_output, reverse, gates, h, c, m):
     _use_threads()
     inputs = (x, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, recurrent_scale)
     arrays = tuple(_array(t) for t in inputs) + (
@@ -184,10 +202,14 @@ def recurrent_backward(cell, dy, dh_n, dc_n, x, weight_ih, weight_hh, bias_ih, b
                        fingerprints=None)
     dx, dh0, dc0, dweights = F.recurrent_backward(_array(dy), _array(dh_n), None if _absent(dc_n) else _array(dc_n),
                                                   F.Saved(meta, arrays))
-    grads = (_tensor(dx, x, x.dtype), _tensor(dh0, x, x.dtype), _tensor(dc0, x, x.dtype))
-    for name, weight in zip(F.WEIGHT_NAMES, (weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)):
-        grads += (_tensor(dweights[name], x, x.dtype if weight is None else weight.dtype),)
-    return grads
+    weights = (weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)
+    dtypes = (x.dtype,) * 3 + tuple(x.dtype if weight is None else weight.dtype for weight in weights)
+    grads = (dx, dh0, dc0) + tuple(dweights[name] for name in F.WEIGHT_NAMES)
+    return _present([_tensor(grad, dtype) for grad, dtype in zip(grads, dtypes)], x, dtypes)
+
+
+recurrent_backward = torch.library.custom_op("fusedrnn::recurrent_backward", backward_impl, mutates_args=(),
+                                             device_types="cpu", schema=_BACKWARD_SCHEMA)
 
 
 @recurrent_backward.register_fake
@@ -209,7 +231,7 @@ def _backward_fake(cell, dy, dh_n, dc_n, x, weight_ih, weight_hh, bias_ih, bias_
 def _setup_context(ctx, inputs, output):
     (cell, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, mask, masked_output, reverse,
      training, recurrent_scale) = inputs
-    ctx.mark_non_differentiable(*output[3:])
+    ctx.mark_non_differentiable(*(t for t in output[3:] if t is not None))
     ctx.cell, ctx.masked_output, ctx.reverse, ctx.training = cell, masked_output, reverse, training
     ctx.h0_dtype = None if h0 is None else h0.dtype
     ctx.c0_dtype = None if c0 is None else c0.dtype
@@ -218,23 +240,51 @@ def _setup_context(ctx, inputs, output):
                           *output[3:])
 
 
-def _backward(ctx, dy, dh_n, dc_n, *_):
-    if not ctx.training:
-        raise RuntimeError("fusedrnn::recurrent_forward ran with training=False, which saves nothing for the "
-                           "backward: run it with training=True to take gradients")
-    (x, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, recurrent_scale, lengths, mask,
-     gates, h, c, m) = ctx.saved_tensors
-    dx, dh0, dc0, dweight_ih, dweight_hh, dbias_ih, dbias_hh, dweight_hr = torch.ops.fusedrnn.recurrent_backward(
-        ctx.cell, dy, dh_n, dc_n, x, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, recurrent_scale, lengths,
-        mask, ctx.masked_output, ctx.reverse, gates, h, c, m)
-    return (None, dx,
-            None if ctx.h0_dtype is None else dh0.to(ctx.h0_dtype),
-            None if ctx.c0_dtype is None else dc0.to(ctx.c0_dtype),
-            dweight_ih, dweight_hh,
-            None if bias_ih is None else dbias_ih,
-            None if bias_hh is None else dbias_hh,
-            None if weight_hr is None else dweight_hr,
-            None, None, None, None, None, None)
+def _autograd_backward(run_backward):
+    """The backward of the forward operator, running the backward kernels through `run_backward`
+    (the backward operator, or its implementation called directly)."""
+
+    def backward(ctx, dy, dh_n, dc_n, *_):
+        if not ctx.training:
+            raise RuntimeError("fusedrnn::recurrent_forward ran with training=False, which saves nothing for the "
+                               "backward: run it with training=True to take gradients")
+        (x, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, recurrent_scale, lengths, mask,
+         gates, h, c, m) = ctx.saved_tensors
+        dx, dh0, dc0, dweight_ih, dweight_hh, dbias_ih, dbias_hh, dweight_hr = run_backward(
+            ctx.cell, dy, dh_n, dc_n, x, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, recurrent_scale,
+            lengths, mask, ctx.masked_output, ctx.reverse, gates, h, c, m)
+        return (None, dx,
+                None if ctx.h0_dtype is None else dh0.to(ctx.h0_dtype),
+                None if ctx.c0_dtype is None else dc0.to(ctx.c0_dtype),
+                dweight_ih, dweight_hh,
+                None if bias_ih is None else dbias_ih,
+                None if bias_hh is None else dbias_hh,
+                None if weight_hr is None else dweight_hr,
+                None, None, None, None, None, None)
+
+    return backward
 
 
-recurrent_forward.register_autograd(_backward, setup_context=_setup_context)
+recurrent_forward.register_autograd(_autograd_backward(torch.ops.fusedrnn.recurrent_backward),
+                                    setup_context=_setup_context)
+
+
+class EagerForward(torch.autograd.Function):
+    """The forward operator in eager mode: the same implementation, saved tensors and backward,
+    as an autograd.Function that calls the implementations directly.
+
+    A custom operator defined in Python pays the dispatcher on every call (its autograd and CPU
+    kernels are Python functions it reaches through C++, with checks on the way): about 100 us at
+    T=1, B=1, several times the kernels' own time there, which a generation loop pays at every
+    step. Under torch.compile the operators are used instead (their fake kernels let it trace
+    them). Absent results are None here, not (0,) tensors."""
+
+    # forward(ctx, ...) rather than a separate setup_context: with one, apply() binds the
+    # arguments to forward's signature through inspect at every call (tens of microseconds).
+    @staticmethod
+    def forward(ctx, *inputs):
+        output = forward_tensors(*inputs)
+        _setup_context(ctx, inputs, output)
+        return output
+
+    backward = staticmethod(_autograd_backward(backward_impl))

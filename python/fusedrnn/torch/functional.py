@@ -4,7 +4,6 @@ import numpy as np
 import torch
 
 from fusedrnn import _arguments as args
-from fusedrnn import functional as F
 
 from . import _ops
 
@@ -51,11 +50,17 @@ def recurrent(cell, x, h0, c0, weights, *, lengths=None, mask=None, masked_outpu
     """
     info = _ops._cell_info(cell)
     weights = args.checked_weights(weights)
-    weight_ih, weight_hh, bias_ih, bias_hh, weight_hr = (weights[name] for name in F.WEIGHT_NAMES)
+    weight_ih, weight_hh, bias_ih, bias_hh, weight_hr = weights.values()  # in WEIGHT_NAMES' order
     args.no_cell_state(cell, info, c0, "c0")
-    differentiable = (x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)
-    training = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in differentiable)
-    y, h_n, c_n, *_ = torch.ops.fusedrnn.recurrent_forward(
-        cell, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, _as_tensor(lengths), _as_tensor(mask),
-        masked_output, bool(reverse), training, recurrent_scale)
+    tensors = [t for t in (x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr) if t is not None]
+    training = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    arguments = (cell, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, _as_tensor(lengths),
+                 _as_tensor(mask), masked_output, bool(reverse), training, recurrent_scale)
+    if torch.compiler.is_compiling() or not all(t.device.type == "cpu" for t in tensors):
+        forward = torch.ops.fusedrnn.recurrent_forward  # traced by its fake kernel; dispatched by device
+    elif training:
+        forward = _ops.EagerForward.apply  # the same kernels without the dispatcher's cost (see there)
+    else:
+        forward = _ops.forward_tensors  # nothing to save, no graph to record
+    y, h_n, c_n, *_ = forward(*arguments)
     return y, h_n, c_n if info.has_cell_state else None

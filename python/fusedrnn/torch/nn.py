@@ -60,13 +60,13 @@ class _Fused:
         return dtype in _SERVED_DTYPES and all(t.device.type == "cpu" and t.dtype == dtype for t in tensors)
 
     def _layer_weights(self, layer, direction):
-        suffix = f"_l{layer}" + ("_reverse" if direction else "")
-        names = ["weight_ih", "weight_hh"]
-        if self.bias:
-            names += ["bias_ih", "bias_hh"]
-        if getattr(self, "proj_size", 0) > 0:
-            names.append("weight_hr")
-        return {name: getattr(self, name + suffix) for name in names}
+        # torch.nn.RNNBase keeps _flat_weights (its parameters, layer by layer and direction by
+        # direction, in the order of their names) up to date as parameters are assigned or moved.
+        per_layer = len(self._flat_weights) // (self.num_layers * (2 if self.bidirectional else 1))
+        first = (layer * (2 if self.bidirectional else 1) + direction) * per_layer
+        names = self._flat_weights_names[first:first + per_layer]
+        return {name.rsplit("_l", 1)[0]: weight
+                for name, weight in zip(names, self._flat_weights[first:first + per_layer])}
 
     def forward(self, input, hx=None):
         is_lstm = self.mode == "LSTM"
@@ -77,7 +77,7 @@ class _Fused:
         else:
             states = (hx,)
         data = input.data if isinstance(input, PackedSequence) else input
-        if not self._served([data, *states, *self.parameters()]):
+        if not self._served([data, *states, *self._flat_weights]):
             return super().forward(input, hx)
 
         packed = isinstance(input, PackedSequence)
@@ -131,7 +131,8 @@ class _Fused:
                 c_n.append(c)
             x = ys[0] if D == 1 else torch.cat(ys, dim=2)
 
-        hidden = [torch.stack(h_n)] + ([torch.stack(c_n)] if is_lstm else [])
+        stack = torch.stack if len(h_n) > 1 else lambda states: states[0].unsqueeze(0)
+        hidden = [stack(h_n)] + ([stack(c_n)] if is_lstm else [])
         if packed:
             output = PackedSequence(x[steps], batch_sizes, sorted_indices, unsorted_indices)
             hidden = [_permute(s, unsorted_indices) for s in hidden]
