@@ -1,7 +1,15 @@
-"""The Markdown report of a `run.py --json` file: `python bench/run.py --markdown results.json`.
+"""bench/RESULTS.md, from every CPU's saved results: `python bench/report.py > bench/RESULTS.md`.
 
-bench/RESULTS.md is this function's output, never edited by hand.
+One section per CPU model (bench/results/<cpu>/, written by the benchmarks' --save), newest first:
+times are comparable only within one section. RESULTS.md is this script's output, never edited by
+hand.
 """
+
+import glob
+import json
+import os
+
+import machine
 
 
 def ms(v):
@@ -74,20 +82,18 @@ def targets(doc):
     ]
 
 
-def markdown(doc):
+def run_section(doc):
+    """The report of one `run.py --save` file (bench/results/<cpu>/run.json)."""
     m, peaks, n = doc["machine"], doc["peaks"], doc["threads"]
     fma = peaks["fma_gflops"]
     busy = doc["timing"]["busy_threshold"]
     out = [
-        "# fusedrnn benchmark results", "",
-        "Generated from `bench/results.json` by `python bench/run.py --markdown bench/results.json`:",
-        "do not edit by hand; rerun the suite and regenerate.", "",
         f"Measured {doc['date']} with `{doc['command']}`. Load average before / after: "
         f"{num(doc['load_average'][0])} / {num(doc['load_average'][1])}.", "",
         "Memory: " + ("`--steady-malloc`: glibc keeps freed memory (no mmap, no trimming), so no call "
                       "touches fresh pages after its warm-up." if doc.get("steady_malloc") else
                       "glibc's default allocator settings, as a user gets them (see the kfaults columns)."), "",
-        "## Machine", "",
+        "### Machine", "",
         f"- CPU: {m['cpu']}, {m['cpus']} logical CPUs ({m['cpus_usable']} usable)",
         f"- fusedrnn {m['fusedrnn']} ({m['compiler']}), instruction set selected: {m['isa_selected']} "
         f"(compiled: {', '.join(m['isa_compiled'])})",
@@ -95,7 +101,7 @@ def markdown(doc):
         f"- Python {m['python']}, NumPy {m['numpy']}, PyTorch {m['torch'] or 'not installed'}; {m['os']}",
         f"- OpenMP / BLAS libraries loaded: {', '.join(m['libraries'])}",
         "- environment: " + (", ".join(f"`{k}={v}`" for k, v in m["environment"].items()) or "nothing set"), "",
-        "## Peaks (measured in the same run)", "",
+        "### Peaks (measured in the same run)", "",
         f"- float32 FMA loop (`fusedrnn._core.fma_peak_gflops`): {num(fma[0], 1)} GFLOP/s with {n} threads "
         f"at the start, {num(fma[1], 1)} at the end; {num(peaks['fma_gflops_1_thread'], 1)} with 1 thread. "
         "%peak below is against the higher of the two.",
@@ -127,20 +133,10 @@ def markdown(doc):
                 "and take cores from the next kernel; the other columns pause 0.3 s first. The timed "
                 "suite runs NumPy with one BLAS thread (no workers) for that reason."]
 
-    out += ["", "## Issue #5 targets", ""]
-    lines = []
-    for what, threshold, at_least, values in targets(doc):
-        if not values:
-            lines.append([what, threshold, "not measured", "", ""])
-            continue
-        worst = (min if at_least else max)(values)
-        met = sum((v >= threshold) if at_least else (v <= threshold) for v, _ in values)
-        lines.append([what, ("≥ " if at_least else "≤ ") + str(threshold), f"{worst[0]:.2f} ({worst[1]})",
-                      f"{met} of {len(values)}", "yes" if met == len(values) else "**no**"])
-    out += table(["target", "threshold", "worst measured (where)", "configurations meeting it", "met"], lines)
+    out += ["", "### Issue #5 targets", ""] + targets_table(targets(doc))
     out += ["", "Measurements marked busy below are left out of this table."]
 
-    out += ["", f"## Time per call, T = {doc['T']}, I = H, {n} threads", "",
+    out += ["", f"### Time per call, T = {doc['T']}, I = H, {n} threads", "",
             "x PyTorch = PyTorch's median / ours (above 1: fusedrnn is faster); x ref likewise for the NumPy "
             "reference (one BLAS thread; small sizes only). GFLOP/s counts the forward GEMM work "
             "2*T*B*(I+H)*G*H, training 3x that; %peak = ours / the FMA peak; kfaults = thousands of minor "
@@ -165,7 +161,7 @@ def markdown(doc):
                   lines)
 
     if doc["memory"]:
-        out += ["", "## Peak resident memory of one training step", "",
+        out += ["", "### Peak resident memory of one training step", "",
                 "Each contender in a fresh process: libraries warmed up on a tiny problem, inputs and "
                 "weights created, then the growth of the resident set's peak during one forward + "
                 f"backward ({doc['memory'][0]['fusedrnn']['method']}).", ""]
@@ -173,7 +169,7 @@ def markdown(doc):
                      [[r["cell"], r["B"], r["H"], num(r["fusedrnn"]["step_mb"], 1),
                        num(r.get("torch", {}).get("step_mb"), 1), num(r.get("ratio"))] for r in doc["memory"]])
     if doc["scaling"]:
-        out += ["", f"## Thread scaling, 1 -> {n} threads (interleaved call by call)", ""]
+        out += ["", f"### Thread scaling, 1 -> {n} threads (interleaved call by call)", ""]
         out += table(["cell", "B", "H", "mode", "ours 1 thread ms", f"ours {n} threads ms", "ours speed-up",
                       "PyTorch speed-up", "note"],
                      [[s["cell"], s["B"], s["H"], s["mode"], ms(s["fusedrnn"]["ms_1"]), ms(s["fusedrnn"]["ms_n"]),
@@ -181,14 +177,14 @@ def markdown(doc):
                        note(s, [], busy)]
                       for s in doc["scaling"]])
     if doc.get("bf16"):
-        out += ["", "## bfloat16 recurrent weights, inference at B = 1", "",
+        out += ["", "### bfloat16 recurrent weights, inference at B = 1", "",
                 "`bf16_weights=True` against our own float32, interleaved call by call; max abs diff = the "
                 "largest difference between the two outputs (y) over the whole sequence.", ""]
         out += table(["cell", "H", "float32 ms", "bf16 ms", "speed-up", "max abs diff", "note"],
                      [[b["cell"], b["H"], ms(b["float32_ms"]), ms(b["bf16_ms"]), num(b["speedup"]),
                        f"{b['max_abs_diff']:.1e}", note(b, [], busy)] for b in doc["bf16"]])
     t = doc["timing"]
-    out += ["", "## How it was measured", "",
+    out += ["", "### How it was measured", "",
             f"- Every configuration: one warm-up call per contender, then the contenders called in turn, "
             f"at least {t['min_calls']} calls each and {t['min_seconds']} s, at most {t['max_calls']}; "
             "median and min reported. Outputs are checked to agree before timing.",
@@ -202,4 +198,107 @@ def markdown(doc):
             "times, and marked busy if it never was quiet.",
             "- Ratios are only meaningful inside one run: the machine is shared. If the load average "
             "above is over 1 or the FMA peak moved much between start and end, distrust the run.", ""]
-    return "\n".join(out)
+    return out
+
+
+def dropin_targets(doc):
+    """Issue #15's targets for whole training steps, torch.nn's time / ours (eager and compiled)."""
+    steps = [r for r in doc["steps"] if not r["input"].startswith("generate")]
+
+    def ratios(pred):
+        return [(r["torch_ms"] / r["ours_ms"],
+                 f"{r['cell']} B={r['B']} H={r['H']} {r['input']}{' compiled' if r['compiled'] else ''}")
+                for r in steps if pred(r)]
+
+    overhead = [(r["recurrent_us"] - r["kernel_us"], f"{r['cell']} inference") for r in doc["overhead"]]
+    return [
+        ("GRU and RNN at B=64, x torch.nn", 1.5, True,
+         ratios(lambda r: r["cell"] in ("rnn", "gru") and r["B"] == 64)),
+        ("GRU and RNN at B=1, x torch.nn", 3.0, True, ratios(lambda r: r["cell"] in ("rnn", "gru") and r["B"] == 1)),
+        ("LSTM everywhere, x torch.nn", 1.0, True, ratios(lambda r: r["cell"] == "lstm")),
+        ("packed input, every cell, x torch.nn", 3.0, True, ratios(lambda r: r["input"] == "packed")),
+        ("op overhead per call at T=1, B=1, H=64, microseconds", 30.0, False, overhead),
+    ]
+
+
+def targets_table(rows):
+    lines = []
+    for what, threshold, at_least, values in rows:
+        if not values:
+            lines.append([what, threshold, "not measured", "", ""])
+            continue
+        worst = (min if at_least else max)(values)
+        met = sum((v >= threshold) if at_least else (v <= threshold) for v, _ in values)
+        lines.append([what, ("≥ " if at_least else "≤ ") + str(threshold), f"{worst[0]:.2f} ({worst[1]})",
+                      f"{met} of {len(values)}", "yes" if met == len(values) else "**no**"])
+    return table(["target", "threshold", "worst measured (where)", "configurations meeting it", "met"], lines)
+
+
+def dropin_section(doc):
+    """The report of one `torch_dropin.py --save` file (bench/results/<cpu>/torch_dropin.json)."""
+    out = ["### PyTorch drop-in: whole training steps (`bench/torch_dropin.py`)", "",
+           f"Measured {doc['date']} with `{doc['command']}`: {doc['threads']} threads for both, PyTorch "
+           f"{doc['torch']}, fusedrnn {doc['fusedrnn']}. A step is Embedding -> RNN/LSTM/GRU -> Linear -> "
+           f"cross-entropy, `loss.backward()` and Adam, T = {doc['T']}, I = H; packed = a PackedSequence of "
+           "random lengths in [T/2, T]. x = torch.nn's median time / ours (above 1: fusedrnn is faster). "
+           "Compiled: `torch.compile` of the whole model; torch.nn's RNN breaks the graph there as it does "
+           "for every user, ours runs inside it (Dynamo's `allow_rnn`).", ""]
+    by = {}
+    for r in doc["steps"]:
+        by.setdefault((r["cell"], r["B"], r["H"], r["input"]), {})[r["compiled"]] = r
+    lines = []
+    for (cell, B, H, kind), c in by.items():
+        line = [cell, B, H, kind]
+        for compiled in (False, True):
+            r = c.get(compiled)
+            line += [ms(r["torch_ms"]), ms(r["ours_ms"]), num(r["torch_ms"] / r["ours_ms"])] if r else ["", "", ""]
+        lines.append(line)
+    out += table(["cell", "B", "H", "input", "torch.nn ms", "ours ms", "x", "compiled torch.nn ms",
+                  "compiled ours ms", "compiled x"], lines)
+    out += ["", f"Generation rows: eval mode, B = 1, one step per call with the state carried, "
+            f"{doc['generate']} steps, the model's argmax fed back.", "",
+            "#### The op's own cost per call, T = 1, B = 1, I = H = 64 (microseconds)", "",
+            "Kernel: the native forward called directly on the same arrays; overhead = "
+            "`fusedrnn.torch.recurrent` (eager, under `no_grad`) minus the kernel. Dispatcher op: "
+            "`torch.ops.fusedrnn.recurrent_forward`, as a compiled graph calls it. Training: forward and "
+            "backward through autograd against the two native calls.", ""]
+    out += table(["cell", "kernel", "recurrent", "overhead", "dispatcher op", "module", "torch.nn module",
+                  "training kernels", "training recurrent", "training overhead"],
+                 [[r["cell"], num(r["kernel_us"], 1), num(r["recurrent_us"], 1),
+                   num(r["recurrent_us"] - r["kernel_us"], 1), num(r["operator_us"], 1), num(r["module_us"], 1),
+                   num(r["torch_module_us"], 1), num(r["kernel_train_us"], 1), num(r["recurrent_train_us"], 1),
+                   num(r["recurrent_train_us"] - r["kernel_train_us"], 1)] for r in doc["overhead"]])
+    out += ["", "#### Issue #15 targets", ""] + targets_table(dropin_targets(doc))
+    return out
+
+
+SECTIONS = (("run", run_section), ("torch_dropin", dropin_section))
+
+
+def main():
+    cpus = []
+    for folder in sorted(glob.glob(os.path.join(machine.RESULTS, "*"))):
+        docs = {}
+        for name, _ in SECTIONS:
+            path = os.path.join(folder, name + ".json")
+            if os.path.exists(path):
+                with open(path) as f:
+                    docs[name] = json.load(f)
+        if docs:
+            cpus.append((max(d["date"] for d in docs.values()), docs))
+    out = ["# fusedrnn benchmark results", "",
+           "Generated by `python bench/report.py > bench/RESULTS.md` from `bench/results/<cpu>/*.json`, which "
+           "`python bench/run.py --save` and `python bench/torch_dropin.py --save` write: do not edit by hand; "
+           "rerun on a machine and regenerate. One section per CPU model, the latest measured first: times and "
+           "ratios are comparable only within a section (a CPU's section holds its latest run of each script)."]
+    for _, docs in sorted(cpus, key=lambda c: c[0], reverse=True):
+        cpu = docs["run"]["machine"]["cpu"] if "run" in docs else docs["torch_dropin"]["cpu"]
+        out += ["", f"## {cpu}", ""]
+        for name, section in SECTIONS:
+            if name in docs:
+                out += section(docs[name]) + [""]
+    print("\n".join(out).rstrip("\n"))
+
+
+if __name__ == "__main__":
+    main()

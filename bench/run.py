@@ -11,8 +11,8 @@ each in a fresh process), and the speed-up from 1 thread to all of them.
     python bench/run.py                            # the full suite (about 5 minutes on 2 cores)
     python bench/run.py --quick                    # a small subset, well under a minute
     python bench/run.py --cells lstm --batch 1,64 --hidden 256 --threads 2
-    python bench/run.py --json bench/results.json  # also write every row
-    python bench/run.py --markdown bench/results.json > bench/RESULTS.md   # the report, from JSON
+    python bench/run.py --save                     # also keep every row as this CPU's results
+    python bench/report.py > bench/RESULTS.md      # the report, from every CPU's saved results
 
 Work counted: the GEMM FLOPs of a forward pass, 2*T*B*(I+H)*G*H; training counts 3x that
 (forward, plus the input-gradient and the weight-gradient products of backward).
@@ -42,6 +42,8 @@ import numpy as np  # noqa: E402
 
 import fusedrnn  # noqa: E402
 from fusedrnn import _core, _reference, functional  # noqa: E402
+
+import machine  # noqa: E402  (bench/machine.py)
 
 try:
     import torch
@@ -412,13 +414,6 @@ def bench_bf16(cells, hiddens, timing):
 
 
 def machine_description(threads):
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            fields = dict((k.strip(), v.strip()) for k, v in (line.split(":", 1) for line in f if ":" in line))
-        model = f"{fields['model name']} (family {fields['cpu family']}, model {fields['model']})"
-    except (OSError, KeyError):
-        pass
     # Which OpenMP / BLAS libraries this process loaded: one OpenMP runtime shared by torch and
     # fusedrnn means neither's idle threads spin against the other's.
     libs = []
@@ -430,7 +425,7 @@ def machine_description(threads):
         pass
     info = fusedrnn.build_info()
     return {
-        "cpu": model,
+        "cpu": machine.cpu_model(),
         "cpus": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "isa_selected": info["isa_selected"],
@@ -472,14 +467,9 @@ def main(argv=None):
     parser.add_argument("--steady-malloc", action="store_true",
                         help="no page faults after warm-up: glibc keeps freed memory (see steady_malloc)")
     parser.add_argument("--json", metavar="PATH", help="write everything measured as JSON")
-    parser.add_argument("--markdown", metavar="JSON", help="print the Markdown report of a --json file and exit")
+    parser.add_argument("--save", action="store_true",
+                        help="write it as this CPU's results, bench/results/<cpu>/run.json (see report.py)")
     args = parser.parse_args(argv)
-
-    if args.markdown:
-        import report
-        with open(args.markdown) as f:
-            print(report.markdown(json.load(f)), end="")
-        return
 
     if args.steady_malloc and not steady_malloc():
         sys.exit("--steady-malloc: mallopt refused (not glibc?)")
@@ -562,7 +552,7 @@ def main(argv=None):
     if max(fma) > 1.2 * min(fma):
         print("warning: the FMA peak moved by more than 20% during the run: the machine was busy")
 
-    if args.json:
+    if args.json or args.save:
         result = {
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "command": "python bench/run.py " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -572,8 +562,9 @@ def main(argv=None):
             "peaks": {"fma_gflops": fma, "fma_gflops_1_thread": fma_1, "gemm": gemm},
             "rows": rows, "memory": memory, "scaling": scaling, "bf16": bf16,
         }
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+        for path in filter(None, (args.json, args.save and machine.results_path("run"))):
+            with open(path, "w") as f:
+                json.dump(result, f, indent=1)
 
 
 if __name__ == "__main__":

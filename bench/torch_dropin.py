@@ -17,9 +17,11 @@ do for every user). Then a generation loop: B=1, one step per call with the stat
 
 import argparse
 import copy
+import datetime
+import json
 import os
-import platform
 import statistics
+import sys
 import time
 
 import torch
@@ -29,17 +31,10 @@ from torch.nn.utils.rnn import pack_padded_sequence
 import fusedrnn
 import fusedrnn.torch
 
+import machine  # bench/machine.py
+
 VOCAB = 64
 LAYERS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            info = {key.strip(): value.strip() for key, _, value in (line.partition(":") for line in f)}
-        return f"{info.get('model name', '?')} (family {info.get('cpu family', '?')}, model {info.get('model', '?')})"
-    except OSError:
-        return platform.processor() or "unknown CPU"
 
 
 class Model(nn.Module):
@@ -105,6 +100,78 @@ def pair(cell, hidden, seed=0):
     return theirs, ours
 
 
+def compiled(model, allow_rnn):
+    """torch.compile(model), traced with Dynamo's allow_rnn as given: off for torch.nn's RNNs, as a
+    user gets them (a graph break at the RNN), on for ours (the operators inside the graph)."""
+    run = torch.compile(model)
+
+    def call(*args, **kwargs):
+        with torch._dynamo.config.patch(allow_rnn=allow_rnn):
+            return run(*args, **kwargs)
+    return call
+
+
+def best_of(fn, calls, repeats=7):
+    """Seconds per call: the least mean over `repeats` runs of `calls` calls (robust to noise)."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        best = min(best, (time.perf_counter() - t0) / calls)
+    return best
+
+
+def call_overhead(cells=("gru", "lstm"), H=64, calls=2000):
+    """The op's own cost per call at T=1, B=1, I=H: fusedrnn.torch.recurrent against the native
+    kernel called directly on the same arrays (everything but the kernel is overhead); the
+    operator through PyTorch's dispatcher (as a compiled graph calls it); the modules."""
+    from fusedrnn import _core
+
+    rows = []
+    for cell in cells:
+        gates = fusedrnn.functional.CELLS[cell].gates
+        torch.manual_seed(0)
+        x = torch.randn(1, 1, H)
+        weights = {"weight_ih": torch.randn(gates * H, H) / 8, "weight_hh": torch.randn(gates * H, H) / 8,
+                   "bias_ih": torch.zeros(gates * H), "bias_hh": torch.zeros(gates * H)}
+        trainable = {name: w.clone().requires_grad_() for name, w in weights.items()}
+        arrays = dict(x=x.numpy(), h0=None, c0=None, w_ih=weights["weight_ih"].numpy(),
+                      w_hh=weights["weight_hh"].numpy(), w_hr=None, recurrent_scale=None,
+                      b_ih=weights["bias_ih"].numpy(), b_hh=weights["bias_hh"].numpy(), lengths=None, mask=None)
+
+        def kernel(training):
+            return _core.forward(cell, repeat_masked_output=False, reverse=False, training=training,
+                                 bf16_weights=False, **arrays)
+
+        def kernel_train():
+            y, _, _, computed = kernel(True)
+            _core.backward(cell, arrays["x"], arrays["w_ih"], arrays["w_hh"], None, None, None, None, False, False,
+                           tuple(computed), want_db_ih=True, want_db_hh=True, dy=y, dh_n=None, dc_n=None)
+
+        def ours_train():
+            y, _, _ = fusedrnn.torch.recurrent(cell, x, None, None, trainable)
+            y.backward(y.detach())
+
+        def operator():
+            return torch.ops.fusedrnn.recurrent_forward(cell, x, None, None, weights["weight_ih"],
+                                                        weights["weight_hh"], weights["bias_ih"],
+                                                        weights["bias_hh"], None, None, None, "zero", False,
+                                                        False, None)
+
+        theirs = LAYERS[cell](H, H).eval()
+        ours = fusedrnn.torch.convert(copy.deepcopy(theirs))
+        with torch.no_grad():
+            t = dict(kernel=best_of(lambda: kernel(False), calls),
+                     recurrent=best_of(lambda: fusedrnn.torch.recurrent(cell, x, None, None, weights), calls),
+                     operator=best_of(operator, calls),
+                     module=best_of(lambda: ours(x), calls), torch_module=best_of(lambda: theirs(x), calls))
+        t.update(kernel_train=best_of(kernel_train, calls // 2), recurrent_train=best_of(ours_train, calls // 2))
+        rows.append(dict(cell=cell, H=H, **{k + "_us": v * 1e6 for k, v in t.items()}))
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -116,6 +183,9 @@ def main():
     parser.add_argument("--compile", action="store_true", help="also time both under torch.compile")
     parser.add_argument("--generate", type=int, default=200, help="steps of the B=1 generation loop")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--json", metavar="PATH", help="write everything measured as JSON")
+    parser.add_argument("--save", action="store_true",
+                        help="write it as this CPU's results, bench/results/<cpu>/torch_dropin.json")
     args = parser.parse_args()
     if args.quick:
         args.batch, args.hidden, args.generate = "1,64", "256", 50
@@ -125,10 +195,25 @@ def main():
     cells, batches = args.cells.split(","), [int(b) for b in args.batch.split(",")]
     hiddens, inputs = [int(h) for h in args.hidden.split(",")], args.inputs.split(",")
     T = args.steps
+    result = dict(date=datetime.datetime.now().isoformat(timespec="seconds"),
+                  command="python bench/torch_dropin.py " + " ".join(sys.argv[1:]), cpu=machine.cpu_model(),
+                  cpus=os.cpu_count(), threads=threads, torch=torch.__version__, fusedrnn=fusedrnn.__version__,
+                  T=T, vocab=VOCAB, generate=args.generate, steps=[], overhead=[])
 
-    print(f"{cpu_model()}, {os.cpu_count()} cpus | threads {threads} | torch {torch.__version__} | "
+    print(f"{result['cpu']}, {os.cpu_count()} cpus | threads {threads} | torch {torch.__version__} | "
           f"fusedrnn {fusedrnn.__version__} | T={T}, I=H, vocab {VOCAB}")
-    print("| cell | B | H | input | compiled | torch.nn ms | fusedrnn ms | torch / ours |")
+    print("\nPer call at T=1, B=1, I=H=64 (microseconds; overhead = fusedrnn.torch.recurrent - the kernel):")
+    print("| cell | kernel | recurrent | overhead | dispatcher op | module | torch.nn | train kernel | "
+          "train recurrent | train overhead |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in call_overhead():
+        result["overhead"].append(r)
+        print(f"| {r['cell']} | {r['kernel_us']:.1f} | {r['recurrent_us']:.1f} | "
+              f"{r['recurrent_us'] - r['kernel_us']:.1f} | {r['operator_us']:.1f} | {r['module_us']:.1f} | "
+              f"{r['torch_module_us']:.1f} | {r['kernel_train_us']:.1f} | {r['recurrent_train_us']:.1f} | "
+              f"{r['recurrent_train_us'] - r['kernel_train_us']:.1f} |", flush=True)
+
+    print("\n| cell | B | H | input | compiled | torch.nn ms | fusedrnn ms | torch / ours |")
     print("|---|---|---|---|---|---|---|---|")
     generator = torch.Generator().manual_seed(1)
     for cell in cells:
@@ -139,11 +224,10 @@ def main():
                 lengths = torch.randint(T // 2, T + 1, (B,), generator=generator)
                 lengths[0] = T
                 for kind in inputs:
-                    for compiled in (False, True) if args.compile else (False,):
+                    for compile_ in (False, True) if args.compile else (False,):
                         theirs, ours = pair(cell, H)
-                        if compiled:
-                            torch._dynamo.config.allow_rnn = True
-                            theirs_run, ours_run = torch.compile(theirs), torch.compile(ours)
+                        if compile_:
+                            theirs_run, ours_run = compiled(theirs, False), compiled(ours, True)
                         else:
                             theirs_run, ours_run = theirs, ours
                         steps = {}
@@ -151,18 +235,30 @@ def main():
                             optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
                             steps[name] = training_step(run, optimizer, tokens, targets,
                                                         lengths if kind == "packed" else None)
-                        result = time_pair(steps, min_calls, min_seconds)
-                        t_torch, t_ours = result["torch"][0] * 1e3, result["ours"][0] * 1e3
-                        print(f"| {cell} | {B} | {H} | {kind} | {'yes' if compiled else 'no'} | {t_torch:.2f} | "
-                              f"{t_ours:.2f} | {t_torch / t_ours:.2f} |", flush=True)
-        theirs, ours = pair(cell, hiddens[0])
-        theirs.eval()
-        ours.eval()
-        result = time_pair({"torch": generation_loop(theirs, args.generate),
-                            "ours": generation_loop(ours, args.generate)}, min_calls, min_seconds)
-        t_torch, t_ours = result["torch"][0] * 1e3, result["ours"][0] * 1e3
-        print(f"| {cell} | 1 | {hiddens[0]} | generate {args.generate} steps | no | {t_torch:.2f} | {t_ours:.2f} | "
-              f"{t_torch / t_ours:.2f} |", flush=True)
+                        timed = time_pair(steps, min_calls, min_seconds)
+                        row = dict(cell=cell, B=B, H=H, input=kind, compiled=compile_,
+                                   torch_ms=timed["torch"][0] * 1e3, ours_ms=timed["ours"][0] * 1e3,
+                                   torch_min_ms=timed["torch"][1] * 1e3, ours_min_ms=timed["ours"][1] * 1e3)
+                        result["steps"].append(row)
+                        print(f"| {cell} | {B} | {H} | {kind} | {'yes' if compile_ else 'no'} | "
+                              f"{row['torch_ms']:.2f} | {row['ours_ms']:.2f} | {row['torch_ms'] / row['ours_ms']:.2f} |",
+                              flush=True)
+        for H in hiddens:
+            theirs, ours = pair(cell, H)
+            theirs.eval()
+            ours.eval()
+            timed = time_pair({"torch": generation_loop(theirs, args.generate),
+                               "ours": generation_loop(ours, args.generate)}, min_calls, min_seconds)
+            row = dict(cell=cell, B=1, H=H, input=f"generate {args.generate} steps", compiled=False,
+                       torch_ms=timed["torch"][0] * 1e3, ours_ms=timed["ours"][0] * 1e3,
+                       torch_min_ms=timed["torch"][1] * 1e3, ours_min_ms=timed["ours"][1] * 1e3)
+            result["steps"].append(row)
+            print(f"| {cell} | 1 | {H} | {row['input']} | no | {row['torch_ms']:.2f} | {row['ours_ms']:.2f} | "
+                  f"{row['torch_ms'] / row['ours_ms']:.2f} |", flush=True)
+
+    for path in filter(None, (args.json, args.save and machine.results_path("torch_dropin"))):
+        with open(path, "w") as f:
+            json.dump(result, f, indent=1)
 
 
 if __name__ == "__main__":
