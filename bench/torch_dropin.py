@@ -241,8 +241,8 @@ def main():
                                    torch_min_ms=timed["torch"][1] * 1e3, ours_min_ms=timed["ours"][1] * 1e3)
                         result["steps"].append(row)
                         print(f"| {cell} | {B} | {H} | {kind} | {'yes' if compile_ else 'no'} | "
-                              f"{row['torch_ms']:.2f} | {row['ours_ms']:.2f} | {row['torch_ms'] / row['ours_ms']:.2f} |",
-                              flush=True)
+                              f"{row['torch_ms']:.2f} | {row['ours_ms']:.2f} | "
+                              f"{row['torch_ms'] / row['ours_ms']:.2f} |", flush=True)
         for H in hiddens:
             theirs, ours = pair(cell, H)
             theirs.eval()

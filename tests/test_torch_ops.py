@@ -323,6 +323,22 @@ def test_an_input_changed_in_place_before_the_backward_raises(rng, changed):
         (y.sum() + h_n.sum()).backward()
 
 
+@pytest.mark.parametrize("route", ["eager", "operator"])
+def test_a_gradient_of_a_gradient_raises_instead_of_dropping_terms(rng, route, monkeypatch):
+    """create_graph=True would make the gradients constants: second-order terms through the layer
+    would be left out silently, so the backward refuses."""
+    if route == "operator":  # what a compiled graph calls
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    x, h0, c0, weights = make_problem(rng, "lstm", np.float64)
+    xt, h0t, c0t, wt = tensors_of("lstm", x, h0, c0, weights)
+    y, h_n, c_n = fr.recurrent("lstm", xt, h0t, c0t, wt)
+    with pytest.raises(RuntimeError, match="gradient of a gradient"):
+        torch.autograd.grad(y.sum(), xt, create_graph=True)
+    # Without create_graph the same call works.
+    y, h_n, c_n = fr.recurrent("lstm", xt, h0t, c0t, wt)
+    assert torch.autograd.grad(y.sum(), xt)[0].shape == xt.shape
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_half_precision_computes_in_float32_and_returns_its_dtype(rng, cell, dtype):

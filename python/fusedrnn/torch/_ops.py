@@ -250,6 +250,12 @@ def _autograd_backward(run_backward):
                                "backward: run it with training=True to take gradients")
         (x, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, recurrent_scale, lengths, mask,
          gates, h, c, m) = ctx.saved_tensors
+        differentiable = ctx.saved_tensors + (dy, dh_n, dc_n)
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in differentiable):
+            # backward(create_graph=True): the gradients would be taken as constants, silently
+            # leaving out every second-order term that passes through this layer.
+            raise RuntimeError("fusedrnn's recurrent backward is not differentiable, so a gradient of a gradient "
+                               "(create_graph=True) cannot pass through it: use torch.nn's RNN/LSTM/GRU for that")
         dx, dh0, dc0, dweight_ih, dweight_hh, dbias_ih, dbias_hh, dweight_hr = run_backward(
             ctx.cell, dy, dh_n, dc_n, x, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, recurrent_scale,
             lengths, mask, ctx.masked_output, ctx.reverse, gates, h, c, m)

@@ -23,7 +23,9 @@ same arguments:
   own error).
 
 Double backward (a gradient of a gradient) is not supported on the fused path: the operators'
-backward is not itself differentiable. Use the ``torch.nn`` modules for that.
+backward is not itself differentiable, so ``backward(create_graph=True)`` through these modules
+raises ``RuntimeError`` rather than leave the second-order terms out. Use the ``torch.nn`` modules
+for that.
 
 ``torch.compile``: Dynamo leaves ``torch.nn``'s recurrent modules, subclasses included, out of its
 graphs (a graph break; these modules then run eagerly) unless ``torch._dynamo.config.allow_rnn`` is
