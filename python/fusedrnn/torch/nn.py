@@ -29,7 +29,10 @@ for that.
 
 ``torch.compile``: Dynamo leaves ``torch.nn``'s recurrent modules, subclasses included, out of its
 graphs (a graph break; these modules then run eagerly) unless ``torch._dynamo.config.allow_rnn`` is
-True; with it they compile, with ``fullgraph=True`` too, as the operators have fake kernels.
+True; with it they compile, with ``fullgraph=True`` too, as the operators have fake kernels. A
+``PackedSequence`` input is the exception: turning it into padded steps and back needs shapes that
+depend on its values, so Dynamo breaks the graph there (``fullgraph=True`` raises), as it does
+for ``torch.nn``'s packed path; the results are the same as in eager mode.
 """
 
 import torch
