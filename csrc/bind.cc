@@ -23,6 +23,7 @@
 #include "cpu/gemm.h"
 #include "cpu/gemm_bf16.h"
 #include "cpu/layer.h"
+#include "cpu/packed_weights.h"
 #include "cpu/math.h"
 #include "cpu/peak.h"
 #include "recurrence.h"
@@ -97,13 +98,14 @@ void check_shared(Args& a, CellKind cell, const CellInfo& info, const py::array&
 }
 
 // forward(cell, x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh, recurrent_scale, lengths, mask,
-//         repeat_masked_output, reverse, training, bf16_weights=False)
+//         repeat_masked_output, reverse, training, bf16_weights=False, packed=None)
 //   -> (y, h_n, c_n | None, saved | None),
 //   saved = (gates [T,B,S*H], h [T+1,B,P], c [T+1,B,H] | None, m [T,B,H] | None)
 py::tuple forward(const std::string& cell_name, const py::array& x, const py::object& h0, const py::object& c0,
                   const py::object& w_ih, const py::object& w_hh, const py::object& w_hr, const py::object& b_ih,
                   const py::object& b_hh, const py::object& recurrent_scale, const py::object& lengths,
-                  const py::object& mask, bool repeat_masked_output, bool reverse, bool training, bool bf16_weights) {
+                  const py::object& mask, bool repeat_masked_output, bool reverse, bool training, bool bf16_weights,
+                  const py::object& packed) {
   const CellKind cell = fusedrnn::bind::parse_cell(cell_name);
   const CellInfo info = fusedrnn::cell_info(cell);
   return with_dtype("x", x, [&](auto dtype) -> py::tuple {
@@ -123,6 +125,12 @@ py::tuple forward(const std::string& cell_name, const py::array& x, const py::ob
     a.b_ih = checked<T>(b_ih, "b_ih", {G * H}, true);
     a.b_hh = checked<T>(b_hh, "b_hh", {G * H}, true);
     a.bf16_weights = bf16_weights;
+    if (!packed.is_none()) {
+      if (!py::isinstance<fusedrnn::cpu::PackedWeights>(packed)) {
+        throw py::type_error("packed must be a _core.PackedWeights or None");
+      }
+      a.packed = packed.cast<fusedrnn::cpu::PackedWeights*>();
+    }
 
     auto y = new_array<T>({steps, B, P});
     auto h_n = new_array<T>({B, P});
@@ -318,7 +326,17 @@ PYBIND11_MODULE(_core, m) {
   m.def("forward", &forward, py::arg("cell"), py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("w_ih"),
         py::arg("w_hh"), py::arg("w_hr"), py::arg("b_ih"), py::arg("b_hh"), py::arg("recurrent_scale"),
         py::arg("lengths"), py::arg("mask"), py::arg("repeat_masked_output"), py::arg("reverse"), py::arg("training"),
-        py::arg("bf16_weights") = false);
+        py::arg("bf16_weights") = false, py::arg("packed") = py::none());
+  py::class_<fusedrnn::cpu::PackedWeights>(
+      m, "PackedWeights",
+      "Packed copies of one layer direction's weights kept across forward calls (fusedrnn.functional.PackedWeights "
+      "decides when they are stale and clears them).")
+      .def(py::init<>())
+      .def("clear", &fusedrnn::cpu::PackedWeights::clear, py::call_guard<py::gil_scoped_release>(),
+           "Forget (and free) every packed matrix: the weights changed.")
+      .def_property_readonly("nbytes", &fusedrnn::cpu::PackedWeights::bytes, "Bytes of packed weights held.")
+      .def_property_readonly("packs", &fusedrnn::cpu::PackedWeights::packs,
+                             "How many matrices forwards have packed into it (a call that found them ready adds 0).");
   m.def("backward", &backward, py::arg("cell"), py::arg("x"), py::arg("w_ih"), py::arg("w_hh"), py::arg("w_hr"),
         py::arg("recurrent_scale"), py::arg("lengths"), py::arg("mask"), py::arg("repeat_masked_output"),
         py::arg("reverse"), py::arg("saved"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"), py::arg("want_db_ih"),
