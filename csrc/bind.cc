@@ -372,6 +372,30 @@ PYBIND11_MODULE(_core, m) {
         });
       },
       py::arg("a"), py::arg("b"), "a @ b rounded to bfloat16, float32 sums: the bf16 inference mode's kernel.");
+  m.def(
+      "_gemm_bf16_with",
+      [](const std::string& kernel, const py::array& a, const py::array& b) -> py::object {
+        check_matmul(a, b);
+        if (!a.dtype().is(py::dtype::of<float>())) throw py::type_error("_gemm_bf16_with takes float32 arrays");
+        if (!(a.flags() & py::array::c_style)) throw py::value_error("a must be C-contiguous");
+        const int64_t M = a.shape(0), K = a.shape(1), N = b.shape(1);
+        auto c = new_array<float>({M, N});
+        std::vector<int64_t> col_offset(N);
+        for (int64_t j = 0; j < N; ++j) col_offset[j] = j * (b.strides(1) / 4);
+        std::vector<uint16_t> packed(fusedrnn::cpu::packed_bf16_size(K, N));
+        std::vector<uint32_t> pairs(M * ((K + 1) / 2));
+        fusedrnn::cpu::pack_b_bf16(K, N, static_cast<const float*>(b.data()), col_offset.data(), b.strides(0) / 4,
+                                   packed.data());
+        fusedrnn::cpu::pack_a_bf16(M, K, static_cast<const float*>(a.data()), K, pairs.data());
+        if (!fusedrnn::cpu::gemm_bf16_with(kernel.c_str(), M, N, K, pairs.data(), packed.data(), c.mutable_data(), N)) {
+          return py::none();
+        }
+        return c;
+      },
+      py::arg("kernel"), py::arg("a"), py::arg("b"),
+      "gemm_bf16 through one named kernel (portable, avx2, avx512, avx512bf16); None where unavailable. For tests.");
+  m.def("bf16_kernel", &fusedrnn::cpu::bf16_kernel,
+        "The bf16 inference mode's kernel now: avx512bf16, avx512 or avx2 (widening in registers), or portable.");
   m.def("bf16_native", &fusedrnn::cpu::bf16_native,
         "Whether the bf16 inference mode runs on AVX512-BF16 here (else a portable loop, same results).");
   m.def("isa_compiled", &fusedrnn::cpu::isa_compiled);

@@ -19,6 +19,7 @@
 #include <new>
 #include <type_traits>
 
+#include "gemm_bf16.h"
 #include "gemm_kernels.h"
 
 #ifdef _OPENMP
@@ -396,6 +397,13 @@ const char* isa_compiled() {
     return "portable";
 #endif
 }
+
+namespace detail {
+GemmBf16Fn widening_bf16_gemm(int isa) {
+    const Isa which = static_cast<Isa>(isa);
+    return isa_usable(which) ? kernel_table(which).gemm_bf16 : nullptr;
+}
+}  // namespace detail
 
 Isa current_isa() { return static_cast<Isa>(selected_isa().load(std::memory_order_relaxed)); }
 

@@ -21,6 +21,7 @@
 #include <cstdint>
 
 #include "gemm.h"
+#include "gemm_bf16.h"
 
 #if defined(__GNUC__)
 #define FUSEDRNN_PRAGMA(x) _Pragma(#x)
@@ -71,6 +72,7 @@ struct KernelTable {
     GemmKernels<float> f32;
     GemmKernels<double> f64;
     TransposeRows16Fn transpose_rows16;  // null where the ISA has no fast transpose
+    GemmBf16Fn gemm_bf16;                 // bfloat16 weights widened in registers, or null
 };
 
 // Defined by each ISA file; gemm.cc references only those its build defines.
