@@ -19,6 +19,7 @@
 #endif
 
 #include "bind.h"
+#include "cpu/cpu_caches.h"
 #include "cpu/fingerprint.h"
 #include "cpu/gemm.h"
 #include "cpu/gemm_bf16.h"
@@ -398,6 +399,37 @@ PYBIND11_MODULE(_core, m) {
         "The bf16 inference mode's kernel now: avx512bf16, avx512 or avx2 (widening in registers), or portable.");
   m.def("bf16_native", &fusedrnn::cpu::bf16_native,
         "Whether the bf16 inference mode runs on AVX512-BF16 here (else a portable loop, same results).");
+  m.def(
+      "cache_sizes",
+      [] {
+        const auto& c = fusedrnn::cpu::cache_sizes();
+        py::dict d;
+        d["l1d"] = c.l1d, d["l2"] = c.l2, d["l3_per_core"] = c.l3, d["source"] = c.source;
+        return d;
+      },
+      "The data caches the kernels plan for, in bytes per core, and where the sizes came from.");
+  m.def(
+      "_set_cache_sizes",
+      [](int64_t l1d, int64_t l2, int64_t l3) { fusedrnn::cpu::set_cache_sizes(l1d, l2, l3); },
+      py::arg("l1d"), py::arg("l2"), py::arg("l3"),
+      "Plan for these cache sizes instead of the detected ones (0, 0, 0 restores them). For tests.");
+  m.def("cpu_vendor", &fusedrnn::cpu::cpu_vendor, "The CPU's vendor string (cpuid), e.g. GenuineIntel.");
+  m.def(
+      "gemm_blocking",
+      [](const std::string& dtype) {
+        fusedrnn::cpu::GemmBlocking b{};
+        if (dtype == "float32") {
+          b = fusedrnn::cpu::gemm_blocking<float>();
+        } else if (dtype == "float64") {
+          b = fusedrnn::cpu::gemm_blocking<double>();
+        } else {
+          throw py::value_error("dtype must be 'float32' or 'float64'");
+        }
+        py::dict d;
+        d["kc"] = b.kc, d["mc"] = b.mc, d["nc"] = b.nc, d["tile_rows"] = b.rows, d["tile_panels"] = b.panels;
+        return d;
+      },
+      py::arg("dtype") = "float32", "The GEMM's block sizes and micro-kernel tile now (ISA and caches).");
   m.def("isa_compiled", &fusedrnn::cpu::isa_compiled);
   m.def("isa_selected", &fusedrnn::cpu::isa_selected);
   m.def("set_isa", [](const std::string& name) { return fusedrnn::cpu::set_isa(name.c_str()); },

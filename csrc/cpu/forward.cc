@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "cpu/buffer.h"
+#include "cpu/cpu_caches.h"
 #include "cpu/driver.h"
 #include "cpu/layer.h"
 #include "cpu/packed_weights.h"
@@ -60,27 +61,26 @@ FUSEDRNN_INLINE void publish_state(const ForwardArgs<T>& a, const Schedule& sch,
 // steps at a time inside the loop, and they stay in its caches in between (LSTM, B=64: 17.5 ->
 // 16.9 ms at H=256, 64.6 -> 56.9 ms at H=512). Each block re-reads the thread's slice of W_ih,
 // though: at 8 MB (H=1024) that cost more than it saved (243 -> 266 ms), so a thread's slice
-// above kMaxSliceBytes keeps the merged GEMM. So does a team of one thread (a small layer) when
+// above twice L2 (2 MiB there) keeps the merged GEMM. So does a team of one thread (a small layer) when
 // there are more cores: the merged GEMM uses them all (LSTM, T=100, B=8, I=2048, H=32: 1.06 ms
 // merged, 1.79 ms by the one thread).
+//
+// The sizes are fractions of the core's L2 (cpu/cpu_caches.h), which they were measured as on a
+// core with 1 MiB: a thread's slice of W_ih up to twice L2 is blocked, a block of projections
+// takes half of L2, and a GEMM call's rows of x an eighth.
 template <class T>
 struct InputProjections {
-  static constexpr int64_t kMaxSliceBytes = int64_t(2) << 20;
-  // One thread's block: with its slice of W_hh it should stay in L2, or at worst in L3.
-  static constexpr int64_t kBlockBytes = int64_t(512) << 10;
-  // Rows of x per GEMM call: their K values stay in L2 while the call sweeps the panels.
-  static constexpr int64_t kRowBytes = int64_t(128) << 10;
   int64_t B, I;
   bool blocked;
   int64_t steps;  // per block
   int64_t rows;   // per GEMM call
 
   // cols_: the most columns (G per unit) a thread of the planned team owns.
-  InputProjections(int64_t B_, int64_t I_, int64_t cols_, int64_t all_steps, int team)
+  InputProjections(int64_t B_, int64_t I_, int64_t cols_, int64_t all_steps, int team, int64_t l2)
       : B(B_), I(I_),
-        blocked(I_ * cols_ * int64_t(sizeof(T)) <= kMaxSliceBytes && (team > 1 || max_threads() == 1)),
-        steps(std::clamp<int64_t>(kBlockBytes / std::max<int64_t>(1, B_ * cols_ * int64_t(sizeof(T))), 1, all_steps)),
-        rows(std::max<int64_t>(12, kRowBytes / std::max<int64_t>(1, I_ * int64_t(sizeof(T))) / 12 * 12)) {}
+        blocked(I_ * cols_ * int64_t(sizeof(T)) <= 2 * l2 && (team > 1 || max_threads() == 1)),
+        steps(std::clamp<int64_t>(l2 / 2 / std::max<int64_t>(1, B_ * cols_ * int64_t(sizeof(T))), 1, all_steps)),
+        rows(std::max<int64_t>(12, l2 / 8 / std::max<int64_t>(1, I_ * int64_t(sizeof(T))) / 12 * 12)) {}
 
   // xp = the count*B rows of x times this thread's packed W_ih chunks (x_cols columns).
   void project(int64_t count, const T* x, const T* packed, int64_t x_cols, T* xp) const {
@@ -265,7 +265,7 @@ void forward_layer(const ForwardArgs<T>& a, PackedWeights* cache) {
   const int64_t group_units = chunk_group(B, units.count, threads, 1), group_dims = chunk_group(B, dims.count, threads, 1);
   const int64_t rec_size = std::min(B, kRowBlock) * std::max({group_first * cols, group_units * NR, group_dims * NR});
   Buffer<T> scratch(threads * rec_size);
-  InputProjections<T> inputs(B, I, G * NR * ceil_div(units.count, threads), steps, threads);
+  InputProjections<T> inputs(B, I, G * NR * ceil_div(units.count, threads), steps, threads, cache_sizes().l2);
   // A call whose projections take one GEMM call a thread (a few rows: a generation step) computes
   // them from the threads' packed chunks of W_ih: each thread packs its own share (or finds it in
   // the cache) rather than one thread packing all of W_ih inside the merged GEMM. The choice does

@@ -61,6 +61,7 @@ struct GemmKernels {
     // The last slab may be shorter (m rows) and is then interleaved by m, not rows.
     BlockFn<T> packed_a;
     PackAFn<T> pack_a;      // M * K elements of dst
+    int panels;             // panels of the main tile (rows x panels), for reporting
 };
 
 // dst[k * 16 + r] = rows[r][k] for r < 16, k < K (K a multiple of 16): packing one full panel of
@@ -272,7 +273,7 @@ void pack_a(int64_t M, int64_t K, const typename V::T* A, int64_t a_rs, int64_t 
 
 template <class V>
 GemmKernels<typename V::T> make_kernels() {
-    return {V::kRows, &gemm_block<V, false>, &gemm_block<V, true>, &pack_a<V>};
+    return {V::kRows, &gemm_block<V, false>, &gemm_block<V, true>, &pack_a<V>, max_panels<V>(V::kRows)};
 }
 
 }  // namespace fusedrnn::cpu::detail
