@@ -252,3 +252,25 @@ def test_keras_layer_repacks_after_training_and_set_weights(kind, rng):
     model.set_weights([w * 0.5 for w in model.get_weights()])
     np.testing.assert_array_equal(np.asarray(model.predict(x, verbose=0)), fresh())
     assert handle._native.packs > packs
+
+
+@pytest.mark.parametrize("kind", ["RNNCell", "LSTMCell", "GRUCell"])
+def test_nn_cells_keep_packed_weights_in_eval_mode(kind, rng):
+    cell = getattr(nn, kind)(4, 20, rng=5)
+    cell.eval()
+    x = rng.standard_normal((2, 4)).astype(np.float32)
+    first = cell(x)
+    handle = cell.__dict__["_packed_weights"]["weights"]
+    packs = handle._native.packs
+    again = cell(x)
+    assert handle._native.packs == packs
+    for a, b in zip(first if isinstance(first, tuple) else [first], again if isinstance(again, tuple) else [again]):
+        np.testing.assert_array_equal(a, b)
+    cell.weight_hh.data = cell.weight_hh.data * 0.5
+    twin = getattr(nn, kind)(4, 20)
+    twin.load_state_dict(cell.state_dict())
+    twin.train()    # training mode: no cache, packs afresh
+    got, want = cell(x), twin(x)
+    for a, b in zip(got if isinstance(got, tuple) else [got], want if isinstance(want, tuple) else [want]):
+        np.testing.assert_array_equal(a, b)
+    assert handle._native.packs > packs
