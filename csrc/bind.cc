@@ -19,10 +19,12 @@
 #endif
 
 #include "bind.h"
+#include "cpu/cpu_caches.h"
 #include "cpu/fingerprint.h"
 #include "cpu/gemm.h"
 #include "cpu/gemm_bf16.h"
 #include "cpu/layer.h"
+#include "cpu/packed_weights.h"
 #include "cpu/math.h"
 #include "cpu/peak.h"
 #include "recurrence.h"
@@ -97,13 +99,14 @@ void check_shared(Args& a, CellKind cell, const CellInfo& info, const py::array&
 }
 
 // forward(cell, x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh, recurrent_scale, lengths, mask,
-//         repeat_masked_output, reverse, training, bf16_weights=False)
+//         repeat_masked_output, reverse, training, bf16_weights=False, packed=None)
 //   -> (y, h_n, c_n | None, saved | None),
 //   saved = (gates [T,B,S*H], h [T+1,B,P], c [T+1,B,H] | None, m [T,B,H] | None)
 py::tuple forward(const std::string& cell_name, const py::array& x, const py::object& h0, const py::object& c0,
                   const py::object& w_ih, const py::object& w_hh, const py::object& w_hr, const py::object& b_ih,
                   const py::object& b_hh, const py::object& recurrent_scale, const py::object& lengths,
-                  const py::object& mask, bool repeat_masked_output, bool reverse, bool training, bool bf16_weights) {
+                  const py::object& mask, bool repeat_masked_output, bool reverse, bool training, bool bf16_weights,
+                  const py::object& packed) {
   const CellKind cell = fusedrnn::bind::parse_cell(cell_name);
   const CellInfo info = fusedrnn::cell_info(cell);
   return with_dtype("x", x, [&](auto dtype) -> py::tuple {
@@ -123,6 +126,12 @@ py::tuple forward(const std::string& cell_name, const py::array& x, const py::ob
     a.b_ih = checked<T>(b_ih, "b_ih", {G * H}, true);
     a.b_hh = checked<T>(b_hh, "b_hh", {G * H}, true);
     a.bf16_weights = bf16_weights;
+    if (!packed.is_none()) {
+      if (!py::isinstance<fusedrnn::cpu::PackedWeights>(packed)) {
+        throw py::type_error("packed must be a _core.PackedWeights or None");
+      }
+      a.packed = packed.cast<fusedrnn::cpu::PackedWeights*>();
+    }
 
     auto y = new_array<T>({steps, B, P});
     auto h_n = new_array<T>({B, P});
@@ -318,7 +327,17 @@ PYBIND11_MODULE(_core, m) {
   m.def("forward", &forward, py::arg("cell"), py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("w_ih"),
         py::arg("w_hh"), py::arg("w_hr"), py::arg("b_ih"), py::arg("b_hh"), py::arg("recurrent_scale"),
         py::arg("lengths"), py::arg("mask"), py::arg("repeat_masked_output"), py::arg("reverse"), py::arg("training"),
-        py::arg("bf16_weights") = false);
+        py::arg("bf16_weights") = false, py::arg("packed") = py::none());
+  py::class_<fusedrnn::cpu::PackedWeights>(
+      m, "PackedWeights",
+      "Packed copies of one layer direction's weights kept across forward calls (fusedrnn.functional.PackedWeights "
+      "decides when they are stale and clears them).")
+      .def(py::init<>())
+      .def("clear", &fusedrnn::cpu::PackedWeights::clear, py::call_guard<py::gil_scoped_release>(),
+           "Forget (and free) every packed matrix: the weights changed.")
+      .def_property_readonly("nbytes", &fusedrnn::cpu::PackedWeights::bytes, "Bytes of packed weights held.")
+      .def_property_readonly("packs", &fusedrnn::cpu::PackedWeights::packs,
+                             "How many matrices forwards have packed into it (a call that found them ready adds 0).");
   m.def("backward", &backward, py::arg("cell"), py::arg("x"), py::arg("w_ih"), py::arg("w_hh"), py::arg("w_hr"),
         py::arg("recurrent_scale"), py::arg("lengths"), py::arg("mask"), py::arg("repeat_masked_output"),
         py::arg("reverse"), py::arg("saved"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"), py::arg("want_db_ih"),
@@ -354,8 +373,63 @@ PYBIND11_MODULE(_core, m) {
         });
       },
       py::arg("a"), py::arg("b"), "a @ b rounded to bfloat16, float32 sums: the bf16 inference mode's kernel.");
+  m.def(
+      "_gemm_bf16_with",
+      [](const std::string& kernel, const py::array& a, const py::array& b) -> py::object {
+        check_matmul(a, b);
+        if (!a.dtype().is(py::dtype::of<float>())) throw py::type_error("_gemm_bf16_with takes float32 arrays");
+        if (!(a.flags() & py::array::c_style)) throw py::value_error("a must be C-contiguous");
+        const int64_t M = a.shape(0), K = a.shape(1), N = b.shape(1);
+        auto c = new_array<float>({M, N});
+        std::vector<int64_t> col_offset(N);
+        for (int64_t j = 0; j < N; ++j) col_offset[j] = j * (b.strides(1) / 4);
+        std::vector<uint16_t> packed(fusedrnn::cpu::packed_bf16_size(K, N));
+        std::vector<uint32_t> pairs(M * ((K + 1) / 2));
+        fusedrnn::cpu::pack_b_bf16(K, N, static_cast<const float*>(b.data()), col_offset.data(), b.strides(0) / 4,
+                                   packed.data());
+        fusedrnn::cpu::pack_a_bf16(M, K, static_cast<const float*>(a.data()), K, pairs.data());
+        if (!fusedrnn::cpu::gemm_bf16_with(kernel.c_str(), M, N, K, pairs.data(), packed.data(), c.mutable_data(), N)) {
+          return py::none();
+        }
+        return c;
+      },
+      py::arg("kernel"), py::arg("a"), py::arg("b"),
+      "gemm_bf16 through one named kernel (portable, avx2, avx512, avx512bf16); None where unavailable. For tests.");
+  m.def("bf16_kernel", &fusedrnn::cpu::bf16_kernel,
+        "The bf16 inference mode's kernel now: avx512bf16, avx512 or avx2 (widening in registers), or portable.");
   m.def("bf16_native", &fusedrnn::cpu::bf16_native,
         "Whether the bf16 inference mode runs on AVX512-BF16 here (else a portable loop, same results).");
+  m.def(
+      "cache_sizes",
+      [] {
+        const auto& c = fusedrnn::cpu::cache_sizes();
+        py::dict d;
+        d["l1d"] = c.l1d, d["l2"] = c.l2, d["l3_per_core"] = c.l3, d["source"] = c.source;
+        return d;
+      },
+      "The data caches the kernels plan for, in bytes per core, and where the sizes came from.");
+  m.def(
+      "_set_cache_sizes",
+      [](int64_t l1d, int64_t l2, int64_t l3) { fusedrnn::cpu::set_cache_sizes(l1d, l2, l3); },
+      py::arg("l1d"), py::arg("l2"), py::arg("l3"),
+      "Plan for these cache sizes instead of the detected ones (0, 0, 0 restores them). For tests.");
+  m.def("cpu_vendor", &fusedrnn::cpu::cpu_vendor, "The CPU's vendor string (cpuid), e.g. GenuineIntel.");
+  m.def(
+      "gemm_blocking",
+      [](const std::string& dtype) {
+        fusedrnn::cpu::GemmBlocking b{};
+        if (dtype == "float32") {
+          b = fusedrnn::cpu::gemm_blocking<float>();
+        } else if (dtype == "float64") {
+          b = fusedrnn::cpu::gemm_blocking<double>();
+        } else {
+          throw py::value_error("dtype must be 'float32' or 'float64'");
+        }
+        py::dict d;
+        d["kc"] = b.kc, d["mc"] = b.mc, d["nc"] = b.nc, d["tile_rows"] = b.rows, d["tile_panels"] = b.panels;
+        return d;
+      },
+      py::arg("dtype") = "float32", "The GEMM's block sizes and micro-kernel tile now (ISA and caches).");
   m.def("isa_compiled", &fusedrnn::cpu::isa_compiled);
   m.def("isa_selected", &fusedrnn::cpu::isa_selected);
   m.def("set_isa", [](const std::string& name) { return fusedrnn::cpu::set_isa(name.c_str()); },

@@ -28,6 +28,10 @@
 
 namespace fusedrnn {
 
+namespace cpu {
+class PackedWeights;  // cpu/packed_weights.h
+}
+
 // The cell table. Each kind names one cell struct (cells/*.h) and with_cell() is the one place
 // that maps a kind to it; every fact about a cell (its name, gates, saved values, ...) is the
 // struct's own constant, read through cell_info() or the struct, never written down again.
@@ -99,6 +103,9 @@ struct ForwardArgs {
                               //     and its new state saved_h[t + !reverse]
   T* saved_c;                 // out [T+1, B, H]: the same for c (LSTM; else null)
   T* saved_m;                 // out [T, B, H]: the cell's output before projection (with w_hr only)
+  // Packed copies of the weights kept across calls (the CPU backend's, cpu/packed_weights.h), or
+  // null to pack them for this call alone. Its owner clears it whenever the weights may have changed.
+  cpu::PackedWeights* packed;
 };
 
 template <class T>

@@ -24,8 +24,10 @@
 #include <vector>
 
 #include "cpu/buffer.h"
+#include "cpu/cpu_caches.h"
 #include "cpu/driver.h"
 #include "cpu/layer.h"
+#include "cpu/packed_weights.h"
 #include "recurrence.h"
 #include "schedule.h"
 
@@ -59,27 +61,26 @@ FUSEDRNN_INLINE void publish_state(const ForwardArgs<T>& a, const Schedule& sch,
 // steps at a time inside the loop, and they stay in its caches in between (LSTM, B=64: 17.5 ->
 // 16.9 ms at H=256, 64.6 -> 56.9 ms at H=512). Each block re-reads the thread's slice of W_ih,
 // though: at 8 MB (H=1024) that cost more than it saved (243 -> 266 ms), so a thread's slice
-// above kMaxSliceBytes keeps the merged GEMM. So does a team of one thread (a small layer) when
+// above twice L2 (2 MiB there) keeps the merged GEMM. So does a team of one thread (a small layer) when
 // there are more cores: the merged GEMM uses them all (LSTM, T=100, B=8, I=2048, H=32: 1.06 ms
 // merged, 1.79 ms by the one thread).
+//
+// The sizes are fractions of the core's L2 (cpu/cpu_caches.h), which they were measured as on a
+// core with 1 MiB: a thread's slice of W_ih up to twice L2 is blocked, a block of projections
+// takes half of L2, and a GEMM call's rows of x an eighth.
 template <class T>
 struct InputProjections {
-  static constexpr int64_t kMaxSliceBytes = int64_t(2) << 20;
-  // One thread's block: with its slice of W_hh it should stay in L2, or at worst in L3.
-  static constexpr int64_t kBlockBytes = int64_t(512) << 10;
-  // Rows of x per GEMM call: their K values stay in L2 while the call sweeps the panels.
-  static constexpr int64_t kRowBytes = int64_t(128) << 10;
   int64_t B, I;
   bool blocked;
   int64_t steps;  // per block
   int64_t rows;   // per GEMM call
 
   // cols_: the most columns (G per unit) a thread of the planned team owns.
-  InputProjections(int64_t B_, int64_t I_, int64_t cols_, int64_t all_steps, int team)
+  InputProjections(int64_t B_, int64_t I_, int64_t cols_, int64_t all_steps, int team, int64_t l2)
       : B(B_), I(I_),
-        blocked(I_ * cols_ * int64_t(sizeof(T)) <= kMaxSliceBytes && (team > 1 || max_threads() == 1)),
-        steps(std::clamp<int64_t>(kBlockBytes / std::max<int64_t>(1, B_ * cols_ * int64_t(sizeof(T))), 1, all_steps)),
-        rows(std::max<int64_t>(12, kRowBytes / std::max<int64_t>(1, I_ * int64_t(sizeof(T))) / 12 * 12)) {}
+        blocked(I_ * cols_ * int64_t(sizeof(T)) <= 2 * l2 && (team > 1 || max_threads() == 1)),
+        steps(std::clamp<int64_t>(l2 / 2 / std::max<int64_t>(1, B_ * cols_ * int64_t(sizeof(T))), 1, all_steps)),
+        rows(std::max<int64_t>(12, l2 / 8 / std::max<int64_t>(1, I_ * int64_t(sizeof(T))) / 12 * 12)) {}
 
   // xp = the count*B rows of x times this thread's packed W_ih chunks (x_cols columns).
   void project(int64_t count, const T* x, const T* packed, int64_t x_cols, T* xp) const {
@@ -87,6 +88,27 @@ struct InputProjections {
       gemm_packed_b<T>(std::min(rows, count * B - r0), x_cols, I, x + r0 * I, I, packed, xp + r0 * x_cols, x_cols,
                        false);
     }
+  }
+};
+
+// Where one packed weight matrix lives for a call: in the caller's PackedWeights (then packed only
+// when the cache does not hold it yet) or in a buffer of this call's own.
+template <class E>
+struct PackedMatrix {
+  PackedWeights* cache;
+  PackedWeights::Slot slot;
+  Buffer<E> local;
+  E* data;
+  bool pack;  // whether this call must pack it
+
+  PackedMatrix(PackedWeights* cache_, PackedWeights::Slot slot_, int64_t count)
+      : cache(cache_), slot(slot_), local(cache_ ? 0 : count),
+        data(cache_ ? cache_->storage<E>(slot_, count) : local.get()), pack(!cache_ || !cache_->ready(slot_)) {}
+
+  E* get() const { return data; }
+  // After the team packed it (every chunk: the team's threads own them all between them).
+  void packed_by_team() {
+    if (cache && pack && data) cache->set_ready(slot);
   }
 };
 
@@ -184,7 +206,7 @@ struct ForwardStep {
 };
 
 template <class Cell, class T>
-void forward_layer(const ForwardArgs<T>& a) {
+void forward_layer(const ForwardArgs<T>& a, PackedWeights* cache) {
   constexpr int G = Cell::kGates;
   constexpr int64_t NR = kPanel<T>;
   // Gates whose recurrent product reads h itself (a two-phase cell's last one reads r*h).
@@ -220,16 +242,17 @@ void forward_layer(const ForwardArgs<T>& a) {
   const Chunks<T> units(H), dims(projected ? P : 0);
   const int64_t cols = kFirstGates * NR;
   const int64_t hh_size = packed_b_size<T>(P, cols), panel_size = packed_b_size<T>(H, NR);
-  Buffer<T> packed_hh(units.count * hh_size), packed_hr(dims.count * panel_size);
-  Buffer<T> packed_hn(Cell::kTwoPhase ? units.count * panel_size : 0);
-  Buffer<T> rz_step(Cell::kTwoPhase ? 2 * B * H : 0), rh_step(Cell::kTwoPhase ? B * H : 0);
   // bfloat16 recurrent weights (the opt-in inference mode; the caller checks that the cell has
   // one product a step, without projection or recurrent scale): W_hh packed as bfloat16, and the
   // state as bfloat16 pairs, double-buffered like h, each thread writing its own units' pairs.
   constexpr bool kBf16Capable = std::is_same_v<T, float> && !Cell::kTwoPhase;
   const bool bf16 = kBf16Capable && a.bf16_weights;
+  PackedMatrix<T> packed_hh(cache, PackedWeights::kHh, bf16 ? 0 : units.count * hh_size);
+  PackedMatrix<T> packed_hr(cache, PackedWeights::kHr, dims.count * panel_size);
+  PackedMatrix<T> packed_hn(cache, PackedWeights::kHn, Cell::kTwoPhase ? units.count * panel_size : 0);
+  Buffer<T> rz_step(Cell::kTwoPhase ? 2 * B * H : 0), rh_step(Cell::kTwoPhase ? B * H : 0);
   const int64_t pairs = (P + 1) / 2, hh_bf16_size = bf16 ? packed_bf16_size(P, cols) : 0;
-  Buffer<uint16_t> packed_hh_bf16(units.count * hh_bf16_size);
+  PackedMatrix<uint16_t> packed_hh_bf16(cache, PackedWeights::kHhBf16, units.count * hh_bf16_size);
   Buffer<uint32_t> h_pairs(bf16 ? 2 * B * pairs : 0);
   if constexpr (kBf16Capable) {
     if (bf16) pack_a_bf16(B, P, h_state.get(), P, h_pairs.get());
@@ -242,9 +265,18 @@ void forward_layer(const ForwardArgs<T>& a) {
   const int64_t group_units = chunk_group(B, units.count, threads, 1), group_dims = chunk_group(B, dims.count, threads, 1);
   const int64_t rec_size = std::min(B, kRowBlock) * std::max({group_first * cols, group_units * NR, group_dims * NR});
   Buffer<T> scratch(threads * rec_size);
-  const InputProjections<T> inputs(B, I, G * NR * ceil_div(units.count, threads), steps, threads);
+  InputProjections<T> inputs(B, I, G * NR * ceil_div(units.count, threads), steps, threads, cache_sizes().l2);
+  // A call whose projections take one GEMM call a thread (a few rows: a generation step) computes
+  // them from the threads' packed chunks of W_ih: each thread packs its own share (or finds it in
+  // the cache) rather than one thread packing all of W_ih inside the merged GEMM. The choice does
+  // not depend on the cache, so that results are bitwise the same with and without one (the
+  // merged GEMM sums a long K in blocks).
+  if (!inputs.blocked && steps * B <= inputs.rows) {
+    inputs.blocked = true;
+    inputs.steps = steps;
+  }
   const int64_t ih_size = inputs.blocked ? packed_b_size<T>(I, G * NR) : 0;
-  Buffer<T> packed_ih(units.count * ih_size);
+  PackedMatrix<T> packed_ih(cache, PackedWeights::kIh, units.count * ih_size);
   T* xp_merged = inputs.blocked ? nullptr : workspace<T>(0, steps * B * GH);
   if (!inputs.blocked) gemm<T>(steps * B, GH, I, a.x, I, 1, a.w_ih, 1, I, xp_merged, GH, /*accumulate=*/false);
   const ForwardStep<Cell, T> step{a, sch, b_ih.get(), b_hh.get(), rz_step.get(), rh_step.get()};
@@ -257,19 +289,23 @@ void forward_layer(const ForwardArgs<T>& a) {
     const auto w_hh_column = [&](int g, int64_t u) { return (g * H + u) * P; };
     if (bf16) {
       if constexpr (kBf16Capable) {
-        pack_chunks(units, H, kFirstGates, P, a.w_hh, 1, w_hh_column, packed_hh_bf16.get(), hh_bf16_size);
+        if (packed_hh_bf16.pack) {
+          pack_chunks(units, H, kFirstGates, P, a.w_hh, 1, w_hh_column, packed_hh_bf16.get(), hh_bf16_size);
+        }
       }
-    } else {
+    } else if (packed_hh.pack) {
       pack_chunks(units, H, kFirstGates, P, a.w_hh, 1, w_hh_column, packed_hh.get(), hh_size);
     }
     if constexpr (Cell::kTwoPhase) {
-      pack_chunks(units, H, 1, H, a.w_hh, 1, [&](int, int64_t u) { return ((G - 1) * H + u) * P; },
-                  packed_hn.get(), panel_size);
+      if (packed_hn.pack) {
+        pack_chunks(units, H, 1, H, a.w_hh, 1, [&](int, int64_t u) { return ((G - 1) * H + u) * P; },
+                    packed_hn.get(), panel_size);
+      }
     }
-    if (projected) {
+    if (projected && packed_hr.pack) {
       pack_chunks(dims, P, 1, H, a.w_hr, 1, [&](int, int64_t p) { return p * H; }, packed_hr.get(), panel_size);
     }
-    if (inputs.blocked) {
+    if (inputs.blocked && packed_ih.pack) {
       pack_chunks(units, H, G, I, a.w_ih, 1, [&](int g, int64_t u) { return (g * H + u) * I; }, packed_ih.get(),
                   ih_size);
     }
@@ -364,6 +400,9 @@ void forward_layer(const ForwardArgs<T>& a) {
     }
   }
 
+  for (auto* matrix : {&packed_hh, &packed_hr, &packed_hn, &packed_ih}) matrix->packed_by_team();
+  packed_hh_bf16.packed_by_team();
+
   std::copy_n(h_state.get() + (steps & 1) * B * P, B * P, a.h_n);
   if constexpr (Cell::kHasCell) std::copy_n(c_state.get() + (steps & 1) * B * H, B * H, a.c_n);
 }
@@ -372,7 +411,18 @@ void forward_layer(const ForwardArgs<T>& a) {
 
 template <class T>
 void forward(CellKind cell, const ForwardArgs<T>& args) {
-  with_cell(cell, [&](auto cell_type) { forward_layer<decltype(cell_type), T>(args); });
+  // A cache busy with another call is left to it: this call packs into buffers of its own.
+  PackedWeights* cache = args.packed;
+  std::unique_lock<std::mutex> lock;
+  if (cache) {
+    lock = std::unique_lock<std::mutex>(cache->mutex(), std::try_to_lock);
+    if (lock.owns_lock()) {
+      cache->use_layout({static_cast<int>(cell), static_cast<int>(sizeof(T)), args.H, args.P, args.I, args.bf16_weights});
+    } else {
+      cache = nullptr;
+    }
+  }
+  with_cell(cell, [&](auto cell_type) { forward_layer<decltype(cell_type), T>(args, cache); });
 }
 
 template void forward<float>(CellKind, const ForwardArgs<float>&);

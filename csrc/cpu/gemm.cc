@@ -19,6 +19,8 @@
 #include <new>
 #include <type_traits>
 
+#include "cpu_caches.h"
+#include "gemm_bf16.h"
 #include "gemm_kernels.h"
 
 #ifdef _OPENMP
@@ -209,20 +211,36 @@ void pack_b_strided(int64_t kc, int64_t nc, const T* B, int64_t b_rs, int64_t b_
 // ---------------------------------------------------------------------------------------
 // Threaded general GEMM
 
-// Block sizes in elements. Each K slice after the first reads and writes the whole M x NC block
-// of C again, from memory when M is large; a long slice does that less often. KC = 1024 leaves
-// KC x (2 panels) of B (128 KiB in float) in L2 rather than L1, and the micro-kernel's two loads
-// of B per 24 multiply-adds come from there fast enough: against KC = 256, measured on the
-// merged GEMMs (2 threads), M=6400 N=2048 K=512 went 415 -> 465 GFLOP/s, M=6400 N=4096
-// K=1024 400 -> 465, the weight-gradient shape M=1024 N=256 K=6400 394 -> 418, and K <= 256
-// shapes did not change. An MC x KC block of A (768 KiB in float) sits in L2; NC bounds the
-// per-thread packed-B buffer.
-template <class T>
-struct Blocking {
-    static constexpr int64_t kKC = 1024;
-    static constexpr int64_t kMC = 192 * 4 / static_cast<int64_t>(sizeof(T));
-    static constexpr int64_t kNC = 2048;
+// Block sizes, from the caches the CPU reports (cpu/cpu_caches.h) and the ISA's micro-kernel.
+//   KC: each K slice after the first reads and writes the M x NC block of C again (from memory
+//       when M is large), so a long slice does that less often; the micro-kernel's chunk of B
+//       (KC x 2 panels, 128 bytes a k) must stay in L2 beside the A block, so it may take an
+//       eighth of L2: KC = L2 / 1024 (a power of two, 256 .. 2048). With 1 MiB of L2 that is
+//       1024, which measured (Zen 5, 2 threads) against 256: M=6400 N=2048 K=512 415 -> 465
+//       GFLOP/s, M=6400 N=4096 K=1024 400 -> 465, M=1024 N=256 K=6400 394 -> 418.
+//   MC: an MC x KC block of A sits in L2 while the B chunks pass: three quarters of L2, in whole
+//       slabs of the micro-kernel's rows (192 floats with 1 MiB and KC = 1024).
+//   NC: bounds each thread's packed-B scratch (KC x NC), which is streamed, not cache-resident.
+struct Blocks {
+    int64_t kc, mc, nc;
 };
+
+int64_t pow2_floor(int64_t x) {
+    int64_t p = 1;
+    while (p * 2 <= x) p *= 2;
+    return p;
+}
+
+template <class T>
+Blocks blocks_for(int64_t l2, int rows) {
+    Blocks b{};
+    b.kc = pow2_floor(l2 / 1024);
+    b.kc = b.kc < 256 ? 256 : (b.kc > 2048 ? 2048 : b.kc);
+    const int64_t mc = l2 * 3 / 4 / (b.kc * static_cast<int64_t>(sizeof(T))) / rows * rows;
+    b.mc = mc < rows ? rows : mc;
+    b.nc = 2048;
+    return b;
+}
 
 // Splits `total` into `parts` nearly equal pieces, each a multiple of `unit` except the
 // last; returns [begin, end) of piece `index`.
@@ -258,11 +276,11 @@ template <class T>
 void gemm_thread_tile(int64_t M, int64_t N, int64_t K, const T* A, int64_t a_rs, int64_t a_cs,
                       const T* B, int64_t b_rs, int64_t b_cs, T* C, int64_t ldc, bool accumulate,
                       const GemmKernels<T>& kern) {
-    using Blk = Blocking<T>;
+    const Blocks blk = blocks_for<T>(cache_sizes().l2, kern.rows);
     // Even-sized blocks: K = 257 becomes 2 x 129, not 256 + 1.
-    const int64_t kc_max = ceil_div(K, ceil_div(K, Blk::kKC));
-    const int64_t mc_max = ceil_div(ceil_div(M, ceil_div(M, Blk::kMC)), kern.rows) * kern.rows;
-    const int64_t nc_max = min64(N, Blk::kNC);
+    const int64_t kc_max = ceil_div(K, ceil_div(K, blk.kc));
+    const int64_t mc_max = ceil_div(ceil_div(M, ceil_div(M, blk.mc)), kern.rows) * kern.rows;
+    const int64_t nc_max = min64(N, blk.nc);
     // Row-major A is read in place (each row's KC slice is contiguous), which is as fast as
     // a packed copy and saves making it; any other layout is packed into slabs first.
     const bool pack_a = a_cs != 1;
@@ -396,6 +414,22 @@ const char* isa_compiled() {
     return "portable";
 #endif
 }
+
+namespace detail {
+GemmBf16Fn widening_bf16_gemm(int isa) {
+    const Isa which = static_cast<Isa>(isa);
+    return isa_usable(which) ? kernel_table(which).gemm_bf16 : nullptr;
+}
+}  // namespace detail
+
+template <class T>
+GemmBlocking gemm_blocking() {
+    const GemmKernels<T>& kern = kernels<T>();
+    const Blocks b = blocks_for<T>(cache_sizes().l2, kern.rows);
+    return GemmBlocking{b.kc, b.mc, b.nc, kern.rows, kern.panels};
+}
+template GemmBlocking gemm_blocking<float>();
+template GemmBlocking gemm_blocking<double>();
 
 Isa current_isa() { return static_cast<Isa>(selected_isa().load(std::memory_order_relaxed)); }
 

@@ -65,6 +65,15 @@ template <class T>
 void gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t a_rs, int64_t a_cs, const T* B,
           int64_t b_rs, int64_t b_cs, T* C, int64_t ldc, bool accumulate);
 
+// The general GEMM's block sizes and main micro-kernel tile for element type T, with the current
+// ISA and the caches cpu/cpu_caches.h reports (gemm.cc says how each is derived).
+struct GemmBlocking {
+    int64_t kc, mc, nc;  // K slice, rows of A per L2 block, columns of B per packed buffer
+    int rows, panels;    // micro-kernel tile: rows x panels of kPanel<T> columns
+};
+template <class T>
+GemmBlocking gemm_blocking();
+
 // The instruction-set families the CPU kernels come in, lowest first.
 enum class Isa : int { kPortable = 0, kAvx2 = 1, kAvx512 = 2 };
 

@@ -7,6 +7,7 @@
 // to cover the 2 FMA pipes x 4 cycles latency, with loads well below the load ports' rate.
 #include <immintrin.h>
 
+#include "gemm_bf16_kernels.h"
 #include "gemm_kernels.h"
 
 namespace fusedrnn::cpu::detail {
@@ -75,11 +76,29 @@ void transpose_rows16(const float* const* rows, int64_t K, float* dst) {
     }
 }
 
+// bfloat16 weights widened in registers (gemm_bf16_kernels.h), for AVX-512 CPUs without
+// AVX512-BF16. Tiles of up to 4 rows x 4 panels (16 accumulators, 8 broadcasts, 2 converted).
+struct Avx512Bf16 {
+    using Reg = __m512;
+    static constexpr int kLanes = 16;
+    static constexpr int kMaxTile = 16;
+    static constexpr int kMaxRows = 4;
+    static Reg zero() { return _mm512_setzero_ps(); }
+    static Reg broadcast(float x) { return _mm512_set1_ps(x); }
+    static Reg fma(Reg a, Reg b, Reg c) { return _mm512_fmadd_ps(a, b, c); }
+    static void store(float* p, Reg v) { _mm512_storeu_ps(p, v); }
+    static __m512i bits(const uint16_t* p) { return _mm512_loadu_si512(p); }
+    static Reg odd(const uint16_t* p) {
+        return _mm512_castsi512_ps(_mm512_and_si512(bits(p), _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
+    }
+    static Reg even(const uint16_t* p) { return _mm512_castsi512_ps(_mm512_slli_epi32(bits(p), 16)); }
+};
+
 }  // namespace
 
 const KernelTable& avx512_kernel_table() {
     static const KernelTable table{"avx512", make_kernels<Avx512Float>(), make_kernels<Avx512Double>(),
-                                   &transpose_rows16};
+                                   &transpose_rows16, &gemm_bf16_shift<Avx512Bf16>};
     return table;
 }
 

@@ -2,6 +2,7 @@
 #include "cpu/gemm_bf16.h"
 
 #include <cstring>
+#include <string>
 
 #include "cpu/gemm.h"
 
@@ -91,12 +92,48 @@ bool bf16_native() {
 #endif
 }
 
+namespace {
+
+// The kernel named `kernel` if this build and CPU have it, else null.
+detail::GemmBf16Fn bf16_kernel_named(const char* kernel) {
+  const std::string name = kernel ? kernel : "";
+  if (name == "portable") return &gemm_bf16_portable;
+  if (name == "avx2") return detail::widening_bf16_gemm(static_cast<int>(Isa::kAvx2));
+  if (name == "avx512") return detail::widening_bf16_gemm(static_cast<int>(Isa::kAvx512));
+#if defined(FUSEDRNN_HAVE_AVX512BF16)
+  static const bool cpu_has_it = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16");
+  if (name == "avx512bf16" && cpu_has_it) return detail::avx512bf16_gemm();
+#endif
+  return nullptr;
+}
+
+}  // namespace
+
+const char* bf16_kernel() {
+  if (bf16_native()) return "avx512bf16";
+  // The widening kernels of the current ISA; the portable loop below AVX2.
+  switch (current_isa()) {
+    case Isa::kAvx512: return "avx512";
+    case Isa::kAvx2: return "avx2";
+    default: return "portable";
+  }
+}
+
+bool gemm_bf16_with(const char* kernel, int64_t M, int64_t N, int64_t K, const uint32_t* A, const uint16_t* Bp,
+                    float* C, int64_t ldc) {
+  const detail::GemmBf16Fn fn = bf16_kernel_named(kernel);
+  if (!fn) return false;
+  if (M > 0 && N > 0) fn(M, N, pairs(K), A, Bp, C, ldc);
+  return true;
+}
+
 void gemm_bf16(int64_t M, int64_t N, int64_t K, const uint32_t* A, const uint16_t* Bp, float* C, int64_t ldc) {
   if (M <= 0 || N <= 0) return;
 #if defined(FUSEDRNN_HAVE_AVX512BF16)
   if (bf16_native()) return detail::avx512bf16_gemm()(M, N, pairs(K), A, Bp, C, ldc);
 #endif
-  gemm_bf16_portable(M, N, pairs(K), A, Bp, C, ldc);
+  const detail::GemmBf16Fn widening = detail::widening_bf16_gemm(static_cast<int>(current_isa()));
+  (widening ? widening : &gemm_bf16_portable)(M, N, pairs(K), A, Bp, C, ldc);
 }
 
 }  // namespace fusedrnn::cpu

@@ -30,14 +30,24 @@ void pack_a_bf16(int64_t M, int64_t K, const float* A, int64_t lda, uint32_t* ds
 // C (M x N, row stride ldc) = A B, overwritten.
 void gemm_bf16(int64_t M, int64_t N, int64_t K, const uint32_t* A, const uint16_t* Bp, float* C, int64_t ldc);
 
-// Whether gemm_bf16 runs on AVX512-BF16 here (else a portable loop with the same results, apart
-// from float32 denormals, which the instruction flushes to zero).
+// Whether gemm_bf16 runs on AVX512-BF16 here (else kernels with the same results, apart from
+// float32 denormals, which the instruction flushes to zero).
 bool bf16_native();
+
+// The kernel gemm_bf16 runs now: "avx512bf16" (the instruction), "avx512" or "avx2" (the weights
+// widened to float32 in registers, cpu/gemm_bf16_kernels.h), or "portable" (a plain loop).
+const char* bf16_kernel();
+
+// gemm_bf16 through the kernel named (as bf16_kernel() names them), whatever the current ISA;
+// false, computing nothing, when this build or CPU lacks it. For the tests.
+bool gemm_bf16_with(const char* kernel, int64_t M, int64_t N, int64_t K, const uint32_t* A, const uint16_t* Bp,
+                    float* C, int64_t ldc);
 
 namespace detail {
 using GemmBf16Fn = void (*)(int64_t M, int64_t N, int64_t Kp, const uint32_t* A, const uint16_t* Bp, float* C,
                             int64_t ldc);
 GemmBf16Fn avx512bf16_gemm();  // defined where the build has gemm_bf16_avx512.cc
+GemmBf16Fn widening_bf16_gemm(int isa);  // an Isa's widening kernel if compiled and usable, else null (gemm.cc)
 }  // namespace detail
 
 }  // namespace fusedrnn::cpu

@@ -21,6 +21,7 @@
 #include <cstdint>
 
 #include "gemm.h"
+#include "gemm_bf16.h"
 
 #if defined(__GNUC__)
 #define FUSEDRNN_PRAGMA(x) _Pragma(#x)
@@ -60,6 +61,7 @@ struct GemmKernels {
     // The last slab may be shorter (m rows) and is then interleaved by m, not rows.
     BlockFn<T> packed_a;
     PackAFn<T> pack_a;      // M * K elements of dst
+    int panels;             // panels of the main tile (rows x panels), for reporting
 };
 
 // dst[k * 16 + r] = rows[r][k] for r < 16, k < K (K a multiple of 16): packing one full panel of
@@ -71,6 +73,7 @@ struct KernelTable {
     GemmKernels<float> f32;
     GemmKernels<double> f64;
     TransposeRows16Fn transpose_rows16;  // null where the ISA has no fast transpose
+    GemmBf16Fn gemm_bf16;                 // bfloat16 weights widened in registers, or null
 };
 
 // Defined by each ISA file; gemm.cc references only those its build defines.
@@ -270,7 +273,7 @@ void pack_a(int64_t M, int64_t K, const typename V::T* A, int64_t a_rs, int64_t 
 
 template <class V>
 GemmKernels<typename V::T> make_kernels() {
-    return {V::kRows, &gemm_block<V, false>, &gemm_block<V, true>, &pack_a<V>};
+    return {V::kRows, &gemm_block<V, false>, &gemm_block<V, true>, &pack_a<V>, max_panels<V>(V::kRows)};
 }
 
 }  // namespace fusedrnn::cpu::detail

@@ -64,7 +64,8 @@ using PortableDouble = Scalar4Rows<double>;
 
 const KernelTable& portable_kernel_table() {
     static const KernelTable table{"portable", make_kernels<PortableFloat>(),
-                                   make_kernels<PortableDouble>(), nullptr};
+                                   make_kernels<PortableDouble>(), nullptr,
+                                   nullptr};  // bfloat16: gemm_bf16.cc's own loop
     return table;
 }
 

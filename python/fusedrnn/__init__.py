@@ -50,7 +50,11 @@ def build_info():
     Returns a dict: ``version``, ``compiler``, ``openmp`` (bool), ``max_threads`` (threads a kernel
     may use now), ``isa_compiled`` (GEMM kernel sets in the build), ``isa_selected`` (the one chosen
     for this CPU at run time; ``FUSEDRNN_ISA`` may ask for a lower one), ``bf16_native`` (whether
-    ``bf16_weights=True`` runs on AVX512-BF16 instructions here), ``cuda`` (bool).
+    ``bf16_weights=True`` runs on AVX512-BF16 instructions here), ``bf16_kernel`` (the kernel it
+    runs: ``avx512bf16``, ``avx512`` or ``avx2`` widening bfloat16 in registers, or ``portable``),
+    ``cuda`` (bool), ``cpu_vendor``, ``cache_sizes`` (bytes per core the kernels plan for, and
+    their source) and ``gemm_blocking`` (the float32 GEMM's block sizes kc, mc, nc and its
+    micro-kernel tile, derived from those caches and the ISA).
     """
     return {
         "version": __version__,
@@ -60,5 +64,9 @@ def build_info():
         "isa_compiled": _core.isa_compiled().split(","),
         "isa_selected": _core.isa_selected(),
         "bf16_native": bool(_core.bf16_native()),
+        "bf16_kernel": _core.bf16_kernel(),
         "cuda": bool(_core.cuda),
+        "cpu_vendor": _core.cpu_vendor(),
+        "cache_sizes": _core.cache_sizes(),
+        "gemm_blocking": _core.gemm_blocking("float32"),
     }

@@ -43,6 +43,11 @@ so a gate's pre-activation moves by up to about 2^-8 * sum_k |W_hh[j, k] h_k| pe
 projection stays float32); over a sequence the outputs typically differ from float32 by 1e-3 to
 1e-2. Not with a projection, recurrent dropout, or ``reset_after=False``.
 
+Packed weights (``packed=``, a :class:`PackedWeights`): every call packs the weights into the
+kernels' layout first, most of a one-step call's time; a handle passed to every call keeps them
+packed while they are unchanged (its module says how it tells, from ``packed_version`` or a
+fingerprint). Results are bitwise the same with and without one.
+
 Saved state cannot go stale: the backward reads ``x`` and the weights again, so a training
 forward records a fingerprint of each (:class:`Saved`), and a backward after one of them was
 changed in place raises ``RuntimeError`` naming it, as PyTorch does. (``lengths`` and ``mask`` are
@@ -60,9 +65,10 @@ import numpy as np
 
 from . import _arguments as args
 from . import _core
+from ._packed import PackedWeights
 
 __all__ = [
-    "CELLS", "CellInfo", "WEIGHT_NAMES", "Saved", "SavedMeta", "recurrent_forward", "recurrent_backward",
+    "CELLS", "CellInfo", "WEIGHT_NAMES", "PackedWeights", "Saved", "SavedMeta", "recurrent_forward", "recurrent_backward",
     "rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward", "gru_forward", "gru_backward",
 ]
 
@@ -148,7 +154,7 @@ def _fingerprints(arrays):
 
 def recurrent_forward(cell, x, h0, c0, weights, *, lengths=None, mask=None, masked_output="zero",
                       reverse=False, training=True, recurrent_scale=None, bf16_weights=False,
-                      check_unchanged=True):
+                      check_unchanged=True, packed=None, packed_version=None):
     """One recurrent layer in one direction, any cell.
 
     Args:
@@ -167,6 +173,11 @@ def recurrent_forward(cell, x, h0, c0, weights, *, lengths=None, mask=None, mask
         bf16_weights: the recurrent products in bfloat16 (inference only; see the module's notes).
         check_unchanged: record fingerprints of x and the weights, so that the backward raises if
             one was changed in place in between.
+        packed: a :class:`PackedWeights` that keeps this layer direction's packed weights from one
+            call to the next, or None to pack them for this call alone.
+        packed_version: with ``packed``, a hashable value the caller changes whenever it changes
+            the weights' values (e.g. a tuple of their versions); None fingerprints the weights
+            every call instead.
 
     Returns:
         ``(y (T, B, P), h_n (B, P), c_n (B, H) or None, saved)``; y is zero (or, with "repeat",
@@ -206,8 +217,15 @@ def recurrent_forward(cell, x, h0, c0, weights, *, lengths=None, mask=None, mask
         mask=args.checked_mask(mask, T, B, lengths),
     )
     repeat = masked_output == "repeat"
+    if packed is not None:
+        if not isinstance(packed, PackedWeights):
+            raise TypeError(f"packed must be a fusedrnn.functional.PackedWeights or None, got {type(packed).__name__}")
+        packed = packed._for_call(cell, arrays, bf16_weights, packed_version)
+    elif packed_version is not None:
+        raise ValueError("packed_version is the version of the weights a PackedWeights holds: pass packed too")
     y, h_n, c_n, computed = _core.forward(cell, repeat_masked_output=repeat, reverse=bool(reverse),
-                                          training=bool(training), bf16_weights=bool(bf16_weights), **arrays)
+                                          training=bool(training), bf16_weights=bool(bf16_weights), packed=packed,
+                                          **arrays)
     if not training:
         return y, h_n, c_n, None
     inputs = tuple(arrays[key] for key in ("x", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr", "recurrent_scale"))

@@ -21,6 +21,7 @@ import warnings
 import numpy as np
 
 from .. import functional as F
+from .._packed import owned_packed_weights, weight_versions
 from .._random import resolve_rng
 from .._base import (Parameter, as_float_array, check_device, check_parameter_versions, parameter_versions,
                      resolve_dtype)
@@ -163,6 +164,14 @@ class RNNBase(Module):
         return {name: getattr(self, name + suffix).data for name in _GRAD_NAMES
                 if hasattr(self, name + suffix)}
 
+    def _packed(self, layer, direction):
+        """(PackedWeights, version) keeping this layer direction's packed weights between eval-mode
+        calls (a generation loop): the weights' Parameter versions say when they changed. Training
+        calls pack afresh: the weights change at every step there anyway."""
+        suffix = self._suffixes(layer)[direction]
+        params = [getattr(self, name + suffix, None) for name in ("weight_ih", "weight_hh", "weight_hr")]
+        return owned_packed_weights(self, (layer, direction)), weight_versions(params)
+
     @property
     def _flat_weights_names(self):
         return [name for name, _ in self.named_parameters()]
@@ -256,11 +265,13 @@ class RNNBase(Module):
             outputs = []
             for direction in range(self._directions):
                 index = layer * self._directions + direction
+                cache, cache_version = self._packed(layer, direction) if not training else (None, None)
                 y, h, c, state = F.recurrent_forward(
                     _cell(self.mode), layer_input, None if h0 is None else h0[index],
                     None if c0 is None else c0[index], self._weights(layer, direction), lengths=lengths,
                     reverse=direction == 1, training=training,
-                    bf16_weights=self._bf16_inference and not training)
+                    bf16_weights=self._bf16_inference and not training, packed=cache,
+                    packed_version=cache_version)
                 outputs.append(y)
                 saved.append(state)
                 h_n.append(h)

@@ -8,6 +8,7 @@ returns ``(grad_input, grad_hx)`` and accumulates (``+=``) into every parameter'
 import numpy as np
 
 from .. import functional as F
+from .._packed import owned_packed_weights, weight_versions
 from .._base import (Parameter, as_float_array, check_device, check_parameter_versions, parameter_versions,
                      resolve_dtype)
 from .._random import resolve_rng
@@ -92,8 +93,11 @@ class RNNCellBase(Module):
                                      f"expected {self.hidden_size}")
                 states[i] = state
         weights = {name: param.data for name, param in self._parameters.items() if param is not None}
+        # Eval mode (a generation loop) keeps the packed weights while the Parameter versions stay.
+        cache = None if self.training else owned_packed_weights(self, "weights")
+        cache_version = None if self.training else weight_versions([self.weight_ih, self.weight_hh])
         _, h, c, saved = F.recurrent_forward(_cell(self.mode), x[None], states[0], states[1], weights,
-                                             training=self.training)
+                                             training=self.training, packed=cache, packed_version=cache_version)
         if self.training:
             self._context = dict(saved=saved, versions=parameter_versions(self.named_parameters()), batched=batched,
                                  hx_given=hx is not None, batch=x.shape[0])

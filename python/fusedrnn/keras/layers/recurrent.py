@@ -15,6 +15,7 @@ import numpy as np
 
 from ... import functional as F
 from ..._base import check_parameter_versions, parameter_versions
+from ..._packed import owned_packed_weights, weight_versions
 from ..._random import resolve_rng
 from .. import initializers
 from .base import Layer, reject_unsupported
@@ -242,8 +243,12 @@ class _Recurrent(Layer):
                        masked_output="zero" if self.zero_output_for_mask else "repeat",
                        recurrent_scale=recurrent_scale)
         weights = {name: param.data for name, param in self._params.items()}
+        # Inference keeps the packed weights between calls while the Parameters' versions stay the
+        # same (training changes them at every step anyway).
+        cache = None if training else owned_packed_weights(self, "weights")
+        cache_version = None if training else weight_versions(self._params.get(n) for n in ("weight_ih", "weight_hh"))
         y, h_n, c_n, saved = F.recurrent_forward(self._cell, x_time_major, *(list(states) + [None])[:2], weights,
-                                                 **options)
+                                                 packed=cache, packed_version=cache_version, **options)
         new_states = [h_n] if c_n is None else [h_n, c_n]
         if self.go_backwards:
             y = y[::-1]   # Keras returns the steps in the order they were processed

@@ -1,0 +1,100 @@
+"""A generation loop: one step at a time (T=1, B=1), the state carried from call to call, eval mode.
+
+This is how a language model samples text, and the case where per-call work that does not depend
+on the input (packing the weights, Python overhead) shows most. For each cell and hidden size it
+times `--steps` calls of fusedrnn.nn's layer and of torch.nn's (when installed), interleaved
+round by round in this one process with the same thread count, and prints the time per step and
+the ratio. I = H.
+
+    python bench/generation.py                         # every cell, H = 256, 512, 1024
+    python bench/generation.py --cells gru --hidden 1024 --rounds 5
+
+Times are only comparable inside one run: the machines are shared and noisy.
+"""
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+import fusedrnn
+from fusedrnn import _core, nn
+
+try:
+    import torch
+except ImportError:  # PyTorch is an optional contender
+    torch = None
+
+LAYERS = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
+
+
+def ours(cell, H, bf16):
+    layer = getattr(nn, LAYERS[cell])(H, H)
+    layer.eval()
+    layer.bf16_inference = bf16
+    x = np.random.default_rng(0).standard_normal((1, 1, H)).astype(np.float32)
+
+    def run(steps):
+        state = None
+        for _ in range(steps):
+            _, state = layer(x, state)
+    return run
+
+
+def theirs(cell, H):
+    layer = getattr(torch.nn, LAYERS[cell])(H, H).eval()
+    x = torch.randn(1, 1, H)
+
+    def run(steps):
+        state = None
+        with torch.inference_mode():
+            for _ in range(steps):
+                _, state = layer(x, state)
+    return run
+
+
+def per_step_us(run, steps, rounds):
+    run(2)  # warm up: first-call allocations, packing
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        run(steps)
+        times.append((time.perf_counter() - start) / steps * 1e6)
+    return min(times), statistics.median(times)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cells", default="rnn,lstm,gru")
+    parser.add_argument("--hidden", default="256,512,1024")
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--threads", type=int, help="threads for both (default: fusedrnn's)")
+    parser.add_argument("--bf16", action="store_true", help="also time fusedrnn with bf16_inference")
+    opts = parser.parse_args(argv)
+    threads = opts.threads or _core.max_threads()
+    _core.set_max_threads(threads)
+    if torch is not None:
+        torch.set_num_threads(threads)
+    print(f"generation loop: T=1, B=1, {opts.steps} steps a round, best/median of {opts.rounds} rounds, "
+          f"{threads} threads, fusedrnn {fusedrnn.__version__} isa={_core.isa_selected()}")
+    print(f"{'cell':5} {'H':>5} {'ours us':>9} {'torch us':>9} {'torch/ours':>10}" +
+          (f" {'bf16 us':>9} {'f32/bf16':>9}" if opts.bf16 else ""))
+    for cell in opts.cells.split(","):
+        for H in (int(h) for h in opts.hidden.split(",")):
+            mine = per_step_us(ours(cell, H, False), opts.steps, opts.rounds)
+            line = f"{cell:5} {H:5d} {mine[0]:9.1f}"
+            if torch is not None:
+                other = per_step_us(theirs(cell, H), opts.steps, opts.rounds)
+                line += f" {other[0]:9.1f} {other[0] / mine[0]:10.2f}"
+            else:
+                line += f" {'-':>9} {'-':>10}"
+            if opts.bf16 and cell != "gru_reset_before":
+                half = per_step_us(ours(cell, H, True), opts.steps, opts.rounds)
+                line += f" {half[0]:9.1f} {mine[0] / half[0]:9.2f}"
+            print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
