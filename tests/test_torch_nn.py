@@ -314,3 +314,63 @@ def test_compiled_with_fullgraph_equals_eager(rng, monkeypatch):
         results.append([y, h_n, *torch.autograd.grad(loss, [x, *fused.parameters()])])
     for eager, traced in zip(*results):
         assert_close(traced.detach().numpy(), eager.detach().numpy(), np.float32, OUTPUT)
+
+
+# -- packed weights kept between calls that need no gradient --------------------------------------
+
+def _handles(module):
+    return module.__dict__.get("_packed_weights", {})
+
+
+@pytest.mark.parametrize("change", ["data_in_place", "numpy_view", "optimizer_step", "load_state_dict",
+                                    "assign_data", "no_grad_copy"])
+def test_packed_weights_are_reused_until_any_kind_of_change(rng, change):
+    """Inference calls reuse each layer direction's packed weights and give the results of a call
+    that packs afresh (a call with grad enabled uses no cache); every way of changing a weight,
+    those that do not bump tensor._version included, is seen."""
+    torch.manual_seed(3)
+    module = fnn.GRU(I, H, num_layers=2, bidirectional=True)
+    x = torch.tensor(rng.standard_normal((T, B, I)), dtype=torch.float32)
+
+    def fresh():  # the same call with grad enabled: nothing cached, bitwise the same kernels
+        return module(x)[0].detach()
+
+    with torch.no_grad():
+        first, second = module(x)[0], module(x)[0]
+    assert sorted(_handles(module)) == [0, 1, 2, 3]
+    assert all(h.misses == 1 and h.hits == 1 for h in _handles(module).values())
+    torch.testing.assert_close(first, fresh(), rtol=0, atol=0)
+    torch.testing.assert_close(second, first, rtol=0, atol=0)
+
+    weight = module.weight_hh_l1_reverse
+    if change == "data_in_place":  # no version bump
+        weight.data.mul_(0.5)
+    elif change == "numpy_view":  # no version bump either
+        weight.detach().numpy()[0] += 1.0
+    elif change == "optimizer_step":
+        optimizer = torch.optim.SGD(module.parameters(), lr=0.5)
+        module(x)[0].square().sum().backward()
+        optimizer.step()
+    elif change == "load_state_dict":
+        module.load_state_dict({k: v * 0.5 for k, v in module.state_dict().items()})
+    elif change == "assign_data":
+        weight.data = weight.detach() * 0.5
+    else:
+        with torch.no_grad():
+            weight.copy_(weight * 0.5)
+    with torch.no_grad():
+        changed = module(x)[0]
+    assert not torch.equal(changed, first)
+    torch.testing.assert_close(changed, fresh(), rtol=0, atol=0)
+
+
+def test_packed_weights_start_empty_in_copies_and_are_not_state():
+    import copy
+
+    module = fnn.LSTM(I, H)
+    with torch.no_grad():
+        module(torch.zeros(T, B, I))
+    assert _handles(module)[0].nbytes > 0
+    clone = copy.deepcopy(module)
+    assert all(h.nbytes == 0 for h in _handles(clone).values())
+    assert set(module.state_dict()) == set(fnn.LSTM(I, H).state_dict())

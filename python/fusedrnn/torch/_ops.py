@@ -145,15 +145,20 @@ def _sizes(x, weight_hh, weight_hr):
 # -- forward -------------------------------------------------------------------------------------
 
 def forward_tensors(cell, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, mask,
-                    masked_output, reverse, training, recurrent_scale):
-    """The forward operator's results, with None for an absent one (not (0,) as the operator)."""
+                    masked_output, reverse, training, recurrent_scale, packed=None):
+    """The forward operator's results, with None for an absent one (not (0,) as the operator).
+
+    ``packed``: a :class:`fusedrnn.functional.PackedWeights` keeping the packed weights between
+    calls, told apart by a fingerprint of the weights' bytes, not by ``tensor._version``: a write
+    through ``param.data`` or a NumPy view does not bump the version, and a stale packed copy would
+    be a silently wrong answer."""
     _use_threads()
     weights = dict(weight_ih=_array(weight_ih), weight_hh=_array(weight_hh), bias_ih=_array(bias_ih),
                    bias_hh=_array(bias_hh), weight_hr=_array(weight_hr))
     y, h_n, c_n, saved = F.recurrent_forward(
         cell, _array(x), _array(h0), _array(c0), weights, lengths=_index_array(lengths, None),
         mask=_index_array(mask, None), masked_output=masked_output, reverse=reverse, training=training,
-        recurrent_scale=_array(recurrent_scale), check_unchanged=False)
+        recurrent_scale=_array(recurrent_scale), check_unchanged=False, packed=packed)
     results = (_tensor(y, x.dtype), _tensor(h_n, x.dtype), _tensor(c_n, x.dtype))
     if saved is None:
         return results + (None,) * len(_COMPUTED)

@@ -1,5 +1,7 @@
 """One recurrent layer on PyTorch tensors, with autograd: the entry of fusedrnn's PyTorch modules."""
 
+import functools
+
 import numpy as np
 import torch
 
@@ -17,7 +19,7 @@ def _as_tensor(value):
 
 
 def recurrent(cell, x, h0, c0, weights, *, lengths=None, mask=None, masked_output="zero", reverse=False,
-              recurrent_scale=None):
+              recurrent_scale=None, packed=None):
     """One recurrent layer in one direction, any cell, through PyTorch's autograd.
 
     The same op as :func:`fusedrnn.functional.recurrent_forward` (see it for the cells, the
@@ -38,6 +40,10 @@ def recurrent(cell, x, h0, c0, weights, *, lengths=None, mask=None, masked_outpu
         masked_output: ``"zero"``, or ``"repeat"`` the last output at a masked step (Keras).
         reverse: process each sequence from its last valid step back to step 0.
         recurrent_scale: ``(B, P)`` recurrent dropout scale, or None; it gets no gradient.
+        packed: a :class:`fusedrnn.functional.PackedWeights` that the caller keeps for this layer
+            direction: eager calls that save nothing for a backward (no grad needed) then pack
+            the weights once and reuse them while a fingerprint of their bytes is unchanged
+            (reading the weights once a call instead of packing them). Other calls ignore it.
 
     Returns:
         ``(y (T, B, P), h_n (B, P), c_n (B, H) or None)``, with x's dtype.
@@ -60,7 +66,7 @@ def recurrent(cell, x, h0, c0, weights, *, lengths=None, mask=None, masked_outpu
         forward = torch.ops.fusedrnn.recurrent_forward  # traced by its fake kernel; dispatched by device
     elif training:
         forward = _ops.EagerForward.apply  # the same kernels without the dispatcher's cost (see there)
-    else:
-        forward = _ops.forward_tensors  # nothing to save, no graph to record
+    else:  # nothing to save, no graph to record
+        forward = functools.partial(_ops.forward_tensors, packed=packed)
     y, h_n, c_n, *_ = forward(*arguments)
     return y, h_n, c_n if info.has_cell_state else None

@@ -27,6 +27,12 @@ backward is not itself differentiable, so ``backward(create_graph=True)`` throug
 raises ``RuntimeError`` rather than leave the second-order terms out. Use the ``torch.nn`` modules
 for that.
 
+Packed weights: in calls that need no gradient (``torch.no_grad()``, ``inference_mode``, or
+parameters that do not require grad) each layer direction keeps its weights packed in the kernels'
+layout from one call to the next, while a fingerprint of their bytes is unchanged, so a generation
+loop does not repack them at every step. The packed copies take about the weights' own memory and
+are freed with the module (a copy of the module starts without them).
+
 ``torch.compile``: Dynamo leaves ``torch.nn``'s recurrent modules, subclasses included, out of its
 graphs (a graph break; these modules then run eagerly) unless ``torch._dynamo.config.allow_rnn`` is
 True; with it they compile, with ``fullgraph=True`` too, as the operators have fake kernels. A
@@ -37,6 +43,8 @@ for ``torch.nn``'s packed path; the results are the same as in eager mode.
 
 import torch
 from torch.nn.utils.rnn import PackedSequence
+
+from fusedrnn._packed import owned_packed_weights
 
 from .functional import recurrent
 
@@ -130,7 +138,8 @@ class _Fused:
             for direction in range(D):
                 k = layer * D + direction
                 y, h, c = recurrent(self._cell(), x, None if h0s is None else h0s[k], None if c0s is None else c0s[k],
-                                    self._layer_weights(layer, direction), lengths=lengths, reverse=bool(direction))
+                                    self._layer_weights(layer, direction), lengths=lengths, reverse=bool(direction),
+                                    packed=None if torch.compiler.is_compiling() else owned_packed_weights(self, k))
                 ys.append(y)
                 h_n.append(h)
                 c_n.append(c)
