@@ -7,7 +7,8 @@ Two ways in:
   already built or loaded; ``disable()`` gives them back their own loop. An existing program
   changes by one line.
 - ``fusedrnn.keras3.layers.SimpleRNN``, ``LSTM``, ``GRU`` (and ``Bidirectional``): subclasses of
-  Keras's classes that always run the kernels (see :mod:`fusedrnn.keras3.layers`).
+  Keras's classes that always run the kernels (see :mod:`fusedrnn.keras3.layers`); ``convert(model)``
+  switches the Keras layers of a model (say one just loaded) to them in place.
 
 Either way the layers keep everything of Keras's but the loop over time: arguments, variables,
 initializers, regularizers, constraints, state handling (``stateful``, ``initial_state``), masks
@@ -37,9 +38,9 @@ if not hasattr(keras, "version") or int(keras.version().split(".")[0]) < 3:
 import functools  # noqa: E402
 
 from . import layers  # noqa: E402
-from .layers import STOCK_INNER_LOOPS, run_inner_loop  # noqa: E402
+from .layers import STOCK_INNER_LOOPS, convert, run_inner_loop  # noqa: E402
 
-__all__ = ["enable", "disable", "is_enabled", "layers"]
+__all__ = ["enable", "disable", "is_enabled", "convert", "layers"]
 
 # What each stock class had in its own namespace before enable() (None: it inherited the loop).
 _OWN_LOOPS = {cls: cls.__dict__.get("inner_loop") for cls in STOCK_INNER_LOOPS}

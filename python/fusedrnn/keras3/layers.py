@@ -10,8 +10,8 @@ hands the call back to Keras's own loop where the kernels don't serve it (see
 Saving: the layers serialize exactly as Keras's own classes do (``"module": "keras.layers"``,
 ``"class_name": "LSTM"``), so a ``.keras`` file saved with them is a plain Keras file and loads
 anywhere; it loads back as Keras's classes, which run the kernels after
-:func:`fusedrnn.keras3.enable` (or pass ``custom_objects=fusedrnn.keras3.layers.CUSTOM_OBJECTS``
-to ``keras.models.load_model`` to get these classes). For the same reason Keras's
+:func:`fusedrnn.keras3.enable`, or become these classes with :func:`convert` (Keras's
+``custom_objects`` cannot replace its own classes). For the same reason Keras's
 ``Bidirectional``, which rebuilds its two layers from their config, would rebuild Keras's classes:
 :class:`Bidirectional` here keeps the wrapped layer's class.
 """
@@ -21,7 +21,7 @@ from keras.src import api_export
 
 from . import _dispatch
 
-__all__ = ["SimpleRNN", "LSTM", "GRU", "Bidirectional", "CUSTOM_OBJECTS"]
+__all__ = ["SimpleRNN", "LSTM", "GRU", "Bidirectional", "convert"]
 
 #: Keras's classes' own loops (before any enable()), which the fallback runs.
 STOCK_INNER_LOOPS = {cls: cls.inner_loop for cls in (keras.layers.SimpleRNN, keras.layers.LSTM, keras.layers.GRU)}
@@ -80,8 +80,22 @@ class Bidirectional(keras.layers.Bidirectional):
                 inner.__class__ = _FUSED_OF_STOCK[type(inner)]
 
 
-for _stock, _fused in {**_FUSED_OF_STOCK, keras.layers.Bidirectional: Bidirectional}.items():
-    _serialize_as(_fused, _stock)
+_FUSED_OF_STOCK_OR_WRAPPER = {**_FUSED_OF_STOCK, keras.layers.Bidirectional: Bidirectional}
 
-#: ``custom_objects`` for ``keras.models.load_model`` that loads Keras's recurrent layers as these.
-CUSTOM_OBJECTS = {"SimpleRNN": SimpleRNN, "LSTM": LSTM, "GRU": GRU, "Bidirectional": Bidirectional}
+
+def convert(model):
+    """Switches Keras's SimpleRNN, LSTM, GRU and Bidirectional layers inside `model` (a layer or
+    model, e.g. one ``keras.models.load_model`` gave) to these classes, in place, keeping their
+    weights and state; returns `model`. (On JAX, a model that already compiled a step keeps it
+    until it is compiled again.)"""
+    if not isinstance(model, keras.layers.Layer):
+        raise TypeError(f"convert needs a Keras layer or model, got {type(model).__name__}")
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        fused = _FUSED_OF_STOCK_OR_WRAPPER.get(type(layer))
+        if fused is not None:
+            layer.__class__ = fused   # safe: the fused classes add no attributes, only methods
+    return model
+
+
+for _stock, _fused in _FUSED_OF_STOCK_OR_WRAPPER.items():
+    _serialize_as(_fused, _stock)
