@@ -141,6 +141,17 @@ def test_same_outputs_and_training_step_as_keras(case, rng, kernel_calls):
     assert_same_training_step(stock, fused, x, outputs, rng)
 
 
+@pytest.mark.skipif(BACKEND != "torch", reason="float64 on JAX needs jax_enable_x64 set at start-up")
+def test_float64_runs_in_the_kernels(rng, kernel_calls):
+    # No mask: Keras's own masked loop on the torch backend errs by about 5e-8 in float64 (it
+    # rounds to float32 somewhere), while the kernels match the float64 reference to 1e-16.
+    stock, fused = stock_and_fused("GRU", return_sequences=True, dtype="float64")
+    x = masked_inputs(rng, None)
+    expected, got = numpy(stock(x)), numpy(fused(x))
+    assert kernel_calls == ["gru"] and got.dtype == np.float64
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-13)
+
+
 @pytest.mark.parametrize("kind, options", [
     ("SimpleRNN", dict(dropout=0.3, recurrent_dropout=0.4)),   # both in the kernels
     ("LSTM", dict(dropout=0.3)),                                 # one input mask: in the kernels

@@ -26,11 +26,16 @@ Needs Keras 3 with ``KERAS_BACKEND`` set to ``torch`` (and PyTorch) or ``jax`` (
 ``pip install "fusedrnn[keras3]"``.
 """
 
+import importlib.util
+
+if importlib.util.find_spec("keras") is None:
+    raise ImportError('fusedrnn.keras3 needs Keras 3: pip install "fusedrnn[keras3]" (torch backend) or '
+                      '"fusedrnn[jax]" (JAX backend)')
 try:
     import keras
-except ImportError as error:
-    raise ImportError('fusedrnn.keras3 needs Keras 3: pip install "fusedrnn[keras3]" (and set KERAS_BACKEND '
-                      "to torch or jax)") from error
+except ImportError as error:   # typically: no KERAS_BACKEND, so Keras looks for TensorFlow
+    raise ImportError(f"import keras failed ({error}); fusedrnn.keras3 runs on Keras's torch and JAX backends: "
+                      "set KERAS_BACKEND=torch or KERAS_BACKEND=jax before Keras is imported") from error
 
 if not hasattr(keras, "version") or int(keras.version().split(".")[0]) < 3:
     raise ImportError(f"fusedrnn.keras3 needs Keras 3, found {getattr(keras, '__version__', keras)!r}")
