@@ -13,7 +13,6 @@ wrong gate, mask or direction (those change outputs by 1e-2 or more).
 """
 
 import json
-import os
 import zipfile
 
 import numpy as np

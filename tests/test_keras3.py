@@ -24,5 +24,6 @@ def test_keras3_layers_on_backend(backend):
     result = subprocess.run([sys.executable, "-m", "pytest", str(CASES), "-q", "-p", "no:cacheprovider",
                              "-W", "ignore::DeprecationWarning"],
                             capture_output=True, text=True, env=env, cwd=CASES.parent, timeout=900)
-    assert result.returncode == 0, f"keras3_cases.py on the {backend} backend:\n{result.stdout[-6000:]}{result.stderr[-2000:]}"
+    report = result.stdout[-6000:] + result.stderr[-2000:]
+    assert result.returncode == 0, f"keras3_cases.py on the {backend} backend:\n{report}"
     assert " passed" in result.stdout

@@ -22,10 +22,6 @@ import fusedrnn
 from fusedrnn import _core
 from fusedrnn import functional as F
 
-_COMPUTED = F.Saved.ARRAY_NAMES[-4:]
-assert _COMPUTED == ("gates", "h", "c", "m")
-
-
 def _use_threads():
     wanted = fusedrnn._user_threads or fusedrnn._STARTUP_THREADS
     if _core.max_threads() != wanted:
