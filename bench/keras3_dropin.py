@@ -1,0 +1,132 @@
+"""Keras 3 models with Keras's own recurrent layers against the same models after
+``fusedrnn.keras3.enable()``, on the torch and JAX backends.
+
+What a Keras user times: ``model.fit`` (one epoch, Adam, MSE) and ``model.predict`` of
+Input(T, I) -> SimpleRNN/LSTM/GRU(units) -> Dense(1), B=64, T=100, I=32, units 128 and 512. Keras
+fixes its backend per process, so each backend runs in a subprocess of this script. Within one,
+the stock and the fused model hold the same weights and are timed interleaved, call by call, with
+the same threads (on the torch backend enable() is switched on and off around each call; on JAX
+each model's jitted step is traced once, the stock one before enable(), and kept). The table gives
+the median time per call and stock / fused, with the minimum beside it.
+
+    python bench/keras3_dropin.py                         # both backends, every cell and size
+    python bench/keras3_dropin.py --quick                 # a small smoke run
+    python bench/keras3_dropin.py --backends jax --cells lstm --units 128 --repeats 5
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+CELLS = ("simplernn", "lstm", "gru")
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = {key.strip(): value.strip() for key, _, value in (line.partition(":") for line in f)}
+        return info.get("model name", "?")
+    except OSError:
+        return platform.processor() or "unknown CPU"
+
+
+def run_backend(args):
+    """In the subprocess: time every configuration on KERAS_BACKEND; print JSON rows."""
+    import numpy as np
+    import keras
+
+    import fusedrnn.keras3 as fk
+
+    if keras.backend.backend() == "torch":
+        import torch
+        torch.set_num_threads(args.threads)
+    layer_of = {"simplernn": keras.layers.SimpleRNN, "lstm": keras.layers.LSTM, "gru": keras.layers.GRU}
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((args.samples, args.steps, args.features)).astype("float32")
+    y = rng.standard_normal((args.samples, 1)).astype("float32")
+    rows = []
+    for cell in args.cells:
+        for units in args.units:
+            models = {}
+            for fused in (False, True):
+                (fk.enable if fused else fk.disable)()
+                keras.utils.set_random_seed(1)
+                model = keras.Sequential([keras.Input((args.steps, args.features)), layer_of[cell](units),
+                                          keras.layers.Dense(1)])
+                model.compile(optimizer="adam", loss="mse")
+                if fused:
+                    model.set_weights(models[False].get_weights())
+                # Warm-up: builds (and on JAX traces and compiles) each step with its own loop.
+                model.fit(x, y, batch_size=args.batch, epochs=1, verbose=0)
+                model.predict(x, batch_size=args.batch, verbose=0)
+                models[fused] = model
+            times = {(fused, what): [] for fused in (False, True) for what in ("fit", "predict")}
+            for _ in range(args.repeats):
+                for fused in (False, True):
+                    (fk.enable if fused else fk.disable)()
+                    for what in ("fit", "predict"):
+                        start = time.perf_counter()
+                        if what == "fit":
+                            models[fused].fit(x, y, batch_size=args.batch, epochs=1, verbose=0, shuffle=False)
+                        else:
+                            models[fused].predict(x, batch_size=args.batch, verbose=0)
+                        times[fused, what].append(time.perf_counter() - start)
+            fk.disable()
+            for what in ("fit", "predict"):
+                stock, fused = times[False, what], times[True, what]
+                rows.append(dict(backend=keras.backend.backend(), cell=cell, units=units, what=what,
+                                 stock_median=statistics.median(stock), stock_min=min(stock),
+                                 fused_median=statistics.median(fused), fused_min=min(fused)))
+            print(json.dumps(rows[-2]), json.dumps(rows[-1]), sep="\n", flush=True)
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backends", nargs="+", default=["torch", "jax"], choices=["torch", "jax"])
+    parser.add_argument("--cells", nargs="+", default=list(CELLS), choices=CELLS)
+    parser.add_argument("--units", nargs="+", type=int, default=[128, 512])
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=100, help="T")
+    parser.add_argument("--features", type=int, default=32, help="I")
+    parser.add_argument("--samples", type=int, default=256, help="per fit/predict call (an epoch)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--quick", action="store_true", help="a small smoke run")
+    parser.add_argument("--run-backend", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.quick:
+        args.units, args.steps, args.samples, args.batch, args.repeats = [16], 10, 32, 16, 1
+    if args.run_backend:
+        run_backend(args)
+        return
+
+    print(f"{cpu_model()}, {args.threads} threads; B={args.batch}, T={args.steps}, I={args.features}, "
+          f"{args.samples} samples per call, median of {args.repeats} (min)\n")
+    print("| backend | layer | units | call | Keras (s) | enable() (s) | Keras / enable() |")
+    print("|---|---|---:|---|---:|---:|---:|")
+    for backend in args.backends:
+        command = [sys.executable, __file__, "--run-backend", backend, "--cells", *args.cells,
+                   "--units", *map(str, args.units), "--batch", str(args.batch), "--steps", str(args.steps),
+                   "--features", str(args.features), "--samples", str(args.samples),
+                   "--repeats", str(args.repeats), "--threads", str(args.threads)]
+        env = dict(os.environ, KERAS_BACKEND=backend, OMP_NUM_THREADS=str(args.threads))
+        result = subprocess.run(command, capture_output=True, text=True, env=env)
+        if result.returncode != 0:
+            sys.exit(f"the {backend} run failed:\n{result.stderr[-3000:]}")
+        for line in result.stdout.splitlines():
+            if not line.startswith("{"):
+                continue
+            r = json.loads(line)
+            print(f"| {r['backend']} | {r['cell']} | {r['units']} | {r['what']} | {r['stock_median']:.3f} "
+                  f"({r['stock_min']:.3f}) | {r['fused_median']:.3f} ({r['fused_min']:.3f}) | "
+                  f"{r['stock_median'] / r['fused_median']:.1f}x |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

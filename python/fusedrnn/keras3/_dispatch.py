@@ -1,0 +1,160 @@
+"""One Keras 3 recurrent layer's whole loop on the fused kernels, or None where they don't serve it.
+
+Keras's ``RNN.call`` prepares the initial state (stateful or not), the dropout masks and the return
+modes, and calls ``inner_loop(sequences, initial_state, mask, training)`` for the loop itself,
+which returns ``(last_output, outputs, states)``. :func:`inner_loop` here is that loop as one call
+of the uniform op (:mod:`fusedrnn.functional`), through the backend's adapter:
+:mod:`._torch_backend` (the ``fusedrnn.torch`` operators, PyTorch's autograd) or
+:mod:`._jax_backend` (``jax.custom_vjp`` around the host kernels). Everything here is written with
+``keras.ops``, so it is the same code on both backends; it owns no math, only the mapping:
+
+- Keras's weights to PyTorch's layout: ``kernel (I, G*H)`` -> ``weight_ih (G*H, I)``,
+  ``recurrent_kernel (H, G*H)`` -> ``weight_hh``; gates LSTM i,f,c,o = the kernels' i,f,g,o, GRU
+  z,r,h -> r,z,n; ``bias (G*H,)`` is ``bias_ih`` (SimpleRNN, LSTM and the reset-before GRU have
+  no second bias); the reset-after GRU's ``bias (2, 3H)`` is ``bias_ih`` then ``bias_hh``. These
+  are views/small copies inside the framework's graph, so gradients flow back to Keras's variables.
+- batch-major ``(B, T, I)`` to time-major, ``go_backwards`` as the flipped sequence (Keras's
+  outputs are then in the order processed, as its own loop gives them), the ``(B, T)`` mask to
+  ``(T, B)``; a masked step repeats the last output, or is zero with ``zero_output_for_mask``.
+- dropout: the mask Keras drew for this call (``cell.get_dropout_mask``) multiplies the inputs,
+  which is what Keras's cell does when one mask serves all gates; SimpleRNN's recurrent dropout
+  mask is the op's ``recurrent_scale``.
+
+What the kernels don't serve returns None, and the caller runs Keras's own loop (see
+:func:`fusable` for the list).
+"""
+
+import keras
+from keras import activations, ops
+
+from fusedrnn import functional as F
+
+# Keras's gate order inside each fused kernel's gate order: ours[k] is Keras's gate ORDER[k].
+_GRU_GATES = (1, 0, 2)   # the kernels' r, z, n are Keras's z, r, h at 1, 0, 2
+
+_BACKENDS = ("torch", "jax")
+
+
+def _cell_name(layer):
+    """The kernels' cell for a stock-typed layer, or None."""
+    cell = layer.cell
+    tanh, sigmoid, relu = activations.get("tanh"), activations.get("sigmoid"), activations.get("relu")
+    if type(cell) is keras.layers.SimpleRNNCell:
+        return {tanh: "rnn_tanh", relu: "rnn_relu"}.get(cell.activation)
+    if cell.activation is not tanh or cell.recurrent_activation is not sigmoid:
+        return None
+    if type(cell) is keras.layers.LSTMCell:
+        return "lstm"
+    if type(cell) is keras.layers.GRUCell:
+        return "gru" if cell.reset_after else "gru_reset_before"
+    return None
+
+
+def _on_cpu(sequences):
+    if keras.backend.backend() == "torch":
+        return sequences.device.type == "cpu"
+    import jax
+    return jax.default_backend() == "cpu"
+
+
+def fusable(layer, sequences, training):
+    """Why the kernels can't run this call (a short phrase), or None when they can.
+
+    Keras's own loop runs: on another backend than torch or JAX; with ``unroll=True``; with a cell
+    the kernels don't have (other activations than SimpleRNN's tanh/relu and LSTM/GRU's
+    tanh/sigmoid, or a cell subclass); off the CPU; for dtypes other than float32/float64 or a
+    mixed-precision policy; and in training with LSTM/GRU recurrent dropout or
+    ``implementation=1`` input dropout (Keras then draws a different mask per gate, which the
+    kernels' one recurrent scale cannot express).
+    """
+    if keras.backend.backend() not in _BACKENDS:
+        return f"the {keras.backend.backend()} backend"
+    if layer.unroll:
+        return "unroll=True"
+    if _cell_name(layer) is None:
+        return "a cell or activation the kernels don't have"
+    if not (layer.compute_dtype == layer.variable_dtype == keras.backend.standardize_dtype(sequences.dtype)
+            and layer.compute_dtype in ("float32", "float64")):
+        return "a dtype other than float32 or float64"
+    if len(sequences.shape) != 3 or not sequences.shape[0] or not sequences.shape[1]:
+        return "an empty or non-3D input"
+    if not _on_cpu(sequences):
+        return "a tensor off the CPU"
+    cell = layer.cell
+    if training:
+        per_gate = type(cell) is not keras.layers.SimpleRNNCell and getattr(cell, "implementation", 2) == 1
+        if 0.0 < cell.recurrent_dropout < 1.0 and per_gate:
+            return "recurrent dropout of LSTM or GRU (a mask per gate)"
+        if 0.0 < cell.dropout < 1.0 and per_gate:
+            return "input dropout with implementation=1 (a mask per gate)"
+        if cell.dropout >= 1.0 or cell.recurrent_dropout >= 1.0:
+            return "dropout of 1"
+    return None
+
+
+# -- Keras's weights in PyTorch's layout ---------------------------------------------------------
+
+def _gates_in_our_order(tensor, units, order):
+    """The last axis's gate blocks reordered (None: already in order)."""
+    tensor = ops.convert_to_tensor(tensor)   # a variable's current value (JAX: the traced one)
+    if order is None:
+        return tensor
+    return ops.concatenate([tensor[..., g * units:(g + 1) * units] for g in order], axis=-1)
+
+
+def torch_layout_weights(cell, cell_name):
+    """Keras cell's variables -> the uniform op's weights dict (tensors of the backend)."""
+    units = cell.units
+    order = _GRU_GATES if cell_name.startswith("gru") else None
+    weights = dict(
+        weight_ih=ops.transpose(_gates_in_our_order(cell.kernel, units, order)),
+        weight_hh=ops.transpose(_gates_in_our_order(cell.recurrent_kernel, units, order)),
+        bias_ih=None, bias_hh=None)
+    if cell.use_bias:
+        bias = _gates_in_our_order(cell.bias, units, order)
+        if cell_name == "gru":          # reset_after: (2, 3H), the input bias then the recurrent one
+            weights["bias_ih"], weights["bias_hh"] = bias[0], bias[1]
+        else:
+            weights["bias_ih"] = bias
+    return weights
+
+
+# -- the loop ------------------------------------------------------------------------------------
+
+def _adapter():
+    if keras.backend.backend() == "torch":
+        from . import _torch_backend as adapter
+    else:
+        from . import _jax_backend as adapter
+    return adapter
+
+
+def inner_loop(layer, sequences, initial_state, mask, training):
+    """``RNN.inner_loop`` on the kernels: ``(last_output, outputs, states)``, or None when
+    :func:`fusable` says they can't run it."""
+    if fusable(layer, sequences, training) is not None:
+        return None
+    cell = layer.cell
+    cell_name = _cell_name(layer)
+    if isinstance(mask, (list, tuple)):
+        mask = mask[0]
+    if training and 0.0 < cell.dropout < 1.0:
+        # The mask RNN.call drew for this call (one per sequence, the same at every step).
+        sequences = sequences * ops.expand_dims(cell.get_dropout_mask(sequences[:, 0, :]), 1)
+    recurrent_scale = None
+    if training and 0.0 < cell.recurrent_dropout < 1.0:   # SimpleRNN only (see fusable)
+        recurrent_scale = cell.get_recurrent_dropout_mask(initial_state[0])
+
+    x = ops.transpose(sequences, (1, 0, 2))
+    if mask is not None:
+        mask = ops.transpose(ops.cast(mask, "bool"), (1, 0))
+    if layer.go_backwards:   # Keras walks the flipped sequence and returns outputs in that order
+        x = ops.flip(x, 0)
+        mask = None if mask is None else ops.flip(mask, 0)
+    h0 = initial_state[0]
+    c0 = initial_state[1] if F.CELLS[cell_name].has_cell_state else None
+    y, h_n, c_n = _adapter().recurrent(
+        cell_name, x, h0, c0, torch_layout_weights(cell, cell_name), mask=mask,
+        masked_output="zero" if layer.zero_output_for_mask else "repeat", recurrent_scale=recurrent_scale)
+    states = [h_n] if c_n is None else [h_n, c_n]
+    return y[-1], ops.transpose(y, (1, 0, 2)), states

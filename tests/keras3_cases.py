@@ -1,0 +1,314 @@
+"""fusedrnn.keras3 against Keras 3's own layers, on the backend KERAS_BACKEND names.
+
+Keras fixes its backend per process, so tests/test_keras3.py runs this module once per backend
+(torch, JAX) in a subprocess; it is not collected on its own (its name has no test_ prefix).
+
+The oracle is Keras itself: the same model built from Keras's classes and from ours (or Keras's
+after enable()), the same weights and inputs; the outputs, and the weights after a training step
+(train_on_batch: Keras's own gradient path, jitted on JAX), must agree. Tolerances: float32, one
+layer of at most 9 steps; the fused kernels sum the products in another order than Keras's per-step
+matmuls, so outputs differ by a few ulps (observed < 3e-7) and the weights after an SGD step of
+rate 0.5 by a few ulps of the gradients (observed < 1e-6): 1e-5 leaves room without hiding a
+wrong gate, mask or direction (those change outputs by 1e-2 or more).
+"""
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+BACKEND = keras.backend.backend()
+if BACKEND not in ("torch", "jax"):
+    pytest.skip(f"fusedrnn.keras3 runs on the torch and JAX backends, not {BACKEND}", allow_module_level=True)
+
+import fusedrnn.keras3 as fk  # noqa: E402
+from fusedrnn.keras3 import _dispatch  # noqa: E402
+from fusedrnn.keras3 import layers as fl  # noqa: E402
+
+T, B, I, UNITS = 9, 5, 4, 6
+ATOL = RTOL = 1e-5
+
+STOCK = {"SimpleRNN": keras.layers.SimpleRNN, "LSTM": keras.layers.LSTM, "GRU": keras.layers.GRU}
+FUSED = {"SimpleRNN": fl.SimpleRNN, "LSTM": fl.LSTM, "GRU": fl.GRU}
+
+
+@pytest.fixture(autouse=True)
+def stock_keras():
+    """Every test starts and ends with Keras's own layers (enable() off)."""
+    fk.disable()
+    yield
+    fk.disable()
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """Counts the calls that reached the kernels' adapter."""
+    calls = []
+    adapter = _dispatch._adapter()
+    original = adapter.recurrent
+    monkeypatch.setattr(adapter, "recurrent", lambda *a, **k: calls.append(a[0]) or original(*a, **k))
+    return calls
+
+
+def numpy(value):
+    return keras.ops.convert_to_numpy(value)
+
+
+def masked_inputs(rng, pattern):
+    """Inputs whose all-zero steps Masking hides: none, right padding, or any pattern (holes at
+    the start, in the middle, one sequence with no step at all)."""
+    x = rng.standard_normal((B, T, I)).astype("float32")
+    if pattern == "right":
+        lengths = np.array([T, 1, 4, T - 2, 6])
+        x[np.arange(T)[None, :] >= lengths[:, None]] = 0.0
+    elif pattern == "any":
+        hidden = rng.random((B, T)) < 0.35
+        hidden[2] = True
+        x[hidden] = 0.0
+    return x
+
+
+def model_of(wrap, layer, pattern):
+    inputs = keras.Input((T, I))
+    h = keras.layers.Masking(0.0)(inputs) if pattern else inputs
+    outputs = wrap(layer)(h) if wrap else layer(h)
+    return keras.Model(inputs, outputs)
+
+
+def stock_and_fused(kind, pattern=None, bidirectional=False, **kwargs):
+    """The same model from Keras's classes and from ours, with the same weights."""
+    wrap = keras.layers.Bidirectional if bidirectional else None
+    stock = model_of(wrap, STOCK[kind](UNITS, **kwargs), pattern)
+    fused = model_of(fl.Bidirectional if bidirectional else None, FUSED[kind](UNITS, **kwargs), pattern)
+    fused.set_weights(stock.get_weights())
+    return stock, fused
+
+
+def as_list(outputs):
+    return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+
+
+def assert_same_outputs(stock, fused, x):
+    """Both models' outputs on x agree; returns them (Keras's)."""
+    expected, got = as_list(stock(x)), as_list(fused(x))
+    assert len(expected) == len(got)
+    for e, g in zip(expected, got):
+        assert tuple(g.shape) == tuple(e.shape)
+        np.testing.assert_allclose(numpy(g), numpy(e), rtol=RTOL, atol=ATOL)
+    return expected
+
+
+def assert_same_training_step(stock, fused, x, outputs, rng):
+    """One SGD step (Keras's train_on_batch: jitted on JAX) on random targets for `outputs`
+    leaves both models with the same weights."""
+    targets = [rng.standard_normal(tuple(o.shape)).astype("float32") for o in outputs]
+    before = stock.get_weights()
+    for model in (stock, fused):
+        model.compile(optimizer=keras.optimizers.SGD(0.5), loss=["mse"] * len(targets))
+        model.train_on_batch(x, targets if len(targets) > 1 else targets[0])
+    for e, g in zip(stock.get_weights(), fused.get_weights()):
+        np.testing.assert_allclose(g, e, rtol=RTOL, atol=ATOL)
+    assert not all(np.array_equal(a, b) for a, b in zip(before, stock.get_weights())), "the step changed nothing"
+
+
+CASES = {
+    "rnn-tanh-any-mask-sequences": dict(kind="SimpleRNN", pattern="any", return_sequences=True),
+    "rnn-relu-backwards-state": dict(kind="SimpleRNN", activation="relu", go_backwards=True, return_state=True),
+    "lstm-any-mask-backwards-sequences-state": dict(kind="LSTM", pattern="any", go_backwards=True,
+                                                    return_sequences=True, return_state=True),
+    "lstm-right-padding-no-bias": dict(kind="LSTM", pattern="right", use_bias=False),
+    "gru-reset-after-any-mask-zero-output": dict(kind="GRU", pattern="any", return_sequences=True,
+                                                 zero_output_for_mask=True),
+    "gru-reset-before-any-mask-backwards-state": dict(kind="GRU", pattern="any", reset_after=False,
+                                                      go_backwards=True, return_state=True),
+    "bidirectional-lstm-any-mask-sequences": dict(kind="LSTM", pattern="any", bidirectional=True,
+                                                  return_sequences=True),
+    "bidirectional-gru-reset-before-state": dict(kind="GRU", bidirectional=True, reset_after=False,
+                                                 return_state=True),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_same_outputs_and_training_step_as_keras(case, rng, kernel_calls):
+    options = dict(CASES[case])
+    stock, fused = stock_and_fused(**options)
+    x = masked_inputs(rng, options.get("pattern"))
+    outputs = assert_same_outputs(stock, fused, x)
+    assert kernel_calls, "the fused model did not reach the kernels"
+    assert_same_training_step(stock, fused, x, outputs, rng)
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="float64 on JAX needs jax_enable_x64 set at start-up")
+def test_float64_runs_in_the_kernels(rng, kernel_calls):
+    # No mask: Keras's own masked loop on the torch backend errs by about 5e-8 in float64 (it
+    # rounds to float32 somewhere), while the kernels match the float64 reference to 1e-16.
+    stock, fused = stock_and_fused("GRU", return_sequences=True, dtype="float64")
+    x = masked_inputs(rng, None)
+    expected, got = numpy(stock(x)), numpy(fused(x))
+    assert kernel_calls == ["gru"] and got.dtype == np.float64
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("kind, options", [
+    ("SimpleRNN", dict(dropout=0.3, recurrent_dropout=0.4)),   # both in the kernels
+    ("LSTM", dict(dropout=0.3)),                                 # one input mask: in the kernels
+])
+def test_dropout_draws_keras_masks(kind, options, rng):
+    """With the same seed both layers draw the same dropout masks, so a training step agrees."""
+    stock, fused = stock_and_fused(kind, return_sequences=True, seed=7, **options)
+    x = masked_inputs(rng, None)
+    outputs = assert_same_outputs(stock, fused, x)   # inference: no dropout
+    assert_same_training_step(stock, fused, x, outputs, rng)
+
+
+def test_stateful_carries_state_across_batches(rng):
+    batch_shape = (B, T, I)
+    models = []
+    for layer_class in (keras.layers.LSTM, fl.LSTM):
+        inputs = keras.Input(batch_shape=batch_shape)
+        models.append(keras.Model(inputs, layer_class(UNITS, stateful=True, return_sequences=True)(inputs)))
+    models[1].set_weights(models[0].get_weights())
+    x1, x2 = (rng.standard_normal(batch_shape).astype("float32") for _ in range(2))
+    for x in (x1, x2):
+        assert_same_outputs(*models, x)
+    for model in models:
+        model.layers[-1].reset_state()
+    assert_same_outputs(*models, x2)
+    second = numpy(models[1](x2))
+    models[1].layers[-1].reset_state()
+    assert not np.allclose(second, numpy(models[1](x2))), "the state was not carried"
+
+
+def test_embedding_mask_zero_and_initial_state(rng, kernel_calls):
+    """Embedding(mask_zero=True) masks (left and right padding), and a given initial state."""
+    tokens = rng.integers(1, 20, size=(B, T))
+    tokens[0, :3] = 0
+    tokens[1, 5:] = 0
+    h0, c0 = (rng.standard_normal((B, UNITS)).astype("float32") for _ in range(2))
+    models = []
+    for layer_class in (keras.layers.LSTM, fl.LSTM):
+        ids, h, c = keras.Input((T,), dtype="int32"), keras.Input((UNITS,)), keras.Input((UNITS,))
+        y = layer_class(UNITS, return_sequences=True)(keras.layers.Embedding(20, I, mask_zero=True)(ids),
+                                                      initial_state=[h, c])
+        models.append(keras.Model([ids, h, c], y))
+    models[1].set_weights(models[0].get_weights())
+    assert_same_outputs(*models, [tokens, h0, c0])
+    assert kernel_calls
+
+
+@pytest.mark.parametrize("kind, options", [
+    ("LSTM", dict(activation="relu")), ("GRU", dict(recurrent_activation="hard_sigmoid")),
+    ("SimpleRNN", dict(unroll=True)), ("LSTM", dict(dtype="mixed_bfloat16")),
+    ("GRU", dict(recurrent_dropout=0.3)),   # fused at inference only (Keras draws a mask per gate)
+])
+def test_what_the_kernels_do_not_serve_runs_keras_loop(kind, options, rng, kernel_calls):
+    stock, fused = stock_and_fused(kind, return_sequences=True, seed=5, **options)
+    x = masked_inputs(rng, None)
+    got = fused(x, training=True)
+    assert not kernel_calls
+    expected = stock(x, training=True)   # the same seed: the same dropout masks
+    np.testing.assert_allclose(numpy(got), numpy(expected), rtol=RTOL, atol=ATOL)
+    assert_same_outputs(stock, fused, x)
+
+
+def test_enable_switches_existing_and_new_layers(rng, kernel_calls):
+    x = masked_inputs(rng, "any")
+    model = model_of(None, keras.layers.GRU(UNITS, return_sequences=True), "any")
+    before = numpy(model(x))
+    assert not kernel_calls
+    fk.enable()
+    fk.enable()   # twice is once
+    assert fk.is_enabled()
+    np.testing.assert_allclose(numpy(model(x)), before, rtol=RTOL, atol=ATOL)
+    assert kernel_calls == ["gru"]
+    keras.layers.SimpleRNN(3)(x)
+    assert kernel_calls == ["gru", "rnn_tanh"]
+    fk.disable()
+    assert not fk.is_enabled()
+    model(x)
+    assert kernel_calls == ["gru", "rnn_tanh"]
+    fl.LSTM(3)(x)   # the subclasses run the kernels either way
+    assert kernel_calls == ["gru", "rnn_tanh", "lstm"]
+
+
+def _config_json(path):
+    with zipfile.ZipFile(path) as archive:
+        return archive.read("config.json").decode()
+
+
+def _without_object_ids(config):
+    """A file's config without the ids Keras gives shared objects (memory addresses)."""
+    if isinstance(config, dict):
+        return {k: _without_object_ids(v) for k, v in config.items() if k != "shared_object_id"}
+    if isinstance(config, list):
+        return [_without_object_ids(v) for v in config]
+    return config
+
+
+def test_keras_files_round_trip_both_ways(tmp_path, rng):
+    x = masked_inputs(rng, "any")
+    fused = model_of(fl.Bidirectional, fl.GRU(UNITS, return_sequences=True, reset_after=False), "any")
+    fused_file = tmp_path / "fused.keras"
+    fused.save(fused_file)
+    assert "fusedrnn" not in _config_json(fused_file)   # a plain Keras file
+    plain = keras.models.load_model(fused_file)
+    assert type(plain.layers[-1].forward_layer) is keras.layers.GRU
+    np.testing.assert_allclose(numpy(plain(x)), numpy(fused(x)), rtol=RTOL, atol=ATOL)
+
+    plain_file = tmp_path / "plain.keras"
+    plain.save(plain_file)
+    back = fl.convert(keras.models.load_model(plain_file))
+    assert type(back.layers[-1]) is fl.Bidirectional
+    assert type(back.layers[-1].backward_layer) is fl.GRU
+    np.testing.assert_allclose(numpy(back(x)), numpy(fused(x)), rtol=RTOL, atol=ATOL)
+    assert _without_object_ids(json.loads(_config_json(plain_file))) == \
+        _without_object_ids(json.loads(_config_json(fused_file)))
+
+
+def conv_lstm_dense(seed):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input((T * 2, I)), keras.layers.Conv1D(8, 3, activation="relu"),
+                             keras.layers.LSTM(UNITS), keras.layers.Dense(1)])
+
+
+def test_fit_evaluate_predict_match_keras(rng, kernel_calls):
+    x = rng.standard_normal((64, T * 2, I)).astype("float32")
+    y = x[:, :, 0].mean(axis=1, keepdims=True)
+    results = []
+    for fused in (False, True):
+        if fused:
+            fk.enable()
+        model = conv_lstm_dense(seed=3)
+        model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
+        history = model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0).history["loss"]
+        results.append((history, model.evaluate(x, y, verbose=0), model.predict(x, verbose=0)))
+    assert kernel_calls
+    (h_stock, e_stock, p_stock), (h_fused, e_fused, p_fused) = results
+    assert h_stock[-1] < h_stock[0]
+    np.testing.assert_allclose(h_fused, h_stock, rtol=1e-4)   # 8 Adam steps compound the ulps
+    np.testing.assert_allclose(e_fused, e_stock, rtol=1e-4)
+    np.testing.assert_allclose(p_fused, p_stock, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="JAX transformations")
+def test_jax_grad_of_states_and_vmap(rng):
+    import jax
+    stock, fused = keras.layers.LSTM(UNITS, return_state=True), fl.LSTM(UNITS, return_state=True)
+    x = masked_inputs(rng, None)
+    stock(x), fused(x)
+    fused.set_weights(stock.get_weights())
+    h0, c0 = (rng.standard_normal((B, UNITS)).astype("float32") for _ in range(2))
+    w = rng.standard_normal((3, B, UNITS)).astype("float32")
+
+    def loss(layer):
+        return lambda x, h0, c0: sum((o * wi).sum() for o, wi in zip(layer(x, initial_state=[h0, c0]), w))
+
+    expected, got = (jax.grad(loss(layer), argnums=(0, 1, 2))(x, h0, c0) for layer in (stock, fused))
+    for e, g in zip(expected, got):
+        np.testing.assert_allclose(g, e, rtol=RTOL, atol=ATOL)
+
+    xs = np.stack([x, 2 * x])
+    mapped = jax.vmap(lambda xi: fused(xi)[0])(xs)
+    np.testing.assert_allclose(mapped, np.stack([numpy(stock(xi)[0]) for xi in xs]), rtol=RTOL, atol=ATOL)
