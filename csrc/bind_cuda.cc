@@ -42,6 +42,9 @@ struct DeviceArray {
   int device = 0;
 
   DeviceArray(std::vector<int64_t> shape_, py::dtype dtype_) : shape(std::move(shape_)), dtype(std::move(dtype_)) {
+    for (const int64_t d : shape) {
+      if (d < 0) throw py::value_error("a device array's shape must not be negative, got " + shape_str(shape));
+    }
     check(cudaGetDevice(&device), "cudaGetDevice");
     buffer = std::make_shared<DeviceBuffer>(nbytes());
   }
@@ -420,6 +423,27 @@ py::object gemm(const py::object& a, const py::object& b, bool transpose_a, bool
   });
 }
 
+// A host copy of any C-contiguous device array (anything with __cuda_array_interface__).
+py::array to_host(const py::object& obj) {
+  const auto shape = shape_of(obj, "array");
+  const py::dict cai = obj.attr("__cuda_array_interface__");
+  const py::dtype dtype(py::cast<std::string>(cai["typestr"]));
+  if (cai.contains("strides") && !cai["strides"].is_none()) {
+    const auto strides = py::cast<std::vector<int64_t>>(cai["strides"]);
+    int64_t expected = dtype.itemsize();
+    for (size_t d = shape.size(); d-- > 0;) {
+      if (shape[d] > 1 && strides[d] != expected) throw py::value_error("to_host needs a C-contiguous array");
+      expected *= shape[d];
+    }
+  }
+  py::array out(dtype, std::vector<py::ssize_t>(shape.begin(), shape.end()));
+  if (out.nbytes() > 0) {
+    const auto* data = reinterpret_cast<const void*>(py::cast<uintptr_t>(py::tuple(cai["data"])[0]));
+    check(cudaMemcpy(out.mutable_data(), data, out.nbytes(), cudaMemcpyDeviceToHost), "cudaMemcpy (device to host)");
+  }
+  return out;
+}
+
 int device_count() {
   int count = 0;
   const cudaError_t status = cudaGetDeviceCount(&count);
@@ -485,6 +509,7 @@ PYBIND11_MODULE(_cuda, m) {
                ", device=" + std::to_string(a.device) + ")";
       });
 
+  m.def("to_host", &to_host, py::arg("array"), "A host copy of a device array (__cuda_array_interface__).");
   m.def("to_device", &to_device, py::arg("array"), "A device copy of a host array.");
   m.def(
       "empty",

@@ -39,14 +39,14 @@ struct BackwardStep {
   Schedule sch;
   BackwardState<T> st;
 
-  __device__ T* dg_cur(int64_t s) const { return st.dg_step + (s & 1) * a.B * G * a.H; }
+  __device__ __forceinline__ T* dg_cur(int64_t s) const { return st.dg_step + (s & 1) * a.B * G * a.H; }
   // dG_{s+1} of step s's successor, or null at the last step.
-  __device__ const T* dg_next(int64_t s) const {
+  __device__ __forceinline__ const T* dg_next(int64_t s) const {
     return s + 1 < a.T_ ? st.dg_step + ((s + 1) & 1) * a.B * G * a.H : nullptr;
   }
 
   // (dG W_hh) of sequence b at state dim p, through the rows reading h; dg: [B, G*H] or null.
-  __device__ T state_product(const T* dg, int64_t b, int64_t p, const T* w_hh) const {
+  __device__ __forceinline__ T state_product(const T* dg, int64_t b, int64_t p, const T* w_hh) const {
     if (!dg) return T(0);
     const int64_t GH = G * a.H, P = a.P;
     T sum = T(0);
@@ -56,7 +56,7 @@ struct BackwardStep {
   }
 
   // Projection, phase 1: the total gradient of state dim p of sequence b at step s.
-  __device__ void gather(int64_t s, int64_t b, int64_t p, const T* w_hh) const {
+  __device__ __forceinline__ void gather(int64_t s, int64_t b, int64_t p, const T* w_hh) const {
     const int64_t B = a.B, P = a.P, at = b * P + p, t = sch.row(s);
     const T rec = state_product(dg_next(s), b, p, w_hh);
     const T dy = a.dy ? a.dy[(t * B + b) * P + p] : T(0);
@@ -74,7 +74,7 @@ struct BackwardStep {
 
   // The cell's backward for (b, u) at step s: the first phase of a two-phase cell. Without a
   // projection the unit's dh comes from dG_{s+1} W_hh (w_hh), with one from dm = dh_step W_hr.
-  __device__ void cell(int64_t s, int64_t b, int64_t u, const T* w_hh, const T* w_hr) const {
+  __device__ __forceinline__ void cell(int64_t s, int64_t b, int64_t u, const T* w_hh, const T* w_hr) const {
     const int64_t B = a.B, H = a.H, P = a.P, GH = G * H, at = b * H + u, t = sch.row(s);
     const bool projected = a.w_hr != nullptr;
     T rec = T(0);
@@ -128,7 +128,7 @@ struct BackwardStep {
 
   // Two-phase cells, second phase: d_rh = (W_hn^T da_n) of unit u gives da_r and the rest of
   // the previous state's gradient.
-  __device__ void reset(int64_t s, int64_t b, int64_t u, const T* w_hh) const {
+  __device__ __forceinline__ void reset(int64_t s, int64_t b, int64_t u, const T* w_hh) const {
     if constexpr (Cell::kTwoPhase) {
       const int64_t B = a.B, H = a.H, P = a.P, GH = G * H, at = b * H + u, t = sch.row(s);
       if (!sch.active(t, b)) return;  // cell() zeroed its gradients and carried the state's
@@ -151,7 +151,7 @@ struct BackwardStep {
   }
 
   // The gradient of the initial state: what step 0 sends back through W_hh, plus the carry.
-  __device__ void initial(int64_t b, int64_t p, const T* w_hh) const {
+  __device__ __forceinline__ void initial(int64_t b, int64_t p, const T* w_hh) const {
     const int64_t at = b * a.P + p;
     const T scale = a.recurrent_scale ? a.recurrent_scale[at] : T(1);
     a.dh0[at] = state_product(a.T_ > 0 ? st.dg_step : nullptr, b, p, w_hh) * scale + st.dh_carry[at];
@@ -159,32 +159,37 @@ struct BackwardStep {
 };
 
 template <class Cell, class T>
-__global__ void backward_gather_kernel(BackwardStep<Cell, T> f, int64_t s) {
+__global__ void backward_gather_kernel(const BackwardStep<Cell, T>* step, int64_t s) {
+  const BackwardStep<Cell, T> f = *step;
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < f.a.B * f.a.P) f.gather(s, i / f.a.P, i % f.a.P, f.a.w_hh);
 }
 
 template <class Cell, class T>
-__global__ void backward_cell_kernel(BackwardStep<Cell, T> f, int64_t s) {
+__global__ void backward_cell_kernel(const BackwardStep<Cell, T>* step, int64_t s) {
+  const BackwardStep<Cell, T> f = *step;
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < f.a.B * f.a.H) f.cell(s, i / f.a.H, i % f.a.H, f.a.w_hh, f.a.w_hr);
 }
 
 template <class Cell, class T>
-__global__ void backward_reset_kernel(BackwardStep<Cell, T> f, int64_t s) {
+__global__ void backward_reset_kernel(const BackwardStep<Cell, T>* step, int64_t s) {
+  const BackwardStep<Cell, T> f = *step;
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < f.a.B * f.a.H) f.reset(s, i / f.a.H, i % f.a.H, f.a.w_hh);
 }
 
 template <class Cell, class T>
-__global__ void backward_initial_kernel(BackwardStep<Cell, T> f) {
+__global__ void backward_initial_kernel(const BackwardStep<Cell, T>* step) {
+  const BackwardStep<Cell, T> f = *step;
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < f.a.B * f.a.P) f.initial(i / f.a.P, i % f.a.P, f.a.w_hh);
 }
 
 // Block b runs every step of sequence b backwards, then its initial state's gradient.
 template <class Cell, class T>
-__global__ void backward_persistent_kernel(BackwardStep<Cell, T> f, bool weights_in_shared) {
+__global__ void backward_persistent_kernel(const BackwardStep<Cell, T>* step, bool weights_in_shared) {
+  const BackwardStep<Cell, T> f = *step;
   const int64_t H = f.a.H, P = f.a.P, GH = Cell::kGates * H, b = blockIdx.x;
   const T* w_hh = f.a.w_hh;
   const T* w_hr = f.a.w_hr;
@@ -234,26 +239,26 @@ void backward_layer(const BackwardArgs<T>& a, const int64_t* first_step, Algorit
   copy_or_zero(st.dh_carry, a.dh_n, B * P);
   if constexpr (Cell::kHasCell) copy_or_zero(st.dc_carry, a.dc_n, B * H);
 
-  const BackwardStep<Cell, T> f{a, sch, st};
+  const BackwardStep<Cell, T>* step = upload_step(BackwardStep<Cell, T>{a, sch, st});
   const int64_t weight_values = GH * P + (projected ? P * H : 0);
   if (resolve(algorithm, weight_values * int64_t(sizeof(T))) == Algorithm::kPersistent) {
     const bool in_shared = persistent_weights_fit(weight_values * int64_t(sizeof(T)));
     launch_persistent(backward_persistent_kernel<Cell, T>, "backward_persistent_kernel launch", B,
-                      persistent_threads(std::max(H, P)), in_shared ? weight_values * sizeof(T) : 0, f, in_shared);
+                      persistent_threads(std::max(H, P)), in_shared ? weight_values * sizeof(T) : 0, step, in_shared);
   } else {
     for (int64_t s = steps - 1; s >= 0; --s) {
       if (projected) {
-        backward_gather_kernel<Cell, T><<<blocks_for(B * P), kStepThreads>>>(f, s);
+        backward_gather_kernel<Cell, T><<<blocks_for(B * P), kStepThreads>>>(step, s);
         check_launch("backward_gather_kernel launch");
       }
-      backward_cell_kernel<Cell, T><<<blocks_for(B * H), kStepThreads>>>(f, s);
+      backward_cell_kernel<Cell, T><<<blocks_for(B * H), kStepThreads>>>(step, s);
       check_launch("backward_cell_kernel launch");
       if constexpr (Cell::kTwoPhase) {
-        backward_reset_kernel<Cell, T><<<blocks_for(B * H), kStepThreads>>>(f, s);
+        backward_reset_kernel<Cell, T><<<blocks_for(B * H), kStepThreads>>>(step, s);
         check_launch("backward_reset_kernel launch");
       }
     }
-    backward_initial_kernel<Cell, T><<<blocks_for(B * P), kStepThreads>>>(f);
+    backward_initial_kernel<Cell, T><<<blocks_for(B * P), kStepThreads>>>(step);
     check_launch("backward_initial_kernel launch");
   }
   if constexpr (Cell::kHasCell) copy_device(a.dc0, st.dc_carry, B * H, "cudaMemcpy (dc0)");

@@ -10,6 +10,11 @@
 //               over the units, __syncthreads() between phases (no grid-wide barrier: sequences
 //               never read each other's state), weights in shared memory when they fit.
 // The state is double-buffered: step s reads buffer s&1 and writes the other.
+//
+// A kernel reads its step struct (arguments, schedule, buffers: ~300 bytes) from device memory
+// (upload_step), not from its parameters: nvcc addresses a parameter block that large through a
+// register, which the CUDA emulator used in tests cannot follow. The struct's methods are
+// __forceinline__ so that each thread keeps only the fields it uses.
 #pragma once
 
 #include <algorithm>
@@ -57,6 +62,14 @@ void launch_persistent(Kernel kernel, const char* name, int64_t blocks, int thre
   }
   kernel<<<static_cast<unsigned>(blocks), threads, shared>>>(args...);
   check_launch(name);
+}
+
+// A device copy of a kernel's step struct, in the last workspace slot (one op runs at a time).
+template <class Step>
+const Step* upload_step(const Step& step) {
+  auto* device = static_cast<Step*>(workspace_bytes(kWorkspaceSlots - 1, sizeof(Step)));
+  check(cudaMemcpy(device, &step, sizeof(Step), cudaMemcpyHostToDevice), "cudaMemcpy (kernel arguments)");
+  return device;
 }
 
 template <class T>

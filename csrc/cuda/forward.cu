@@ -44,16 +44,16 @@ struct ForwardStep {
   Schedule sch;
   ForwardState<T> st;
 
-  __device__ const T* h_prev(int64_t s) const { return st.h_state + (s & 1) * a.B * a.P; }
-  __device__ T* h_next(int64_t s) const { return st.h_state + ((s + 1) & 1) * a.B * a.P; }
+  __device__ __forceinline__ const T* h_prev(int64_t s) const { return st.h_state + (s & 1) * a.B * a.P; }
+  __device__ __forceinline__ T* h_next(int64_t s) const { return st.h_state + ((s + 1) & 1) * a.B * a.P; }
   // The state as the recurrent products see it (scaled under recurrent dropout).
-  __device__ const T* product_prev(int64_t s) const {
+  __device__ __forceinline__ const T* product_prev(int64_t s) const {
     return st.h_product ? st.h_product + (s & 1) * a.B * a.P : h_prev(s);
   }
 
   // The new state of (b, p) goes where the output and the saved states want it; a masked step
   // carries the old one. Also writes h * scale for the next step's products.
-  __device__ void publish(int64_t s, int64_t b, int64_t p) const {
+  __device__ __forceinline__ void publish(int64_t s, int64_t b, int64_t p) const {
     const int64_t B = a.B, P = a.P, at = b * P + p, t = sch.row(s);
     const bool active = sch.active(t, b), output = active || sch.repeats_output(s, b);
     T* next = h_next(s);
@@ -65,7 +65,7 @@ struct ForwardStep {
   }
 
   // Saved values of a masked (t, b, u): zeros (finite, unused), and the carried c.
-  __device__ void save_masked(int64_t s, int64_t b, int64_t u) const {
+  __device__ __forceinline__ void save_masked(int64_t s, int64_t b, int64_t u) const {
     const int64_t B = a.B, H = a.H, t = sch.row(s);
     if constexpr (Cell::kHasCell) {
       const T c = st.c_state[(s & 1) * B * H + b * H + u];
@@ -80,7 +80,7 @@ struct ForwardStep {
 
   // Phase 1 of step s for (b, u): the recurrent products of the first gates (all gates unless
   // two-phase) fused with the cell. w_t: W_hh transposed, in global or shared memory.
-  __device__ void cell(int64_t s, int64_t b, int64_t u, const T* w_t) const {
+  __device__ __forceinline__ void cell(int64_t s, int64_t b, int64_t u, const T* w_t) const {
     const int64_t B = a.B, H = a.H, P = a.P, GH = G * H, t = sch.row(s);
     const bool projected = a.w_hr != nullptr;
     if (!sch.active(t, b)) {
@@ -138,7 +138,7 @@ struct ForwardStep {
   }
 
   // Phase 2 of a two-phase cell: the last gate's product W_hn (r*h), then the cell's output.
-  __device__ void output(int64_t s, int64_t b, int64_t u, const T* w_t) const {
+  __device__ __forceinline__ void output(int64_t s, int64_t b, int64_t u, const T* w_t) const {
     if constexpr (Cell::kTwoPhase) {
       const int64_t B = a.B, H = a.H, P = a.P, GH = G * H, t = sch.row(s);
       if (!sch.active(t, b)) {
@@ -163,7 +163,7 @@ struct ForwardStep {
   }
 
   // Phase 2 under a projection: h = W_hr m for state dim p, then publish it.
-  __device__ void project(int64_t s, int64_t b, int64_t p, const T* w_hr_t) const {
+  __device__ __forceinline__ void project(int64_t s, int64_t b, int64_t p, const T* w_hr_t) const {
     const int64_t H = a.H, P = a.P;
     if (sch.active(sch.row(s), b)) {
       T h = T(0);
@@ -176,26 +176,30 @@ struct ForwardStep {
 };
 
 template <class Cell, class T>
-__global__ void forward_cell_kernel(ForwardStep<Cell, T> f, int64_t s) {
+__global__ void forward_cell_kernel(const ForwardStep<Cell, T>* step, int64_t s) {
+  const ForwardStep<Cell, T> f = *step;
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < f.a.B * f.a.H) f.cell(s, i / f.a.H, i % f.a.H, f.st.w_hh_t);
 }
 
 template <class Cell, class T>
-__global__ void forward_output_kernel(ForwardStep<Cell, T> f, int64_t s) {
+__global__ void forward_output_kernel(const ForwardStep<Cell, T>* step, int64_t s) {
+  const ForwardStep<Cell, T> f = *step;
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < f.a.B * f.a.H) f.output(s, i / f.a.H, i % f.a.H, f.st.w_hh_t);
 }
 
 template <class Cell, class T>
-__global__ void forward_project_kernel(ForwardStep<Cell, T> f, int64_t s) {
+__global__ void forward_project_kernel(const ForwardStep<Cell, T>* step, int64_t s) {
+  const ForwardStep<Cell, T> f = *step;
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < f.a.B * f.a.P) f.project(s, i / f.a.P, i % f.a.P, f.st.w_hr_t);
 }
 
 // Block b runs every step of sequence b.
 template <class Cell, class T>
-__global__ void forward_persistent_kernel(ForwardStep<Cell, T> f, bool weights_in_shared) {
+__global__ void forward_persistent_kernel(const ForwardStep<Cell, T>* step, bool weights_in_shared) {
+  const ForwardStep<Cell, T> f = *step;
   const int64_t H = f.a.H, P = f.a.P, GH = Cell::kGates * H, b = blockIdx.x;
   const T* w_t = f.st.w_hh_t;
   const T* w_hr_t = f.st.w_hr_t;
@@ -266,22 +270,22 @@ void forward_layer(const ForwardArgs<T>& a, const int64_t* first_step, Algorithm
     }
   }
 
-  const ForwardStep<Cell, T> f{a, sch, st};
+  const ForwardStep<Cell, T>* step = upload_step(ForwardStep<Cell, T>{a, sch, st});
   const int64_t weight_values = P * GH + (projected ? H * P : 0);
   if (resolve(algorithm, weight_values * int64_t(sizeof(T))) == Algorithm::kPersistent) {
     const bool in_shared = persistent_weights_fit(weight_values * int64_t(sizeof(T)));
     launch_persistent(forward_persistent_kernel<Cell, T>, "forward_persistent_kernel launch", B,
-                      persistent_threads(std::max(H, P)), in_shared ? weight_values * sizeof(T) : 0, f, in_shared);
+                      persistent_threads(std::max(H, P)), in_shared ? weight_values * sizeof(T) : 0, step, in_shared);
   } else {
     for (int64_t s = 0; s < steps; ++s) {
-      forward_cell_kernel<Cell, T><<<blocks_for(B * H), kStepThreads>>>(f, s);
+      forward_cell_kernel<Cell, T><<<blocks_for(B * H), kStepThreads>>>(step, s);
       check_launch("forward_cell_kernel launch");
       if constexpr (Cell::kTwoPhase) {
-        forward_output_kernel<Cell, T><<<blocks_for(B * H), kStepThreads>>>(f, s);
+        forward_output_kernel<Cell, T><<<blocks_for(B * H), kStepThreads>>>(step, s);
         check_launch("forward_output_kernel launch");
       }
       if (projected) {
-        forward_project_kernel<Cell, T><<<blocks_for(B * P), kStepThreads>>>(f, s);
+        forward_project_kernel<Cell, T><<<blocks_for(B * P), kStepThreads>>>(step, s);
         check_launch("forward_project_kernel launch");
       }
     }

@@ -6,12 +6,12 @@
 Keras-flavoured ones; ``fusedrnn.distributed`` data-parallel training over MPI (mpi4py optional).
 """
 
-from . import _core, distributed, functional, keras, nn, optim
+from . import _core, cuda, distributed, functional, keras, nn, optim
 from ._random import manual_seed
 
 __version__ = _core.__version__
 
-__all__ = ["functional", "nn", "optim", "keras", "distributed", "manual_seed", "build_info", "get_num_threads",
+__all__ = ["functional", "cuda", "nn", "optim", "keras", "distributed", "manual_seed", "build_info", "get_num_threads",
            "set_num_threads", "__version__"]
 
 
@@ -50,7 +50,7 @@ def build_info():
     Returns a dict: ``version``, ``compiler``, ``openmp`` (bool), ``max_threads`` (threads a kernel
     may use now), ``isa_compiled`` (GEMM kernel sets in the build), ``isa_selected`` (the one chosen
     for this CPU at run time; ``FUSEDRNN_ISA`` may ask for a lower one), ``bf16_native`` (whether
-    ``bf16_weights=True`` runs on AVX512-BF16 instructions here), ``cuda`` (bool).
+    ``bf16_weights=True`` runs on AVX512-BF16 instructions here), ``cuda`` (bool: built with the CUDA backend; :func:`fusedrnn.cuda.build_info` says more).
     """
     return {
         "version": __version__,
@@ -60,5 +60,5 @@ def build_info():
         "isa_compiled": _core.isa_compiled().split(","),
         "isa_selected": _core.isa_selected(),
         "bf16_native": bool(_core.bf16_native()),
-        "cuda": bool(_core.cuda),
+        "cuda": cuda.is_built(),
     }
