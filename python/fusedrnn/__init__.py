@@ -50,7 +50,8 @@ def build_info():
     Returns a dict: ``version``, ``compiler``, ``openmp`` (bool), ``max_threads`` (threads a kernel
     may use now), ``isa_compiled`` (GEMM kernel sets in the build), ``isa_selected`` (the one chosen
     for this CPU at run time; ``FUSEDRNN_ISA`` may ask for a lower one), ``bf16_native`` (whether
-    ``bf16_weights=True`` runs on AVX512-BF16 instructions here), ``cuda`` (bool: built with the CUDA backend; :func:`fusedrnn.cuda.build_info` says more).
+    ``bf16_weights=True`` runs on AVX512-BF16 instructions here), ``cuda`` (bool: built with the CUDA
+    backend; :func:`fusedrnn.cuda.build_info` says more).
     """
     return {
         "version": __version__,
