@@ -36,14 +36,30 @@ def log(message):
     print(message, flush=True)
 
 
+def gpu_architecture():
+    """The first GPU's compute capability as CMake writes it (e.g. 90), from nvidia-smi; else
+    "native" (CMake asks the driver)."""
+    try:
+        result = subprocess.run(["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"],
+                                capture_output=True, text=True, timeout=30)
+        value = result.stdout.split()[0].replace(".", "")
+        return value if value.isdigit() else "native"
+    except (OSError, IndexError, subprocess.SubprocessError):
+        return "native"
+
+
 def build():
     """Configures and builds with the CUDA backend; returns the build log's tail on failure."""
-    import pybind11
+    try:
+        import pybind11
+    except ImportError:
+        raise SystemExit("the build needs the pybind11 Python package (pip install pybind11), or pass --skip-build "
+                         "with a CUDA-enabled fusedrnn importable") from None
 
     build_dir = os.path.join(ROOT, "build", "gpu-check")
     configure = ["cmake", "-S", ROOT, "-B", build_dir, "-DCMAKE_BUILD_TYPE=Release", "-DSKBUILD_PROJECT_VERSION=0.1.0",
                  f"-Dpybind11_DIR={pybind11.get_cmake_dir()}", "-DFUSEDRNN_CUDA=ON",
-                 f"-DCMAKE_CUDA_ARCHITECTURES={os.environ.get('CUDAARCHS', 'native')}",
+                 f"-DCMAKE_CUDA_ARCHITECTURES={os.environ.get('CUDAARCHS') or gpu_architecture()}",
                  f"-DPython_EXECUTABLE={sys.executable}"]
     if shutil.which("ninja"):
         configure += ["-G", "Ninja"]

@@ -513,8 +513,10 @@ PYBIND11_MODULE(_cuda, m) {
   m.def("to_device", &to_device, py::arg("array"), "A device copy of a host array.");
   m.def(
       "empty",
-      [](const std::vector<int64_t>& shape, const py::object& dtype) { return DeviceArray(shape, py::dtype::from_args(dtype)); },
-      py::arg("shape"), py::arg("dtype"));
+      [](const std::vector<int64_t>& shape, const py::object& dtype) {
+        return DeviceArray(shape, py::dtype::from_args(dtype));
+      },
+      py::arg("shape"), py::arg("dtype"), "An uninitialised device array.");
   m.def("forward", &forward, py::arg("cell"), py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("w_ih"),
         py::arg("w_hh"), py::arg("w_hr"), py::arg("b_ih"), py::arg("b_hh"), py::arg("recurrent_scale"),
         py::arg("lengths"), py::arg("mask"), py::arg("repeat_masked_output"), py::arg("reverse"), py::arg("training"),

@@ -188,7 +188,8 @@ __global__ void backward_initial_kernel(const BackwardStep<Cell, T>* step) {
 
 // Block b runs every step of sequence b backwards, then its initial state's gradient.
 template <class Cell, class T>
-__global__ void backward_persistent_kernel(const BackwardStep<Cell, T>* step, bool weights_in_shared) {
+__global__ void __launch_bounds__(1024)
+    backward_persistent_kernel(const BackwardStep<Cell, T>* step, bool weights_in_shared) {
   const BackwardStep<Cell, T> f = *step;
   const int64_t H = f.a.H, P = f.a.P, GH = Cell::kGates * H, b = blockIdx.x;
   const T* w_hh = f.a.w_hh;

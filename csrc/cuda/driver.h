@@ -35,7 +35,9 @@ inline unsigned blocks_for(int64_t n, int threads = kStepThreads) {
   return static_cast<unsigned>(std::max<int64_t>(1, (n + threads - 1) / threads));
 }
 
-// Threads of a persistent block: one per unit (or state dim) up to 1024, whole warps.
+// Threads of a persistent block: one per unit (or state dim) up to 1024, whole warps. (The
+// persistent kernels are declared __launch_bounds__(1024), so that nvcc keeps their registers
+// within what a block of 1024 threads may have.)
 inline int persistent_threads(int64_t width) {
   return static_cast<int>(std::min<int64_t>(1024, std::max<int64_t>(32, (width + 31) / 32 * 32)));
 }

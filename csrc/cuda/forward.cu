@@ -198,7 +198,8 @@ __global__ void forward_project_kernel(const ForwardStep<Cell, T>* step, int64_t
 
 // Block b runs every step of sequence b.
 template <class Cell, class T>
-__global__ void forward_persistent_kernel(const ForwardStep<Cell, T>* step, bool weights_in_shared) {
+__global__ void __launch_bounds__(1024)
+    forward_persistent_kernel(const ForwardStep<Cell, T>* step, bool weights_in_shared) {
   const ForwardStep<Cell, T> f = *step;
   const int64_t H = f.a.H, P = f.a.P, GH = Cell::kGates * H, b = blockIdx.x;
   const T* w_t = f.st.w_hh_t;
