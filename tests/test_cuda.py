@@ -21,8 +21,13 @@ from fusedrnn import functional as F
 from rnn_cases import CELLS, make_lengths, make_problem
 from tolerances import INPUT_GRAD, OUTPUT, STATE, WEIGHT_GRAD, assert_close
 
-pytestmark = pytest.mark.skipif(not cuda.is_available(),
-                                reason="no CUDA backend in this build, or no device (GPU or emulator)")
+
+@pytest.fixture(autouse=True)
+def _needs_a_device():
+    # (Asked when a test here runs, not at collection: the backend is loaded only if needed.)
+    if not cuda.is_available():
+        pytest.skip("no CUDA backend in this build, or no device (GPU or emulator)")
+
 
 T, B, I, H = (20, 8, 64, 128) if os.environ.get("FUSEDRNN_CUDA_TEST_SIZE") == "full" else (4, 3, 5, 6)
 WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
@@ -43,7 +48,8 @@ def problem(rng, cell, dtype, proj=None):
         weights["weight_hh"] = rng.uniform(-0.4, 0.4, (4 * H, proj))
         weights["weight_hr"] = rng.uniform(-0.4, 0.4, (proj, H))
         states[0] = rng.standard_normal((B, proj))
-    cast = (lambda a: None if a is None else np.asarray(a, dtype))
+    def cast(a):
+        return None if a is None else np.asarray(a, dtype)
     return cast(p["x"]), cast(states[0]), cast(states[1]), {k: cast(v) for k, v in weights.items()}
 
 
@@ -142,7 +148,7 @@ def test_persistent_kernel_with_weights_too_large_for_shared_memory():
     """Weights that do not fit in a block's shared memory are read from global memory."""
     rng = np.random.default_rng(15)
     hidden = 96  # LSTM, float64: 4*96*96*8 = 295 KB, beyond the 227 KB a block may have
-    assert not cuda._cuda.persistent_weights_fit(4 * hidden * hidden * 8)
+    assert not cuda._native().persistent_weights_fit(4 * hidden * hidden * 8)
     p = make_problem(rng, "lstm", 2, 1, 3, hidden, dtype=np.float64)
     weights = dict(zip(WEIGHTS, p["weights"]))
     cuda.set_algorithm("persistent")
@@ -178,7 +184,7 @@ def test_gemm_matches_numpy(dtype, ta, tb, m, k, n):
     rng = np.random.default_rng(17)
     a = rng.standard_normal((k, m) if ta else (m, k)).astype(dtype)
     b = rng.standard_normal((n, k) if tb else (k, n)).astype(dtype)
-    c = cuda._cuda.gemm(cuda.to_device(a), cuda.to_device(b), transpose_a=ta, transpose_b=tb).numpy()
+    c = cuda._native().gemm(cuda.to_device(a), cuda.to_device(b), transpose_a=ta, transpose_b=tb).numpy()
     expected = (a.T if ta else a).astype(np.float64) @ (b.T if tb else b).astype(np.float64)
     assert_close(c, expected, dtype, OUTPUT, "c")
 

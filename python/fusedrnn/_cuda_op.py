@@ -82,7 +82,7 @@ def forward(cell, info, x, h0, c0, weights, *, lengths, mask, masked_output, rev
         b_ih=_on_device(weights["bias_ih"], "bias_ih", (G * H,), dtype, optional=True),
         b_hh=_on_device(weights["bias_hh"], "bias_hh", (G * H,), dtype, optional=True),
     )
-    y, h_n, c_n, computed = _device._cuda.forward(
+    y, h_n, c_n, computed = _device._native().forward(
         cell, lengths=lengths, mask=mask, repeat_masked_output=masked_output == "repeat", reverse=bool(reverse),
         training=bool(training), algorithm=_device.get_algorithm(), **arrays)
     inputs = tuple(arrays[key] for key in ("x", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr", "recurrent_scale"))
@@ -100,7 +100,7 @@ def backward(dy, dh_n, dc_n, saved, info):
     grads = dict(dy=_on_device(dy, "dy", (T, B, P), dtype, optional=True),
                  dh_n=_on_device(dh_n, "dh_n", (B, P), dtype, optional=True),
                  dc_n=_on_device(dc_n, "dc_n", (B, H), dtype, optional=True))
-    return _device._cuda.backward(
+    return _device._native().backward(
         meta.cell, x, saved["weight_ih"], saved["weight_hh"], saved["weight_hr"], saved["recurrent_scale"],
         saved["lengths"], saved["mask"], meta.repeat_masked_output, meta.reverse,
         (saved["gates"], saved["h"], saved["c"], saved["m"]),

@@ -13,31 +13,45 @@ Verified under a CUDA emulator only (a PTX emulator that runs the kernels on the
 run is recorded in bench/RESULTS.md.
 """
 
-import numpy as np
+import importlib
+import importlib.util
 
-try:
-    from . import _cuda
-except ImportError:  # a build without the CUDA backend
-    _cuda = None
+import numpy as np
 
 __all__ = ["is_built", "is_available", "device_count", "build_info", "DeviceArray", "to_device", "to_host",
            "is_device_array", "set_algorithm", "get_algorithm", "release_workspaces"]
 
-#: The device array type of the backend's results (None in a build without it).
-DeviceArray = _cuda.DeviceArray if _cuda is not None else None
-
 _ALGORITHMS = ("auto", "stepwise", "persistent")
 _algorithm = "auto"
+_MODULE = __name__.rpartition(".")[0] + "._cuda"
+_native_module = None
+
+
+def _native():
+    """The extension module fusedrnn._cuda, imported on first use (None in a build without it):
+    importing fusedrnn loads no CUDA runtime, and a CPU-only user never starts one."""
+    global _native_module
+    if _native_module is None and is_built():
+        _native_module = importlib.import_module(_MODULE)
+    return _native_module
+
+
+def __getattr__(name):
+    if name == "DeviceArray":  # the device array type of the backend's results (None without it)
+        module = _native()
+        return module.DeviceArray if module is not None else None
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def is_built():
     """Whether this copy of fusedrnn was built with the CUDA backend."""
-    return _cuda is not None
+    return importlib.util.find_spec(_MODULE) is not None
 
 
 def device_count():
     """CUDA devices visible to the backend (0 without the backend, a driver or a device)."""
-    return _cuda.device_count() if _cuda is not None else 0
+    module = _native()
+    return module.device_count() if module is not None else 0
 
 
 def is_available():
@@ -50,15 +64,15 @@ def build_info():
     ``emulator`` (linked against the CUDA emulator rather than the CUDA runtime), ``architectures``
     (what nvcc compiled for), ``nvcc`` (its version), ``runtime_version``, ``driver_version`` and
     ``devices`` (name, compute capability, multiprocessors, memory of each)."""
-    if _cuda is None:
+    if not is_built():
         return {"built": False}
-    return {"built": True, **_cuda.build_info()}
+    return {"built": True, **_native().build_info()}
 
 
 def _require():
-    if _cuda is None:
+    if not is_built():
         raise RuntimeError("fusedrnn was built without the CUDA backend: rebuild with FUSEDRNN_CUDA=1 (see README)")
-    if _cuda.device_count() == 0:
+    if _native().device_count() == 0:
         raise RuntimeError("fusedrnn's CUDA backend found no CUDA device")
 
 
@@ -70,7 +84,7 @@ def is_device_array(value):
 def to_device(array):
     """A :class:`DeviceArray` copy of a host array (C-contiguous on the device)."""
     _require()
-    return _cuda.to_device(np.ascontiguousarray(array))
+    return _native().to_device(np.ascontiguousarray(array))
 
 
 def to_host(array):
@@ -79,7 +93,7 @@ def to_host(array):
     if not is_device_array(array):
         return np.asarray(array)
     _require()
-    return _cuda.to_host(array)
+    return _native().to_host(array)
 
 
 def set_algorithm(name):
@@ -99,5 +113,5 @@ def get_algorithm():
 
 def release_workspaces():
     """Frees the device workspaces the kernels keep between calls (they are reallocated on demand)."""
-    if _cuda is not None:
-        _cuda.release_workspaces()
+    if _native_module is not None:
+        _native_module.release_workspaces()
