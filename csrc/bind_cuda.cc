@@ -247,7 +247,8 @@ fusedrnn::cuda::Algorithm parse_algorithm(const std::string& name) {
   if (name == "auto") return fusedrnn::cuda::Algorithm::kAuto;
   if (name == "stepwise") return fusedrnn::cuda::Algorithm::kStepwise;
   if (name == "persistent") return fusedrnn::cuda::Algorithm::kPersistent;
-  throw py::value_error("algorithm must be 'auto', 'stepwise' or 'persistent', got '" + name + "'");
+  if (name == "warp") return fusedrnn::cuda::Algorithm::kWarp;
+  throw py::value_error("algorithm must be 'auto', 'stepwise', 'warp' or 'persistent', got '" + name + "'");
 }
 
 std::vector<int64_t> shape_of(const py::object& obj, const char* name) {

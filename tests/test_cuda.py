@@ -1,5 +1,5 @@
 """The CUDA backend against the CPU kernels: every cell, dtype, masking and direction, forward
-and backward, in both loop forms (stepwise and persistent), plus its GEMM and device arrays.
+and backward, in every loop form (stepwise, warp and persistent), plus its GEMM and device arrays.
 
 The sizes are small: without a GPU these run in a CUDA emulator on the CPU (about a million
 thread-steps a second). They run unchanged on a GPU; without the backend or a device they skip.
@@ -33,7 +33,7 @@ T, B, I, H = (20, 8, 64, 128) if os.environ.get("FUSEDRNN_CUDA_TEST_SIZE") == "f
 WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
 
 
-@pytest.fixture(params=["stepwise", "persistent"])
+@pytest.fixture(params=["stepwise", "warp", "persistent"])
 def algorithm(request):
     cuda.set_algorithm(request.param)
     yield request.param

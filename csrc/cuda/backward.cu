@@ -27,6 +27,7 @@ struct BackwardState {
   T* dh_step;   // [B, P] this step's total gradient of h (projection only)
   T* dh_all;    // [T, B, P] every step's, time order, for dW_hr (projection only)
   T* dg_step;   // [2, B, G*H] dgh of this step and of the one after it, in step order
+  const T* w_hh_t;  // [P, G*H] W_hh transposed (the warp form's products), or null
 };
 
 template <class Cell, class T>
@@ -55,10 +56,26 @@ struct BackwardStep {
     return sum;
   }
 
+  // The same by the 32 lanes of a warp, each summing every 32nd row, from W_hh transposed
+  // (consecutive lanes, consecutive addresses); every lane gets the sum.
+  __device__ __forceinline__ T warp_state_product(const T* dg, int64_t b, int64_t p, int lane) const {
+    if (!dg) return T(0);
+    const int64_t GH = G * a.H;
+    T sum = T(0);
+    const T* d = dg + b * GH;
+    const T* w = st.w_hh_t + p * GH;
+    for (int64_t j = lane; j < kFirst * a.H; j += 32) sum += d[j] * w[j];
+    return warp_sum(sum);
+  }
+
   // Projection, phase 1: the total gradient of state dim p of sequence b at step s.
   __device__ __forceinline__ void gather(int64_t s, int64_t b, int64_t p, const T* w_hh) const {
+    gather_given(s, b, p, state_product(dg_next(s), b, p, w_hh));
+  }
+
+  // The same given rec = (dG_{s+1} W_hh) of (b, p).
+  __device__ __forceinline__ void gather_given(int64_t s, int64_t b, int64_t p, T rec) const {
     const int64_t B = a.B, P = a.P, at = b * P + p, t = sch.row(s);
-    const T rec = state_product(dg_next(s), b, p, w_hh);
     const T dy = a.dy ? a.dy[(t * B + b) * P + p] : T(0);
     if (!sch.active(t, b)) {  // masked: the state was carried, so is its gradient
       st.dh_carry[at] += rec + (sch.repeats_output(s, b) ? dy : T(0));
@@ -75,14 +92,19 @@ struct BackwardStep {
   // The cell's backward for (b, u) at step s: the first phase of a two-phase cell. Without a
   // projection the unit's dh comes from dG_{s+1} W_hh (w_hh), with one from dm = dh_step W_hr.
   __device__ __forceinline__ void cell(int64_t s, int64_t b, int64_t u, const T* w_hh, const T* w_hr) const {
-    const int64_t B = a.B, H = a.H, P = a.P, GH = G * H, at = b * H + u, t = sch.row(s);
-    const bool projected = a.w_hr != nullptr;
     T rec = T(0);
-    if (projected) {
-      for (int64_t p = 0; p < P; ++p) rec += st.dh_step[b * P + p] * w_hr[p * H + u];
+    if (a.w_hr) {
+      for (int64_t p = 0; p < a.P; ++p) rec += st.dh_step[b * a.P + p] * w_hr[p * a.H + u];
     } else {
       rec = state_product(dg_next(s), b, u, w_hh);
     }
+    cell_given(s, b, u, rec);
+  }
+
+  // The same given rec, the product above.
+  __device__ __forceinline__ void cell_given(int64_t s, int64_t b, int64_t u, T rec) const {
+    const int64_t B = a.B, H = a.H, GH = G * H, at = b * H + u, t = sch.row(s);
+    const bool projected = a.w_hr != nullptr;
     const T dy = a.dy && !projected ? a.dy[(t * B + b) * H + u] : T(0);
     // Under recurrent dropout rec is the gradient of h * scale: scaled once more, it is h's.
     const T scale = a.recurrent_scale ? a.recurrent_scale[at] : T(1);
@@ -172,6 +194,24 @@ __global__ void backward_cell_kernel(const BackwardStep<Cell, T>* step, int64_t 
   if (i < f.a.B * f.a.H) f.cell(s, i / f.a.H, i % f.a.H, f.a.w_hh, f.a.w_hr);
 }
 
+// A warp per (b, unit or state dim): the lanes share dG_{s+1} W_hh, the first lane goes on with
+// the cell (without a projection) or the state dim's gradient (with one).
+template <class Cell, class T>
+__global__ void backward_warp_kernel(const BackwardStep<Cell, T>* step, int64_t s) {
+  const BackwardStep<Cell, T> f = *step;
+  const int64_t P = f.a.P, pair = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  if (pair >= f.a.B * P) return;  // (the whole warp: its lanes share the pair)
+  const int64_t b = pair / P, p = pair % P;
+  const T rec = f.warp_state_product(f.dg_next(s), b, p, lane);
+  if (lane != 0) return;
+  if (f.a.w_hr) {
+    f.gather_given(s, b, p, rec);
+  } else {
+    f.cell_given(s, b, p, rec);
+  }
+}
+
 template <class Cell, class T>
 __global__ void backward_reset_kernel(const BackwardStep<Cell, T>* step, int64_t s) {
   const BackwardStep<Cell, T> f = *step;
@@ -237,23 +277,34 @@ void backward_layer(const BackwardArgs<T>& a, const int64_t* first_step, Algorit
   st.dh_step = projected ? workspace<T>(14, B * P) : nullptr;
   st.dh_all = projected ? workspace<T>(15, steps * B * P) : nullptr;
   st.dg_step = workspace<T>(16, 2 * B * GH);
+  const int64_t weight_values = GH * P + (projected ? P * H : 0);
+  const Algorithm form = resolve(algorithm, weight_values * int64_t(sizeof(T)), B * P);
+  if (form == Algorithm::kWarp) {
+    T* w_hh_t = workspace<T>(18, GH * P);
+    transpose(w_hh_t, a.w_hh, GH, P);
+    st.w_hh_t = w_hh_t;
+  }
   copy_or_zero(st.dh_carry, a.dh_n, B * P);
   if constexpr (Cell::kHasCell) copy_or_zero(st.dc_carry, a.dc_n, B * H);
 
   const BackwardStep<Cell, T>* step = upload_step(BackwardStep<Cell, T>{a, sch, st});
-  const int64_t weight_values = GH * P + (projected ? P * H : 0);
-  if (resolve(algorithm, weight_values * int64_t(sizeof(T))) == Algorithm::kPersistent) {
+  if (form == Algorithm::kPersistent) {
     const bool in_shared = persistent_weights_fit(weight_values * int64_t(sizeof(T)));
     launch_persistent(backward_persistent_kernel<Cell, T>, "backward_persistent_kernel launch", B,
                       persistent_threads(std::max(H, P)), in_shared ? weight_values * sizeof(T) : 0, step, in_shared);
   } else {
     for (int64_t s = steps - 1; s >= 0; --s) {
-      if (projected) {
+      if (form == Algorithm::kWarp) {
+        backward_warp_kernel<Cell, T><<<blocks_for(B * P * 32), kStepThreads>>>(step, s);
+        check_launch("backward_warp_kernel launch");
+      } else if (projected) {
         backward_gather_kernel<Cell, T><<<blocks_for(B * P), kStepThreads>>>(step, s);
         check_launch("backward_gather_kernel launch");
       }
-      backward_cell_kernel<Cell, T><<<blocks_for(B * H), kStepThreads>>>(step, s);
-      check_launch("backward_cell_kernel launch");
+      if (form != Algorithm::kWarp || projected) {  // (the cell's phase after the warps' gather)
+        backward_cell_kernel<Cell, T><<<blocks_for(B * H), kStepThreads>>>(step, s);
+        check_launch("backward_cell_kernel launch");
+      }
       if constexpr (Cell::kTwoPhase) {
         backward_reset_kernel<Cell, T><<<blocks_for(B * H), kStepThreads>>>(step, s);
         check_launch("backward_reset_kernel launch");

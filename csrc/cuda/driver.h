@@ -4,8 +4,10 @@
 //
 // Each step phase is a device function of one (sequence b, unit or state dim) pair that computes
 // the pair's recurrent dot products and applies the cell to them in the same thread (the
-// product fused with the pointwise step). Two drivers call the same functions:
+// product fused with the pointwise step). The drivers call the same functions:
 //   stepwise:   one kernel per phase and step, a thread per pair over the whole batch;
+//   warp:       the same with a warp per pair: its lanes split the dot products (reduced with
+//               shuffles) and the first lane applies the cell (the *_given functions);
 //   persistent: one kernel per loop, block b runs sequence b's every step, its threads striding
 //               over the units, __syncthreads() between phases (no grid-wide barrier: sequences
 //               never read each other's state), weights in shared memory when they fit.
@@ -143,9 +145,18 @@ void copy_device(T* dst, const T* src, int64_t n, const char* what) {
   if (n > 0) check(cudaMemcpy(dst, src, n * sizeof(T), cudaMemcpyDeviceToDevice), what);
 }
 
-inline Algorithm resolve(Algorithm algorithm, int64_t weight_bytes) {
+// pairs: (sequence, unit) pairs of a step.
+inline Algorithm resolve(Algorithm algorithm, int64_t weight_bytes, int64_t pairs) {
   if (algorithm != Algorithm::kAuto) return algorithm;
-  return persistent_weights_fit(weight_bytes) ? Algorithm::kPersistent : Algorithm::kStepwise;
+  if (persistent_weights_fit(weight_bytes)) return Algorithm::kPersistent;
+  return pairs < kWarpPairs ? Algorithm::kWarp : Algorithm::kStepwise;
+}
+
+// Every lane of a full warp gets the sum of the warp's 32 values of v.
+template <class T>
+__device__ __forceinline__ T warp_sum(T v) {
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
 }
 
 }  // namespace

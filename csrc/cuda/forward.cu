@@ -78,9 +78,44 @@ struct ForwardStep {
     if (a.saved_m) a.saved_m[(t * B + b) * H + u] = T(0);
   }
 
+  static constexpr int kFirst = Cell::kTwoPhase ? G - 1 : G;  // gates whose product reads h
+
+  // The recurrent products of (b, u)'s first gates by one thread: hg[g] = (W_hh h)_{g*H+u}, from
+  // W_hh transposed (w_t, [P, G*H], in global or shared memory).
+  __device__ __forceinline__ void thread_product(int64_t s, int64_t b, int64_t u, const T* w_t, T* hg) const {
+    const int64_t GH = G * a.H, P = a.P;
+    for (int g = 0; g < kFirst; ++g) hg[g] = T(0);
+    const T* h = product_prev(s) + b * P;
+    for (int64_t k = 0; k < P; ++k) {
+      const T hk = h[k];
+      const T* w = w_t + k * GH + u;
+      for (int g = 0; g < kFirst; ++g) hg[g] += hk * w[g * a.H];
+    }
+  }
+
+  // The same by the 32 lanes of a warp, each summing every 32nd k of W_hh's rows (consecutive
+  // lanes, consecutive addresses); every lane gets the sums.
+  __device__ __forceinline__ void warp_product(int64_t s, int64_t b, int64_t u, int lane, T* hg) const {
+    const int64_t H = a.H, P = a.P;
+    for (int g = 0; g < kFirst; ++g) hg[g] = T(0);
+    const T* h = product_prev(s) + b * P;
+    for (int64_t k = lane; k < P; k += 32) {
+      const T hk = h[k];
+      for (int g = 0; g < kFirst; ++g) hg[g] += hk * a.w_hh[(g * H + u) * P + k];
+    }
+    for (int g = 0; g < kFirst; ++g) hg[g] = warp_sum(hg[g]);
+  }
+
   // Phase 1 of step s for (b, u): the recurrent products of the first gates (all gates unless
-  // two-phase) fused with the cell. w_t: W_hh transposed, in global or shared memory.
+  // two-phase) fused with the cell, in one thread.
   __device__ __forceinline__ void cell(int64_t s, int64_t b, int64_t u, const T* w_t) const {
+    T hg[G];
+    if (sch.active(sch.row(s), b)) thread_product(s, b, u, w_t, hg);
+    cell_given(s, b, u, hg);
+  }
+
+  // Phase 1 given the products hg of the first gates (unread at a masked step).
+  __device__ __forceinline__ void cell_given(int64_t s, int64_t b, int64_t u, T* hg) const {
     const int64_t B = a.B, H = a.H, P = a.P, GH = G * H, t = sch.row(s);
     const bool projected = a.w_hr != nullptr;
     if (!sch.active(t, b)) {
@@ -92,15 +127,8 @@ struct ForwardStep {
       }
       return;
     }
-    constexpr int kFirst = Cell::kTwoPhase ? G - 1 : G;
-    T xg[G], hg[G];
-    for (int g = 0; g < kFirst; ++g) hg[g] = T(0);
+    T xg[G];
     const T* h = product_prev(s) + b * P;
-    for (int64_t k = 0; k < P; ++k) {
-      const T hk = h[k];
-      const T* w = w_t + k * GH + u;
-      for (int g = 0; g < kFirst; ++g) hg[g] += hk * w[g * H];
-    }
     const T* xp = st.xp + (t * B + b) * GH + u;
     for (int g = 0; g < G; ++g) {
       xg[g] = xp[g * H] + st.b_ih[g * H + u];
@@ -180,6 +208,19 @@ __global__ void forward_cell_kernel(const ForwardStep<Cell, T>* step, int64_t s)
   const ForwardStep<Cell, T> f = *step;
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < f.a.B * f.a.H) f.cell(s, i / f.a.H, i % f.a.H, f.st.w_hh_t);
+}
+
+// A warp per (b, u): the lanes share the products, the first lane applies the cell.
+template <class Cell, class T>
+__global__ void forward_warp_cell_kernel(const ForwardStep<Cell, T>* step, int64_t s) {
+  const ForwardStep<Cell, T> f = *step;
+  const int64_t pair = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  if (pair >= f.a.B * f.a.H) return;  // (the whole warp: its lanes share the pair)
+  const int64_t b = pair / f.a.H, u = pair % f.a.H;
+  T hg[Cell::kGates];
+  f.warp_product(s, b, u, lane, hg);
+  if (lane == 0) f.cell_given(s, b, u, hg);
 }
 
 template <class Cell, class T>
@@ -273,14 +314,20 @@ void forward_layer(const ForwardArgs<T>& a, const int64_t* first_step, Algorithm
 
   const ForwardStep<Cell, T>* step = upload_step(ForwardStep<Cell, T>{a, sch, st});
   const int64_t weight_values = P * GH + (projected ? H * P : 0);
-  if (resolve(algorithm, weight_values * int64_t(sizeof(T))) == Algorithm::kPersistent) {
+  const Algorithm form = resolve(algorithm, weight_values * int64_t(sizeof(T)), B * H);
+  if (form == Algorithm::kPersistent) {
     const bool in_shared = persistent_weights_fit(weight_values * int64_t(sizeof(T)));
     launch_persistent(forward_persistent_kernel<Cell, T>, "forward_persistent_kernel launch", B,
                       persistent_threads(std::max(H, P)), in_shared ? weight_values * sizeof(T) : 0, step, in_shared);
   } else {
     for (int64_t s = 0; s < steps; ++s) {
-      forward_cell_kernel<Cell, T><<<blocks_for(B * H), kStepThreads>>>(step, s);
-      check_launch("forward_cell_kernel launch");
+      if (form == Algorithm::kWarp) {
+        forward_warp_cell_kernel<Cell, T><<<blocks_for(B * H * 32), kStepThreads>>>(step, s);
+        check_launch("forward_warp_cell_kernel launch");
+      } else {
+        forward_cell_kernel<Cell, T><<<blocks_for(B * H), kStepThreads>>>(step, s);
+        check_launch("forward_cell_kernel launch");
+      }
       if constexpr (Cell::kTwoPhase) {
         forward_output_kernel<Cell, T><<<blocks_for(B * H), kStepThreads>>>(step, s);
         check_launch("forward_output_kernel launch");

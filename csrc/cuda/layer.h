@@ -17,8 +17,12 @@ namespace fusedrnn::cuda {
 //   kPersistent: one launch for the whole loop, one block per sequence (sequences are
 //     independent), __syncthreads() between phases; the recurrent weights are copied into shared
 //     memory once when they fit (persistent_weights_fit), else read from global memory.
-//   kAuto: kPersistent when the weights fit in shared memory, else kStepwise.
-enum class Algorithm { kAuto, kStepwise, kPersistent };
+//   kWarp: as kStepwise, but a warp per pair, its 32 lanes splitting each dot product (reduced
+//     with shuffles): 32 times the threads, for batches too small to fill a GPU thread by pair.
+//   kAuto: kPersistent when the weights fit in shared memory, else kWarp when there are fewer
+//     than kWarpPairs pairs, else kStepwise.
+enum class Algorithm { kAuto, kStepwise, kPersistent, kWarp };
+constexpr int64_t kWarpPairs = int64_t(1) << 15;
 
 template <class T>
 void forward(CellKind cell, const ForwardArgs<T>& args, const int64_t* first_step, Algorithm algorithm);

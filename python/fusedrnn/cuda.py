@@ -21,7 +21,7 @@ import numpy as np
 __all__ = ["is_built", "is_available", "device_count", "build_info", "DeviceArray", "to_device", "to_host",
            "is_device_array", "set_algorithm", "get_algorithm", "release_workspaces"]
 
-_ALGORITHMS = ("auto", "stepwise", "persistent")
+_ALGORITHMS = ("auto", "stepwise", "warp", "persistent")
 _algorithm = "auto"
 _MODULE = __name__.rpartition(".")[0] + "._cuda"
 _native_module = None
@@ -97,9 +97,12 @@ def to_host(array):
 
 
 def set_algorithm(name):
-    """How the kernels run the time loop, from now on: ``"stepwise"`` (one launch per step, any
-    size), ``"persistent"`` (one block per sequence for the whole loop; the recurrent weights in
-    shared memory when they fit), or ``"auto"`` (persistent when the weights fit, the default)."""
+    """How the kernels run the time loop, from now on: ``"stepwise"`` (one launch per step phase,
+    a thread per (sequence, unit) pair), ``"warp"`` (the same with a warp per pair, its lanes
+    splitting the dot products: for batches too small to fill the GPU otherwise), ``"persistent"``
+    (one block per sequence for the whole loop; the recurrent weights in shared memory when they
+    fit), or ``"auto"`` (the default: persistent when the weights fit, else warp below 2^15 pairs
+    per step, else stepwise)."""
     global _algorithm
     if name not in _ALGORITHMS:
         raise ValueError(f"algorithm must be one of {', '.join(_ALGORITHMS)}, got {name!r}")
