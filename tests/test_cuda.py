@@ -144,6 +144,18 @@ def test_inference_without_bias_or_initial_state(cell, algorithm):
     run_both(cell, x, None, None, weights, np.float32, rng, with_dh_n=False)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru_reset_before", "rnn_relu"])
+def test_sizes_beyond_one_tile(cell, algorithm):
+    """More sequences and units than one block of the stepwise form covers (8 x 32), ragged."""
+    rng = np.random.default_rng(20)
+    steps, batch, hidden = 3, 11, 37
+    p = make_problem(rng, cell, steps, batch, 5, hidden, dtype=np.float64)
+    states = p["states"] + [None] * (2 - len(p["states"]))
+    lengths = rng.integers(0, steps + 1, size=batch)
+    run_both(cell, p["x"], states[0], states[1], dict(zip(WEIGHTS, p["weights"])), np.float64, rng,
+             lengths=lengths, reverse=True)
+
+
 def test_persistent_kernel_with_weights_too_large_for_shared_memory():
     """Weights that do not fit in a block's shared memory are read from global memory."""
     rng = np.random.default_rng(15)

@@ -180,11 +180,35 @@ struct BackwardStep {
   }
 };
 
+// Phase 1 of the stepwise form: block (x, y) computes dG_{s+1} W_hh for state dims
+// x*kTileCols.. of sequences y*kTileSeqs.. (driver.h), then goes on with the cell (without a
+// projection) or the state dims' gradients (with one).
 template <class Cell, class T>
-__global__ void backward_gather_kernel(const BackwardStep<Cell, T>* step, int64_t s) {
+__global__ void backward_tiled_kernel(const BackwardStep<Cell, T>* step, int64_t s) {
+  __shared__ T d_tile[kTileSeqs][kTileK];
+  __shared__ T w_tile[kTileK][kTileCols];
   const BackwardStep<Cell, T> f = *step;
-  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i < f.a.B * f.a.P) f.gather(s, i / f.a.P, i % f.a.P, f.a.w_hh);
+  const int64_t B = f.a.B, P = f.a.P, GH = Cell::kGates * f.a.H, rows = BackwardStep<Cell, T>::kFirst * f.a.H;
+  const int col = threadIdx.x % kTileCols, row = threadIdx.x / kTileCols;
+  const int64_t p0 = int64_t(blockIdx.x) * kTileCols, p = p0 + col, b = int64_t(blockIdx.y) * kTileSeqs + row;
+  const T* dg = f.dg_next(s);
+  T rec = T(0);
+  for (int64_t j0 = 0; dg && j0 < rows; j0 += kTileK) {
+    d_tile[row][col] = b < B && j0 + col < rows ? dg[b * GH + j0 + col] : T(0);  // (kTileK == kTileCols)
+    for (int e = threadIdx.x; e < kTileK * kTileCols; e += blockDim.x) {
+      const int j = e / kTileCols, c = e % kTileCols;
+      w_tile[j][c] = j0 + j < rows && p0 + c < P ? f.a.w_hh[(j0 + j) * P + p0 + c] : T(0);
+    }
+    __syncthreads();
+    for (int j = 0; j < kTileK; ++j) rec += d_tile[row][j] * w_tile[j][col];
+    __syncthreads();
+  }
+  if (b >= B || p >= P) return;
+  if (f.a.w_hr) {
+    f.gather_given(s, b, p, rec);
+  } else {
+    f.cell_given(s, b, p, rec);
+  }
 }
 
 template <class Cell, class T>
@@ -297,11 +321,12 @@ void backward_layer(const BackwardArgs<T>& a, const int64_t* first_step, Algorit
       if (form == Algorithm::kWarp) {
         backward_warp_kernel<Cell, T><<<blocks_for(B * P * 32), kStepThreads>>>(step, s);
         check_launch("backward_warp_kernel launch");
-      } else if (projected) {
-        backward_gather_kernel<Cell, T><<<blocks_for(B * P), kStepThreads>>>(step, s);
-        check_launch("backward_gather_kernel launch");
+      } else {
+        const dim3 grid(blocks_for(P, kTileCols), blocks_for(B, kTileSeqs));
+        backward_tiled_kernel<Cell, T><<<grid, kTileSeqs * kTileCols>>>(step, s);
+        check_launch("backward_tiled_kernel launch");
       }
-      if (form != Algorithm::kWarp || projected) {  // (the cell's phase after the warps' gather)
+      if (projected) {  // the cell's phase, after the state dims' gradients
         backward_cell_kernel<Cell, T><<<blocks_for(B * H), kStepThreads>>>(step, s);
         check_launch("backward_cell_kernel launch");
       }

@@ -31,7 +31,13 @@
 namespace fusedrnn::cuda {
 namespace {
 
-constexpr int kStepThreads = 128;  // threads per block of a stepwise kernel
+constexpr int kStepThreads = 128;  // threads per block of a one-dimensional kernel
+
+// The stepwise form's products: a block of kTileSeqs x kTileCols threads, one per (sequence,
+// unit or state dim) pair, steps through the dot products kTileK terms at a time, the block first
+// copying that slice of the states and of the weights into shared memory, so that a weight is
+// read once per block of sequences, not once per sequence.
+constexpr int kTileSeqs = 8, kTileCols = 32, kTileK = 32;
 
 inline unsigned blocks_for(int64_t n, int threads = kStepThreads) {
   return static_cast<unsigned>(std::max<int64_t>(1, (n + threads - 1) / threads));

@@ -203,11 +203,35 @@ struct ForwardStep {
   }
 };
 
+// Phase 1 of the stepwise form: block (x, y) runs units x*kTileCols.. of sequences y*kTileSeqs..
+// (driver.h), from W_hh transposed.
 template <class Cell, class T>
-__global__ void forward_cell_kernel(const ForwardStep<Cell, T>* step, int64_t s) {
+__global__ void forward_tiled_cell_kernel(const ForwardStep<Cell, T>* step, int64_t s) {
+  constexpr int G = Cell::kGates, kFirst = ForwardStep<Cell, T>::kFirst;
+  __shared__ T h_tile[kTileSeqs][kTileK];
+  __shared__ T w_tile[kTileK][kFirst * kTileCols];
   const ForwardStep<Cell, T> f = *step;
-  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i < f.a.B * f.a.H) f.cell(s, i / f.a.H, i % f.a.H, f.st.w_hh_t);
+  const int64_t B = f.a.B, H = f.a.H, P = f.a.P, GH = G * H;
+  const int col = threadIdx.x % kTileCols, row = threadIdx.x / kTileCols;
+  const int64_t u0 = int64_t(blockIdx.x) * kTileCols, u = u0 + col, b = int64_t(blockIdx.y) * kTileSeqs + row;
+  const T* h = f.product_prev(s);
+  T hg[G];
+  for (int g = 0; g < G; ++g) hg[g] = T(0);
+  for (int64_t k0 = 0; k0 < P; k0 += kTileK) {
+    h_tile[row][col] = b < B && k0 + col < P ? h[b * P + k0 + col] : T(0);  // (kTileK == kTileCols)
+    for (int e = threadIdx.x; e < kTileK * kFirst * kTileCols; e += blockDim.x) {
+      const int k = e / (kFirst * kTileCols), gc = e % (kFirst * kTileCols);
+      const int64_t unit = u0 + gc % kTileCols;
+      w_tile[k][gc] = k0 + k < P && unit < H ? f.st.w_hh_t[(k0 + k) * GH + (gc / kTileCols) * H + unit] : T(0);
+    }
+    __syncthreads();
+    for (int k = 0; k < kTileK; ++k) {
+      const T hk = h_tile[row][k];
+      for (int g = 0; g < kFirst; ++g) hg[g] += hk * w_tile[k][g * kTileCols + col];
+    }
+    __syncthreads();
+  }
+  if (b < B && u < H) f.cell_given(s, b, u, hg);
 }
 
 // A warp per (b, u): the lanes share the products, the first lane applies the cell.
@@ -325,8 +349,9 @@ void forward_layer(const ForwardArgs<T>& a, const int64_t* first_step, Algorithm
         forward_warp_cell_kernel<Cell, T><<<blocks_for(B * H * 32), kStepThreads>>>(step, s);
         check_launch("forward_warp_cell_kernel launch");
       } else {
-        forward_cell_kernel<Cell, T><<<blocks_for(B * H), kStepThreads>>>(step, s);
-        check_launch("forward_cell_kernel launch");
+        const dim3 grid(blocks_for(H, kTileCols), blocks_for(B, kTileSeqs));
+        forward_tiled_cell_kernel<Cell, T><<<grid, kTileSeqs * kTileCols>>>(step, s);
+        check_launch("forward_tiled_cell_kernel launch");
       }
       if constexpr (Cell::kTwoPhase) {
         forward_output_kernel<Cell, T><<<blocks_for(B * H), kStepThreads>>>(step, s);

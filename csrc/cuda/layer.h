@@ -12,8 +12,9 @@
 namespace fusedrnn::cuda {
 
 // How the time loop runs.
-//   kStepwise: one kernel launch per step phase over all (sequence, unit) pairs; the weights are
-//     read from global memory (L2) at every step.
+//   kStepwise: one kernel launch per step phase over all (sequence, unit) pairs, a thread per
+//     pair; blocks of 8 sequences x 32 units share tiles of the state and of the weights in
+//     shared memory, so each step reads the weights from global memory (L2) once per 8 sequences.
 //   kPersistent: one launch for the whole loop, one block per sequence (sequences are
 //     independent), __syncthreads() between phases; the recurrent weights are copied into shared
 //     memory once when they fit (persistent_weights_fit), else read from global memory.

@@ -98,7 +98,8 @@ def to_host(array):
 
 def set_algorithm(name):
     """How the kernels run the time loop, from now on: ``"stepwise"`` (one launch per step phase,
-    a thread per (sequence, unit) pair), ``"warp"`` (the same with a warp per pair, its lanes
+    a thread per (sequence, unit) pair, in blocks of 8 sequences x 32 units that share tiles of
+    the state and weights), ``"warp"`` (the same with a warp per pair, its lanes
     splitting the dot products: for batches too small to fill the GPU otherwise), ``"persistent"``
     (one block per sequence for the whole loop; the recurrent weights in shared memory when they
     fit), or ``"auto"`` (the default: persistent when the weights fit, else warp below 2^15 pairs
