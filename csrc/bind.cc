@@ -465,5 +465,4 @@ PYBIND11_MODULE(_core, m) {
   m.attr("openmp") = false;
 #endif
   m.attr("compiler") = FUSEDRNN_COMPILER;
-  m.attr("cuda") = false;
 }

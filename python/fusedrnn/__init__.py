@@ -6,12 +6,12 @@
 Keras-flavoured ones; ``fusedrnn.distributed`` data-parallel training over MPI (mpi4py optional).
 """
 
-from . import _core, distributed, functional, keras, nn, optim
+from . import _core, cuda, distributed, functional, keras, nn, optim
 from ._random import manual_seed
 
 __version__ = _core.__version__
 
-__all__ = ["functional", "nn", "optim", "keras", "distributed", "manual_seed", "build_info", "get_num_threads",
+__all__ = ["functional", "cuda", "nn", "optim", "keras", "distributed", "manual_seed", "build_info", "get_num_threads",
            "set_num_threads", "__version__"]
 
 
@@ -52,7 +52,8 @@ def build_info():
     for this CPU at run time; ``FUSEDRNN_ISA`` may ask for a lower one), ``bf16_native`` (whether
     ``bf16_weights=True`` runs on AVX512-BF16 instructions here), ``bf16_kernel`` (the kernel it
     runs: ``avx512bf16``, ``avx512`` or ``avx2`` widening bfloat16 in registers, or ``portable``),
-    ``cuda`` (bool), ``cpu_vendor``, ``cache_sizes`` (bytes per core the kernels plan for, and
+    ``cuda`` (bool: built with the CUDA backend; :func:`fusedrnn.cuda.build_info` says more),
+    ``cpu_vendor``, ``cache_sizes`` (bytes per core the kernels plan for, and
     their source) and ``gemm_blocking`` (the float32 GEMM's block sizes kc, mc, nc and its
     micro-kernel tile, derived from those caches and the ISA).
     """
@@ -65,7 +66,7 @@ def build_info():
         "isa_selected": _core.isa_selected(),
         "bf16_native": bool(_core.bf16_native()),
         "bf16_kernel": _core.bf16_kernel(),
-        "cuda": bool(_core.cuda),
+        "cuda": cuda.is_built(),
         "cpu_vendor": _core.cpu_vendor(),
         "cache_sizes": _core.cache_sizes(),
         "gemm_blocking": _core.gemm_blocking("float32"),

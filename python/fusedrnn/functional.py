@@ -57,6 +57,12 @@ copied.) A caller whose framework already tracks in-place changes may pass
 Every function accepts arrays of any memory layout (they are made contiguous here), float32 or
 float64, all of one dtype; a wrong argument raises ``ValueError`` or ``TypeError`` naming it.
 Backward returns fresh arrays (gradients are written, never accumulated).
+
+CUDA (a build with the backend, :mod:`fusedrnn.cuda`): when ``x`` is a device array (anything with
+``__cuda_array_interface__``: :class:`fusedrnn.cuda.DeviceArray`, CuPy, PyTorch CUDA tensors;
+C-contiguous) the forward and its backward run on the GPU, read device inputs in place and return
+device arrays; saved state stays on the device. ``bf16_weights`` is CPU-only, and the fingerprint
+check of ``check_unchanged`` is not taken of device arrays.
 """
 
 from collections import namedtuple
@@ -66,6 +72,7 @@ import numpy as np
 from . import _arguments as args
 from . import _core
 from ._packed import PackedWeights
+from . import cuda as _cuda_device
 
 __all__ = [
     "CELLS", "CellInfo", "WEIGHT_NAMES", "PackedWeights", "Saved", "SavedMeta", "recurrent_forward", "recurrent_backward",
@@ -127,7 +134,9 @@ class Saved:
             raise ValueError(f"a Saved holds {len(self.ARRAY_NAMES)} arrays ({', '.join(self.ARRAY_NAMES)}), "
                              f"got {len(arrays)}")
         self.meta = meta
-        self.arrays = tuple(None if a is None else np.asarray(a) for a in arrays)
+        # (Device arrays of the CUDA backend stay where they are.)
+        self.arrays = tuple(None if a is None else a if _cuda_device.is_device_array(a) else np.asarray(a)
+                            for a in arrays)
 
     def __getitem__(self, name):
         """The array called `name` (one of ARRAY_NAMES), or None."""
@@ -185,6 +194,10 @@ def recurrent_forward(cell, x, h0, c0, weights, *, lengths=None, mask=None, mask
     """
     info = _cell_info(cell)
     weights = args.checked_weights(weights)
+    if _cuda_device.is_device_array(x):
+        return _forward_on_device(cell, info, x, h0, c0, weights, lengths=lengths, mask=mask,
+                                  masked_output=masked_output, reverse=reverse, training=training,
+                                  recurrent_scale=recurrent_scale, bf16_weights=bf16_weights)
     x = args.float_array(x, "x")
     args.check_bf16(bf16_weights, info, x.dtype, training, weights["weight_hr"], recurrent_scale)
     args.no_cell_state(cell, info, c0, "c0")
@@ -234,6 +247,25 @@ def recurrent_forward(cell, x, h0, c0, weights, *, lengths=None, mask=None, mask
     return y, h_n, c_n, Saved(meta, inputs + (arrays["lengths"], arrays["mask"]) + tuple(computed))
 
 
+def _forward_on_device(cell, info, x, h0, c0, weights, *, masked_output, reverse, training, **options):
+    """recurrent_forward with a device x: the CUDA backend (fusedrnn/_cuda_op.py)."""
+    from . import _cuda_op
+
+    args.no_cell_state(cell, info, c0, "c0")
+    if not isinstance(reverse, (bool, np.bool_)):
+        raise TypeError(f"reverse must be a bool, got {type(reverse).__name__}")
+    if masked_output not in _MASKED_OUTPUTS:
+        raise ValueError(f"masked_output must be 'zero' or 'repeat', got {masked_output!r}")
+    y, h_n, c_n, computed, inputs, lengths, mask = _cuda_op.forward(
+        cell, info, x, h0, c0, weights, masked_output=masked_output, reverse=reverse, training=training, **options)
+    if not training:
+        return y, h_n, c_n, None
+    # (No fingerprints: that digest is taken on the host; see _cuda_op.)
+    meta = SavedMeta(cell=cell, reverse=bool(reverse), repeat_masked_output=masked_output == "repeat",
+                     fingerprints=None)
+    return y, h_n, c_n, Saved(meta, inputs + (lengths, mask) + tuple(computed))
+
+
 def _check_unchanged(saved):
     """Raises if an input the backward reads differs from what the forward read."""
     if saved.meta.fingerprints is None:
@@ -268,6 +300,11 @@ def recurrent_backward(dy, dh_n, dc_n, saved):
     info = _cell_info(meta.cell)
     args.no_cell_state(meta.cell, info, dc_n, "dc_n")
     x = saved["x"]
+    if _cuda_device.is_device_array(x):
+        from . import _cuda_op
+
+        dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = _cuda_op.backward(dy, dh_n, dc_n, saved, info)
+        return dx, dh0, dc0, dict(weight_ih=dw_ih, weight_hh=dw_hh, bias_ih=db_ih, bias_hh=db_hh, weight_hr=dw_hr)
     T, B, _ = x.shape
     G = info.gates
     H, P, dtype = saved["weight_hh"].shape[0] // G, saved["weight_hh"].shape[1], x.dtype

@@ -1,0 +1,57 @@
+# The CUDA backend: the kernels of csrc/cuda/ in a static library compiled by nvcc, and the
+# extension module fusedrnn._cuda (csrc/bind_cuda.cc, compiled by the host compiler) over it.
+#
+# Architectures: CMAKE_CUDA_ARCHITECTURES (or the CUDAARCHS environment variable), else what
+# nvcc targets by default (CMake asks the compiler). With FUSEDRNN_CUDA_EMULATOR the module links
+# that library instead of the CUDA runtime; the emulator compiles the PTX embedded in the build.
+
+if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES AND NOT DEFINED ENV{CUDAARCHS} AND FUSEDRNN_CUDA_EMULATOR)
+  # The emulator reads PTX of compute_75 up to compute_120; nvcc's default may lie outside it.
+  set(CMAKE_CUDA_ARCHITECTURES 80)
+endif()
+enable_language(CUDA)
+find_package(CUDAToolkit REQUIRED)
+set(CMAKE_CUDA_STANDARD 17)
+set(CMAKE_CUDA_STANDARD_REQUIRED ON)
+
+add_library(fusedrnn_cuda_kernels STATIC
+  csrc/cuda/buffer.cu
+  csrc/cuda/gemm.cu
+  csrc/cuda/forward.cu
+  csrc/cuda/backward.cu
+)
+target_include_directories(fusedrnn_cuda_kernels PUBLIC csrc)
+set_target_properties(fusedrnn_cuda_kernels PROPERTIES
+  POSITION_INDEPENDENT_CODE ON
+  CUDA_VISIBILITY_PRESET hidden
+  CXX_VISIBILITY_PRESET hidden)
+
+pybind11_add_module(_cuda csrc/bind_cuda.cc)
+target_include_directories(_cuda PRIVATE csrc ${CUDAToolkit_INCLUDE_DIRS})
+target_link_libraries(_cuda PRIVATE fusedrnn_cuda_kernels)
+string(REPLACE ";" "," FUSEDRNN_CUDA_ARCHITECTURES_STRING "${CMAKE_CUDA_ARCHITECTURES}")
+target_compile_definitions(_cuda PRIVATE
+  FUSEDRNN_CUDA_ARCHITECTURES="${FUSEDRNN_CUDA_ARCHITECTURES_STRING}"
+  FUSEDRNN_NVCC_VERSION="${CMAKE_CUDA_COMPILER_VERSION}")
+
+if(FUSEDRNN_CUDA_EMULATOR)
+  if(NOT EXISTS "${FUSEDRNN_CUDA_EMULATOR}")
+    message(FATAL_ERROR "FUSEDRNN_CUDA_EMULATOR: no file at ${FUSEDRNN_CUDA_EMULATOR}")
+  endif()
+  get_filename_component(FUSEDRNN_CUDA_EMULATOR_DIR "${FUSEDRNN_CUDA_EMULATOR}" DIRECTORY)
+  set_target_properties(fusedrnn_cuda_kernels PROPERTIES CUDA_RUNTIME_LIBRARY None)
+  target_link_libraries(_cuda PRIVATE "${FUSEDRNN_CUDA_EMULATOR}")
+  # The emulator is a test tool: the module finds it where it was at build time.
+  set_target_properties(_cuda PROPERTIES
+    BUILD_RPATH "${FUSEDRNN_CUDA_EMULATOR_DIR}"
+    INSTALL_RPATH "${FUSEDRNN_CUDA_EMULATOR_DIR}")
+  target_compile_definitions(_cuda PRIVATE FUSEDRNN_CUDA_EMULATED)
+  message(STATUS "fusedrnn: CUDA backend linked against the emulator ${FUSEDRNN_CUDA_EMULATOR}")
+else()
+  # The static runtime: the module needs no libcudart on the library path, only the driver.
+  set_target_properties(fusedrnn_cuda_kernels PROPERTIES CUDA_RUNTIME_LIBRARY Static)
+  target_link_libraries(_cuda PRIVATE CUDA::cudart_static)
+endif()
+message(STATUS "fusedrnn: CUDA backend for architectures ${CMAKE_CUDA_ARCHITECTURES}")
+
+install(TARGETS _cuda LIBRARY DESTINATION fusedrnn)
