@@ -273,7 +273,7 @@ py::object gemm_bf16(const py::array& a, const py::array& b) {
 void check_matmul(const py::array& a, const py::array& b) {
   if (a.ndim() != 2 || b.ndim() != 2) throw py::value_error("a and b must be 2-d");
   if (a.shape(1) != b.shape(0)) throw py::value_error("a.shape[1] must equal b.shape[0]");
-  if (!a.dtype().is(b.dtype())) throw py::type_error("a and b must have the same dtype");
+  if (!a.dtype().equal(b.dtype())) throw py::type_error("a and b must have the same dtype");
   const auto item = a.itemsize();
   for (int d = 0; d < 2; ++d) {
     if (a.strides(d) % item || b.strides(d) % item) {
@@ -377,7 +377,7 @@ PYBIND11_MODULE(_core, m) {
       "_gemm_bf16_with",
       [](const std::string& kernel, const py::array& a, const py::array& b) -> py::object {
         check_matmul(a, b);
-        if (!a.dtype().is(py::dtype::of<float>())) throw py::type_error("_gemm_bf16_with takes float32 arrays");
+        if (!a.dtype().equal(py::dtype::of<float>())) throw py::type_error("_gemm_bf16_with takes float32 arrays");
         if (!(a.flags() & py::array::c_style)) throw py::value_error("a must be C-contiguous");
         const int64_t M = a.shape(0), K = a.shape(1), N = b.shape(1);
         auto c = new_array<float>({M, N});

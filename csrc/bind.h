@@ -50,7 +50,7 @@ T* checked(const py::object& obj, const char* name, const std::vector<int64_t>& 
   }
   if (!py::isinstance<py::array>(obj)) throw py::type_error(std::string(name) + " must be a numpy array");
   auto arr = py::reinterpret_borrow<py::array>(obj);
-  if (!arr.dtype().is(py::dtype::of<T>())) {
+  if (!arr.dtype().equal(py::dtype::of<T>())) {
     throw py::type_error(std::string(name) + " has dtype " + std::string(py::str(arr.dtype())) +
                          ", expected " + std::string(py::str(py::dtype::of<T>())));
   }
@@ -90,8 +90,8 @@ struct Dtype {
 // (float32 or float64, else TypeError naming it `name`) and returns what f returns.
 template <class F>
 decltype(auto) with_dtype(const char* name, const py::array& array, F&& f) {
-  if (array.dtype().is(py::dtype::of<float>())) return f(Dtype<float>{});
-  if (array.dtype().is(py::dtype::of<double>())) return f(Dtype<double>{});
+  if (array.dtype().equal(py::dtype::of<float>())) return f(Dtype<float>{});
+  if (array.dtype().equal(py::dtype::of<double>())) return f(Dtype<double>{});
   throw py::type_error(std::string(name) + " has dtype " + std::string(py::str(array.dtype())) +
                        ", expected float32 or float64");
 }

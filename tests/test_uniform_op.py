@@ -227,3 +227,24 @@ def test_the_fingerprint_sees_any_single_word_and_is_the_same_for_any_thread_cou
     assert _core.fingerprint(swapped) != before
     with pytest.raises(ValueError, match="contiguous"):
         _core.fingerprint(data[::2])
+
+
+def test_arrays_and_layers_that_went_through_pickle_are_accepted(rng):
+    """An unpickled array's dtype is an equal but distinct object from NumPy's own float32: the
+    kernels compare dtypes by value, so a pickled layer (or its weights) still runs."""
+    import pickle
+
+    from fusedrnn import nn
+
+    x = rng.standard_normal((3, 2, 4)).astype(np.float32)
+    weights = {"weight_ih": rng.standard_normal((12, 4)).astype(np.float32),
+               "weight_hh": rng.standard_normal((12, 4)).astype(np.float32)}
+    expected = F.recurrent_forward("gru", x, None, None, weights, training=False)[0]
+    x2, weights2 = pickle.loads(pickle.dumps((x, weights)))
+    assert x2.dtype is not np.dtype(np.float32) or weights2["weight_hh"].dtype is not np.dtype(np.float32)
+    np.testing.assert_array_equal(F.recurrent_forward("gru", x2, None, None, weights2, training=False)[0], expected)
+
+    layer = nn.LSTM(4, 5)
+    clone = pickle.loads(pickle.dumps(layer))
+    out, _ = clone(x)
+    np.testing.assert_array_equal(out, layer(x)[0])
