@@ -15,24 +15,17 @@ the median time per call and stock / fused, with the minimum beside it.
 """
 
 import argparse
+import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 
+import machine  # bench/machine.py
+
 CELLS = ("simplernn", "lstm", "gru")
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            info = {key.strip(): value.strip() for key, _, value in (line.partition(":") for line in f)}
-        return info.get("model name", "?")
-    except OSError:
-        return platform.processor() or "unknown CPU"
 
 
 def run_backend(args):
@@ -98,6 +91,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--quick", action="store_true", help="a small smoke run")
+    parser.add_argument("--save", action="store_true",
+                        help="write the rows as this CPU's results, bench/results/<cpu>/keras3_dropin.json")
     parser.add_argument("--run-backend", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
@@ -106,7 +101,11 @@ def main():
         run_backend(args)
         return
 
-    print(f"{cpu_model()}, {args.threads} threads; B={args.batch}, T={args.steps}, I={args.features}, "
+    saved = dict(date=datetime.datetime.now().isoformat(timespec="seconds"),
+                 command="python bench/keras3_dropin.py " + " ".join(sys.argv[1:]), cpu=machine.cpu_model(),
+                 threads=args.threads, B=args.batch, T=args.steps, I=args.features, samples=args.samples,
+                 repeats=args.repeats, rows=[])
+    print(f"{saved['cpu']}, {args.threads} threads; B={args.batch}, T={args.steps}, I={args.features}, "
           f"{args.samples} samples per call, median of {args.repeats} (min)\n")
     print("| backend | layer | units | call | Keras (s) | enable() (s) | Keras / enable() |")
     print("|---|---|---:|---|---:|---:|---:|")
@@ -123,9 +122,13 @@ def main():
             if not line.startswith("{"):
                 continue
             r = json.loads(line)
+            saved["rows"].append(r)
             print(f"| {r['backend']} | {r['cell']} | {r['units']} | {r['what']} | {r['stock_median']:.3f} "
                   f"({r['stock_min']:.3f}) | {r['fused_median']:.3f} ({r['fused_min']:.3f}) | "
                   f"{r['stock_median'] / r['fused_median']:.1f}x |", flush=True)
+    if args.save:
+        with open(machine.results_path("keras3_dropin"), "w") as f:
+            json.dump(saved, f, indent=1)
 
 
 if __name__ == "__main__":
