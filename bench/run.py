@@ -493,15 +493,15 @@ def main(argv=None):
     if not wait_quiet(120):
         print("warning: other processes kept using the CPUs for 2 minutes; measuring anyway")
     load_before = load_average()
-    machine = machine_description(threads)
+    described = machine_description(threads)
     # Others may rebuild the native module while this runs; the subprocesses would load the new one.
     built = os.path.getmtime(_core.__file__)
-    print(f"fusedrnn {machine['fusedrnn']} ({machine['compiler']}) | isa {machine['isa_selected']} | "
-          f"threads {threads} | numpy {machine['numpy']} | torch {machine['torch'] or 'not installed'} | "
-          f"python {machine['python']}")
-    print(f"{machine['cpu']}, {machine['cpus']} cpus | load average {load_before:.2f} | "
-          f"libraries: {', '.join(machine['libraries'])}")
-    print("environment: " + " ".join(f"{k}={v}" for k, v in machine["environment"].items()))
+    print(f"fusedrnn {described['fusedrnn']} ({described['compiler']}) | isa {described['isa_selected']} | "
+          f"threads {threads} | numpy {described['numpy']} | torch {described['torch'] or 'not installed'} | "
+          f"python {described['python']}")
+    print(f"{described['cpu']}, {described['cpus']} cpus | load average {load_before:.2f} | "
+          f"libraries: {', '.join(described['libraries'])}")
+    print("environment: " + " ".join(f"{k}={v}" for k, v in described["environment"].items()))
     if load_before is not None and load_before > 1:
         print(f"warning: load average {load_before:.2f}: the machine is busy, timings will be noisy")
 
@@ -556,7 +556,7 @@ def main(argv=None):
         result = {
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "command": "python bench/run.py " + " ".join(sys.argv[1:] if argv is None else argv),
-            "machine": machine, "threads": threads, "T": T_STEPS, "steady_malloc": args.steady_malloc,
+            "machine": described, "threads": threads, "T": T_STEPS, "steady_malloc": args.steady_malloc,
             "timing": dict(zip(("min_calls", "min_seconds", "max_calls"), timing), busy_threshold=BUSY),
             "load_average": [load_before, load_after],
             "peaks": {"fma_gflops": fma, "fma_gflops_1_thread": fma_1, "gemm": gemm},
