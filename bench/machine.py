@@ -1,6 +1,6 @@
 """Which CPU a benchmark ran on, and where its results are kept.
 
-Results are only comparable within one CPU model (the machines change from session to session),
+Results are only comparable within one CPU model (the machines change from one run to the next),
 so every benchmark script that saves its results writes them under bench/results/<cpu key>/, and
 bench/report.py renders one section of bench/RESULTS.md per CPU.
 """
