@@ -374,3 +374,10 @@ def test_packed_weights_start_empty_in_copies_and_are_not_state():
     clone = copy.deepcopy(module)
     assert all(h.nbytes == 0 for h in _handles(clone).values())
     assert set(module.state_dict()) == set(fnn.LSTM(I, H).state_dict())
+    # Moving or casting the parameters drops the packed copies of the old ones.
+    module.double()
+    assert all(h.nbytes == 0 for h in _handles(module).values())
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(module(x)[0], module(x)[0], rtol=0, atol=0)
+    torch.testing.assert_close(module(x)[0].detach(), torch.nn.LSTM.forward(module, x)[0].detach())

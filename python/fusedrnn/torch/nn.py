@@ -81,6 +81,13 @@ class _Fused:
         return {name.rsplit("_l", 1)[0]: weight
                 for name, weight in zip(names, self._flat_weights[first:first + per_layer])}
 
+    def _apply(self, *args, **kwargs):
+        # .to(), .double(), .cuda() ... replace the parameters: the packed copies of the old ones
+        # (and the references that keep those alive) are of no further use.
+        for handle in self.__dict__.get("_packed_weights", {}).values():
+            handle.clear()
+        return super()._apply(*args, **kwargs)
+
     def forward(self, input, hx=None):
         is_lstm = self.mode == "LSTM"
         if hx is None:
