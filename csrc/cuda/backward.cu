@@ -101,6 +101,16 @@ struct BackwardStep {
     cell_given(s, b, u, rec);
   }
 
+  // Given rec = (dG_{s+1} W_hh) of (b, p): the state dim's gradient with a projection, else the
+  // cell's backward for unit p (the tiled and warp forms, which compute rec themselves).
+  __device__ __forceinline__ void state_given(int64_t s, int64_t b, int64_t p, T rec) const {
+    if (a.w_hr) {
+      gather_given(s, b, p, rec);
+    } else {
+      cell_given(s, b, p, rec);
+    }
+  }
+
   // The same given rec, the product above.
   __device__ __forceinline__ void cell_given(int64_t s, int64_t b, int64_t u, T rec) const {
     const int64_t B = a.B, H = a.H, GH = G * H, at = b * H + u, t = sch.row(s);
@@ -203,12 +213,7 @@ __global__ void backward_tiled_kernel(const BackwardStep<Cell, T>* step, int64_t
     for (int j = 0; j < kTileK; ++j) rec += d_tile[row][j] * w_tile[j][col];
     __syncthreads();
   }
-  if (b >= B || p >= P) return;
-  if (f.a.w_hr) {
-    f.gather_given(s, b, p, rec);
-  } else {
-    f.cell_given(s, b, p, rec);
-  }
+  if (b < B && p < P) f.state_given(s, b, p, rec);
 }
 
 template <class Cell, class T>
@@ -228,12 +233,7 @@ __global__ void backward_warp_kernel(const BackwardStep<Cell, T>* step, int64_t 
   if (pair >= f.a.B * P) return;  // (the whole warp: its lanes share the pair)
   const int64_t b = pair / P, p = pair % P;
   const T rec = f.warp_state_product(f.dg_next(s), b, p, lane);
-  if (lane != 0) return;
-  if (f.a.w_hr) {
-    f.gather_given(s, b, p, rec);
-  } else {
-    f.cell_given(s, b, p, rec);
-  }
+  if (lane == 0) f.state_given(s, b, p, rec);
 }
 
 template <class Cell, class T>
@@ -258,16 +258,7 @@ __global__ void __launch_bounds__(1024)
   const int64_t H = f.a.H, P = f.a.P, GH = Cell::kGates * H, b = blockIdx.x;
   const T* w_hh = f.a.w_hh;
   const T* w_hr = f.a.w_hr;
-  if (weights_in_shared) {
-    T* shared = reinterpret_cast<T*>(dynamic_shared());
-    copy_to_shared(shared, w_hh, GH * P);
-    w_hh = shared;
-    if (w_hr) {
-      copy_to_shared(shared + GH * P, w_hr, P * H);
-      w_hr = shared + GH * P;
-    }
-    __syncthreads();
-  }
+  if (weights_in_shared) stage_in_shared(w_hh, GH * P, w_hr, P * H);
   const bool projected = f.a.w_hr != nullptr;
   for (int64_t s = f.a.T_ - 1; s >= 0; --s) {
     if (projected) {

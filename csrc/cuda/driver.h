@@ -62,6 +62,20 @@ __device__ void copy_to_shared(T* dst, const T* src, int64_t n) {
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) dst[i] = src[i];
 }
 
+// The persistent kernels' weights in shared memory: copies `first` (n_first values) and, when
+// given, `second` (n_second) one after the other, points both there and syncs the block.
+template <class T>
+__device__ void stage_in_shared(const T*& first, int64_t n_first, const T*& second, int64_t n_second) {
+  T* shared = reinterpret_cast<T*>(dynamic_shared());
+  copy_to_shared(shared, first, n_first);
+  first = shared;
+  if (second) {
+    copy_to_shared(shared + n_first, second, n_second);
+    second = shared + n_first;
+  }
+  __syncthreads();
+}
+
 // Launches a persistent kernel with `shared` bytes of dynamic shared memory, raising the
 // kernel's limit first when it exceeds the default 48 KiB.
 template <class Kernel, class... Args>

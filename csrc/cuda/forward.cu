@@ -269,16 +269,7 @@ __global__ void __launch_bounds__(1024)
   const int64_t H = f.a.H, P = f.a.P, GH = Cell::kGates * H, b = blockIdx.x;
   const T* w_t = f.st.w_hh_t;
   const T* w_hr_t = f.st.w_hr_t;
-  if (weights_in_shared) {
-    T* shared = reinterpret_cast<T*>(dynamic_shared());
-    copy_to_shared(shared, w_t, P * GH);
-    w_t = shared;
-    if (w_hr_t) {
-      copy_to_shared(shared + P * GH, w_hr_t, H * P);
-      w_hr_t = shared + P * GH;
-    }
-    __syncthreads();
-  }
+  if (weights_in_shared) stage_in_shared(w_t, P * GH, w_hr_t, H * P);
   const bool projected = f.a.w_hr != nullptr;
   for (int64_t s = 0; s < f.a.T_; ++s) {
     for (int64_t u = threadIdx.x; u < H; u += blockDim.x) f.cell(s, b, u, w_t);
