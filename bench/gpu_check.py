@@ -5,7 +5,8 @@
 1. Builds fusedrnn with the CUDA backend for the GPU that is there (CMake, CMAKE_CUDA_ARCHITECTURES
    =native, into build/gpu-check; the modules are copied into python/fusedrnn and imported from
    there), unless --skip-build or a CUDA-enabled fusedrnn is already importable.
-2. Runs tests/test_cuda.py at full sizes (FUSEDRNN_CUDA_TEST_SIZE=full) against the CPU kernels.
+2. Runs the CUDA tests (every test named for CUDA: tests/test_cuda*.py at full sizes,
+   FUSEDRNN_CUDA_TEST_SIZE=full, against the CPU kernels; PyTorch's CUDA tensors; device layers).
 3. Times fusedrnn against PyTorch's cuDNN RNNs on the same GPU with CUDA events (when PyTorch with
    CUDA is installed; else fusedrnn alone, by wall clock around its synchronising calls):
    cells rnn_tanh, lstm, gru x {inference, training} x B in {1, 8, 64, 256} x H in {256, 512,
@@ -77,7 +78,9 @@ def build():
 def run_tests():
     env = dict(os.environ, FUSEDRNN_CUDA_TEST_SIZE="full", PYTHONPATH=os.path.join(ROOT, "python"))
     started = time.time()
-    result = subprocess.run([sys.executable, "-m", "pytest", "tests/test_cuda.py", "-q", "-p", "no:cacheprovider"],
+    # Every CUDA test: tests/test_cuda*.py, and those of the other files named for CUDA (PyTorch's
+    # CUDA tensors on the backend, fusedrnn.nn layers on the device).
+    result = subprocess.run([sys.executable, "-m", "pytest", "tests", "-k", "cuda", "-q", "-p", "no:cacheprovider"],
                             cwd=ROOT, env=env, capture_output=True, text=True)
     lines = [line for line in result.stdout.splitlines() if line.strip()]
     summary = lines[-1] if lines else "(no output)"
@@ -215,7 +218,7 @@ def main():
              f"driver {info['driver_version']}",
              "- PyTorch: " + (f"{torch.__version__}, cuDNN {torch.backends.cudnn.version()}" if torch else "not available"),
              f"- Python {platform.python_version()}, {platform.platform()}",
-             f"- tests/test_cuda.py at full sizes: {test_summary}",
+             f"- the CUDA tests (tests -k cuda, full sizes): {test_summary}",
              f"- timing: {'CUDA events' if torch else 'wall clock'}, median of 3-5 runs after a warm-up; "
              f"T = {STEPS}, I = H, float32, loop form 'auto' ({cuda.get_algorithm()})", "",
              "| cell | mode | B | H | fusedrnn ms | cuDNN ms | cuDNN / fusedrnn |", "|---|---|---|---|---|---|---|"]

@@ -445,6 +445,10 @@ py::array to_host(const py::object& obj) {
   return out;
 }
 
+// Makes `device` current for the calls that follow on this thread (a framework's tensors may live
+// on any device; each device has its own workspaces).
+void set_device(int device) { check(cudaSetDevice(device), "cudaSetDevice"); }
+
 int device_count() {
   int count = 0;
   const cudaError_t status = cudaGetDeviceCount(&count);
@@ -535,5 +539,6 @@ PYBIND11_MODULE(_cuda, m) {
     fusedrnn::cuda::release_workspaces();
   });
   m.def("device_count", &device_count);
+  m.def("set_device", &set_device, py::arg("device"), "Makes a device current for the following calls.");
   m.def("build_info", &build_info);
 }

@@ -51,13 +51,13 @@ def states_of(module, rng, batch=B):
     return h0, rng.uniform(-1, 1, (module.num_layers * D, batch, module.hidden_size))
 
 
-def run(module, x, hx, lengths, form, dtype, cotangents=None, rng=None):
-    """Forward and backward of `module` on fresh leaf tensors of `dtype`.
+def run(module, x, hx, lengths, form, dtype, cotangents=None, rng=None, device="cpu"):
+    """Forward and backward of `module` on fresh leaf tensors of `dtype` on `device`.
 
     -> outputs (output as padded-or-packed data, h_n[, c_n]) and gradients {name: array},
     the cotangents used (drawn from rng when None)."""
-    xt = torch.tensor(x, dtype=dtype, requires_grad=True)
-    hxt = [torch.tensor(s, dtype=dtype, requires_grad=True) for s in hx] if hx is not None else None
+    xt = torch.tensor(x, dtype=dtype, device=device, requires_grad=True)
+    hxt = [torch.tensor(s, dtype=dtype, device=device, requires_grad=True) for s in hx] if hx is not None else None
     batch_first = module.batch_first
     inp = xt
     if form != "padded":
@@ -75,13 +75,15 @@ def run(module, x, hx, lengths, form, dtype, cotangents=None, rng=None):
     outputs = [output] + (list(hidden) if module.mode == "LSTM" else [hidden])
     if cotangents is None:
         cotangents = [rng.standard_normal(tuple(o.shape)) for o in outputs]
-    torch.autograd.backward(outputs, [torch.tensor(c, dtype=o.dtype) for o, c in zip(outputs, cotangents)])
+    assert all(o.device == xt.device for o in outputs)
+    torch.autograd.backward(outputs, [torch.tensor(c, dtype=o.dtype, device=device)
+                                      for o, c in zip(outputs, cotangents)])
     grads = {"x": xt.grad}
     if hxt is not None:
         grads.update({f"hx{k}": t.grad for k, t in enumerate(hxt)})
     grads.update({name: p.grad for name, p in module.named_parameters()})
-    return ([o.detach().double().numpy() for o in outputs], {k: v.double().numpy() for k, v in grads.items()},
-            cotangents)
+    return ([o.detach().double().cpu().numpy() for o in outputs],
+            {k: v.double().cpu().numpy() for k, v in grads.items()}, cotangents)
 
 
 @contextlib.contextmanager
@@ -96,7 +98,7 @@ def one_torch_thread():
         torch.set_num_threads(threads)
 
 
-def assert_parity(oracle, fused, x, hx, lengths, form, dtype, rng, monkeypatch):
+def assert_parity(oracle, fused, x, hx, lengths, form, dtype, rng, monkeypatch, device="cpu"):
     calls = []
 
     def spy(cell, *args, **kwargs):
@@ -104,7 +106,7 @@ def assert_parity(oracle, fused, x, hx, lengths, form, dtype, rng, monkeypatch):
         return fr.recurrent(cell, *args, **kwargs)
 
     monkeypatch.setattr(fnn, "recurrent", spy)
-    actual, actual_grads, cotangents = run(fused, x, hx, lengths, form, dtype, rng=rng)
+    actual, actual_grads, cotangents = run(fused, x, hx, lengths, form, dtype, rng=rng, device=device)
     monkeypatch.undo()
     # Every layer and direction ran in the kernels, the reverse ones reversed, packed with lengths.
     D = 2 if fused.bidirectional else 1
@@ -381,3 +383,56 @@ def test_packed_weights_start_empty_in_copies_and_are_not_state():
     with torch.no_grad():
         torch.testing.assert_close(module(x)[0], module(x)[0], rtol=0, atol=0)
     torch.testing.assert_close(module(x)[0].detach(), torch.nn.LSTM.forward(module, x)[0].detach())
+
+
+# -- CUDA tensors on fusedrnn's CUDA backend ------------------------------------------------------
+# These need PyTorch with CUDA and fusedrnn built with its CUDA backend, on a GPU (bench/gpu_check.py
+# runs them there); PyTorch's CPU build cannot make CUDA tensors, so under the emulator they skip.
+
+def _needs_cuda_tensors():
+    import fusedrnn.cuda
+
+    if not torch.cuda.is_available() or not fusedrnn.cuda.is_available():
+        pytest.skip("needs PyTorch with CUDA and fusedrnn's CUDA backend on a GPU")
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("form", ("padded", "packed_unsorted"))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_tensors_run_on_the_cuda_backend_and_match_torch_nn(rng, monkeypatch, mode, form, dtype):
+    _needs_cuda_tensors()
+    oracle, fused = modules(mode, DTYPES[dtype], 21, num_layers=2, bidirectional=True)
+    fused.cuda()
+    x = rng.standard_normal((T, B, I))
+    lengths = rng.integers(1, T + 1, size=B)
+    assert_parity(oracle, fused, x, states_of(oracle, rng), lengths, form, DTYPES[dtype], rng, monkeypatch,
+                  device="cuda")
+
+
+def test_cuda_results_are_the_same_on_another_current_stream(rng):
+    _needs_cuda_tensors()
+    _, fused = modules("lstm", torch.float32, 22, num_layers=2)
+    fused.cuda()
+    x = torch.tensor(rng.standard_normal((T, B, I)), dtype=torch.float32, device="cuda")
+    expected = fused(x)[0]
+    with torch.cuda.stream(torch.cuda.Stream()):
+        # Work queued on this stream just before: the call must wait for it.
+        shifted = x * 2
+        actual = fused(shifted / 2)[0] * 1
+    torch.cuda.synchronize()
+    assert torch.equal(actual, expected)
+
+
+def test_cuda_compiled_with_fullgraph_equals_eager(rng, monkeypatch):
+    _needs_cuda_tensors()
+    monkeypatch.setattr(torch._dynamo.config, "allow_rnn", True)
+    _, fused = modules("gru", torch.float32, 23, batch_first=True)
+    fused.cuda()
+    x = torch.tensor(rng.standard_normal((B, T, I)), dtype=torch.float32, device="cuda", requires_grad=True)
+    results = []
+    for module in (fused, torch.compile(fused, fullgraph=True)):
+        y, h_n = module(x)
+        loss = y.sin().sum() + h_n.square().sum()
+        results.append([y, h_n, *torch.autograd.grad(loss, [x, *fused.parameters()])])
+    for eager, traced in zip(*results):
+        assert_close(traced.detach().cpu().numpy(), eager.detach().cpu().numpy(), np.float32, OUTPUT)

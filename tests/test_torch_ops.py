@@ -238,6 +238,25 @@ def test_opcheck_forward(rng, cell, training, options):
     torch.library.opcheck(torch.ops.fusedrnn.recurrent_forward.default, op_arguments(rng, cell, training, **options))
 
 
+def test_opcheck_forward_on_cuda_tensors(rng):
+    import fusedrnn.cuda
+
+    if not torch.cuda.is_available() or not fusedrnn.cuda.is_available():
+        pytest.skip("needs PyTorch with CUDA and fusedrnn's CUDA backend on a GPU")
+    arguments = op_arguments(rng, "lstm", True, projection=True, lengths=True)
+    on_cuda = [a.detach().cuda().requires_grad_(a.requires_grad) if isinstance(a, torch.Tensor) and a.is_floating_point()
+               else a.cuda() if isinstance(a, torch.Tensor) else a for a in arguments]
+    torch.library.opcheck(torch.ops.fusedrnn.recurrent_forward.default, tuple(on_cuda))
+
+
+def test_tensors_on_different_devices_raise(rng):
+    x, h0, c0, weights = make_problem(rng, "gru", np.float32, T=2, B=2, I=3, H=4)
+    xt, h0t, _, wt = tensors_of("gru", x, h0, c0, weights)
+    wt["weight_hh"] = torch.empty(wt["weight_hh"].shape, device="meta")
+    with pytest.raises(ValueError, match="x's device"):
+        fr.recurrent("gru", xt, h0t, None, wt)
+
+
 @pytest.mark.parametrize("cell, options", [
     ("lstm", dict(projection=True, lengths=True)),
     ("gru", {}),

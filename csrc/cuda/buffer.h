@@ -1,6 +1,6 @@
 // Device memory: an owning buffer, and the workspaces of the ops. A workspace slot keeps the
 // largest buffer it was asked for and hands it out again, so repeated calls with one shape
-// allocate once; release_workspaces() gives the memory back. The ops hold workspace_lock() for
+// allocate once; each device has its own slots; release_workspaces() gives the memory back. The ops hold workspace_lock() for
 // the whole call: one op at a time uses the slots.
 #pragma once
 

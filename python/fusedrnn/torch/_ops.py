@@ -28,8 +28,11 @@ projection, all four saved tensors when ``training`` is False, ``dc0`` of a cell
 state, and the gradient of a bias or projection that was None. ``recurrent_backward`` reads a
 ``c`` or ``m`` of shape ``(0,)`` as None.
 
-Devices and dtypes: the operators have CPU kernels only (another device raises
-``NotImplementedError``). Contiguous float32 and float64 tensors reach the kernels without a copy
+Devices and dtypes: the operators have CPU and CUDA kernels (another device raises
+``NotImplementedError``). CUDA tensors run on fusedrnn's CUDA backend (:mod:`fusedrnn.cuda`; a
+build without it raises ``RuntimeError`` saying so): every tensor on x's device, the results made
+by the backend and handed to PyTorch through DLPack without a copy; see :func:`_cuda_call` for
+devices and streams. Contiguous float32 and float64 tensors reach the kernels without a copy
 (others are made contiguous first). bfloat16 and float16 tensors are widened to float32 and
 computed in float32: ``y``, ``h_n`` and ``c_n`` then have x's dtype, the saved tensors are
 float32, and every gradient has the dtype of the tensor it is the gradient of (``dh0`` and
@@ -47,6 +50,8 @@ In-place changes: autograd saves the inputs with ``save_for_backward`` and no co
 or a weight in place between forward and backward raises PyTorch's usual error; the uniform op's
 own fingerprints are therefore not taken (``check_unchanged=False``).
 """
+
+import contextlib
 
 import numpy as np
 import torch
@@ -80,21 +85,25 @@ def compute_dtype(dtype):
 
 
 def _array(tensor):
-    """A CPU tensor as the array the kernels read: the tensor's own memory when it is a contiguous
-    float32 or float64 tensor; half precision widened to float32."""
+    """A tensor as the array the kernels read: the tensor's own memory when it is a contiguous
+    float32 or float64 tensor; half precision widened to float32. A CPU tensor becomes a NumPy
+    array; a CUDA tensor stays itself (the CUDA backend reads its __cuda_array_interface__, which
+    PyTorch gives for detached tensors only)."""
     if tensor is None:
         return None
     tensor = tensor.detach()
     if tensor.dtype in _HALF:
         tensor = tensor.float()
-    return tensor.contiguous().numpy()
+    tensor = tensor.contiguous()
+    return tensor if tensor.is_cuda else tensor.numpy()
 
 
 def _index_array(tensor, dtype):
-    """lengths (any integer dtype) or mask (bool) as an array; None stays None."""
+    """lengths (any integer dtype) or mask (bool) as a host array, whatever the tensor's device
+    (the kernels' masking schedule starts on the host); None stays None."""
     if tensor is None:
         return None
-    array = tensor.detach().contiguous().numpy()
+    array = tensor.detach().cpu().contiguous().numpy()
     return array if dtype is None else array.astype(dtype, copy=False)
 
 
@@ -108,11 +117,36 @@ def _empty(like, dtype):
 
 
 def _tensor(array, dtype):
-    """A result array as a tensor of `dtype` (no copy when it already has it); None stays None."""
+    """A result array (NumPy, or a CUDA backend's DeviceArray) as a tensor of `dtype` (no copy when
+    it already has it); None stays None."""
     if array is None:
         return None
-    tensor = torch.from_numpy(array)
+    tensor = torch.from_numpy(array) if isinstance(array, np.ndarray) else torch.from_dlpack(array)
     return tensor if tensor.dtype == dtype else tensor.to(dtype)
+
+
+@contextlib.contextmanager
+def _cuda_call(x):
+    """Around a call of the kernels on tensors like x: for CUDA tensors, runs the CUDA backend on
+    x's device and orders its work with PyTorch's.
+
+    The backend's kernels run on the device's legacy default stream, which is PyTorch's default
+    stream too, so in the common case nothing more is needed. Under another current stream
+    (``torch.cuda.stream(s)``: PyTorch's streams do not wait for the legacy one) that stream's
+    pending work is waited for first, and the backend's work before PyTorch goes on."""
+    if not x.is_cuda:
+        yield
+        return
+    from fusedrnn import cuda
+
+    cuda._require()
+    cuda._native().set_device(x.device.index)
+    stream = torch.cuda.current_stream(x.device)
+    if stream.cuda_stream != 0:
+        stream.synchronize()
+    yield
+    if stream.cuda_stream != 0:
+        torch.cuda.default_stream(x.device).synchronize()
 
 
 def _present(outputs, like, dtypes):
@@ -155,10 +189,11 @@ def forward_tensors(cell, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, wei
     _use_threads()
     weights = dict(weight_ih=_array(weight_ih), weight_hh=_array(weight_hh), bias_ih=_array(bias_ih),
                    bias_hh=_array(bias_hh), weight_hr=_array(weight_hr))
-    y, h_n, c_n, saved = F.recurrent_forward(
-        cell, _array(x), _array(h0), _array(c0), weights, lengths=_index_array(lengths, None),
-        mask=_index_array(mask, None), masked_output=masked_output, reverse=reverse, training=training,
-        recurrent_scale=_array(recurrent_scale), check_unchanged=False, packed=packed)
+    with _cuda_call(x):
+        y, h_n, c_n, saved = F.recurrent_forward(
+            cell, _array(x), _array(h0), _array(c0), weights, lengths=_index_array(lengths, None),
+            mask=_index_array(mask, None), masked_output=masked_output, reverse=reverse, training=training,
+            recurrent_scale=_array(recurrent_scale), check_unchanged=False, packed=packed)
     results = (_tensor(y, x.dtype), _tensor(h_n, x.dtype), _tensor(c_n, x.dtype))
     if saved is None:
         return results + (None,) * len(_COMPUTED)
@@ -172,7 +207,7 @@ def forward_impl(cell, x, *arguments):
 
 
 recurrent_forward = torch.library.custom_op("fusedrnn::recurrent_forward", forward_impl, mutates_args=(),
-                                            device_types="cpu", schema=_FORWARD_SCHEMA)
+                                            device_types=("cpu", "cuda"), schema=_FORWARD_SCHEMA)
 
 
 @recurrent_forward.register_fake
@@ -205,8 +240,9 @@ def backward_impl(cell, dy, dh_n, dc_n, x, weight_ih, weight_hh, bias_ih, bias_h
         _array(gates), _array(h), None if _absent(c) else _array(c), None if _absent(m) else _array(m))
     meta = F.SavedMeta(cell=cell, reverse=bool(reverse), repeat_masked_output=masked_output == "repeat",
                        fingerprints=None)
-    dx, dh0, dc0, dweights = F.recurrent_backward(_array(dy), _array(dh_n), None if _absent(dc_n) else _array(dc_n),
-                                                  F.Saved(meta, arrays))
+    with _cuda_call(x):
+        dx, dh0, dc0, dweights = F.recurrent_backward(_array(dy), _array(dh_n),
+                                                      None if _absent(dc_n) else _array(dc_n), F.Saved(meta, arrays))
     weights = (weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)
     dtypes = (x.dtype,) * 3 + tuple(x.dtype if weight is None else weight.dtype for weight in weights)
     grads = (dx, dh0, dc0) + tuple(dweights[name] for name in F.WEIGHT_NAMES)
@@ -214,7 +250,7 @@ def backward_impl(cell, dy, dh_n, dc_n, x, weight_ih, weight_hh, bias_ih, bias_h
 
 
 recurrent_backward = torch.library.custom_op("fusedrnn::recurrent_backward", backward_impl, mutates_args=(),
-                                             device_types="cpu", schema=_BACKWARD_SCHEMA)
+                                             device_types=("cpu", "cuda"), schema=_BACKWARD_SCHEMA)
 
 
 @recurrent_backward.register_fake

@@ -11,6 +11,10 @@ from . import _ops
 
 __all__ = ["recurrent"]
 
+# Devices the eager route serves (the operators' kernels' devices); others go to the operators,
+# which raise NotImplementedError for them.
+_EAGER_DEVICES = ("cpu", "cuda")
+
 
 def _as_tensor(value):
     if value is None or isinstance(value, torch.Tensor):
@@ -23,7 +27,7 @@ def recurrent(cell, x, h0, c0, weights, *, lengths=None, mask=None, masked_outpu
     """One recurrent layer in one direction, any cell, through PyTorch's autograd.
 
     The same op as :func:`fusedrnn.functional.recurrent_forward` (see it for the cells, the
-    masks and the recurrent dropout scale), on CPU tensors, its backward run by autograd
+    masks and the recurrent dropout scale), on tensors, its backward run by autograd
     (``torch.ops.fusedrnn.recurrent_forward`` and ``recurrent_backward``).
 
     Args:
@@ -51,7 +55,8 @@ def recurrent(cell, x, h0, c0, weights, *, lengths=None, mask=None, masked_outpu
     The forward saves what the backward needs when grad mode is on and x, h0, c0 or a weight
     requires grad. Gradients flow to x, h0, c0 and every weight given; changing one of them in
     place before the backward raises PyTorch's usual error. bfloat16 and float16 tensors compute
-    in float32 and give results in their own dtype. CPU tensors only. Threads: see
+    in float32 and give results in their own dtype. CPU tensors, or CUDA tensors with fusedrnn's
+    CUDA backend (every tensor on x's device). Threads, devices and streams: see
     :mod:`fusedrnn.torch._ops`.
     """
     info = _ops._cell_info(cell)
@@ -62,7 +67,11 @@ def recurrent(cell, x, h0, c0, weights, *, lengths=None, mask=None, masked_outpu
     training = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     arguments = (cell, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, _as_tensor(lengths),
                  _as_tensor(mask), masked_output, bool(reverse), training, recurrent_scale)
-    if torch.compiler.is_compiling() or not all(t.device.type == "cpu" for t in tensors):
+    device = x.device
+    if any(t.device != device for t in tensors):
+        raise ValueError(f"every tensor must be on x's device ({device}): got "
+                         f"{', '.join(sorted({str(t.device) for t in tensors}))}")
+    if torch.compiler.is_compiling() or device.type not in _EAGER_DEVICES:
         forward = torch.ops.fusedrnn.recurrent_forward  # traced by its fake kernel; dispatched by device
     elif training:
         forward = _ops.EagerForward.apply  # the same kernels without the dispatcher's cost (see there)

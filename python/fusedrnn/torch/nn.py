@@ -14,10 +14,13 @@ in and out, run inside the kernels with per-sequence lengths (``sorted_indices``
 :func:`convert` turns the ``torch.nn.RNN``, ``LSTM`` and ``GRU`` modules inside a model into these,
 in place, keeping the very same ``Parameter`` objects.
 
-What the kernels don't serve goes to PyTorch's own implementation (``super().forward``) with the
-same arguments:
+CUDA tensors run on fusedrnn's CUDA backend when this copy of fusedrnn was built with it and it
+finds a device (``fusedrnn.cuda.is_available()``); see :mod:`fusedrnn.torch._ops` for devices and
+streams. What the kernels don't serve goes to PyTorch's own implementation (``super().forward``)
+with the same arguments:
 
-- an input, state or parameter that is not on the CPU;
+- an input, state or parameter on another device (MPS, ...), on CUDA without fusedrnn's CUDA
+  backend, or not on the same device as the others;
 - a dtype other than float32 and float64 (bfloat16 and float16 included: PyTorch computes those
   itself), or parameters and states whose dtype differs from the input's (PyTorch then raises its
   own error).
@@ -41,8 +44,12 @@ depend on its values, so Dynamo breaks the graph there (``fullgraph=True`` raise
 for ``torch.nn``'s packed path; the results are the same as in eager mode.
 """
 
+import functools
+
 import torch
 from torch.nn.utils.rnn import PackedSequence
+
+import fusedrnn.cuda
 
 from fusedrnn._packed import owned_packed_weights
 
@@ -51,6 +58,12 @@ from .functional import recurrent
 __all__ = ["RNN", "LSTM", "GRU", "convert"]
 
 _SERVED_DTYPES = (torch.float32, torch.float64)
+
+
+@functools.cache
+def _cuda_backend_available():
+    """Whether CUDA tensors run on fusedrnn's CUDA backend (asked once: it loads the backend)."""
+    return fusedrnn.cuda.is_available()
 
 
 def _permute(hx, permutation):
@@ -69,8 +82,10 @@ class _Fused:
     def _served(self, tensors):
         if not all(isinstance(t, torch.Tensor) for t in tensors):
             return False
-        dtype = tensors[0].dtype
-        return dtype in _SERVED_DTYPES and all(t.device.type == "cpu" and t.dtype == dtype for t in tensors)
+        dtype, device = tensors[0].dtype, tensors[0].device
+        if device.type != "cpu" and not (device.type == "cuda" and _cuda_backend_available()):
+            return False
+        return dtype in _SERVED_DTYPES and all(t.device == device and t.dtype == dtype for t in tensors)
 
     def _layer_weights(self, layer, direction):
         # torch.nn.RNNBase keeps _flat_weights (its parameters, layer by layer and direction by
@@ -146,7 +161,8 @@ class _Fused:
                 k = layer * D + direction
                 y, h, c = recurrent(self._cell(), x, None if h0s is None else h0s[k], None if c0s is None else c0s[k],
                                     self._layer_weights(layer, direction), lengths=lengths, reverse=bool(direction),
-                                    packed=None if torch.compiler.is_compiling() else owned_packed_weights(self, k))
+                                    packed=None if torch.compiler.is_compiling() or x.is_cuda
+                                    else owned_packed_weights(self, k))
                 ys.append(y)
                 h_n.append(h)
                 c_n.append(c)
