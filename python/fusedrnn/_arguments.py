@@ -87,13 +87,14 @@ def physical_memory():
         return None
 
 
-def check_memory(what, elements, itemsize):
+def check_memory(cell, elements, itemsize):
     """Refuses, before anything is allocated, a call whose arrays could not fit in this machine's
     memory: with overcommitted memory the allocation itself may succeed and the process be
     killed later, when the pages are touched."""
     needed = elements * itemsize
     memory = physical_memory()
     if needed >= 2 ** 63 or (memory is not None and needed > memory):
+        what = f"{cell} forward"
         raise MemoryError(f"{what} needs {needed / 2**30:.1f} GiB of outputs and workspace, more than this "
                           f"machine's {memory / 2**30:.1f} GiB" if memory else f"{what} needs {needed} bytes")
 

@@ -194,7 +194,7 @@ def recurrent_forward(cell, x, h0, c0, weights, *, lengths=None, mask=None, mask
     """
     info = _cell_info(cell)
     weights = args.checked_weights(weights)
-    if _cuda_device.is_device_array(x):
+    if type(x) is not np.ndarray and _cuda_device.is_device_array(x):  # (the type first: hasattr costs more)
         return _forward_on_device(cell, info, x, h0, c0, weights, lengths=lengths, mask=mask,
                                   masked_output=masked_output, reverse=reverse, training=training,
                                   recurrent_scale=recurrent_scale, bf16_weights=bf16_weights)
@@ -210,8 +210,8 @@ def recurrent_forward(cell, x, h0, c0, weights, *, lengths=None, mask=None, mask
     H, P = args.sizes(cell, G, weights["weight_hh"], weights["weight_hr"])
     dtype = x.dtype
     # y and the input projections always; in training the saved values and states too.
-    args.check_memory(f"{cell} forward", T * B * (P + G * H) + bool(training) * (T + 1) * B * (info.saved * H + 2 * P + 2 * H),
-                  dtype.itemsize)
+    args.check_memory(cell, T * B * (P + G * H) + bool(training) * (T + 1) * B * (info.saved * H + 2 * P + 2 * H),
+                      dtype.itemsize)
     if not isinstance(reverse, (bool, np.bool_)):
         raise TypeError(f"reverse must be a bool, got {type(reverse).__name__}")
     if masked_output not in _MASKED_OUTPUTS:

@@ -32,7 +32,7 @@ Devices and dtypes: the operators have CPU and CUDA kernels (another device rais
 ``NotImplementedError``). CUDA tensors run on fusedrnn's CUDA backend (:mod:`fusedrnn.cuda`; a
 build without it raises ``RuntimeError`` saying so): every tensor on x's device, the results made
 by the backend and handed to PyTorch through DLPack without a copy; see :func:`_cuda_call` for
-devices and streams. Contiguous float32 and float64 tensors reach the kernels without a copy
+streams. Contiguous float32 and float64 tensors reach the kernels without a copy
 (others are made contiguous first). bfloat16 and float16 tensors are widened to float32 and
 computed in float32: ``y``, ``h_n`` and ``c_n`` then have x's dtype, the saved tensors are
 float32, and every gradient has the dtype of the tensor it is the gradient of (``dh0`` and
@@ -50,8 +50,6 @@ In-place changes: autograd saves the inputs with ``save_for_backward`` and no co
 or a weight in place between forward and backward raises PyTorch's usual error; the uniform op's
 own fingerprints are therefore not taken (``check_unchanged=False``).
 """
-
-import contextlib
 
 import numpy as np
 import torch
@@ -94,7 +92,8 @@ def _array(tensor):
     tensor = tensor.detach()
     if tensor.dtype in _HALF:
         tensor = tensor.float()
-    tensor = tensor.contiguous()
+    if not tensor.is_contiguous():  # (asked first: contiguous() costs more than the question)
+        tensor = tensor.contiguous()
     return tensor if tensor.is_cuda else tensor.numpy()
 
 
@@ -125,28 +124,23 @@ def _tensor(array, dtype):
     return tensor if tensor.dtype == dtype else tensor.to(dtype)
 
 
-@contextlib.contextmanager
 def _cuda_call(x):
-    """Around a call of the kernels on tensors like x: for CUDA tensors, runs the CUDA backend on
-    x's device and orders its work with PyTorch's.
+    """Before a call of the kernels on CUDA tensors like x: runs the CUDA backend on x's device
+    and orders its work after PyTorch's; returns what to do after the call (or None).
 
     The backend's kernels run on the device's legacy default stream, which is PyTorch's default
     stream too, so in the common case nothing more is needed. Under another current stream
     (``torch.cuda.stream(s)``: PyTorch's streams do not wait for the legacy one) that stream's
     pending work is waited for first, and the backend's work before PyTorch goes on."""
-    if not x.is_cuda:
-        yield
-        return
     from fusedrnn import cuda
 
     cuda._require()
     cuda._native().set_device(x.device.index)
     stream = torch.cuda.current_stream(x.device)
-    if stream.cuda_stream != 0:
-        stream.synchronize()
-    yield
-    if stream.cuda_stream != 0:
-        torch.cuda.default_stream(x.device).synchronize()
+    if stream.cuda_stream == 0:
+        return None
+    stream.synchronize()
+    return torch.cuda.default_stream(x.device).synchronize
 
 
 def _present(outputs, like, dtypes):
@@ -189,11 +183,13 @@ def forward_tensors(cell, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, wei
     _use_threads()
     weights = dict(weight_ih=_array(weight_ih), weight_hh=_array(weight_hh), bias_ih=_array(bias_ih),
                    bias_hh=_array(bias_hh), weight_hr=_array(weight_hr))
-    with _cuda_call(x):
-        y, h_n, c_n, saved = F.recurrent_forward(
-            cell, _array(x), _array(h0), _array(c0), weights, lengths=_index_array(lengths, None),
-            mask=_index_array(mask, None), masked_output=masked_output, reverse=reverse, training=training,
-            recurrent_scale=_array(recurrent_scale), check_unchanged=False, packed=packed)
+    after = _cuda_call(x) if x.is_cuda else None
+    y, h_n, c_n, saved = F.recurrent_forward(
+        cell, _array(x), _array(h0), _array(c0), weights, lengths=_index_array(lengths, None),
+        mask=_index_array(mask, None), masked_output=masked_output, reverse=reverse, training=training,
+        recurrent_scale=_array(recurrent_scale), check_unchanged=False, packed=packed)
+    if after is not None:
+        after()
     results = (_tensor(y, x.dtype), _tensor(h_n, x.dtype), _tensor(c_n, x.dtype))
     if saved is None:
         return results + (None,) * len(_COMPUTED)
@@ -240,9 +236,11 @@ def backward_impl(cell, dy, dh_n, dc_n, x, weight_ih, weight_hh, bias_ih, bias_h
         _array(gates), _array(h), None if _absent(c) else _array(c), None if _absent(m) else _array(m))
     meta = F.SavedMeta(cell=cell, reverse=bool(reverse), repeat_masked_output=masked_output == "repeat",
                        fingerprints=None)
-    with _cuda_call(x):
-        dx, dh0, dc0, dweights = F.recurrent_backward(_array(dy), _array(dh_n),
-                                                      None if _absent(dc_n) else _array(dc_n), F.Saved(meta, arrays))
+    after = _cuda_call(x) if x.is_cuda else None
+    dx, dh0, dc0, dweights = F.recurrent_backward(_array(dy), _array(dh_n), None if _absent(dc_n) else _array(dc_n),
+                                                  F.Saved(meta, arrays))
+    if after is not None:
+        after()
     weights = (weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)
     dtypes = (x.dtype,) * 3 + tuple(x.dtype if weight is None else weight.dtype for weight in weights)
     grads = (dx, dh0, dc0) + tuple(dweights[name] for name in F.WEIGHT_NAMES)
