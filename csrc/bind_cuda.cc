@@ -34,9 +34,11 @@ namespace {
 
 // --- the device array type ------------------------------------------------------------------
 
-// A C-contiguous array in device memory that owns its buffer.
+// A C-contiguous array in device memory: a buffer of its own, or another framework's memory
+// imported through DLPack (from_dlpack), which it keeps alive.
 struct DeviceArray {
-  std::shared_ptr<DeviceBuffer> buffer;
+  std::shared_ptr<void> memory;  // owns the data: a DeviceBuffer, or the producer's DLPack tensor
+  void* ptr = nullptr;
   std::vector<int64_t> shape;
   py::dtype dtype;
   int device = 0;
@@ -46,15 +48,19 @@ struct DeviceArray {
       if (d < 0) throw py::value_error("a device array's shape must not be negative, got " + shape_str(shape));
     }
     check(cudaGetDevice(&device), "cudaGetDevice");
-    buffer = std::make_shared<DeviceBuffer>(nbytes());
+    auto buffer = std::make_shared<DeviceBuffer>(nbytes());
+    ptr = buffer->data();
+    memory = std::move(buffer);
   }
+  DeviceArray(std::vector<int64_t> shape_, py::dtype dtype_, std::shared_ptr<void> memory_, void* ptr_, int device_)
+      : memory(std::move(memory_)), ptr(ptr_), shape(std::move(shape_)), dtype(std::move(dtype_)), device(device_) {}
   int64_t size() const {
     int64_t n = 1;
     for (const int64_t d : shape) n *= d;
     return n;
   }
   int64_t nbytes() const { return size() * dtype.itemsize(); }
-  void* data() const { return buffer->data(); }
+  void* data() const { return ptr; }
 
   py::array numpy() const {
     py::array out(dtype, std::vector<py::ssize_t>(shape.begin(), shape.end()));
@@ -102,16 +108,16 @@ struct DLManagedTensor {
 };
 constexpr int32_t kDLCUDA = 2;
 
-// What a capsule keeps alive: the buffer and the shape the DLTensor points at.
+// What a capsule keeps alive: the memory and the shape the DLTensor points at.
 struct DLPackHolder {
   DLManagedTensor managed;
-  std::shared_ptr<DeviceBuffer> buffer;
+  std::shared_ptr<void> memory;
   std::vector<int64_t> shape;
 };
 
 py::capsule to_dlpack(const DeviceArray& array) {
   auto* holder = new DLPackHolder{};
-  holder->buffer = array.buffer;
+  holder->memory = array.memory;
   holder->shape = array.shape;
   const char kind = py::str(array.dtype.attr("kind")).cast<std::string>()[0];
   const uint8_t code = kind == 'f' ? 2 : kind == 'u' ? 1 : kind == 'i' ? 0 : 255;
@@ -142,6 +148,53 @@ py::capsule to_dlpack(const DeviceArray& array) {
     throw py::error_already_set();
   }
   return py::reinterpret_steal<py::capsule>(capsule);
+}
+
+// Another framework's device array through DLPack, without a copy: a DeviceArray that keeps the
+// producer's tensor and calls its deleter when the last reference goes. Legacy "dltensor"
+// capsules (what __dlpack__ gives when no max_version is asked), C-contiguous CUDA memory.
+DeviceArray from_dlpack(const py::object& obj) {
+  py::object capsule_object;
+  try {
+    // stream 1: the legacy default stream, where these kernels run; the producer orders its
+    // pending work before it.
+    capsule_object = obj.attr("__dlpack__")(py::arg("stream") = 1);
+  } catch (py::error_already_set& e) {
+    if (!e.matches(PyExc_TypeError)) throw;
+    capsule_object = obj.attr("__dlpack__")();
+  }
+  PyObject* capsule = capsule_object.ptr();
+  if (!PyCapsule_IsValid(capsule, "dltensor")) {
+    throw py::type_error("__dlpack__ did not return an unused DLPack capsule (\"dltensor\")");
+  }
+  auto* managed = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(capsule, "dltensor"));
+  std::shared_ptr<void> owner(managed, [](void* p) {
+    auto* m = static_cast<DLManagedTensor*>(p);
+    if (m->deleter) m->deleter(m);
+  });
+  // Consumed: the capsule no longer deletes it; `owner` does.
+  if (PyCapsule_SetName(capsule, "used_dltensor") != 0) throw py::error_already_set();
+  const DLTensor& t = managed->dl_tensor;
+  constexpr int32_t kDLCUDAManaged = 13;
+  if (t.device.device_type != kDLCUDA && t.device.device_type != kDLCUDAManaged) {
+    throw py::type_error("a DLPack device array must be in CUDA memory, got DLPack device type " +
+                         std::to_string(t.device.device_type));
+  }
+  const char kind = t.dtype.code == 2 ? 'f' : t.dtype.code == 1 ? 'u' : t.dtype.code == 0 ? 'i' : '?';
+  if (kind == '?' || t.dtype.lanes != 1 || t.dtype.bits % 8 != 0) {
+    throw py::type_error("a DLPack device array's dtype must be a plain float or integer type");
+  }
+  const py::dtype dtype(std::string(1, kind) + std::to_string(t.dtype.bits / 8));
+  std::vector<int64_t> shape(t.shape, t.shape + t.ndim);
+  if (t.strides) {
+    int64_t expected = 1;
+    for (int32_t d = t.ndim; d-- > 0;) {
+      if (shape[d] > 1 && t.strides[d] != expected) throw py::value_error("a DLPack device array must be C-contiguous");
+      expected *= shape[d];
+    }
+  }
+  void* data = static_cast<char*>(t.data) + t.byte_offset;
+  return DeviceArray(std::move(shape), dtype, std::move(owner), data, t.device.device_id);
 }
 
 DeviceArray to_device(const py::array& host_in) {
@@ -516,6 +569,8 @@ PYBIND11_MODULE(_cuda, m) {
 
   m.def("to_host", &to_host, py::arg("array"), "A host copy of a device array (__cuda_array_interface__).");
   m.def("to_device", &to_device, py::arg("array"), "A device copy of a host array.");
+  m.def("from_dlpack", &from_dlpack, py::arg("array"),
+        "A DeviceArray viewing another framework's CUDA array through its __dlpack__, without a copy.");
   m.def(
       "empty",
       [](const std::vector<int64_t>& shape, const py::object& dtype) {

@@ -219,6 +219,57 @@ def test_device_arrays():
     assert np.array_equal(d.numpy(), a)
 
 
+class DLPackOnly:
+    """A producer with DLPack and no __cuda_array_interface__ (as some frameworks' GPU arrays):
+    it exports a DeviceArray's capsules and counts the stream each consumer asked for."""
+
+    def __init__(self, array):
+        self._array = array
+        self.streams = []
+
+    def __dlpack__(self, stream=None):
+        self.streams.append(stream)
+        return self._array.__dlpack__()
+
+    def __dlpack_device__(self):
+        return self._array.__dlpack_device__()
+
+
+def test_dlpack_only_arrays_are_read_in_place(rng):
+    x, h0, c0, weights = problem(rng, "gru", np.float32)
+    dx = cuda.to_device(x)
+    producer = DLPackOnly(dx)
+    assert cuda.is_device_array(producer) and not cuda.is_device_array(np.zeros(2))
+    view = cuda._native().from_dlpack(producer)
+    assert producer.streams == [1]  # the legacy default stream, where the kernels run
+    assert view.__cuda_array_interface__["data"][0] == dx.__cuda_array_interface__["data"][0]  # no copy
+    assert np.array_equal(cuda.to_host(producer), x)
+    device_weights = {k: DLPackOnly(cuda.to_device(w)) if w is not None else None for k, w in weights.items()}
+    y, h_n, _, saved = F.recurrent_forward("gru", producer, DLPackOnly(cuda.to_device(h0)), None, device_weights)
+    expected_y, expected_h_n, _, expected_saved = F.recurrent_forward("gru", dx, h0, None, weights)
+    assert np.array_equal(y.numpy(), expected_y.numpy()) and np.array_equal(h_n.numpy(), expected_h_n.numpy())
+    dy = rng.standard_normal(x.shape[:2] + (H,)).astype(np.float32)
+    grads = F.recurrent_backward(DLPackOnly(cuda.to_device(dy)), None, None, saved)
+    expected = F.recurrent_backward(cuda.to_device(dy), None, None, expected_saved)
+    assert np.array_equal(grads[0].numpy(), expected[0].numpy())
+    for name in WEIGHTS[:4]:
+        assert np.array_equal(grads[3][name].numpy(), expected[3][name].numpy()), name
+    # The imported view keeps the producer's memory alive after the producer is gone.
+    del producer, dx, saved
+    assert np.array_equal(view.numpy(), x)
+
+
+def test_dlpack_arrays_in_host_memory_or_odd_dtypes_are_refused():
+    class HostDLPack(DLPackOnly):
+        def __dlpack_device__(self):
+            return (1, 0)
+
+    assert not cuda.is_device_array(HostDLPack(cuda.to_device(np.zeros(2, np.float32))))
+    with pytest.raises(TypeError, match="x must be a float32 or float64 device array"):
+        F.recurrent_forward("gru", DLPackOnly(cuda.to_device(np.zeros((1, 1, 1), np.int32))), None, None,
+                            dict(weight_ih=np.ones((3, 1), np.float32), weight_hh=np.ones((3, 1), np.float32)))
+
+
 def test_results_are_device_arrays_and_saved_state_stays_on_the_device():
     rng = np.random.default_rng(18)
     x, h0, c0, weights = problem(rng, "lstm", np.float32)

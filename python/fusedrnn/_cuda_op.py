@@ -32,6 +32,7 @@ def _on_device(value, name, shape, dtype, optional=False):
         raise TypeError(f"{name} is required")
     if not _device.is_device_array(value):
         return _device.to_device(args.checked(value, name, shape, dtype))
+    value = _device._with_interface(value)
     actual, actual_dtype = _shape_and_dtype(value, name)
     if actual_dtype != dtype:
         raise TypeError(f"{name} has dtype {actual_dtype} but x has dtype {dtype}: use one dtype")
@@ -61,6 +62,10 @@ def forward(cell, info, x, h0, c0, weights, *, lengths, mask, masked_output, rev
     _device._require()
     if bf16_weights:
         raise ValueError("bf16_weights=True is a CPU inference mode: the CUDA backend has no bfloat16 kernels")
+    x = _device._with_interface(x)
+    # (DLPack-only weights viewed once here: their shapes are read before they are checked.)
+    weights = {name: _device._with_interface(w) if w is not None and _device.is_device_array(w) else w
+               for name, w in weights.items()}
     x_shape, dtype = _shape_and_dtype(x, "x")
     if len(x_shape) != 3:
         raise ValueError(f"x must have 3 dimensions (T, B, I), got shape {x_shape}")

@@ -4,7 +4,8 @@ The backend is opt-in at build time (``FUSEDRNN_CUDA=1 pip install .``, see the 
 it :func:`is_built` is False and everything here that needs a device raises ``RuntimeError``.
 With it, :func:`fusedrnn.functional.recurrent_forward` and :func:`~fusedrnn.functional.recurrent_backward`
 run on the GPU when ``x`` is a device array: anything with ``__cuda_array_interface__`` (a
-:class:`DeviceArray`, a CuPy array, a PyTorch CUDA tensor), read in place, C-contiguous. They
+:class:`DeviceArray`, a CuPy array, a PyTorch CUDA tensor) or with DLPack's ``__dlpack__`` in CUDA
+memory (a JAX array on a GPU, ...), read in place, C-contiguous. They
 return :class:`DeviceArray` results, which other frameworks take without a copy through DLPack
 (``torch.from_dlpack(y)``) or ``__cuda_array_interface__`` (``cupy.asarray(y)``); ``y.numpy()`` copies
 one to the host. Host weights given with a device ``x`` are copied to the device for the call.
@@ -76,9 +77,25 @@ def _require():
         raise RuntimeError("fusedrnn's CUDA backend found no CUDA device")
 
 
+_DLPACK_CUDA_DEVICES = (2, 13)  # DLPack's kDLCUDA and kDLCUDAManaged
+
+
 def is_device_array(value):
-    """Whether `value` is a CUDA device array (has ``__cuda_array_interface__``)."""
-    return hasattr(value, "__cuda_array_interface__")
+    """Whether `value` is a CUDA device array: it has ``__cuda_array_interface__``, or it is in CUDA
+    memory by its DLPack ``__dlpack_device__``."""
+    if hasattr(value, "__cuda_array_interface__"):
+        return True
+    dlpack_device = getattr(value, "__dlpack_device__", None)
+    return dlpack_device is not None and hasattr(value, "__dlpack__") and dlpack_device()[0] in _DLPACK_CUDA_DEVICES
+
+
+def _with_interface(value):
+    """A device array as one with ``__cuda_array_interface__``: itself, or a :class:`DeviceArray`
+    viewing it through DLPack (no copy)."""
+    if hasattr(value, "__cuda_array_interface__"):
+        return value
+    _require()
+    return _native().from_dlpack(value)
 
 
 def to_device(array):
@@ -88,12 +105,12 @@ def to_device(array):
 
 
 def to_host(array):
-    """A NumPy copy of a device array (anything C-contiguous with ``__cuda_array_interface__``);
+    """A NumPy copy of a device array (anything C-contiguous with ``__cuda_array_interface__`` or DLPack);
     a host array is returned as ``numpy.asarray`` gives it."""
     if not is_device_array(array):
         return np.asarray(array)
     _require()
-    return _native().to_host(array)
+    return _native().to_host(_with_interface(array))
 
 
 def set_algorithm(name):

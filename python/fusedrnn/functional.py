@@ -59,8 +59,8 @@ float64, all of one dtype; a wrong argument raises ``ValueError`` or ``TypeError
 Backward returns fresh arrays (gradients are written, never accumulated).
 
 CUDA (a build with the backend, :mod:`fusedrnn.cuda`): when ``x`` is a device array (anything with
-``__cuda_array_interface__``: :class:`fusedrnn.cuda.DeviceArray`, CuPy, PyTorch CUDA tensors;
-C-contiguous) the forward and its backward run on the GPU, read device inputs in place and return
+``__cuda_array_interface__``: :class:`fusedrnn.cuda.DeviceArray`, CuPy, PyTorch CUDA tensors; or
+with DLPack's ``__dlpack__`` in CUDA memory; C-contiguous) the forward and its backward run on the GPU, read device inputs in place and return
 device arrays; saved state stays on the device. ``bf16_weights`` is CPU-only, and the fingerprint
 check of ``check_unchanged`` is not taken of device arrays.
 """
