@@ -140,7 +140,8 @@ bool load_locked(std::string* why_not) {
   return false;
 }
 
-// This device's handle, made on first use; nullptr with the reason when cublasCreate fails.
+// This device's handle, made on first use; nullptr with the reason when cublasCreate fails (tried
+// once per device: a later product then runs in our kernel, or set_gemm('cublas') raises again).
 Handle handle_locked(std::string* why_not) {
   int device = 0;
   const cudaError_t status = cudaGetDevice(&device);
@@ -155,11 +156,11 @@ Handle handle_locked(std::string* why_not) {
   }
   if (handles[device] == nullptr && handle_errors[device].empty()) {
     Handle made = nullptr;
-    const Status status = api.create(&made);
-    if (status == kSuccess) {
+    const Status created = api.create(&made);
+    if (created == kSuccess) {
       handles[device] = made;
     } else {
-      handle_errors[device] = status_text(status, "cublasCreate_v2");
+      handle_errors[device] = status_text(created, "cublasCreate_v2");
     }
   }
   *why_not = handle_errors[device];
