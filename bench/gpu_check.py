@@ -218,6 +218,7 @@ def main():
              f"driver {info['driver_version']}",
              "- PyTorch: " + (f"{torch.__version__}, cuDNN {torch.backends.cudnn.version()}" if torch else "not available"),
              f"- Python {platform.python_version()}, {platform.platform()}",
+             f"- GEMM: {info.get('gemm', {}).get('runs')}",
              f"- the CUDA tests (tests -k cuda, full sizes): {test_summary}",
              f"- timing: {'CUDA events' if torch else 'wall clock'}, median of 3-5 runs after a warm-up; "
              f"T = {STEPS}, I = H, float32, loop form 'auto' ({cuda.get_algorithm()})", "",

@@ -4,6 +4,9 @@
 # Architectures: CMAKE_CUDA_ARCHITECTURES (or the CUDAARCHS environment variable), else what
 # nvcc targets by default (CMake asks the compiler). With FUSEDRNN_CUDA_EMULATOR the module links
 # that library instead of the CUDA runtime; the emulator compiles the PTX embedded in the build.
+#
+# cuBLAS is not a build dependency: csrc/cuda/cublas.cc loads it at run time (dlopen) where it is
+# installed, and an emulated build (FUSEDRNN_CUDA_EMULATED) never does.
 
 if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES AND NOT DEFINED ENV{CUDAARCHS} AND FUSEDRNN_CUDA_EMULATOR)
   # The emulator reads PTX of compute_75 up to compute_120; nvcc's default may lie outside it.
@@ -16,17 +19,19 @@ set(CMAKE_CUDA_STANDARD_REQUIRED ON)
 
 add_library(fusedrnn_cuda_kernels STATIC
   csrc/cuda/buffer.cu
+  csrc/cuda/cublas.cc
   csrc/cuda/gemm.cu
   csrc/cuda/forward.cu
   csrc/cuda/backward.cu
 )
-target_include_directories(fusedrnn_cuda_kernels PUBLIC csrc)
+target_include_directories(fusedrnn_cuda_kernels PUBLIC csrc ${CUDAToolkit_INCLUDE_DIRS})
+target_link_libraries(fusedrnn_cuda_kernels PRIVATE ${CMAKE_DL_LIBS})
 set_target_properties(fusedrnn_cuda_kernels PROPERTIES
   POSITION_INDEPENDENT_CODE ON
   CUDA_VISIBILITY_PRESET hidden
   CXX_VISIBILITY_PRESET hidden)
 
-pybind11_add_module(_cuda csrc/bind_cuda.cc)
+pybind11_add_module(_cuda csrc/bind_cuda.cc csrc/bind_cuda_gemm.cc)
 target_include_directories(_cuda PRIVATE csrc ${CUDAToolkit_INCLUDE_DIRS})
 target_link_libraries(_cuda PRIVATE fusedrnn_cuda_kernels)
 string(REPLACE ";" "," FUSEDRNN_CUDA_ARCHITECTURES_STRING "${CMAKE_CUDA_ARCHITECTURES}")
@@ -45,7 +50,8 @@ if(FUSEDRNN_CUDA_EMULATOR)
   set_target_properties(_cuda PROPERTIES
     BUILD_RPATH "${FUSEDRNN_CUDA_EMULATOR_DIR}"
     INSTALL_RPATH "${FUSEDRNN_CUDA_EMULATOR_DIR}")
-  target_compile_definitions(_cuda PRIVATE FUSEDRNN_CUDA_EMULATED)
+  # Seen by the kernels too: the GEMM dispatch then never loads cuBLAS.
+  target_compile_definitions(fusedrnn_cuda_kernels PUBLIC FUSEDRNN_CUDA_EMULATED)
   message(STATUS "fusedrnn: CUDA backend linked against the emulator ${FUSEDRNN_CUDA_EMULATOR}")
 else()
   # The static runtime: the module needs no libcudart on the library path, only the driver.

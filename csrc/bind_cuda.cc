@@ -24,6 +24,12 @@
 #include "schedule.h"
 
 namespace py = pybind11;
+
+namespace fusedrnn::bind_cuda {  // bind_cuda_gemm.cc: the switch between cuBLAS and our GEMM
+py::dict gemm_info();
+void bind_gemm_switch(py::module_& m);
+}  // namespace fusedrnn::bind_cuda
+
 using fusedrnn::CellInfo;
 using fusedrnn::CellKind;
 using fusedrnn::bind::shape_str;
@@ -452,8 +458,9 @@ py::tuple backward(const std::string& cell_name, const py::object& x, const py::
   });
 }
 
-// a @ b (device arrays, 2-d, C-contiguous) through the backend's GEMM; transposes are views of
-// the same memory with swapped strides (for the tests of every stride pattern).
+// a @ b (device arrays, 2-d, C-contiguous) through the backend's GEMM interface (cuBLAS or our
+// kernel, by the route cuda/cublas.h chooses); transposes are views of the same memory with
+// swapped strides (for the tests of every stride pattern).
 py::object gemm(const py::object& a, const py::object& b, bool transpose_a, bool transpose_b) {
   const auto a_shape = shape_of(a, "a"), b_shape = shape_of(b, "b");
   if (a_shape.size() != 2 || b_shape.size() != 2) throw py::value_error("a and b must be 2-d");
@@ -538,6 +545,7 @@ py::dict build_info() {
     devices.append(d);
   }
   info["devices"] = devices;
+  info["gemm"] = fusedrnn::bind_cuda::gemm_info();
   return info;
 }
 
@@ -586,7 +594,7 @@ PYBIND11_MODULE(_cuda, m) {
         py::arg("reverse"), py::arg("saved"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"), py::arg("want_db_ih"),
         py::arg("want_db_hh"), py::arg("algorithm") = "auto");
   m.def("gemm", &gemm, py::arg("a"), py::arg("b"), py::arg("transpose_a") = false, py::arg("transpose_b") = false,
-        "a @ b (or with either transposed) through the backend's own tiled GEMM kernel.");
+        "a @ b (or with either transposed) through the backend's GEMM (cuBLAS or its own kernel, as set_gemm says).");
   m.def("persistent_weights_fit", &fusedrnn::cuda::persistent_weights_fit, py::arg("bytes"),
         "Whether this many bytes of weights fit in one block's shared memory (the persistent kernel's cache).");
   m.def("release_workspaces", [] {
@@ -596,4 +604,5 @@ PYBIND11_MODULE(_cuda, m) {
   m.def("device_count", &device_count);
   m.def("set_device", &set_device, py::arg("device"), "Makes a device current for the following calls.");
   m.def("build_info", &build_info);
+  fusedrnn::bind_cuda::bind_gemm_switch(m);
 }

@@ -1,5 +1,7 @@
 """The CUDA backend against the CPU kernels: every cell, dtype, masking and direction, forward
-and backward, in every loop form (stepwise, warp and persistent), plus its GEMM and device arrays.
+and backward, in every loop form (stepwise, warp and persistent) and with each GEMM available
+(fusedrnn's own kernel; cuBLAS too where it loads: not in the emulator), plus its GEMM and device
+arrays. test_cuda_gemm.py has the GEMM switch's own tests.
 
 The sizes are small: without a GPU these run in a CUDA emulator on the CPU (about a million
 thread-steps a second). They run unchanged on a GPU; without the backend or a device they skip.
@@ -38,6 +40,17 @@ def algorithm(request):
     cuda.set_algorithm(request.param)
     yield request.param
     cuda.set_algorithm("auto")
+
+
+@pytest.fixture(params=["fusedrnn", "cublas"])
+def gemm(request):
+    """Which GEMM the products outside the time loop run in (the cuBLAS cases skip where it cannot load)."""
+    try:
+        cuda.set_gemm(request.param)
+    except RuntimeError as error:
+        pytest.skip(f"cuBLAS cannot be used here: {error}")
+    yield request.param
+    cuda.set_gemm("auto")
 
 
 def problem(rng, cell, dtype, proj=None):
@@ -113,7 +126,7 @@ def masking_options(rng, masking):
 @pytest.mark.parametrize("masking", MASKINGS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("cell", CELLS)
-def test_forward_and_backward_match_the_cpu_kernels(cell, dtype, masking, reverse, algorithm):
+def test_forward_and_backward_match_the_cpu_kernels(cell, dtype, masking, reverse, algorithm, gemm):
     rng = np.random.default_rng(11)
     x, h0, c0, weights = problem(rng, cell, dtype)
     run_both(cell, x, h0, c0, weights, dtype, rng, reverse=reverse, **masking_options(rng, masking))
@@ -121,7 +134,7 @@ def test_forward_and_backward_match_the_cpu_kernels(cell, dtype, masking, revers
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("masking", ["none", "lengths"])
-def test_lstm_projection(dtype, masking, algorithm):
+def test_lstm_projection(dtype, masking, algorithm, gemm):
     rng = np.random.default_rng(12)
     x, h0, c0, weights = problem(rng, "lstm", dtype, proj=4)
     run_both("lstm", x, h0, c0, weights, dtype, rng, reverse=masking == "lengths", **masking_options(rng, masking))
@@ -177,7 +190,7 @@ def test_persistent_kernel_with_weights_too_large_for_shared_memory():
     assert_close(host(dw["weight_hh"]), dw0["weight_hh"], np.float64, WEIGHT_GRAD, "dweight_hh")
 
 
-def test_gradients_are_deterministic():
+def test_gradients_are_deterministic(gemm):
     rng = np.random.default_rng(16)
     x, h0, c0, weights = problem(rng, "gru", np.float32)
     dev = {k: on_device(v) for k, v in weights.items()}
@@ -192,7 +205,7 @@ def test_gradients_are_deterministic():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("ta, tb", [(False, False), (True, False), (False, True), (True, True)])
 @pytest.mark.parametrize("m, k, n", [(1, 1, 1), (37, 20, 45), (33, 17, 64), (5, 70, 3)])
-def test_gemm_matches_numpy(dtype, ta, tb, m, k, n):
+def test_gemm_matches_numpy(dtype, ta, tb, m, k, n, gemm):
     rng = np.random.default_rng(17)
     a = rng.standard_normal((k, m) if ta else (m, k)).astype(dtype)
     b = rng.standard_normal((n, k) if tb else (k, n)).astype(dtype)

@@ -1,8 +1,11 @@
-// The tiled GEMM kernel behind cuda/gemm.h. A block computes a 32 x 32 tile of C with 16 x 16
-// threads (2 x 2 values each), stepping over K in slices of 16 that the block first copies into
-// shared memory; any strides (the copies gather), zero padding at the edges.
+// cuda/gemm.h: the dispatch between cuBLAS (cuda/cublas.h decides) and fusedrnn's tiled GEMM
+// kernel, which is here. A block computes a 32 x 32 tile of C with 16 x 16 threads (2 x 2 values
+// each), stepping over K in slices of 16 that the block first copies into shared memory; any
+// strides (the copies gather), zero padding at the edges.
 #include <algorithm>
+#include <string>
 
+#include "cuda/cublas.h"
 #include "cuda/gemm.h"
 #include "cuda/status.h"
 
@@ -66,6 +69,11 @@ void gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t a_rs, int64_t a_c
     if (!accumulate) {
       check(cudaMemset2D(C, ldc * sizeof(T), 0, N * sizeof(T), M), "cudaMemset2D (gemm with K = 0)");
     }
+    return;
+  }
+  std::string why;
+  if (cublas::route(M, N, K, a_rs, a_cs, b_rs, b_cs, ldc, &why)) {
+    cublas::gemm<T>(cublas::form(M, N, K, a_rs, a_cs, b_rs, b_cs, ldc), A, B, C, accumulate);
     return;
   }
   const int64_t blocks_x = (N + kTile - 1) / kTile;

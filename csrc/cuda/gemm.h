@@ -2,8 +2,10 @@
 // or C += A B with `accumulate`, each operand addressed by element strides (a row stride and a
 // column stride), so a transposed operand is only a swap of strides. All arrays on the device.
 //
-// It runs fusedrnn's own shared-memory tiled kernel (gemm.cu): deterministic (every C element is
-// one thread's sum in a fixed order), and it also runs in the CUDA emulator, which has no cuBLAS.
+// Large products run in cuBLAS when it is loaded (cuda/cublas.h says when), the rest in fusedrnn's
+// own shared-memory tiled kernel (gemm.cu): deterministic (every C element is one thread's sum in
+// a fixed order), and it also runs in the CUDA emulator, which has no cuBLAS. Both use the legacy
+// default stream, as every kernel of the backend does.
 #pragma once
 
 #include <cstdint>

@@ -10,20 +10,27 @@ return :class:`DeviceArray` results, which other frameworks take without a copy 
 (``torch.from_dlpack(y)``) or ``__cuda_array_interface__`` (``cupy.asarray(y)``); ``y.numpy()`` copies
 one to the host. Host weights given with a device ``x`` are copied to the device for the call.
 
+Large matrix products run in cuBLAS where it is installed (the CUDA toolkit's, or ``pip install
+nvidia-cublas``), loaded when first needed; the rest, and everything in a build without cuBLAS,
+in fusedrnn's own GEMM kernel: see :func:`set_gemm`.
+
 Verified under a CUDA emulator only (a PTX emulator that runs the kernels on the CPU), until a GPU
 run is recorded in bench/RESULTS.md.
 """
 
 import importlib
 import importlib.util
+import os
 
 import numpy as np
 
 __all__ = ["is_built", "is_available", "device_count", "build_info", "DeviceArray", "to_device", "to_host",
-           "is_device_array", "set_algorithm", "get_algorithm", "release_workspaces"]
+           "is_device_array", "set_algorithm", "get_algorithm", "set_gemm", "get_gemm", "release_workspaces"]
 
 _ALGORITHMS = ("auto", "stepwise", "warp", "persistent")
 _algorithm = "auto"
+_GEMMS = ("auto", "cublas", "fusedrnn")
+_gemm = "auto"
 _MODULE = __name__.rpartition(".")[0] + "._cuda"
 _native_module = None
 
@@ -33,8 +40,24 @@ def _native():
     importing fusedrnn loads no CUDA runtime, and a CPU-only user never starts one."""
     global _native_module
     if _native_module is None and is_built():
-        _native_module = importlib.import_module(_MODULE)
+        module = importlib.import_module(_MODULE)
+        module.set_cublas_search_dirs(_cublas_wheel_dirs(module.cublas_library_name()))
+        _native_module = module
     return _native_module
+
+
+def _cublas_wheel_dirs(library):
+    """Where the nvidia-cublas wheel put `library` (libcublas.so.N), if it is installed: its CUDA 13
+    wheels use nvidia/cu13/lib, its CUDA 12 wheels nvidia/cublas/lib. Found without importing
+    anything; the module tries these after the loader's own search."""
+    try:
+        spec = importlib.util.find_spec("nvidia")
+    except (ImportError, ValueError):
+        return []
+    major = library.rpartition(".")[2]
+    roots = list(spec.submodule_search_locations or []) if spec is not None else []
+    candidates = [os.path.join(root, sub, "lib") for root in roots for sub in (f"cu{major}", "cublas")]
+    return [d for d in candidates if os.path.isfile(os.path.join(d, library))]
 
 
 def __getattr__(name):
@@ -64,7 +87,11 @@ def build_info():
     """What was built and what it runs on: a dict with ``built`` (bool) and, when built,
     ``emulator`` (linked against the CUDA emulator rather than the CUDA runtime), ``architectures``
     (what nvcc compiled for), ``nvcc`` (its version), ``runtime_version``, ``driver_version`` and
-    ``devices`` (name, compute capability, multiprocessors, memory of each)."""
+    ``devices`` (name, compute capability, multiprocessors, memory of each), and ``gemm``: which
+    GEMM the products run in and why (``mode``, ``runs`` in words, ``cublas_version`` and
+    ``cublas_library`` when cuBLAS is loaded, else ``cublas_unavailable`` with the reason, and
+    ``cublas_min_work``, the smallest product "auto" sends to cuBLAS). Asking loads cuBLAS if it
+    is installed and not loaded yet."""
     if not is_built():
         return {"built": False}
     return {"built": True, **_native().build_info()}
@@ -130,6 +157,31 @@ def set_algorithm(name):
 def get_algorithm():
     """The loop form set by :func:`set_algorithm`."""
     return _algorithm
+
+
+def set_gemm(name):
+    """Which GEMM the backend's matrix products (the input projections, the weight and input
+    gradients after the loop) run in, from now on: ``"auto"`` (the default: cuBLAS for products of
+    at least ``build_info()["gemm"]["cublas_min_work"]`` multiply-adds when cuBLAS is installed,
+    fusedrnn's own tiled kernel otherwise), ``"cublas"`` (cuBLAS for every product; raises
+    ``RuntimeError`` saying why where it cannot load: an emulated build, the library not found,
+    or its handle not made) or ``"fusedrnn"`` (fusedrnn's kernel for every product). Both are
+    deterministic. cuBLAS is loaded at run time from the system's CUDA toolkit or the
+    ``nvidia-cublas`` wheel; the recurrent products inside the time loop are always fusedrnn's."""
+    global _gemm
+    if name not in _GEMMS:
+        raise ValueError(f"gemm must be one of {', '.join(_GEMMS)}, got {name!r}")
+    module = _native()
+    if module is not None:
+        module.set_gemm(name)
+    elif name == "cublas":
+        raise RuntimeError("fusedrnn was built without the CUDA backend: rebuild with FUSEDRNN_CUDA=1 (see README)")
+    _gemm = name
+
+
+def get_gemm():
+    """The GEMM choice set by :func:`set_gemm`."""
+    return _gemm
 
 
 def release_workspaces():
