@@ -31,7 +31,7 @@ set_target_properties(fusedrnn_cuda_kernels PROPERTIES
   CUDA_VISIBILITY_PRESET hidden
   CXX_VISIBILITY_PRESET hidden)
 
-pybind11_add_module(_cuda csrc/bind_cuda.cc csrc/bind_cuda_gemm.cc)
+pybind11_add_module(_cuda csrc/bind_cuda.cc csrc/bind_cuda_arrays.cc csrc/bind_cuda_gemm.cc)
 target_include_directories(_cuda PRIVATE csrc ${CUDAToolkit_INCLUDE_DIRS})
 target_link_libraries(_cuda PRIVATE fusedrnn_cuda_kernels)
 string(REPLACE ";" "," FUSEDRNN_CUDA_ARCHITECTURES_STRING "${CMAKE_CUDA_ARCHITECTURES}")
