@@ -372,7 +372,7 @@ def test_validation_errors():
     layer(np.ones((2, 3), np.float32))
     with pytest.raises(ValueError, match="grad_output"):
         layer.backward(np.ones((2, 3), np.float32))
-    with pytest.raises(ValueError, match="only the CPU"):
+    with pytest.raises(ValueError, match="CPU only"):
         nn.Linear(3, 2, device="cuda")
     with pytest.raises(TypeError, match="dtype"):
         nn.Linear(3, 2, dtype=np.int32)

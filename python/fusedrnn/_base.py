@@ -113,10 +113,18 @@ def resolve_dtype(dtype):
 
 
 def check_device(device):
-    """Only the CPU exists here; accept the spellings PyTorch code passes for it."""
+    """For modules that run on the CPU only: accept the spellings PyTorch code passes for it."""
     if device is None or (isinstance(device, str) and device == "cpu"):
         return
-    raise ValueError(f"device must be None or 'cpu' (only the CPU is available), got {device!r}")
+    raise ValueError(f"device must be None or 'cpu': this module runs on the CPU only (fusedrnn.nn's RNN, LSTM "
+                     f"and GRU also take 'cuda'), got {device!r}")
+
+
+def _refuse_device_array(x, name):
+    # np.asarray would make an object array of it, and the error would say "dtype object".
+    if hasattr(x, "__cuda_array_interface__"):
+        raise TypeError(f"{name} is a CUDA device array, but this runs on the host: pass a NumPy array "
+                        "(fusedrnn.cuda.to_host copies one)")
 
 
 def as_float_array(x, dtype, name="input"):
@@ -124,6 +132,7 @@ def as_float_array(x, dtype, name="input"):
     dtype mismatch); Python numbers and lists, which carry no dtype of their own, are converted."""
     if isinstance(x, Parameter):
         x = x.data
+    _refuse_device_array(x, name)
     if isinstance(x, np.ndarray):
         if x.dtype != dtype:
             raise TypeError(f"{name} has dtype {x.dtype} but the module's parameters are {np.dtype(dtype).name}: "
@@ -137,6 +146,7 @@ def as_any_float_array(x, name="input"):
     """`x` as a float32 or float64 ndarray (for modules without a dtype of their own)."""
     if isinstance(x, Parameter):
         x = x.data
+    _refuse_device_array(x, name)
     x = np.asarray(x)
     if x.dtype.name not in _FLOAT_DTYPES:
         raise TypeError(f"{name} has dtype {x.dtype}, expected float32 or float64")

@@ -14,6 +14,7 @@ from collections import OrderedDict
 import numpy as np
 
 from .._base import Parameter
+from ._device import resolve_device
 
 __all__ = ["Module", "Parameter"]
 
@@ -106,6 +107,29 @@ class Module:
 
     def eval(self):
         return self.train(False)
+
+    # -- devices -------------------------------------------------------------------------------
+    def to(self, device):
+        """Moves the recurrent layers in this module (itself included) to `device` (``"cpu"``,
+        ``"cuda"`` or ``"cuda:0"``) and returns self. Parameters and gradients stay NumPy arrays
+        on the host; only where the recurrent kernels run changes. The other modules run on the
+        host wherever they are (a CUDA layer given NumPy inputs returns NumPy outputs), so moving
+        them changes nothing. ValueError for an unknown device, RuntimeError where CUDA cannot run."""
+        device = resolve_device(device)
+        for module in self.modules():
+            module._move_to(device)
+        return self
+
+    def cuda(self):
+        """``self.to("cuda")``."""
+        return self.to("cuda")
+
+    def cpu(self):
+        """``self.to("cpu")``."""
+        return self.to("cpu")
+
+    def _move_to(self, device):
+        """What `to` does to this module alone: nothing for modules that only run on the host."""
 
     def zero_grad(self, set_to_none=True):
         for param in self.parameters():

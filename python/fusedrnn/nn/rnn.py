@@ -23,8 +23,10 @@ import numpy as np
 from .. import functional as F
 from .._packed import owned_packed_weights, weight_versions
 from .._random import resolve_rng
-from .._base import (Parameter, as_float_array, check_device, check_parameter_versions, parameter_versions,
-                     resolve_dtype)
+from .._base import Parameter, as_float_array, check_parameter_versions, parameter_versions, resolve_dtype
+from . import _device
+from ._device import to_host
+from ._rnn_arguments import grad_final_states, grad_output_time_major, initial_states
 from .module import Module
 from .utils.rnn import PackedSequence, _packed_to_padded, _valid_steps
 
@@ -73,6 +75,9 @@ class _BackwardState:
             "and run forward again")
     USED = ("Trying to backward through the same forward a second time: the first backward freed "
             "what it saved; run forward again")
+    MOVED = "the module was moved to another device after its last forward: run forward again"
+    COPIED = ("this CUDA module is a copy made after a training forward, whose saved state stays on the device "
+              "with the original: run forward again")
 
 
 # -- layers --------------------------------------------------------------------------------------
@@ -83,6 +88,10 @@ class RNNBase(Module):
     mode: ``"RNN_TANH"``, ``"RNN_RELU"``, ``"LSTM"`` or ``"GRU"``. The other arguments are torch.nn's,
     plus ``rng`` (None for the shared generator, an int seed or a numpy Generator) for the initial
     weights and the dropout masks.
+
+    ``device="cuda"`` (or ``.to("cuda")`` later) runs the kernels on the CUDA backend; parameters
+    and gradients stay NumPy on the host, and results are of the input's kind (NumPy or device
+    arrays). See nn/_device.py.
 
     ``bf16_inference = True`` (not a torch.nn attribute) runs the recurrent products of eval-mode
     forwards with bfloat16 weights (``fusedrnn.functional``'s ``bf16_weights``: faster at small
@@ -115,7 +124,7 @@ class RNNBase(Module):
             warnings.warn("dropout option adds dropout after all but last recurrent layer, so non-zero "
                           f"dropout expects num_layers greater than 1, but got dropout={dropout} and "
                           f"num_layers={num_layers}")
-        check_device(device)
+        device = _device.resolve_device(device)
         self.mode = mode
         self.input_size = input_size
         self.hidden_size = hidden_size
@@ -131,6 +140,7 @@ class RNNBase(Module):
         self._backward_state = _BackwardState.NO_FORWARD
         self._bf16_inference = False
         self._context = None
+        self._device_weights = _device.DeviceWeights() if device == "cuda" else None
 
         dtype = resolve_dtype(dtype)
         gates_h = F.CELLS[_cell(mode)].gates * hidden_size
@@ -164,6 +174,10 @@ class RNNBase(Module):
         return {name: getattr(self, name + suffix).data for name in _GRAD_NAMES
                 if hasattr(self, name + suffix)}
 
+    def _weight_parameters(self, layer, direction):
+        suffix = self._suffixes(layer)[direction]
+        return {name: getattr(self, name + suffix) for name in _GRAD_NAMES if hasattr(self, name + suffix)}
+
     def _packed(self, layer, direction):
         """(PackedWeights, version) keeping this layer direction's packed weights between eval-mode
         calls (a generation loop): the weights' Parameter versions say when they changed. Training
@@ -188,6 +202,24 @@ class RNNBase(Module):
 
     def flatten_parameters(self):
         """Does nothing: the weights are always used in place (kept for PyTorch code that calls it)."""
+
+    @property
+    def device(self):
+        """Where forward runs: ``"cpu"`` or ``"cuda"`` (the parameters stay NumPy on the host)."""
+        return "cpu" if self._device_weights is None else "cuda"
+
+    def _move_to(self, device):
+        """Module.to's work here: a new device drops the device copies and what a forward saved."""
+        if device != self.device:
+            self._device_weights = _device.DeviceWeights() if device == "cuda" else None
+            self._context, self._backward_state = None, _BackwardState.MOVED
+
+    def __getstate__(self):
+        # Device arrays cannot be copied or pickled: a copy of a CUDA layer leaves its saved state behind.
+        state = dict(self.__dict__)
+        if self._device_weights is not None and self._context is not None:
+            state.update(_context=None, _backward_state=_BackwardState.COPIED)
+        return state
 
     @property
     def bf16_inference(self):
@@ -234,6 +266,9 @@ class RNNBase(Module):
             ``(L*D, B, H)`` (without the batch dimension for unbatched input).
         """
         dtype = self.weight_ih_l0.dtype
+        device, device_io = self._device_weights, False
+        if device is not None:
+            input, hx, device_io = _device.forward_arguments(self, input, hx)
         packed = isinstance(input, PackedSequence)
         lengths = steps = sorted_indices = None
         if packed:
@@ -246,7 +281,7 @@ class RNNBase(Module):
             sorted_indices = input.sorted_indices
             unbatched = False
         else:
-            input = as_float_array(input, dtype, "input")
+            input = input if _device.is_device_array(input) else as_float_array(input, dtype, "input")
             if input.ndim not in (2, 3):
                 raise ValueError(f"{type(self).__name__}: Expected input to be 2D or 3D, got "
                                  f"{input.ndim}D instead")
@@ -255,37 +290,45 @@ class RNNBase(Module):
         if x.shape[-1] != self.input_size:
             raise ValueError(f"input.size(-1) must be equal to input_size. Expected {self.input_size}, "
                              f"got {x.shape[-1]}")
-        h0, c0 = self._initial_states(hx, x.shape[1], unbatched, sorted_indices, dtype)
+        h0, c0 = initial_states(self, hx, x.shape[1], unbatched, sorted_indices, dtype)
 
         training = self.training
         rng = resolve_rng(self._rng)
-        saved, masks, h_n, c_n = [], [], [], []
+        saved, masks, h_n, c_n, stamps = [], [], [], [], []
         layer_input = x
         for layer in range(self.num_layers):
             outputs = []
+            if device is not None and not _device.is_device_array(layer_input):
+                layer_input = _device.to_device(layer_input)   # once for both directions
             for direction in range(self._directions):
                 index = layer * self._directions + direction
-                cache, cache_version = self._packed(layer, direction) if not training else (None, None)
+                cache, cache_version = self._packed(layer, direction) if not training and device is None \
+                    else (None, None)
+                weights = self._weights(layer, direction)
+                if device is not None:
+                    weights, stamp = device.weights(self._weight_parameters(layer, direction), (layer, direction))
+                    stamps.append(stamp)
                 y, h, c, state = F.recurrent_forward(
                     _cell(self.mode), layer_input, None if h0 is None else h0[index],
-                    None if c0 is None else c0[index], self._weights(layer, direction), lengths=lengths,
+                    None if c0 is None else c0[index], weights, lengths=lengths,
                     reverse=direction == 1, training=training,
                     bf16_weights=self._bf16_inference and not training, packed=cache,
                     packed_version=cache_version)
                 outputs.append(y)
                 saved.append(state)
-                h_n.append(h)
-                c_n.append(c)
-            layer_output = outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=-1)
+                h_n.append(to_host(h))
+                c_n.append(None if c is None else to_host(c))
+            # Between layers the CUDA path works on the host (see nn/_device.py).
+            layer_output = outputs[0] if len(outputs) == 1 else np.concatenate([to_host(y) for y in outputs], -1)
             if training and self.dropout > 0 and layer < self.num_layers - 1:
                 mask = self._dropout_mask(rng, layer_output.shape, dtype)
                 masks.append(mask)
-                layer_output = layer_output * mask
+                layer_output = to_host(layer_output) * mask
             layer_input = layer_output
 
         if training:
             self._context = dict(saved=saved, versions=parameter_versions(self.named_parameters()), masks=masks,
-                                 packed=input if packed else None,
+                                 packed=input if packed else None, stamps=stamps, device_io=device_io,
                                  steps=steps, unbatched=unbatched, hx_given=hx is not None,
                                  output_shape=layer_input.shape, batch=x.shape[1])
             self._backward_state = None
@@ -294,6 +337,8 @@ class RNNBase(Module):
 
         h_n = np.stack(h_n)
         c_n = np.stack(c_n) if _has_cell_state(self.mode) else None
+        if packed or unbatched or self.batch_first:
+            layer_input = to_host(layer_input)
         if packed:
             output = PackedSequence(layer_input[steps], input.batch_sizes, input.sorted_indices,
                                     input.unsorted_indices)
@@ -305,6 +350,8 @@ class RNNBase(Module):
             c_n = None if c_n is None else c_n[:, 0]
         else:
             output = np.ascontiguousarray(layer_input.swapaxes(0, 1)) if self.batch_first else layer_input
+        if device is not None:
+            output, h_n, c_n = _device.to_callers_kind((output, h_n, c_n), device_io)
         return output, (h_n if c_n is None else (h_n, c_n))
 
     def _dropout_mask(self, rng, shape, dtype):
@@ -313,43 +360,6 @@ class RNNBase(Module):
             return np.zeros(shape, dtype)
         keep = rng.random(shape) >= self.dropout
         return keep.astype(dtype) / dtype.type(1 - self.dropout)
-
-    def _expected_states(self, batch):
-        """Expected shapes of h and c (batched), in the order of the hx tuple."""
-        rows = self.num_layers * self._directions
-        shapes = [(rows, batch, self._state_size)]
-        if _has_cell_state(self.mode):
-            shapes.append((rows, batch, self.hidden_size))
-        return shapes
-
-    def _initial_states(self, hx, batch, unbatched, sorted_indices, dtype):
-        """hx as batched (h0, c0) arrays in the kernels' (sorted) batch order; (None, None) if absent."""
-        if hx is None:
-            return None, None
-        lstm = _has_cell_state(self.mode)
-        if lstm and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
-            raise TypeError("hx of an LSTM must be a tuple (h_0, c_0)")
-        if not lstm and isinstance(hx, (tuple, list)):
-            raise TypeError(f"hx of {type(self).__name__} must be one array, not a {type(hx).__name__}")
-        states = [as_float_array(s, dtype, "hx") for s in (hx if lstm else [hx])]
-        want = 2 if unbatched else 3
-        if any(s.ndim != want for s in states):
-            kind = "unbatched 2-D" if unbatched else "batched 3-D"
-            dims = ", ".join(f"{s.ndim}-D" for s in states)
-            what = f"hx and cx should also be {want}-D but got ({dims}) arrays" if lstm else \
-                f"hx should also be {want}-D but got {dims} array"
-            raise ValueError(f"For {kind} input, {what}")
-        if unbatched:
-            states = [s[:, None] for s in states]
-        for i, (state, shape) in enumerate(zip(states, self._expected_states(batch))):
-            if state.shape != shape:
-                label = f"hidden[{i}]" if lstm else "hidden"
-                got = state.shape if not unbatched else state.shape[:1] + state.shape[2:]
-                want_shape = shape if not unbatched else shape[:1] + shape[2:]
-                raise ValueError(f"Expected {label} size {want_shape}, got {got}")
-        if sorted_indices is not None:
-            states = [s[:, sorted_indices] for s in states]
-        return states[0], states[1] if lstm else None
 
     # -- backward --------------------------------------------------------------------------------
     def backward(self, grad_output, grad_hn=None):
@@ -372,9 +382,11 @@ class RNNBase(Module):
             raise RuntimeError(self._backward_state)
         ctx = self._context
         check_parameter_versions(ctx["versions"])
+        if self._device_weights is not None:
+            grad_output, grad_hn = _device.backward_arguments(self, grad_output, grad_hn, ctx)
         packed = ctx["packed"]
-        dy = self._grad_output_time_major(grad_output, ctx)
-        dh_n, dc_n = self._grad_final_states(grad_hn, ctx)
+        dy = grad_output_time_major(self, grad_output, ctx)
+        dh_n, dc_n = grad_final_states(self, grad_hn, ctx)
         # Consumed only now, so that a refused gradient can be corrected and passed again.
         self._context, self._backward_state = None, _BackwardState.USED
 
@@ -386,19 +398,23 @@ class RNNBase(Module):
             d_input = None
             for direction in range(self._directions):
                 index = layer * self._directions + direction
-                dy_direction = None if d_output is None else d_output[..., direction * P:(direction + 1) * P]
+                dy_direction = d_output if d_output is None or self._directions == 1 else \
+                    to_host(d_output)[..., direction * P:(direction + 1) * P]
                 dx, dh0[index], dc0[index], dweights = F.recurrent_backward(
                     dy_direction, None if dh_n is None else dh_n[index],
                     None if dc_n is None else dc_n[index], ctx["saved"][index])
                 suffix = self._suffixes(layer)[direction]
                 for name, grad in dweights.items():
                     if grad is not None:
-                        getattr(self, name + suffix).accumulate_grad(grad)
-                d_input = dx if d_input is None else d_input + dx
+                        getattr(self, name + suffix).accumulate_grad(to_host(grad))
+                d_input = dx if d_input is None else to_host(d_input) + to_host(dx)
             if layer > 0 and ctx["masks"]:
+                d_input = to_host(d_input)
                 d_input *= ctx["masks"][layer - 1]
             d_output = d_input
 
+        if packed is not None or ctx["unbatched"] or self.batch_first:
+            d_output = to_host(d_output)
         if packed is not None:
             grad_input = PackedSequence(d_output[ctx["steps"]], packed.batch_sizes, packed.sorted_indices,
                                         packed.unsorted_indices)
@@ -406,63 +422,18 @@ class RNNBase(Module):
             grad_input = d_output[:, 0]
         else:
             grad_input = np.ascontiguousarray(d_output.swapaxes(0, 1)) if self.batch_first else d_output
-        if not ctx["hx_given"]:
-            return grad_input, None
-        states = [np.stack(dh0)] + ([np.stack(dc0)] if _has_cell_state(self.mode) else [])
-        if packed is not None and packed.unsorted_indices is not None:
-            states = [s[:, packed.unsorted_indices] for s in states]
-        if ctx["unbatched"]:
-            states = [s[:, 0] for s in states]
-        return grad_input, tuple(states) if _has_cell_state(self.mode) else states[0]
-
-    def _grad_output_time_major(self, grad_output, ctx):
-        """grad_output as (T, B, D*P) in the kernels' layout, or None."""
-        if grad_output is None:
-            return None
-        dtype = self.weight_ih_l0.dtype
-        packed = ctx["packed"]
-        if packed is not None:
-            data = grad_output.data if isinstance(grad_output, PackedSequence) else grad_output
-            data = as_float_array(data, dtype, "grad_output")
-            expected = (packed.data.shape[0], ctx["output_shape"][-1])
-            if data.shape != expected:
-                raise ValueError(f"grad_output must have the output's data shape {expected}, got {data.shape}")
-            padded, _ = _packed_to_padded(packed._replace(data=data))
-            return padded
-        grad_output = as_float_array(grad_output, dtype, "grad_output")
-        T, B, features = ctx["output_shape"]
-        expected = (T, features) if ctx["unbatched"] else (B, T, features) if self.batch_first else (T, B, features)
-        if grad_output.shape != expected:
-            raise ValueError(f"grad_output must have the output's shape {expected}, got {grad_output.shape}")
-        if ctx["unbatched"]:
-            return grad_output[:, None]
-        return grad_output.swapaxes(0, 1) if self.batch_first else grad_output
-
-    def _grad_final_states(self, grad_hn, ctx):
-        """grad_hn as batched (dh_n, dc_n) in the kernels' (sorted) order; entries may be None."""
-        lstm = _has_cell_state(self.mode)
-        if grad_hn is None:
-            return None, None
-        if lstm and not (isinstance(grad_hn, (tuple, list)) and len(grad_hn) == 2):
-            raise TypeError("grad_hn of an LSTM must be a tuple (dh_n, dc_n) (entries may be None)")
-        grads = list(grad_hn) if lstm else [grad_hn]
-        dtype = self.weight_ih_l0.dtype
-        packed = ctx["packed"]
-        for i, shape in enumerate(self._expected_states(ctx["batch"])):
-            if grads[i] is None:
-                continue
-            grad = as_float_array(grads[i], dtype, "grad_hn")
+        grad_hx = None
+        if ctx["hx_given"]:
+            states = [np.stack([to_host(d) for d in dh0])]
+            states += [np.stack([to_host(d) for d in dc0])] if _has_cell_state(self.mode) else []
+            if packed is not None and packed.unsorted_indices is not None:
+                states = [s[:, packed.unsorted_indices] for s in states]
             if ctx["unbatched"]:
-                shape = shape[:1] + shape[2:]
-            if grad.shape != shape:
-                label = f"grad_hn[{i}]" if lstm else "grad_hn"
-                raise ValueError(f"{label} must have the shape of the final state {shape}, got {grad.shape}")
-            if ctx["unbatched"]:
-                grad = grad[:, None]
-            if packed is not None and packed.sorted_indices is not None:
-                grad = grad[:, packed.sorted_indices]   # h_n was returned in the caller's order
-            grads[i] = grad
-        return grads[0], grads[1] if lstm else None
+                states = [s[:, 0] for s in states]
+            grad_hx = tuple(states) if _has_cell_state(self.mode) else states[0]
+        if self._device_weights is not None:
+            return _device.to_callers_kind((grad_input, grad_hx), ctx["device_io"])
+        return grad_input, grad_hx
 
 
 class RNN(RNNBase):
