@@ -124,7 +124,7 @@ def _refuse_device_array(x, name):
     # np.asarray would make an object array of it, and the error would say "dtype object".
     if hasattr(x, "__cuda_array_interface__"):
         raise TypeError(f"{name} is a CUDA device array, but this runs on the host: pass a NumPy array "
-                        "(fusedrnn.cuda.to_host copies one)")
+                        "(fusedrnn.cuda.to_host copies one), or move a fusedrnn.nn RNN/LSTM/GRU to 'cuda'")
 
 
 def as_float_array(x, dtype, name="input"):

@@ -69,7 +69,7 @@ def grad_output_time_major(module, grad_output, ctx):
             raise ValueError(f"grad_output must have the output's data shape {expected}, got {data.shape}")
         padded, _ = _packed_to_padded(packed._replace(data=data))
         return padded
-    if not _device.is_device_array(grad_output):
+    if module.device == "cpu" or not _device.is_device_array(grad_output):
         grad_output = as_float_array(grad_output, dtype, "grad_output")
     T, B, features = ctx["output_shape"]
     expected = (T, features) if ctx["unbatched"] else (B, T, features) if module.batch_first else (T, B, features)

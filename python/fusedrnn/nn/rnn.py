@@ -281,7 +281,8 @@ class RNNBase(Module):
             sorted_indices = input.sorted_indices
             unbatched = False
         else:
-            input = input if _device.is_device_array(input) else as_float_array(input, dtype, "input")
+            if device is None or not _device.is_device_array(input):   # (a CPU layer refuses device arrays)
+                input = as_float_array(input, dtype, "input")
             if input.ndim not in (2, 3):
                 raise ValueError(f"{type(self).__name__}: Expected input to be 2D or 3D, got "
                                  f"{input.ndim}D instead")
