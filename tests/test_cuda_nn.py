@@ -155,6 +155,32 @@ def test_packed_sequences_with_variable_lengths(device, on_device):
     check_layer(layer, reference, x, initial_state(layer, rng, np.float64), np.float64, on_device, rng)
 
 
+class DLPackOnly:
+    """A device array with DLPack and no __cuda_array_interface__ (as some frameworks' GPU arrays)."""
+
+    def __init__(self, array):
+        self._array = array
+
+    def __dlpack__(self, stream=None):
+        return self._array.__dlpack__()
+
+    def __dlpack_device__(self):
+        return self._array.__dlpack_device__()
+
+
+def test_dlpack_only_device_inputs(device):
+    rng = np.random.default_rng(11)
+    layer = nn.GRU(I, H, dtype=np.float64, device="cuda")
+    x, dy = rng.standard_normal((T, B, I)), rng.standard_normal((T, B, H))
+    y, h_n = layer(DLPackOnly(cuda.to_device(x)))
+    assert cuda.is_device_array(y) and cuda.is_device_array(h_n)
+    dx, _ = layer.backward(DLPackOnly(cuda.to_device(dy)))
+    layer.zero_grad()
+    y0, _ = layer(cuda.to_device(x))
+    dx0, _ = layer.backward(cuda.to_device(dy))
+    assert np.array_equal(cuda.to_host(y), cuda.to_host(y0)) and np.array_equal(cuda.to_host(dx), cuda.to_host(dx0))
+
+
 def test_eval_mode_and_numpy_chaining(device):
     """A cuda layer given NumPy inputs returns NumPy outputs, which host layers take as they are."""
     rng = np.random.default_rng(5)

@@ -30,8 +30,13 @@ __all__ = ["resolve_device", "DeviceWeights", "is_device_array", "to_host", "to_
            "backward_arguments", "to_callers_kind"]
 
 is_device_array = _cuda.is_device_array
-to_host = _cuda.to_host
 to_device = _cuda.to_device
+
+
+def to_host(value):
+    """`value` as a NumPy array: a device array is downloaded. (An ndarray is told by its type
+    first: the CPU layers call this on every result, and asking for a device interface costs.)"""
+    return value if type(value) is np.ndarray else _cuda.to_host(value)
 
 _TYPESTRS = {"<f4": np.dtype(np.float32), "<f8": np.dtype(np.float64)}
 
@@ -59,6 +64,7 @@ class _DeviceView:
     __slots__ = ("base", "shape", "dtype", "__cuda_array_interface__")
 
     def __init__(self, base, name):
+        base = _cuda._with_interface(base)   # (a DLPack-only array: viewed as a DeviceArray, no copy)
         interface = base.__cuda_array_interface__
         if interface["typestr"] not in _TYPESTRS:
             raise TypeError(f"{name} must be a float32 or float64 device array, got typestr {interface['typestr']}")
