@@ -305,8 +305,9 @@ class RNNBase(Module):
                 index = layer * self._directions + direction
                 cache, cache_version = self._packed(layer, direction) if not training and device is None \
                     else (None, None)
-                weights = self._weights(layer, direction)
-                if device is not None:
+                if device is None:
+                    weights = self._weights(layer, direction)
+                else:
                     weights, stamp = device.weights(self._weight_parameters(layer, direction), (layer, direction))
                     stamps.append(stamp)
                 y, h, c, state = F.recurrent_forward(
