@@ -13,6 +13,7 @@ import numpy as np
 
 # The keys of a layer's weights, as PyTorch names them (without the layer suffix).
 WEIGHT_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+_WEIGHT_NAME_SET = frozenset(WEIGHT_NAMES)
 
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -31,8 +32,11 @@ def checked(value, name, shape, dtype, optional=False):
         if optional:
             return None
         raise TypeError(f"{name} is required")
-    array = float_array(value, name)
+    # (Written for the common case, a C-contiguous ndarray of the right dtype: this runs for every
+    # argument of every call, and a one-step call is mostly such checks.)
+    array = value if type(value) is np.ndarray else float_array(value, name)
     if array.dtype != dtype:
+        float_array(array, name)  # a non-float dtype gets that message
         raise TypeError(f"{name} has dtype {array.dtype} but x has dtype {dtype}: use one dtype")
     if array.shape != shape:
         raise ValueError(f"{name} must have shape {shape}, got {array.shape}")
@@ -114,17 +118,17 @@ def check_bf16(bf16_weights, info, dtype, training, weight_hr, recurrent_scale):
 
 
 def checked_weights(weights):
-    if not isinstance(weights, Mapping):
+    if type(weights) is not dict and not isinstance(weights, Mapping):  # (the exact type first: cheaper)
         raise TypeError(f"weights must be a dict of name -> array ({', '.join(WEIGHT_NAMES)}), "
                         f"got {type(weights).__name__}")
-    unknown = weights.keys() - set(WEIGHT_NAMES)
-    if unknown:
-        unknown = sorted(map(str, unknown))
-        raise ValueError(f"unknown weight name(s) {', '.join(map(str, unknown))}: expected {', '.join(WEIGHT_NAMES)}")
-    for name in ("weight_ih", "weight_hh"):
-        if weights.get(name) is None:
-            raise TypeError(f"weights[{name!r}] is required")
-    return {name: weights.get(name) for name in WEIGHT_NAMES}
+    if not weights.keys() <= _WEIGHT_NAME_SET:
+        unknown = sorted(map(str, weights.keys() - _WEIGHT_NAME_SET))
+        raise ValueError(f"unknown weight name(s) {', '.join(unknown)}: expected {', '.join(WEIGHT_NAMES)}")
+    get = weights.get
+    if get("weight_ih") is None or get("weight_hh") is None:
+        name = "weight_ih" if get("weight_ih") is None else "weight_hh"
+        raise TypeError(f"weights[{name!r}] is required")
+    return {name: get(name) for name in WEIGHT_NAMES}
 
 
 def no_cell_state(cell, info, value, name):

@@ -237,9 +237,10 @@ def recurrent_forward(cell, x, h0, c0, weights, *, lengths=None, mask=None, mask
         packed = packed._for_call(cell, arrays, bf16_weights, packed_version)
     elif packed_version is not None:
         raise ValueError("packed_version is the version of the weights a PackedWeights holds: pass packed too")
-    y, h_n, c_n, computed = _core.forward(cell, repeat_masked_output=repeat, reverse=bool(reverse),
-                                          training=bool(training), bf16_weights=bool(bf16_weights), packed=packed,
-                                          **arrays)
+    a = arrays  # (positional: the binding then matches no keyword names, a cost at every call)
+    y, h_n, c_n, computed = _core.forward(cell, a["x"], a["h0"], a["c0"], a["w_ih"], a["w_hh"], a["w_hr"], a["b_ih"],
+                                          a["b_hh"], a["recurrent_scale"], a["lengths"], a["mask"], repeat,
+                                          bool(reverse), bool(training), bool(bf16_weights), packed)
     if not training:
         return y, h_n, c_n, None
     inputs = tuple(arrays[key] for key in ("x", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr", "recurrent_scale"))
