@@ -13,6 +13,19 @@ if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES AND NOT DEFINED ENV{CUDAARCHS} AND FUSED
   set(CMAKE_CUDA_ARCHITECTURES 80)
 endif()
 enable_language(CUDA)
+# nvcc from NVIDIA's PyPI wheels (nvidia-cuda-nvcc, -runtime, -crt, -cccl and nvidia-nvvm, which
+# share one nvidia/cu<N> folder; CUDACXX names their nvcc) comes with only the versioned
+# libcudart.so.<N>, which FindCUDAToolkit does not look for: point it there. (The module links the
+# static runtime; this only lets the toolkit be found.)
+get_filename_component(FUSEDRNN_CUDA_ROOT "${CMAKE_CUDA_COMPILER}" DIRECTORY)
+get_filename_component(FUSEDRNN_CUDA_ROOT "${FUSEDRNN_CUDA_ROOT}" DIRECTORY)
+file(GLOB FUSEDRNN_VERSIONED_CUDART "${FUSEDRNN_CUDA_ROOT}/lib/libcudart.so.[0-9]*")
+if(NOT DEFINED CUDA_CUDART AND FUSEDRNN_VERSIONED_CUDART AND NOT EXISTS "${FUSEDRNN_CUDA_ROOT}/lib/libcudart.so"
+   AND NOT EXISTS "${FUSEDRNN_CUDA_ROOT}/lib64/libcudart.so")
+  list(GET FUSEDRNN_VERSIONED_CUDART 0 FUSEDRNN_VERSIONED_CUDART)
+  set(CUDA_CUDART "${FUSEDRNN_VERSIONED_CUDART}" CACHE FILEPATH "The CUDA runtime (of the PyPI wheels' toolkit)")
+  message(STATUS "fusedrnn: CUDA toolkit from NVIDIA's wheels at ${FUSEDRNN_CUDA_ROOT}")
+endif()
 find_package(CUDAToolkit REQUIRED)
 set(CMAKE_CUDA_STANDARD 17)
 set(CMAKE_CUDA_STANDARD_REQUIRED ON)
