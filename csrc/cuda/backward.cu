@@ -304,9 +304,8 @@ void backward_layer(const BackwardArgs<T>& a, const int64_t* first_step, Algorit
 
   const BackwardStep<Cell, T>* step = upload_step(BackwardStep<Cell, T>{a, sch, st});
   if (form == Algorithm::kPersistent) {
-    const bool in_shared = persistent_weights_fit(weight_values * int64_t(sizeof(T)));
     launch_persistent(backward_persistent_kernel<Cell, T>, "backward_persistent_kernel launch", B,
-                      persistent_threads(std::max(H, P)), in_shared ? weight_values * sizeof(T) : 0, step, in_shared);
+                      persistent_threads(std::max(H, P)), weight_values * int64_t(sizeof(T)), step);
   } else {
     for (int64_t s = steps - 1; s >= 0; --s) {
       if (form == Algorithm::kWarp) {

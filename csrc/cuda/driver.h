@@ -76,15 +76,20 @@ __device__ void stage_in_shared(const T*& first, int64_t n_first, const T*& seco
   __syncthreads();
 }
 
-// Launches a persistent kernel with `shared` bytes of dynamic shared memory, raising the
-// kernel's limit first when it exceeds the default 48 KiB.
-template <class Kernel, class... Args>
-void launch_persistent(Kernel kernel, const char* name, int64_t blocks, int threads, size_t shared, Args... args) {
+// Launches a persistent kernel, kernel(step, in_shared), one block per sequence: its
+// `weight_bytes` of recurrent weights go into dynamic shared memory when they fit
+// (persistent_weights_fit; the kernel's limit is raised first above the default 48 KiB), else it
+// reads them from global memory.
+template <class Kernel, class Step>
+void launch_persistent(Kernel kernel, const char* name, int64_t blocks, int threads, int64_t weight_bytes,
+                       const Step* step) {
+  const bool in_shared = persistent_weights_fit(weight_bytes);
+  const size_t shared = in_shared ? static_cast<size_t>(weight_bytes) : 0;
   if (shared > 48 * 1024) {
     check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)),
           "cudaFuncSetAttribute (persistent kernel's shared memory)");
   }
-  kernel<<<static_cast<unsigned>(blocks), threads, shared>>>(args...);
+  kernel<<<static_cast<unsigned>(blocks), threads, shared>>>(step, in_shared);
   check_launch(name);
 }
 

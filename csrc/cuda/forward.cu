@@ -331,9 +331,8 @@ void forward_layer(const ForwardArgs<T>& a, const int64_t* first_step, Algorithm
   const int64_t weight_values = P * GH + (projected ? H * P : 0);
   const Algorithm form = resolve(algorithm, weight_values * int64_t(sizeof(T)), B * H);
   if (form == Algorithm::kPersistent) {
-    const bool in_shared = persistent_weights_fit(weight_values * int64_t(sizeof(T)));
     launch_persistent(forward_persistent_kernel<Cell, T>, "forward_persistent_kernel launch", B,
-                      persistent_threads(std::max(H, P)), in_shared ? weight_values * sizeof(T) : 0, step, in_shared);
+                      persistent_threads(std::max(H, P)), weight_values * int64_t(sizeof(T)), step);
   } else {
     for (int64_t s = 0; s < steps; ++s) {
       if (form == Algorithm::kWarp) {
