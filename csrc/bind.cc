@@ -337,7 +337,11 @@ PYBIND11_MODULE(_core, m) {
            "Forget (and free) every packed matrix: the weights changed.")
       .def_property_readonly("nbytes", &fusedrnn::cpu::PackedWeights::bytes, "Bytes of packed weights held.")
       .def_property_readonly("packs", &fusedrnn::cpu::PackedWeights::packs,
-                             "How many matrices forwards have packed into it (a call that found them ready adds 0).");
+                             "How many matrices forwards have packed into it (a call that found them ready adds 0).")
+      .def_property_readonly("hits", &fusedrnn::cpu::PackedWeights::hits,
+                             "Forwards that found the packed copies current (same weights, layout and addresses).")
+      .def_property_readonly("misses", &fusedrnn::cpu::PackedWeights::misses,
+                             "Forwards that packed afresh (the first, or one after a change or clear()).");
   m.def("backward", &backward, py::arg("cell"), py::arg("x"), py::arg("w_ih"), py::arg("w_hh"), py::arg("w_hr"),
         py::arg("recurrent_scale"), py::arg("lengths"), py::arg("mask"), py::arg("repeat_masked_output"),
         py::arg("reverse"), py::arg("saved"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"), py::arg("want_db_ih"),

@@ -196,10 +196,16 @@ def test_nn_layer_keeps_its_packed_weights_until_they_change(kind, rng):
     def assign():
         layer.weight_ih_l0.data = layer.weight_ih_l0.data[::-1].copy()
 
+    def replace_parameter():   # a new Parameter object with the old one's version: only the address tells
+        new = nn.Parameter(layer.weight_hh_l0.data * 0.5)
+        for _ in range(layer.weight_hh_l0.version):
+            new.bump_version()
+        layer.weight_hh_l0 = new
+
     def bf16():
         layer.bf16_inference = True
 
-    for change in (in_place, optimizer_step, load, assign, bf16):
+    for change in (in_place, optimizer_step, load, assign, replace_parameter, bf16):
         changed(change)
 
 

@@ -417,7 +417,8 @@ void forward(CellKind cell, const ForwardArgs<T>& args) {
   if (cache) {
     lock = std::unique_lock<std::mutex>(cache->mutex(), std::try_to_lock);
     if (lock.owns_lock()) {
-      cache->use_layout({static_cast<int>(cell), static_cast<int>(sizeof(T)), args.H, args.P, args.I, args.bf16_weights});
+      cache->use_layout({static_cast<int>(cell), static_cast<int>(sizeof(T)), args.H, args.P, args.I, args.bf16_weights,
+                         args.w_ih, args.w_hh, args.w_hr});
     } else {
       cache = nullptr;
     }

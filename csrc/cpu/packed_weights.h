@@ -7,9 +7,11 @@
 // copies: the first call packs into it, later calls find them ready and skip packing.
 //
 // The cache knows nothing of the weights' values: whoever owns it calls clear() whenever they may
-// have changed (fusedrnn.functional.PackedWeights decides that from the weight arrays' identity
-// and a version). It does track what the packed layouts depend on besides the values (the cell,
-// the element type, the sizes, bfloat16 or not) and starts afresh when a call differs in those.
+// have changed (fusedrnn.functional.PackedWeights decides that from a version or a fingerprint).
+// It does track everything else the packed copies depend on (the cell, the element type, the
+// sizes, bfloat16 or not, and where the weights are: their addresses) and starts afresh when a
+// call differs in any of those. The owner keeps the weight arrays alive while their copies are
+// here, so that no other array can take their addresses meanwhile.
 // The packed values do not depend on the thread count or the instruction set, so a cached copy
 // gives bitwise the results a fresh one would.
 //
@@ -29,14 +31,18 @@ class PackedWeights {
   // The matrices a forward packs.
   enum Slot : int { kHh, kHhBf16, kHn, kHr, kIh, kSlotCount };
 
-  // What the packed layouts depend on besides the weights' values.
+  // What the packed copies depend on besides the weights' values.
   struct Layout {
     int cell = -1;
     int element_bytes = 0;
     int64_t H = 0, P = 0, I = 0;
     bool bf16 = false;
+    const void* w_ih = nullptr;
+    const void* w_hh = nullptr;
+    const void* w_hr = nullptr;
     bool operator==(const Layout& o) const {
-      return cell == o.cell && element_bytes == o.element_bytes && H == o.H && P == o.P && I == o.I && bf16 == o.bf16;
+      return cell == o.cell && element_bytes == o.element_bytes && H == o.H && P == o.P && I == o.I &&
+             bf16 == o.bf16 && w_ih == o.w_ih && w_hh == o.w_hh && w_hr == o.w_hr;
     }
   };
 
@@ -50,9 +56,14 @@ class PackedWeights {
 
   // The following are for the forward holding the mutex.
 
-  // Clears the cache when `layout` differs from the one its matrices were packed for.
+  // Clears the cache when `layout` differs from the one its matrices were packed for; counts a
+  // hit (the copies are current) or a miss (this call packs).
   void use_layout(const Layout& layout) {
-    if (layout == layout_) return;
+    if (layout == layout_) {
+      ++hits_;
+      return;
+    }
+    ++misses_;
     clear_locked();
     layout_ = layout;
   }
@@ -84,6 +95,8 @@ class PackedWeights {
     return total;
   }
   int64_t packs() const { return packs_; }
+  int64_t hits() const { return hits_; }
+  int64_t misses() const { return misses_; }
 
  private:
   struct AlignedFree {
@@ -107,7 +120,7 @@ class PackedWeights {
   std::mutex mutex_;
   Layout layout_;
   Entry entries_[kSlotCount];
-  int64_t packs_ = 0;
+  int64_t packs_ = 0, hits_ = 0, misses_ = 0;
 };
 
 }  // namespace fusedrnn::cpu

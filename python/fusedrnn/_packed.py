@@ -6,18 +6,19 @@ is most of the call. Passing the same ``PackedWeights`` to every call
 (``recurrent_forward(..., packed=handle)``) packs once and reuses the result for as long as the
 weights are unchanged.
 
-When are they unchanged? The handle compares a key made of the cell, the dtype, the bf16 flag,
-the identity of the weight arrays (their data address, shape and strides; the handle keeps a
-reference to them, so that no other array can take their address while it holds their packed
-copies) and either
+When are they unchanged? The native cache itself compares what the packed copies depend on besides
+the weights' values: the cell, the dtype, the sizes, the bf16 flag and where the weight arrays are
+(their data addresses: the handle keeps a reference to the arrays, so that no other array can take
+those addresses while it holds their packed copies). The values are the caller's to vouch for, with
+either
 
 - ``version``: any hashable value the caller changes whenever it writes the weights' values (a
   framework's own counters: fusedrnn's ``Parameter.version``, PyTorch's ``tensor._version``); or
 - with ``version=None``, a fingerprint of the weights' bytes (``_core.fingerprint``) taken every
   call: always safe, but it reads every weight once per call, a good part of what packing costs.
 
-Anything else (a different key) clears the packed copies first and packs afresh, so results are
-bitwise those of a call without the handle. A handle holds one set of packed weights, about the
+Anything else (a change of any of these) clears the packed copies first and packs afresh, so results
+are bitwise those of a call without the handle. A handle holds one set of packed weights, about the
 size of the weights themselves (half for bfloat16), until it is cleared or dropped.
 
 From PyTorch: keep one handle per layer and direction, pass the NumPy views of the weight tensors
@@ -35,13 +36,6 @@ __all__ = ["PackedWeights", "owned_packed_weights", "weight_versions"]
 _PACKED_NAMES = ("w_ih", "w_hh", "w_hr")
 
 
-def _identity(array):
-    """What tells one array's memory from another's (the handle keeps the array alive)."""
-    if array is None:
-        return None
-    return (array.__array_interface__["data"][0], array.shape, array.strides)
-
-
 class PackedWeights:
     """Packed weights of one layer direction, reused by :func:`recurrent_forward` calls given it.
 
@@ -49,30 +43,36 @@ class PackedWeights:
     packed them; ``nbytes`` is the memory held; ``clear()`` frees it.
     """
 
-    __slots__ = ("_native", "_key", "_held", "hits", "misses", "__weakref__")
+    __slots__ = ("_native", "_stamp", "_held", "__weakref__")
 
     def __init__(self):
         self._native = _core.PackedWeights()
-        self._key = None
+        self._stamp = None
         self._held = None
-        self.hits = 0
-        self.misses = 0
 
     @property
     def nbytes(self):
         return self._native.nbytes
 
+    @property
+    def hits(self):
+        return self._native.hits
+
+    @property
+    def misses(self):
+        return self._native.misses
+
     def clear(self):
         """Forgets the packed weights (the next call packs them again) and frees their memory."""
         self._native.clear()
-        self._key = self._held = None
+        self._stamp = self._held = None
 
-    def _for_call(self, cell, arrays, bf16_weights, version):
+    def _for_call(self, arrays, version):
         """The native cache for a forward over `arrays` (the checked, contiguous ones the kernel
-        reads), cleared first unless the key matches the last call's."""
-        weights = tuple(arrays[name] for name in _PACKED_NAMES)
+        reads), cleared first if the weights' values may have changed since the last call."""
         if version is None:
-            stamp = ("fingerprint",) + tuple(None if w is None else _core.fingerprint(w) for w in weights)
+            stamp = ("fingerprint",) + tuple(None if arrays[name] is None else _core.fingerprint(arrays[name])
+                                             for name in _PACKED_NAMES)
         else:
             try:
                 hash(version)
@@ -80,13 +80,11 @@ class PackedWeights:
                 raise TypeError(f"version must be hashable (an int or a tuple of them), got "
                                 f"{type(version).__name__}") from None
             stamp = ("version", version)
-        key = (cell, arrays["x"].dtype.str, bool(bf16_weights), tuple(_identity(w) for w in weights), stamp)
-        if key == self._key:
-            self.hits += 1
-        else:
+        if stamp != self._stamp:
             self._native.clear()
-            self._key, self._held = key, weights
-            self.misses += 1
+            self._stamp = stamp
+        # The native cache keys on the arrays' addresses: holding them keeps those addresses theirs.
+        self._held = (arrays["w_ih"], arrays["w_hh"], arrays["w_hr"])
         return self._native
 
     def __reduce__(self):

@@ -234,7 +234,7 @@ def recurrent_forward(cell, x, h0, c0, weights, *, lengths=None, mask=None, mask
     if packed is not None:
         if not isinstance(packed, PackedWeights):
             raise TypeError(f"packed must be a fusedrnn.functional.PackedWeights or None, got {type(packed).__name__}")
-        packed = packed._for_call(cell, arrays, bf16_weights, packed_version)
+        packed = packed._for_call(arrays, packed_version)
     elif packed_version is not None:
         raise ValueError("packed_version is the version of the weights a PackedWeights holds: pass packed too")
     a = arrays  # (positional: the binding then matches no keyword names, a cost at every call)

@@ -34,9 +34,9 @@ def initial_states(module, hx, batch, unbatched, sorted_indices, dtype):
         raise TypeError("hx of an LSTM must be a tuple (h_0, c_0)")
     if not lstm and isinstance(hx, (tuple, list)):
         raise TypeError(f"hx of {type(module).__name__} must be one array, not a {type(hx).__name__}")
-    states = [as_float_array(s, dtype, "hx") for s in (hx if lstm else [hx])]
+    states = [as_float_array(s, dtype, "hx") for s in (hx if lstm else (hx,))]
     want = 2 if unbatched else 3
-    if any(s.ndim != want for s in states):
+    if states[0].ndim != want or states[-1].ndim != want:
         kind = "unbatched 2-D" if unbatched else "batched 3-D"
         dims = ", ".join(f"{s.ndim}-D" for s in states)
         what = f"hx and cx should also be {want}-D but got ({dims}) arrays" if lstm else \

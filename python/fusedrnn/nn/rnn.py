@@ -169,22 +169,22 @@ class RNNBase(Module):
     def _suffixes(self, layer):
         return [f"_l{layer}", f"_l{layer}_reverse"][:self._directions]
 
-    def _weights(self, layer, direction):
-        suffix = self._suffixes(layer)[direction]
-        return {name: getattr(self, name + suffix).data for name in _GRAD_NAMES
-                if hasattr(self, name + suffix)}
-
     def _weight_parameters(self, layer, direction):
-        suffix = self._suffixes(layer)[direction]
-        return {name: getattr(self, name + suffix) for name in _GRAD_NAMES if hasattr(self, name + suffix)}
+        """{name without suffix: Parameter} of one layer direction (the names held, for every call)."""
+        names = self.__dict__.get("_weight_names")
+        if names is None:
+            names = {(layer, d): [(name, name + suffix) for name in _GRAD_NAMES]
+                     for layer in range(self.num_layers) for d, suffix in enumerate(self._suffixes(layer))}
+            object.__setattr__(self, "_weight_names", names)
+        params = self._parameters
+        return {name: params[full] for name, full in names[layer, direction] if params.get(full) is not None}
 
-    def _packed(self, layer, direction):
+    def _packed(self, layer, direction, params):
         """(PackedWeights, version) keeping this layer direction's packed weights between eval-mode
         calls (a generation loop): the weights' Parameter versions say when they changed. Training
         calls pack afresh: the weights change at every step there anyway."""
-        suffix = self._suffixes(layer)[direction]
-        params = [getattr(self, name + suffix, None) for name in ("weight_ih", "weight_hh", "weight_hr")]
-        return owned_packed_weights(self, (layer, direction)), weight_versions(params)
+        versions = tuple(params[name].version for name in ("weight_ih", "weight_hh", "weight_hr") if name in params)
+        return owned_packed_weights(self, (layer, direction)), versions
 
     @property
     def _flat_weights_names(self):
@@ -294,7 +294,7 @@ class RNNBase(Module):
         h0, c0 = initial_states(self, hx, x.shape[1], unbatched, sorted_indices, dtype)
 
         training = self.training
-        rng = resolve_rng(self._rng)
+        rng = None  # drawn from only with dropout between layers
         saved, masks, h_n, c_n, stamps = [], [], [], [], []
         layer_input = x
         for layer in range(self.num_layers):
@@ -303,12 +303,13 @@ class RNNBase(Module):
                 layer_input = _device.to_device(layer_input)   # once for both directions
             for direction in range(self._directions):
                 index = layer * self._directions + direction
-                cache, cache_version = self._packed(layer, direction) if not training and device is None \
+                params = self._weight_parameters(layer, direction)
+                cache, cache_version = self._packed(layer, direction, params) if not training and device is None \
                     else (None, None)
                 if device is None:
-                    weights = self._weights(layer, direction)
+                    weights = {name: param.data for name, param in params.items()}
                 else:
-                    weights, stamp = device.weights(self._weight_parameters(layer, direction), (layer, direction))
+                    weights, stamp = device.weights(params, (layer, direction))
                     stamps.append(stamp)
                 y, h, c, state = F.recurrent_forward(
                     _cell(self.mode), layer_input, None if h0 is None else h0[index],
@@ -323,6 +324,7 @@ class RNNBase(Module):
             # Between layers the CUDA path works on the host (see nn/_device.py).
             layer_output = outputs[0] if len(outputs) == 1 else np.concatenate([to_host(y) for y in outputs], -1)
             if training and self.dropout > 0 and layer < self.num_layers - 1:
+                rng = rng or resolve_rng(self._rng)
                 mask = self._dropout_mask(rng, layer_output.shape, dtype)
                 masks.append(mask)
                 layer_output = to_host(layer_output) * mask
@@ -334,11 +336,12 @@ class RNNBase(Module):
                                  steps=steps, unbatched=unbatched, hx_given=hx is not None,
                                  output_shape=layer_input.shape, batch=x.shape[1])
             self._backward_state = None
-        else:
+        elif self._backward_state is not _BackwardState.EVAL:   # (Module.__setattr__ costs at every call)
             self._context, self._backward_state = None, _BackwardState.EVAL
 
-        h_n = np.stack(h_n)
-        c_n = np.stack(c_n) if _has_cell_state(self.mode) else None
+        # (np.stack costs several microseconds even for one array: a generation step's whole budget)
+        h_n = h_n[0][None] if len(h_n) == 1 else np.stack(h_n)
+        c_n = None if c_n[0] is None else c_n[0][None] if len(c_n) == 1 else np.stack(c_n)
         if packed or unbatched or self.batch_first:
             layer_input = to_host(layer_input)
         if packed:

@@ -89,7 +89,8 @@ def _array(tensor):
     PyTorch gives for detached tensors only)."""
     if tensor is None:
         return None
-    tensor = tensor.detach()
+    if tensor.requires_grad:  # (asked first: detach() makes a new tensor object at every call)
+        tensor = tensor.detach()
     if tensor.dtype in _HALF:
         tensor = tensor.float()
     if not tensor.is_contiguous():  # (asked first: contiguous() costs more than the question)
