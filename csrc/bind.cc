@@ -461,6 +461,9 @@ PYBIND11_MODULE(_core, m) {
       py::arg("a"),
       "A 64-bit digest of a C-contiguous array's bytes: an in-place change between a forward and its backward "
       "changes it.");
+  m.def("one_step_in_place", &fusedrnn::cpu::one_step_in_place, py::arg("steps"), py::arg("batch"), py::arg("bf16"),
+        py::arg("projected"), py::arg("two_phase"),
+        "Whether forward reads the weights in place, so that a PackedWeights given to it goes unused.");
   m.def("max_threads", &openmp_max_threads);
   m.def("set_max_threads", &openmp_set_threads, py::arg("threads"));
 #ifdef _OPENMP

@@ -17,8 +17,10 @@ DTYPE_IDS = ["float32", "float64"]
 
 # (T, B, I, H): T=1, B=1, H=1 and I=H=1 edges; H around a SIMD/GEMM tile boundary (31, 32, 33);
 # I != H except once (I == H == 32) so swapped dimensions fail loudly; and one larger case.
+# T = B = 1 is a generation step, whose products read the weights in place (cpu/layer.h).
 SIZES = [
     (1, 1, 1, 1),
+    (1, 1, 19, 37),
     (1, 2, 3, 4),
     (4, 1, 3, 5),
     (3, 2, 4, 1),

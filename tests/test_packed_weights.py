@@ -2,7 +2,9 @@
 
 A hit must pack nothing (the native cache's ``packs`` count stays) and give bitwise the result of
 a call without the handle; every kind of weight change must make the next call pack afresh and
-give the new weights' result.
+give the new weights' result. A generation step of one sequence (T = B = 1) packs nothing: its
+products read the weights in place, and the handle goes unused. The cache tests here use two
+sequences.
 """
 
 import copy
@@ -42,8 +44,8 @@ def assert_same(a, b):
         np.testing.assert_array_equal(u, v)
 
 
-# (T, B, I, H): a generation step, a few rows, ragged panels, a merged input GEMM (many rows).
-SHAPES = [(1, 1, 8, 16), (3, 2, 5, 37), (1, 1, 40, 70), (20, 12, 24, 33)]
+# (T, B, I, H): generation steps, a few rows, ragged panels, a merged input GEMM (many rows).
+SHAPES = [(1, 2, 8, 16), (3, 2, 5, 37), (1, 2, 40, 70), (20, 12, 24, 33)]
 
 
 @pytest.mark.parametrize("cell", list(GATES))
@@ -107,7 +109,7 @@ def test_every_key_change_repacks(rng):
 
 
 def test_without_a_version_the_fingerprint_sees_in_place_edits(rng):
-    x = rng.standard_normal((1, 1, 4)).astype(np.float32)
+    x = rng.standard_normal((1, 2, 4)).astype(np.float32)
     weights = make_weights(rng, "lstm", 4, 12)
     handle = F.PackedWeights()
     run("lstm", x, weights, packed=handle)
@@ -135,6 +137,31 @@ def test_bad_handle_arguments(rng):
         run("gru", x, weights, packed_version=1)
     with pytest.raises(TypeError, match="hashable"):
         run("gru", x, weights, packed=F.PackedWeights(), packed_version=[1])
+
+
+@pytest.mark.parametrize("cell", list(GATES))
+def test_a_generation_step_of_one_sequence_reads_the_weights_in_place(rng, isa, threads, cell):
+    """T = B = 1: nothing packed, the handle unused, and the reference's result; with two sequences
+    (or a projection, bf16 weights, reset_after=False) the weights are packed as ever."""
+    from fusedrnn import _reference
+    for dtype in (np.float32, np.float64):
+        weights = make_weights(rng, cell, 19, 37, dtype)
+        x = rng.standard_normal((1, 1, 19)).astype(dtype)
+        handle = F.PackedWeights()
+        got = run(cell, x, weights, packed=handle)
+        assert_same(got, run(cell, x, weights))
+        in_place = not F.CELLS[cell].two_phase
+        assert (handle._native.packs == 0) == in_place
+        assert (handle.hits + handle.misses == 0) == in_place
+        wide = {k: v.astype(np.float64) for k, v in weights.items()}
+        h0 = np.full((1, 37), 0.1)
+        c0 = np.full((1, 37), -0.2) if cell == "lstm" else None
+        expected = _reference.recurrent_forward(cell, x.astype(np.float64), h0, c0, wide, training=False)
+        tolerance = 1e-5 if dtype == np.float32 else 1e-13
+        for a, b in zip(got, expected):
+            np.testing.assert_allclose(a, b, rtol=tolerance, atol=tolerance)
+    run(cell, np.concatenate([x, x], axis=1), weights, packed=handle)   # two sequences: packed
+    assert handle._native.packs > 0
 
 
 # -- the layers -------------------------------------------------------------------------------------
@@ -165,7 +192,7 @@ def layer_packs(layer):
 def test_nn_layer_keeps_its_packed_weights_until_they_change(kind, rng):
     layer = getattr(nn, kind)(5, 16, num_layers=2, bidirectional=True, rng=1)
     layer.eval()
-    x = rng.standard_normal((1, 1, 5)).astype(np.float32)
+    x = rng.standard_normal((1, 2, 5)).astype(np.float32)
     generate(layer, x)
     packs = layer_packs(layer)
     assert packs > 0
@@ -212,7 +239,7 @@ def test_nn_layer_keeps_its_packed_weights_until_they_change(kind, rng):
 def test_nn_layer_dtype_change_repacks(rng):
     layer = nn.GRU(3, 8, rng=2)
     layer.eval()
-    x = rng.standard_normal((1, 1, 3))
+    x = rng.standard_normal((1, 2, 3))
     generate(layer, x.astype(np.float32))
     for param in layer.parameters():
         param.data = param.data.astype(np.float64)
@@ -225,7 +252,7 @@ def test_nn_layer_dtype_change_repacks(rng):
 def test_packed_weights_are_freed_with_the_layer_and_not_copied(rng):
     layer = nn.LSTM(4, 32, rng=3)
     layer.eval()
-    x = rng.standard_normal((1, 1, 4)).astype(np.float32)
+    x = rng.standard_normal((1, 2, 4)).astype(np.float32)
     generate(layer, x, 1)
     other = copy.deepcopy(layer)
     assert all(h.nbytes == 0 for h in other.__dict__["_packed_weights"].values())

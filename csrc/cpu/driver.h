@@ -27,6 +27,7 @@
 
 #include "cpu/gemm.h"
 #include "cpu/gemm_bf16.h"
+#include "cpu/layer.h"
 #include "cpu/math.h"
 #include "cpu/simd.h"
 
@@ -160,6 +161,61 @@ struct Bf16Product {
 
   void operator()(int64_t b0, int64_t rows, int64_t c, int64_t ld, float* block) const {
     gemm_bf16(rows, ld, K, A + b0 * ((K + 1) / 2), packed + c * packed_size, block, ld);
+  }
+};
+
+// out = chunks c0 .. c0+count of `groups` gates x kPanel units (gate g of unit u at
+// out[(chunk - c0) * groups * kPanel + g * kPanel + u % kPanel]) of the product of the row a (K
+// values) with the rows of W (row of gate g, unit u at w + (g * n + u) * K); zero past unit n.
+template <class T>
+void row_times_chunks(int64_t K, const T* a, const T* w, int64_t n, int groups, int64_t c0, int64_t count, T* out) {
+  constexpr int64_t NR = kPanel<T>;
+  run_for_isa(current_isa(), [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
+    using V = Vec<T, decltype(bytes)::value>;
+    constexpr int64_t L = V::kLanes;
+    for (int64_t j = 0; j < count; ++j) {
+      for (int g = 0; g < groups; ++g) {
+        for (int64_t i = 0; i < NR; ++i) {
+          const int64_t u = (c0 + j) * NR + i;
+          T* o = out + (j * groups + g) * NR + i;
+          if (u >= n) {
+            *o = T(0);
+            continue;
+          }
+          const T* row = w + (g * n + u) * K;
+          V acc0, acc1;  // two chains, so the adds' latency overlaps
+          int64_t k = 0;
+          for (; k + 2 * L <= K; k += 2 * L) {
+            acc0 += V::load(row + k) * V::load(a + k);
+            acc1 += V::load(row + k + L) * V::load(a + k + L);
+          }
+          if (k + L <= K) {
+            acc0 += V::load(row + k) * V::load(a + k);
+            k += L;
+          }
+          const V sum = acc0 + acc1;
+          T dot = T(0);
+          for (int64_t l = 0; l < L; ++l) dot += sum.v[l];
+          for (; k < K; ++k) dot += row[k] * a[k];
+          *o = dot;
+        }
+      }
+    }
+  });
+}
+
+// The recurrent product of for_each_block on the weights in place (cpu/layer.h's one_step_in_place):
+// one row.
+template <class T>
+struct InPlaceProduct {
+  int64_t K;
+  const T* A;  // [1, K]
+  const T* w;  // rows of K: gate g of unit u at (g * n + u) * K
+  int64_t n;
+  int groups;
+
+  void operator()(int64_t, int64_t, int64_t c, int64_t ld, T* block) const {
+    row_times_chunks(K, A, w, n, groups, c, ld / (groups * kPanel<T>), block);
   }
 };
 

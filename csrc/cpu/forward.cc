@@ -247,7 +247,9 @@ void forward_layer(const ForwardArgs<T>& a, PackedWeights* cache) {
   // state as bfloat16 pairs, double-buffered like h, each thread writing its own units' pairs.
   constexpr bool kBf16Capable = std::is_same_v<T, float> && !Cell::kTwoPhase;
   const bool bf16 = kBf16Capable && a.bf16_weights;
-  PackedMatrix<T> packed_hh(cache, PackedWeights::kHh, bf16 ? 0 : units.count * hh_size);
+  // A generation step reads W_ih and W_hh where they are (driver.h): nothing to pack.
+  const bool in_place = one_step_in_place(steps, B, a.bf16_weights, projected, Cell::kTwoPhase);
+  PackedMatrix<T> packed_hh(cache, PackedWeights::kHh, bf16 || in_place ? 0 : units.count * hh_size);
   PackedMatrix<T> packed_hr(cache, PackedWeights::kHr, dims.count * panel_size);
   PackedMatrix<T> packed_hn(cache, PackedWeights::kHn, Cell::kTwoPhase ? units.count * panel_size : 0);
   Buffer<T> rz_step(Cell::kTwoPhase ? 2 * B * H : 0), rh_step(Cell::kTwoPhase ? B * H : 0);
@@ -275,7 +277,7 @@ void forward_layer(const ForwardArgs<T>& a, PackedWeights* cache) {
     inputs.blocked = true;
     inputs.steps = steps;
   }
-  const int64_t ih_size = inputs.blocked ? packed_b_size<T>(I, G * NR) : 0;
+  const int64_t ih_size = inputs.blocked && !in_place ? packed_b_size<T>(I, G * NR) : 0;
   PackedMatrix<T> packed_ih(cache, PackedWeights::kIh, units.count * ih_size);
   T* xp_merged = inputs.blocked ? nullptr : workspace<T>(0, steps * B * GH);
   if (!inputs.blocked) gemm<T>(steps * B, GH, I, a.x, I, 1, a.w_ih, 1, I, xp_merged, GH, /*accumulate=*/false);
@@ -293,7 +295,7 @@ void forward_layer(const ForwardArgs<T>& a, PackedWeights* cache) {
           pack_chunks(units, H, kFirstGates, P, a.w_hh, 1, w_hh_column, packed_hh_bf16.get(), hh_bf16_size);
         }
       }
-    } else if (packed_hh.pack) {
+    } else if (packed_hh.pack && !in_place) {
       pack_chunks(units, H, kFirstGates, P, a.w_hh, 1, w_hh_column, packed_hh.get(), hh_size);
     }
     if constexpr (Cell::kTwoPhase) {
@@ -305,7 +307,7 @@ void forward_layer(const ForwardArgs<T>& a, PackedWeights* cache) {
     if (projected && packed_hr.pack) {
       pack_chunks(dims, P, 1, H, a.w_hr, 1, [&](int, int64_t p) { return p * H; }, packed_hr.get(), panel_size);
     }
-    if (inputs.blocked && packed_ih.pack) {
+    if (inputs.blocked && packed_ih.pack && !in_place) {
       pack_chunks(units, H, G, I, a.w_ih, 1, [&](int g, int64_t u) { return (g * H + u) * I; }, packed_ih.get(),
                   ih_size);
     }
@@ -329,7 +331,11 @@ void forward_layer(const ForwardArgs<T>& a, PackedWeights* cache) {
       if (inputs.blocked && s % inputs.steps == 0) {
         const int64_t count = std::min(inputs.steps, steps - s);
         t_first = a.reverse ? steps - s - count : s;
-        inputs.project(count, a.x + t_first * B * I, packed_ih.get() + first * ih_size, x_cols, xp);
+        if (in_place) {
+          row_times_chunks(I, a.x, a.w_ih, H, G, first, last - first, xp);
+        } else {
+          inputs.project(count, a.x + t_first * B * I, packed_ih.get() + first * ih_size, x_cols, xp);
+        }
       }
       const T* h_prev = h_state.get() + (s & 1) * B * P;
       T* h_next = h_state.get() + ((s + 1) & 1) * B * P;
@@ -363,6 +369,9 @@ void forward_layer(const ForwardArgs<T>& a, PackedWeights* cache) {
           for_each_block(units, H, B, cols, Bf16Product{P, pairs_prev, packed_hh_bf16.get(), hh_bf16_size},
                          group_first, rec, cell_rows);
         }
+      } else if (in_place) {
+        for_each_block(units, H, B, cols, InPlaceProduct<T>{P, product_prev, a.w_hh, H, kFirstGates}, group_first, rec,
+                       cell_rows);
       } else {
         for_each_block(units, H, B, cols, PackedProduct<T>{P, product_prev, P, packed_hh.get(), hh_size}, group_first,
                        rec, cell_rows);

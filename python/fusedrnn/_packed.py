@@ -67,18 +67,23 @@ class PackedWeights:
         self._native.clear()
         self._stamp = self._held = None
 
-    def _for_call(self, arrays, version):
+    def _for_call(self, arrays, version, in_place):
         """The native cache for a forward over `arrays` (the checked, contiguous ones the kernel
-        reads), cleared first if the weights' values may have changed since the last call."""
-        if version is None:
-            stamp = ("fingerprint",) + tuple(None if arrays[name] is None else _core.fingerprint(arrays[name])
-                                             for name in _PACKED_NAMES)
-        else:
+        reads), cleared first if the weights' values may have changed since the last call; None
+        for a call that reads the weights in place (`in_place`: a generation step, which packs
+        nothing, so there is nothing to check: a fingerprint would read every weight once more)."""
+        if version is not None:
             try:
                 hash(version)
             except TypeError:
                 raise TypeError(f"version must be hashable (an int or a tuple of them), got "
                                 f"{type(version).__name__}") from None
+        if in_place:
+            return None
+        if version is None:
+            stamp = ("fingerprint",) + tuple(None if arrays[name] is None else _core.fingerprint(arrays[name])
+                                             for name in _PACKED_NAMES)
+        else:
             stamp = ("version", version)
         if stamp != self._stamp:
             self._native.clear()

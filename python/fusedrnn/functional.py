@@ -44,9 +44,11 @@ projection stays float32); over a sequence the outputs typically differ from flo
 1e-2. Not with a projection, recurrent dropout, or ``reset_after=False``.
 
 Packed weights (``packed=``, a :class:`PackedWeights`): every call packs the weights into the
-kernels' layout first, most of a one-step call's time; a handle passed to every call keeps them
-packed while they are unchanged (its module says how it tells, from ``packed_version`` or a
-fingerprint). Results are bitwise the same with and without one.
+kernels' layout first; a handle passed to every call keeps them packed while they are unchanged
+(its module says how it tells, from ``packed_version`` or a fingerprint). Results are bitwise the
+same with and without one. A generation step (T = 1, B = 1, without bf16 weights, a projection or
+``reset_after=False``) packs nothing: each product is then matrix-times-vector, which reads the
+weights where they are, once; the handle goes unused.
 
 Saved state cannot go stale: the backward reads ``x`` and the weights again, so a training
 forward records a fingerprint of each (:class:`Saved`), and a backward after one of them was
@@ -234,7 +236,8 @@ def recurrent_forward(cell, x, h0, c0, weights, *, lengths=None, mask=None, mask
     if packed is not None:
         if not isinstance(packed, PackedWeights):
             raise TypeError(f"packed must be a fusedrnn.functional.PackedWeights or None, got {type(packed).__name__}")
-        packed = packed._for_call(arrays, packed_version)
+        in_place = _core.one_step_in_place(T, B, bool(bf16_weights), arrays["w_hr"] is not None, info.two_phase)
+        packed = packed._for_call(arrays, packed_version, in_place)
     elif packed_version is not None:
         raise ValueError("packed_version is the version of the weights a PackedWeights holds: pass packed too")
     a = arrays  # (positional: the binding then matches no keyword names, a cost at every call)
