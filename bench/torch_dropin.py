@@ -123,10 +123,27 @@ def best_of(fn, calls, repeats=7):
     return best
 
 
-def call_overhead(cells=("gru", "lstm"), H=64, calls=2000):
+def best_of_interleaved(fns, calls, repeats):
+    """best_of for several functions, their runs taken in turn: each meets the same moments of the
+    machine's other load, so their differences are more reliable than those of separate best_ofs."""
+    for fn in fns.values():
+        fn()
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            best[name] = min(best[name], (time.perf_counter() - t0) / calls)
+    return best
+
+
+def call_overhead(cells=("gru", "lstm"), H=64, calls=200, repeats=50):
     """The op's own cost per call at T=1, B=1, I=H: fusedrnn.torch.recurrent against the native
-    kernel called directly on the same arrays (everything but the kernel is overhead); the
-    operator through PyTorch's dispatcher (as a compiled graph calls it); the modules."""
+    kernel called directly on the same arrays, as fusedrnn.functional calls it (positionally:
+    everything but the kernel is overhead); the operator through PyTorch's dispatcher (as a
+    compiled graph calls it); the modules. Many short runs in turn, the least mean: a run of a
+    few milliseconds is often untouched by the other load of a shared machine."""
     from fusedrnn import _core
 
     rows = []
@@ -142,8 +159,10 @@ def call_overhead(cells=("gru", "lstm"), H=64, calls=2000):
                       b_ih=weights["bias_ih"].numpy(), b_hh=weights["bias_hh"].numpy(), lengths=None, mask=None)
 
         def kernel(training):
-            return _core.forward(cell, repeat_masked_output=False, reverse=False, training=training,
-                                 bf16_weights=False, **arrays)
+            a = arrays
+            return _core.forward(cell, a["x"], a["h0"], a["c0"], a["w_ih"], a["w_hh"], a["w_hr"], a["b_ih"],
+                                 a["b_hh"], a["recurrent_scale"], a["lengths"], a["mask"], False, False, training,
+                                 False, None)
 
         def kernel_train():
             y, _, _, computed = kernel(True)
@@ -163,11 +182,11 @@ def call_overhead(cells=("gru", "lstm"), H=64, calls=2000):
         theirs = LAYERS[cell](H, H).eval()
         ours = fusedrnn.torch.convert(copy.deepcopy(theirs))
         with torch.no_grad():
-            t = dict(kernel=best_of(lambda: kernel(False), calls),
-                     recurrent=best_of(lambda: fusedrnn.torch.recurrent(cell, x, None, None, weights), calls),
-                     operator=best_of(operator, calls),
-                     module=best_of(lambda: ours(x), calls), torch_module=best_of(lambda: theirs(x), calls))
-        t.update(kernel_train=best_of(kernel_train, calls // 2), recurrent_train=best_of(ours_train, calls // 2))
+            t = best_of_interleaved(dict(kernel=lambda: kernel(False),
+                                         recurrent=lambda: fusedrnn.torch.recurrent(cell, x, None, None, weights),
+                                         operator=operator, module=lambda: ours(x), torch_module=lambda: theirs(x)),
+                                    calls, repeats)
+        t.update(best_of_interleaved(dict(kernel_train=kernel_train, recurrent_train=ours_train), calls // 2, repeats))
         rows.append(dict(cell=cell, H=H, **{k + "_us": v * 1e6 for k, v in t.items()}))
     return rows
 
