@@ -80,21 +80,33 @@ class _Fused:
         return {"RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu", "LSTM": "lstm", "GRU": "gru"}[self.mode]
 
     def _served(self, tensors):
-        if not all(isinstance(t, torch.Tensor) for t in tensors):
+        first = tensors[0]
+        if not isinstance(first, torch.Tensor) or first.dtype not in _SERVED_DTYPES:
             return False
-        dtype, device = tensors[0].dtype, tensors[0].device
-        if device.type != "cpu" and not (device.type == "cuda" and _cuda_backend_available()):
+        dtype = first.dtype
+        if first.is_cpu:  # (the common case first: a device object costs more than these flags)
+            return all(isinstance(t, torch.Tensor) and t.is_cpu and t.dtype == dtype for t in tensors)
+        device = first.device
+        if not (device.type == "cuda" and _cuda_backend_available()):
             return False
-        return dtype in _SERVED_DTYPES and all(t.device == device and t.dtype == dtype for t in tensors)
+        return all(isinstance(t, torch.Tensor) and t.device == device and t.dtype == dtype for t in tensors)
 
     def _layer_weights(self, layer, direction):
         # torch.nn.RNNBase keeps _flat_weights (its parameters, layer by layer and direction by
-        # direction, in the order of their names) up to date as parameters are assigned or moved.
-        per_layer = len(self._flat_weights) // (self.num_layers * (2 if self.bidirectional else 1))
+        # direction, in the order of _flat_weights_names) up to date as parameters are assigned or
+        # moved. Which of them belong to a layer direction, and under which short name, is worked
+        # out once for the names the module has.
+        names = self._flat_weights_names
+        plan = self.__dict__.get("_fused_weight_plan")
+        if plan is None or plan[0] is not names or len(plan[1]) != len(names):
+            per_layer = len(names) // (self.num_layers * (2 if self.bidirectional else 1))
+            slots = [(name.rsplit("_l", 1)[0], i) for i, name in enumerate(names)]
+            plan = (names, slots, per_layer)
+            self.__dict__["_fused_weight_plan"] = plan
+        _, slots, per_layer = plan
         first = (layer * (2 if self.bidirectional else 1) + direction) * per_layer
-        names = self._flat_weights_names[first:first + per_layer]
-        return {name.rsplit("_l", 1)[0]: weight
-                for name, weight in zip(names, self._flat_weights[first:first + per_layer])}
+        flat = self._flat_weights
+        return {name: flat[i] for name, i in slots[first:first + per_layer]}
 
     def _apply(self, *args, **kwargs):
         # .to(), .double(), .cuda() ... replace the parameters: the packed copies of the old ones
