@@ -167,37 +167,34 @@ struct Bf16Product {
 // out = chunks c0 .. c0+count of `groups` gates x kPanel units (gate g of unit u at
 // out[(chunk - c0) * groups * kPanel + g * kPanel + u % kPanel]) of the product of the row a (K
 // values) with the rows of W (row of gate g, unit u at w + (g * n + u) * K); zero past unit n.
+// Four rows at a time: each vector of a serves four, and their four sums hide the adds' latency.
 template <class T>
 void row_times_chunks(int64_t K, const T* a, const T* w, int64_t n, int groups, int64_t c0, int64_t count, T* out) {
   constexpr int64_t NR = kPanel<T>;
+  constexpr int kRows = 4;
   run_for_isa(current_isa(), [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
     using V = Vec<T, decltype(bytes)::value>;
     constexpr int64_t L = V::kLanes;
     for (int64_t j = 0; j < count; ++j) {
+      const int64_t u0 = (c0 + j) * NR, valid = std::clamp<int64_t>(n - u0, 0, NR);
       for (int g = 0; g < groups; ++g) {
-        for (int64_t i = 0; i < NR; ++i) {
-          const int64_t u = (c0 + j) * NR + i;
-          T* o = out + (j * groups + g) * NR + i;
-          if (u >= n) {
-            *o = T(0);
-            continue;
-          }
-          const T* row = w + (g * n + u) * K;
-          V acc0, acc1;  // two chains, so the adds' latency overlaps
+        T* o = out + (j * groups + g) * NR;
+        std::fill(o + valid, o + NR, T(0));
+        for (int64_t i = 0; i < valid; i += kRows) {
+          const int rows = static_cast<int>(std::min<int64_t>(kRows, valid - i));
+          const T* row[kRows];
+          for (int q = 0; q < kRows; ++q) row[q] = w + (g * n + u0 + i + std::min(q, rows - 1)) * K;  // (repeats)
+          V acc[kRows];
           int64_t k = 0;
-          for (; k + 2 * L <= K; k += 2 * L) {
-            acc0 += V::load(row + k) * V::load(a + k);
-            acc1 += V::load(row + k + L) * V::load(a + k + L);
+          for (; k + L <= K; k += L) {
+            const V x = V::load(a + k);
+            for (int q = 0; q < kRows; ++q) acc[q] += V::load(row[q] + k) * x;
           }
-          if (k + L <= K) {
-            acc0 += V::load(row + k) * V::load(a + k);
-            k += L;
+          for (int q = 0; q < rows; ++q) {
+            T dot = horizontal_sum(acc[q]);
+            for (int64_t r = k; r < K; ++r) dot += row[q][r] * a[r];
+            o[i + q] = dot;
           }
-          const V sum = acc0 + acc1;
-          T dot = T(0);
-          for (int64_t l = 0; l < L; ++l) dot += sum.v[l];
-          for (; k < K; ++k) dot += row[k] * a[k];
-          *o = dot;
         }
       }
     }

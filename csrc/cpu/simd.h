@@ -83,6 +83,18 @@ FUSEDRNN_INLINE Vec<T, kBytes> select_greater(Vec<T, kBytes> a, Vec<T, kBytes> b
   return Vec<T, kBytes>::wrap(a.v > b.v ? x.v : y.v);
 }
 
+// The sum of v's lanes, halving the width each time (log2(lanes) dependent adds, not lanes).
+template <class T, int kBytes>
+FUSEDRNN_INLINE T horizontal_sum(Vec<T, kBytes> v) {
+  constexpr int64_t kLanes = Vec<T, kBytes>::kLanes;
+  T lanes[kLanes];
+  v.store(lanes);
+  for (int64_t width = kLanes / 2; width >= 1; width /= 2) {
+    for (int64_t i = 0; i < width; ++i) lanes[i] += lanes[i + width];
+  }
+  return lanes[0];
+}
+
 template <int kBytes>
 using VectorBytes = std::integral_constant<int, kBytes>;
 
