@@ -221,8 +221,11 @@ void backward_layer(const BackwardArgs<T>& a) {
   const Chunks<T> dims(P), units(projected || Cell::kTwoPhase ? H : 0);
   const int64_t hh_size = packed_b_size<T>(KH, NR), hr_size = packed_b_size<T>(P, NR);
   const int64_t hn_size = packed_b_size<T>(H, NR);
-  Buffer<T> packed_hh(dims.count * hh_size), packed_hr(projected ? units.count * hr_size : 0);
-  Buffer<T> packed_hn(Cell::kTwoPhase ? units.count * hn_size : 0);
+  // (In the calling thread's workspace, cpu/buffer.h: the slots of forward's packed matrices,
+  // which a backward never runs beside.)
+  T* const packed_hh = workspace<T>(kPackedSlots + 0, dims.count * hh_size);
+  T* const packed_hr = workspace<T>(kPackedSlots + 1, projected ? units.count * hr_size : 0);
+  T* const packed_hn = workspace<T>(kPackedSlots + 2, Cell::kTwoPhase ? units.count * hn_size : 0);
   const int64_t weights = P * G * H + (projected ? H * P : 0);
   const int threads = team_for(std::max(dims.count, units.count), 2 * B * weights, weights * int64_t(sizeof(T)));
   const int64_t group_dims = chunk_group(B, dims.count, threads, 1), group_units = chunk_group(B, units.count, threads, 1);
@@ -235,20 +238,20 @@ void backward_layer(const BackwardArgs<T>& a) {
 #pragma omp parallel num_threads(threads)
 #endif
   {
-    pack_chunks(dims, P, 1, KH, a.w_hh, P, [](int, int64_t p) { return p; }, packed_hh.get(), hh_size);
+    pack_chunks(dims, P, 1, KH, a.w_hh, P, [](int, int64_t p) { return p; }, packed_hh, hh_size);
     if (projected) {
-      pack_chunks(units, H, 1, P, a.w_hr, H, [](int, int64_t u) { return u; }, packed_hr.get(), hr_size);
+      pack_chunks(units, H, 1, P, a.w_hr, H, [](int, int64_t u) { return u; }, packed_hr, hr_size);
     }
     if constexpr (Cell::kTwoPhase) {
       pack_chunks(units, H, 1, H, a.w_hh + (G - 1) * H * P, P, [](int, int64_t u) { return u; },
-                  packed_hn.get(), hn_size);
+                  packed_hn, hn_size);
     }
     T* rec = scratch.get() + thread_id() * rec_size;
     for (int64_t s = steps - 1; s >= 0; --s) {
       T* dg_cur = dg_step.get() + (s & 1) * B * GH;
       // dG_{s+1} W_hh, through the rows reading h; nothing after the last step.
       const T* dg_next = s + 1 < steps ? dg_step.get() + ((s + 1) & 1) * B * GH : nullptr;
-      for_each_block(dims, P, B, NR, PackedProduct<T>{KH, dg_next, GH, packed_hh.get(), hh_size}, group_dims, rec,
+      for_each_block(dims, P, B, NR, PackedProduct<T>{KH, dg_next, GH, packed_hh, hh_size}, group_dims, rec,
                      [&](int64_t p0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
         run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
           using V = Vec<T, decltype(bytes)::value>;
@@ -264,7 +267,7 @@ void backward_layer(const BackwardArgs<T>& a) {
       if (projected) {
         // dm = dh W_hr needs every state dim's gradient: a second barrier and a second GEMM.
         barrier();
-        for_each_block(units, H, B, NR, PackedProduct<T>{P, dh_step.get(), P, packed_hr.get(), hr_size}, group_units,
+        for_each_block(units, H, B, NR, PackedProduct<T>{P, dh_step.get(), P, packed_hr, hr_size}, group_units,
                        rec, [&](int64_t u0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
           run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
             using V = Vec<T, decltype(bytes)::value>;
@@ -275,7 +278,7 @@ void backward_layer(const BackwardArgs<T>& a) {
       if constexpr (Cell::kTwoPhase) {
         // d(r*h) = da_n W_hn needs every unit's da_n: a second barrier and a second GEMM.
         barrier();
-        for_each_block(units, H, B, NR, PackedProduct<T>{H, dg_cur + (G - 1) * H, GH, packed_hn.get(), hn_size},
+        for_each_block(units, H, B, NR, PackedProduct<T>{H, dg_cur + (G - 1) * H, GH, packed_hn, hn_size},
                        group_units, rec,
                        [&](int64_t u0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
           run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
@@ -288,7 +291,7 @@ void backward_layer(const BackwardArgs<T>& a) {
     }
     // The gradient of the initial state: what step 0 sends back through W_hh, plus the carry.
     const T* dg_first = steps > 0 ? dg_step.get() : nullptr;
-    for_each_block(dims, P, B, NR, PackedProduct<T>{KH, dg_first, GH, packed_hh.get(), hh_size}, group_dims, rec,
+    for_each_block(dims, P, B, NR, PackedProduct<T>{KH, dg_first, GH, packed_hh, hh_size}, group_dims, rec,
                    [&](int64_t p0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
       for (int64_t b = b0; b < b0 + rows; ++b) {
         for (int64_t w = 0; w < width; ++w) {

@@ -91,19 +91,21 @@ struct InputProjections {
   }
 };
 
+static_assert(kPackedSlots + PackedWeights::kSlotCount <= kWorkspaceSlots, "a workspace slot for each packed matrix");
+
 // Where one packed weight matrix lives for a call: in the caller's PackedWeights (then packed only
-// when the cache does not hold it yet) or in a buffer of this call's own.
+// when the cache does not hold it yet) or in the calling thread's workspace (cpu/buffer.h).
 template <class E>
 struct PackedMatrix {
   PackedWeights* cache;
   PackedWeights::Slot slot;
-  Buffer<E> local;
   E* data;
   bool pack;  // whether this call must pack it
 
   PackedMatrix(PackedWeights* cache_, PackedWeights::Slot slot_, int64_t count)
-      : cache(cache_), slot(slot_), local(cache_ ? 0 : count),
-        data(cache_ ? cache_->storage<E>(slot_, count) : local.get()), pack(!cache_ || !cache_->ready(slot_)) {}
+      : cache(cache_), slot(slot_),
+        data(cache_ ? cache_->storage<E>(slot_, count) : workspace<E>(kPackedSlots + slot_, count)),
+        pack(!cache_ || !cache_->ready(slot_)) {}
 
   E* get() const { return data; }
   // After the team packed it (every chunk: the team's threads own them all between them).
