@@ -249,7 +249,7 @@ void forward_layer(const ForwardArgs<T>& a, PackedWeights* cache) {
   // state as bfloat16 pairs, double-buffered like h, each thread writing its own units' pairs.
   constexpr bool kBf16Capable = std::is_same_v<T, float> && !Cell::kTwoPhase;
   const bool bf16 = kBf16Capable && a.bf16_weights;
-  // A generation step reads W_ih and W_hh where they are (driver.h): nothing to pack.
+  // A generation step reads W_ih and W_hh where they are (cpu/layer.h): nothing to pack.
   const bool in_place = one_step_in_place(steps, B, a.bf16_weights, projected, Cell::kTwoPhase);
   PackedMatrix<T> packed_hh(cache, PackedWeights::kHh, bf16 || in_place ? 0 : units.count * hh_size);
   PackedMatrix<T> packed_hr(cache, PackedWeights::kHr, dims.count * panel_size);
