@@ -80,16 +80,16 @@ class PackedWeights:
                                 f"{type(version).__name__}") from None
         if in_place:
             return None
+        weights = tuple(arrays[name] for name in _PACKED_NAMES)
         if version is None:
-            stamp = ("fingerprint",) + tuple(None if arrays[name] is None else _core.fingerprint(arrays[name])
-                                             for name in _PACKED_NAMES)
+            stamp = ("fingerprint",) + tuple(None if w is None else _core.fingerprint(w) for w in weights)
         else:
             stamp = ("version", version)
         if stamp != self._stamp:
             self._native.clear()
             self._stamp = stamp
         # The native cache keys on the arrays' addresses: holding them keeps those addresses theirs.
-        self._held = (arrays["w_ih"], arrays["w_hh"], arrays["w_hr"])
+        self._held = weights
         return self._native
 
     def __reduce__(self):
