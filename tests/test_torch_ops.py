@@ -358,6 +358,29 @@ def test_a_gradient_of_a_gradient_raises_instead_of_dropping_terms(rng, route, m
     assert torch.autograd.grad(y.sum(), xt)[0].shape == xt.shape
 
 
+@pytest.mark.parametrize("route", ["eager", "operator"])
+@pytest.mark.parametrize("used", ["y", "h_n", "c_n"])
+def test_outputs_that_reach_no_loss_count_as_zero_gradients(rng, route, used, monkeypatch):
+    """The eager route gets None for the gradient of an output the loss does not use (it does not
+    materialise zeros), the operator's autograd zero tensors: both give the gradients of explicit
+    zero cotangents."""
+    if route == "operator":
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    x, h0, c0, weights = make_problem(rng, "lstm", np.float64)
+    del weights["weight_hr"]
+    xt, h0t, c0t, wt = tensors_of("lstm", x, h0, c0, weights)
+    leaves = [xt, h0t, c0t, *wt.values()]
+    outputs = fr.recurrent("lstm", xt, h0t, c0t, wt)
+    chosen = dict(zip(("y", "h_n", "c_n"), outputs))[used]
+    grads = torch.autograd.grad(chosen.square().sum(), leaves)
+    outputs = fr.recurrent("lstm", xt, h0t, c0t, wt)
+    cotangents = [2 * o.detach() if name == used else torch.zeros_like(o)
+                  for name, o in zip(("y", "h_n", "c_n"), outputs)]
+    expected = torch.autograd.grad(outputs, leaves, cotangents)
+    for grad, reference in zip(grads, expected):
+        torch.testing.assert_close(grad, reference, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_half_precision_computes_in_float32_and_returns_its_dtype(rng, cell, dtype):

@@ -219,31 +219,49 @@ def recurrent_forward(cell, x, h0, c0, weights, *, lengths=None, mask=None, mask
         raise TypeError(f"reverse must be a bool, got {type(reverse).__name__}")
     if masked_output not in _MASKED_OUTPUTS:
         raise ValueError(f"masked_output must be 'zero' or 'repeat', got {masked_output!r}")
-    arrays = dict(
-        x=np.ascontiguousarray(x),
-        h0=args.checked(h0, "h0", (B, P), dtype, optional=True),
-        c0=args.checked(c0, "c0", (B, H), dtype, optional=True),
-        w_ih=args.checked(weights["weight_ih"], "weight_ih", (G * H, I), dtype),
-        w_hh=args.checked(weights["weight_hh"], "weight_hh", (G * H, P), dtype),
-        w_hr=args.checked(weights["weight_hr"], "weight_hr", (P, H), dtype, optional=True),
-        recurrent_scale=args.checked(recurrent_scale, "recurrent_scale", (B, P), dtype, optional=True),
-        b_ih=args.checked(weights["bias_ih"], "bias_ih", (G * H,), dtype, optional=True),
-        b_hh=args.checked(weights["bias_hh"], "bias_hh", (G * H,), dtype, optional=True),
-        lengths=args.checked_lengths(lengths, T, B),
-        mask=args.checked_mask(mask, T, B, lengths),
-    )
-    repeat = masked_output == "repeat"
+    repeat, in_place = masked_output == "repeat", None
     if packed is not None:
         if not isinstance(packed, PackedWeights):
             raise TypeError(f"packed must be a fusedrnn.functional.PackedWeights or None, got {type(packed).__name__}")
-        in_place = _core.one_step_in_place(T, B, bool(bf16_weights), arrays["w_hr"] is not None, info.two_phase)
-        packed = packed._for_call(arrays, packed_version, in_place)
+        in_place = _core.one_step_in_place(T, B, bool(bf16_weights), weights["weight_hr"] is not None, info.two_phase)
     elif packed_version is not None:
         raise ValueError("packed_version is the version of the weights a PackedWeights holds: pass packed too")
-    a = arrays  # (positional: the binding then matches no keyword names, a cost at every call)
-    y, h_n, c_n, computed = _core.forward(cell, a["x"], a["h0"], a["c0"], a["w_ih"], a["w_hh"], a["w_hr"], a["b_ih"],
-                                          a["b_hh"], a["recurrent_scale"], a["lengths"], a["mask"], repeat,
-                                          bool(reverse), bool(training), bool(bf16_weights), packed)
+
+    def run(arrays):
+        handle = None if packed is None else packed._for_call(arrays, packed_version, in_place)
+        a = arrays  # (positional: the binding then matches no keyword names, a cost at every call)
+        return _core.forward(cell, a["x"], a["h0"], a["c0"], a["w_ih"], a["w_hh"], a["w_hr"], a["b_ih"], a["b_hh"],
+                             a["recurrent_scale"], a["lengths"], a["mask"], repeat, bool(reverse), bool(training),
+                             bool(bf16_weights), handle)
+
+    # The binding checks every array itself (dtype, shape, layout: bind.h), so a call of plain
+    # C-contiguous arrays of x's dtype goes to it as they are; only when it refuses one do the
+    # checks below run, to make the arrays contiguous or name the problem in the caller's terms.
+    # (lengths and mask always take the checks: they are copied, since the backward reads them.)
+    arrays = None
+    if lengths is None and mask is None:
+        arrays = dict(x=x, h0=h0, c0=c0, w_ih=weights["weight_ih"], w_hh=weights["weight_hh"],
+                      w_hr=weights["weight_hr"], recurrent_scale=recurrent_scale, b_ih=weights["bias_ih"],
+                      b_hh=weights["bias_hh"], lengths=None, mask=None)
+        try:
+            y, h_n, c_n, computed = run(arrays)
+        except (TypeError, ValueError):
+            arrays = None
+    if arrays is None:
+        arrays = dict(
+            x=np.ascontiguousarray(x),
+            h0=args.checked(h0, "h0", (B, P), dtype, optional=True),
+            c0=args.checked(c0, "c0", (B, H), dtype, optional=True),
+            w_ih=args.checked(weights["weight_ih"], "weight_ih", (G * H, I), dtype),
+            w_hh=args.checked(weights["weight_hh"], "weight_hh", (G * H, P), dtype),
+            w_hr=args.checked(weights["weight_hr"], "weight_hr", (P, H), dtype, optional=True),
+            recurrent_scale=args.checked(recurrent_scale, "recurrent_scale", (B, P), dtype, optional=True),
+            b_ih=args.checked(weights["bias_ih"], "bias_ih", (G * H,), dtype, optional=True),
+            b_hh=args.checked(weights["bias_hh"], "bias_hh", (G * H,), dtype, optional=True),
+            lengths=args.checked_lengths(lengths, T, B),
+            mask=args.checked_mask(mask, T, B, lengths),
+        )
+        y, h_n, c_n, computed = run(arrays)
     if not training:
         return y, h_n, c_n, None
     inputs = tuple(arrays[key] for key in ("x", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr", "recurrent_scale"))

@@ -329,6 +329,10 @@ class EagerForward(torch.autograd.Function):
     # arguments to forward's signature through inspect at every call (tens of microseconds).
     @staticmethod
     def forward(ctx, *inputs):
+        # Gradients of outputs that reach no loss (h_n after a loss on y; the saved tensors,
+        # always) stay None: materialised, they are zero tensors as big as h, which autograd
+        # would fill for nothing at every backward (the kernels read None as zero).
+        ctx.set_materialize_grads(False)
         output = forward_tensors(*inputs)
         _setup_context(ctx, inputs, output)
         return output

@@ -1,7 +1,5 @@
 """One recurrent layer on PyTorch tensors, with autograd: the entry of fusedrnn's PyTorch modules."""
 
-import functools
-
 import numpy as np
 import torch
 
@@ -10,11 +8,6 @@ from fusedrnn import _arguments as args
 from . import _ops
 
 __all__ = ["recurrent"]
-
-# Devices the eager route serves (the operators' kernels' devices); others go to the operators,
-# which raise NotImplementedError for them.
-_EAGER_DEVICES = ("cpu", "cuda")
-
 
 def _as_tensor(value):
     if value is None or isinstance(value, torch.Tensor):
@@ -64,18 +57,18 @@ def recurrent(cell, x, h0, c0, weights, *, lengths=None, mask=None, masked_outpu
     weight_ih, weight_hh, bias_ih, bias_hh, weight_hr = weights.values()  # in WEIGHT_NAMES' order
     args.no_cell_state(cell, info, c0, "c0")
     tensors = [t for t in (x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr) if t is not None]
+    # (is_cpu first: comparing devices builds a torch.device per tensor, a cost at every call.)
+    if not all(t.is_cpu for t in tensors) and any(t.device != x.device for t in tensors):
+        raise ValueError(f"every tensor must be on x's device ({x.device}): got "
+                         f"{', '.join(sorted({str(t.device) for t in tensors}))}")
     training = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     arguments = (cell, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, _as_tensor(lengths),
                  _as_tensor(mask), masked_output, bool(reverse), training, recurrent_scale)
-    device = x.device
-    if any(t.device != device for t in tensors):
-        raise ValueError(f"every tensor must be on x's device ({device}): got "
-                         f"{', '.join(sorted({str(t.device) for t in tensors}))}")
-    if torch.compiler.is_compiling() or device.type not in _EAGER_DEVICES:
-        forward = torch.ops.fusedrnn.recurrent_forward  # traced by its fake kernel; dispatched by device
-    elif training:
-        forward = _ops.EagerForward.apply  # the same kernels without the dispatcher's cost (see there)
+    if torch.compiler.is_compiling() or not (x.is_cpu or x.is_cuda):
+        # Traced through its fake kernel; another device gets the operator's NotImplementedError.
+        y, h_n, c_n, *_ = torch.ops.fusedrnn.recurrent_forward(*arguments)
+    elif training:  # the same kernels without the dispatcher's cost (see EagerForward)
+        y, h_n, c_n, *_ = _ops.EagerForward.apply(*arguments)
     else:  # nothing to save, no graph to record
-        forward = functools.partial(_ops.forward_tensors, packed=packed)
-    y, h_n, c_n, *_ = forward(*arguments)
+        y, h_n, c_n, *_ = _ops.forward_tensors(*arguments, packed=packed)
     return y, h_n, c_n if info.has_cell_state else None
