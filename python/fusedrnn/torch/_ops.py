@@ -228,8 +228,9 @@ def _forward_fake(cell, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weigh
 
 # -- backward ------------------------------------------------------------------------------------
 
-def backward_impl(cell, dy, dh_n, dc_n, x, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr,
-                  recurrent_scale, lengths, mask, masked_output, reverse, gates, h, c, m):
+def backward_tensors(cell, dy, dh_n, dc_n, x, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr,
+                     recurrent_scale, lengths, mask, masked_output, reverse, gates, h, c, m):
+    """The backward operator's results, with None for an absent one (not (0,) as the operator)."""
     _use_threads()
     inputs = (x, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, recurrent_scale)
     arrays = tuple(_array(t) for t in inputs) + (
@@ -243,9 +244,19 @@ def backward_impl(cell, dy, dh_n, dc_n, x, weight_ih, weight_hh, bias_ih, bias_h
     if after is not None:
         after()
     weights = (weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)
-    dtypes = (x.dtype,) * 3 + tuple(x.dtype if weight is None else weight.dtype for weight in weights)
+    dtypes = _gradient_dtypes(x, weights)
     grads = (dx, dh0, dc0) + tuple(dweights[name] for name in F.WEIGHT_NAMES)
-    return _present([_tensor(grad, dtype) for grad, dtype in zip(grads, dtypes)], x, dtypes)
+    return tuple(_tensor(grad, dtype) for grad, dtype in zip(grads, dtypes))
+
+
+def _gradient_dtypes(x, weights):
+    """Each gradient has the dtype of what it is the gradient of (dh0 and dc0: x's)."""
+    return (x.dtype,) * 3 + tuple(x.dtype if weight is None else weight.dtype for weight in weights)
+
+
+def backward_impl(cell, dy, dh_n, dc_n, x, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, *arguments):
+    grads = backward_tensors(cell, dy, dh_n, dc_n, x, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, *arguments)
+    return _present(grads, x, _gradient_dtypes(x, (weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)))
 
 
 recurrent_backward = torch.library.custom_op("fusedrnn::recurrent_backward", backward_impl, mutates_args=(),
@@ -268,16 +279,21 @@ def _backward_fake(cell, dy, dh_n, dc_n, x, weight_ih, weight_hh, bias_ih, bias_
 
 # -- autograd ------------------------------------------------------------------------------------
 
-def _setup_context(ctx, inputs, output):
+def _save(ctx, inputs, computed):
+    """Keeps what the backward reads: the forward's inputs and `computed` (gates, h, c, m)."""
     (cell, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, mask, masked_output, reverse,
      training, recurrent_scale) = inputs
-    ctx.mark_non_differentiable(*(t for t in output[3:] if t is not None))
     ctx.cell, ctx.masked_output, ctx.reverse, ctx.training = cell, masked_output, reverse, training
     ctx.h0_dtype = None if h0 is None else h0.dtype
     ctx.c0_dtype = None if c0 is None else c0.dtype
     # No copies: autograd's version counters then catch an in-place change before the backward.
     ctx.save_for_backward(x, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, recurrent_scale, lengths, mask,
-                          *output[3:])
+                          *computed)
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.mark_non_differentiable(*(t for t in output[3:] if t is not None))
+    _save(ctx, inputs, output[3:])
 
 
 def _autograd_backward(run_backward):
@@ -288,9 +304,9 @@ def _autograd_backward(run_backward):
         if not ctx.training:
             raise RuntimeError("fusedrnn::recurrent_forward ran with training=False, which saves nothing for the "
                                "backward: run it with training=True to take gradients")
-        (x, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, recurrent_scale, lengths, mask,
-         gates, h, c, m) = ctx.saved_tensors
-        differentiable = ctx.saved_tensors + (dy, dh_n, dc_n)
+        saved = ctx.saved_tensors  # (each access unpacks and checks every saved tensor again)
+        x, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, recurrent_scale, lengths, mask, gates, h, c, m = saved
+        differentiable = saved + (dy, dh_n, dc_n)
         if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in differentiable):
             # backward(create_graph=True): the gradients would be taken as constants, silently
             # leaving out every second-order term that passes through this layer.
@@ -316,25 +332,27 @@ recurrent_forward.register_autograd(_autograd_backward(torch.ops.fusedrnn.recurr
 
 
 class EagerForward(torch.autograd.Function):
-    """The forward operator in eager mode: the same implementation, saved tensors and backward,
-    as an autograd.Function that calls the implementations directly.
+    """The forward operator in eager mode: the same implementation and backward, as an
+    autograd.Function that calls the implementations directly.
 
     A custom operator defined in Python pays the dispatcher on every call (its autograd and CPU
     kernels are Python functions it reaches through C++, with checks on the way): about 100 us at
     T=1, B=1, several times the kernels' own time there, which a generation loop pays at every
     step. Under torch.compile the operators are used instead (their fake kernels let it trace
-    them). Absent results are None here, not (0,) tensors."""
+    them). The results are y, h_n and c_n (None without a cell state): the saved tensors are kept
+    with save_for_backward, not returned, which spares autograd four outputs to wrap at every
+    call."""
 
     # forward(ctx, ...) rather than a separate setup_context: with one, apply() binds the
     # arguments to forward's signature through inspect at every call (tens of microseconds).
     @staticmethod
     def forward(ctx, *inputs):
-        # Gradients of outputs that reach no loss (h_n after a loss on y; the saved tensors,
-        # always) stay None: materialised, they are zero tensors as big as h, which autograd
-        # would fill for nothing at every backward (the kernels read None as zero).
+        # The gradient of an output that reaches no loss (h_n after a loss on y) stays None:
+        # materialised, it is a zero tensor that autograd would fill for nothing at every
+        # backward (the kernels read None as zero).
         ctx.set_materialize_grads(False)
         output = forward_tensors(*inputs)
-        _setup_context(ctx, inputs, output)
-        return output
+        _save(ctx, inputs, output[3:])
+        return output[:3]
 
-    backward = staticmethod(_autograd_backward(backward_impl))
+    backward = staticmethod(_autograd_backward(backward_tensors))

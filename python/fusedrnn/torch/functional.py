@@ -68,7 +68,7 @@ def recurrent(cell, x, h0, c0, weights, *, lengths=None, mask=None, masked_outpu
         # Traced through its fake kernel; another device gets the operator's NotImplementedError.
         y, h_n, c_n, *_ = torch.ops.fusedrnn.recurrent_forward(*arguments)
     elif training:  # the same kernels without the dispatcher's cost (see EagerForward)
-        y, h_n, c_n, *_ = _ops.EagerForward.apply(*arguments)
+        y, h_n, c_n = _ops.EagerForward.apply(*arguments)
     else:  # nothing to save, no graph to record
         y, h_n, c_n, *_ = _ops.forward_tensors(*arguments, packed=packed)
     return y, h_n, c_n if info.has_cell_state else None
