@@ -57,9 +57,14 @@ def run(module, cell, p, **options):
 
 # -- the kernel ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("M, K, N", [(1, 1, 1), (1, 7, 5), (3, 33, 17), (5, 64, 70), (9, 31, 33), (4, 256, 130)])
-def test_kernel_is_the_rounded_product(rng, M, K, N):
+@pytest.mark.parametrize("layout", ["rows", "columns"])
+def test_kernel_is_the_rounded_product(rng, M, K, N, layout):
+    """layout "columns": B's columns contiguous in k, as the rows of a weight matrix, which the
+    packing reads through the float32 transpose (16 x 16 blocks, then the K % 16 rows left)."""
     a = rng.standard_normal((M, K)).astype(np.float32)
     b = rng.standard_normal((K, N)).astype(np.float32)
+    if layout == "columns":
+        b = np.ascontiguousarray(b.T).T
     product = _core.gemm_bf16(a, b)
     exact = bf16(a).astype(np.float64) @ bf16(b).astype(np.float64)
     # float32 sums of K exact products: within K * eps of sum |a_k b_k|.
