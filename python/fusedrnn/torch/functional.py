@@ -9,6 +9,7 @@ from . import _ops
 
 __all__ = ["recurrent"]
 
+
 def _as_tensor(value):
     if value is None or isinstance(value, torch.Tensor):
         return value
