@@ -22,10 +22,11 @@ import fusedrnn
 from fusedrnn import _core
 from fusedrnn import functional as F
 
+
 def _host(array):
     """An argument of a callback (a JAX array on the host) as a NumPy array, or None: through
-    DLPack, a read-only view of the same memory; ``np.asarray`` copies it instead, slowly (40 ms
-    for the 52 MB of an LSTM(512)'s gates at B=64, T=100, more than a tenth of its backward)."""
+    DLPack, a read-only view of the same memory, where ``np.asarray`` copies it (0.17 ms against
+    40 ms for a 52 MB jit argument). (JAX may still copy a large intermediate itself on export.)"""
     if array is None:
         return None
     try:
