@@ -244,19 +244,16 @@ def backward_tensors(cell, dy, dh_n, dc_n, x, weight_ih, weight_hh, bias_ih, bia
     if after is not None:
         after()
     weights = (weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)
-    dtypes = _gradient_dtypes(x, weights)
+    # Each gradient has the dtype of what it is the gradient of (dh0 and dc0: x's).
+    dtypes = (x.dtype,) * 3 + tuple(x.dtype if weight is None else weight.dtype for weight in weights)
     grads = (dx, dh0, dc0) + tuple(dweights[name] for name in F.WEIGHT_NAMES)
     return tuple(_tensor(grad, dtype) for grad, dtype in zip(grads, dtypes))
 
 
-def _gradient_dtypes(x, weights):
-    """Each gradient has the dtype of what it is the gradient of (dh0 and dc0: x's)."""
-    return (x.dtype,) * 3 + tuple(x.dtype if weight is None else weight.dtype for weight in weights)
-
-
-def backward_impl(cell, dy, dh_n, dc_n, x, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, *arguments):
-    grads = backward_tensors(cell, dy, dh_n, dc_n, x, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, *arguments)
-    return _present(grads, x, _gradient_dtypes(x, (weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)))
+def backward_impl(cell, dy, dh_n, dc_n, x, *arguments):
+    grads = backward_tensors(cell, dy, dh_n, dc_n, x, *arguments)
+    # An absent gradient is dc0's without a cell state or that of an absent weight: x's dtype.
+    return _present(grads, x, (x.dtype,) * len(grads))
 
 
 recurrent_backward = torch.library.custom_op("fusedrnn::recurrent_backward", backward_impl, mutates_args=(),
