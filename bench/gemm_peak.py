@@ -75,10 +75,10 @@ def measure_shapes(shapes, threads, quick):
             fn()
         times = {name: [] for name in fns}
         for _ in range(rounds):
-            # OpenBLAS's worker threads busy-wait for a while (about 0.1 s) after each call; ours
-            # runs after a pause so that they have gone to sleep.
-            time.sleep(0.3)
+            # OpenBLAS's worker threads busy-wait for a while (about 0.1 s) after each call: every
+            # contender runs after a pause, so that they have gone to sleep.
             for name, fn in fns.items():
+                time.sleep(0.3)
                 times[name] += block_ms(fn, calls)
         t_ours, t_numpy = times["ours"], times["numpy"]
         # The same, without the pause: how much the spinning BLAS threads cost the next kernel.

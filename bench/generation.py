@@ -8,18 +8,24 @@ the ratio. I = H.
 
     python bench/generation.py                         # every cell, H = 256, 512, 1024
     python bench/generation.py --cells gru --hidden 1024 --rounds 5
+    python bench/generation.py --save                  # also keep the rows as this CPU's results
 
 Times are only comparable inside one run: the machines are shared and noisy.
 """
 
 import argparse
+import datetime
+import json
 import statistics
+import sys
 import time
 
 import numpy as np
 
 import fusedrnn
 from fusedrnn import _core, nn
+
+import machine  # bench/machine.py
 
 try:
     import torch
@@ -72,6 +78,8 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, help="threads for both (default: fusedrnn's)")
     parser.add_argument("--bf16", action="store_true", help="also time fusedrnn with bf16_inference")
+    parser.add_argument("--save", action="store_true",
+                        help="write the rows as this CPU's results, bench/results/<cpu>/generation.json (see report.py)")
     opts = parser.parse_args(argv)
     threads = opts.threads or _core.max_threads()
     _core.set_max_threads(threads)
@@ -81,19 +89,32 @@ def main(argv=None):
           f"{threads} threads, fusedrnn {fusedrnn.__version__} isa={_core.isa_selected()}")
     print(f"{'cell':5} {'H':>5} {'ours us':>9} {'torch us':>9} {'torch/ours':>10}" +
           (f" {'bf16 us':>9} {'f32/bf16':>9}" if opts.bf16 else ""))
+    rows = []
     for cell in opts.cells.split(","):
         for H in (int(h) for h in opts.hidden.split(",")):
             mine = per_step_us(ours(cell, H, False), opts.steps, opts.rounds)
+            row = dict(cell=cell, H=H, ours_us=mine[0], ours_median_us=mine[1])
             line = f"{cell:5} {H:5d} {mine[0]:9.1f}"
             if torch is not None:
                 other = per_step_us(theirs(cell, H), opts.steps, opts.rounds)
+                row.update(torch_us=other[0], torch_median_us=other[1])
                 line += f" {other[0]:9.1f} {other[0] / mine[0]:10.2f}"
             else:
                 line += f" {'-':>9} {'-':>10}"
             if opts.bf16 and cell != "gru_reset_before":
                 half = per_step_us(ours(cell, H, True), opts.steps, opts.rounds)
+                row.update(bf16_us=half[0])
                 line += f" {half[0]:9.1f} {mine[0] / half[0]:9.2f}"
+            rows.append(row)
             print(line, flush=True)
+    if opts.save:
+        result = dict(date=datetime.datetime.now().isoformat(timespec="seconds"),
+                      command="python bench/generation.py " + " ".join(sys.argv[1:] if argv is None else argv),
+                      cpu=machine.cpu_model(), threads=threads, steps=opts.steps, rounds=opts.rounds,
+                      fusedrnn=fusedrnn.__version__, torch=torch.__version__ if torch is not None else None,
+                      rows=rows)
+        with open(machine.results_path("generation"), "w") as f:
+            json.dump(result, f, indent=1)
 
 
 if __name__ == "__main__":

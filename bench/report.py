@@ -82,6 +82,108 @@ def targets(doc):
     ]
 
 
+# Gates per hidden unit of run.py's cells.
+GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+
+
+def roofline_ms(row, fma_gflops, bandwidth):
+    """A lower bound on the time of one of run.py's calls (float32, I = H): its merged GEMMs at the
+    FMA peak, and each step's recurrent product at the peak or at the rate at which W_hh can be read
+    once (the read bandwidth measured at W_hh's size), whichever is slower. Inference: the input
+    projections, then T steps; training adds dx, dW_ih and dW_hh (merged GEMMs) and T backward steps
+    (dh W_hh). Loose: the cells' pointwise math and the steps' barriers are left out. None where the
+    bandwidth at that size was not measured."""
+    G, T, B, I, H = GATES[row["cell"]], row["T"], row["B"], row["I"], row["H"]
+    weight_bytes = G * H * H * 4
+    if weight_bytes not in bandwidth:
+        return None
+    training = row["mode"] == "training"
+    flops_per_s = fma_gflops * 1e9
+    input_flops, step_flops = 2 * T * B * I * G * H, 2 * B * H * G * H
+    gemm_flops = input_flops * (3 if training else 1) + (T * step_flops if training else 0)
+    step_s = max(step_flops / flops_per_s, weight_bytes / (bandwidth[weight_bytes] * 1e9))
+    return 1e3 * (gemm_flops / flops_per_s + (2 if training else 1) * T * step_s)
+
+
+def cpu_targets(doc):
+    """Issue #17's targets on run.py's measurements: [(what, threshold, [(ratio, where, row), ...])],
+    each row carrying its roofline (roofline_ms) and PyTorch's median."""
+    busy = doc["timing"]["busy_threshold"]
+    bandwidth = {b["bytes"]: b["gbs"] for b in doc["peaks"].get("read_bandwidth") or []}
+    fma = max(doc["peaks"]["fma_gflops"])
+    by = {}
+    for r in doc["rows"]:
+        by.setdefault((r["cell"], r["B"], r["H"], r["mode"]), {})[r["contender"]] = r
+    rows = []
+    for c in by.values():
+        ours, theirs = c["fusedrnn"], c.get("torch")
+        if theirs is None or ours.get("others_cpu", 0) >= busy:
+            continue
+        rows.append(dict(ours, torch_ms=theirs["median_ms"], roofline_ms=roofline_ms(ours, fma, bandwidth)))
+
+    def ratios(pred):
+        return [(r["ratio_to_torch"], f"{r['cell']} B={r['B']} H={r['H']} {r['mode']}", r) for r in rows if pred(r)]
+
+    def rnn_gru(r):
+        return r["cell"] in ("rnn", "gru")
+
+    return [
+        ("LSTM B=64 inference, x PyTorch", 1.0,
+         ratios(lambda r: r["cell"] == "lstm" and r["B"] == 64 and r["mode"] == "inference")),
+        ("LSTM B=64 training, x PyTorch", 1.3,
+         ratios(lambda r: r["cell"] == "lstm" and r["B"] == 64 and r["mode"] == "training")),
+        ("GRU and RNN training, every size, x PyTorch", 2.0, ratios(lambda r: rnn_gru(r) and r["mode"] == "training")),
+        ("GRU and RNN inference, every size, x PyTorch", 1.5, ratios(lambda r: rnn_gru(r) and r["mode"] == "inference")),
+        ("LSTM B=1, x PyTorch", 1.5, ratios(lambda r: r["cell"] == "lstm" and r["B"] == 1)),
+        ("GRU and RNN B=1 inference, x PyTorch", 3.0,
+         ratios(lambda r: rnn_gru(r) and r["B"] == 1 and r["mode"] == "inference")),
+        ("GRU and RNN B=1 training, x PyTorch", 5.0,
+         ratios(lambda r: rnn_gru(r) and r["B"] == 1 and r["mode"] == "training")),
+    ]
+
+
+def cpu_targets_table(doc):
+    """Issue #17's targets: how many configurations meet each, and for those that miss, whether the
+    roofline rules the target out there (PyTorch's time / the threshold below the roofline)."""
+    lines = []
+    for what, threshold, values in cpu_targets(doc):
+        if not values:
+            lines.append([what, f"≥ {threshold}", "not measured", "", "", "", ""])
+            continue
+        worst = min(values, key=lambda v: v[0])
+        misses = [r for v, _, r in values if v < threshold]
+        bounded = [r for r in misses if r["roofline_ms"] is not None]
+        ruled_out = sum(r["torch_ms"] / threshold < r["roofline_ms"] for r in bounded)
+        w = worst[2]
+        at_worst = f"{ms(w['torch_ms'] / threshold)} / {ms(w['roofline_ms'])} / {ms(w['median_ms'])} " \
+                   f"({100 * w['roofline_ms'] / w['median_ms']:.0f}%)" if w["roofline_ms"] is not None else ""
+        lines.append([what, f"≥ {threshold}", f"{worst[0]:.2f} ({worst[1]})",
+                      f"{len(values) - len(misses)} of {len(values)}", "yes" if not misses else "**no**",
+                      f"{ruled_out} of {len(bounded)}" if misses and bounded else "", at_worst])
+    gemm = [s for s in ((doc["peaks"]["gemm"] or {}).get("clean", {}).get("shapes", [])) if "torch_gflops" in s]
+    if gemm:
+        values = [(s["ours_gflops"] / s["torch_gflops"], f"{s.get('kind', 'merged')} M={s['M']} N={s['N']} K={s['K']}")
+                  for s in gemm]
+        worst = min(values)
+        met = sum(v >= 0.9 for v, _ in values)
+        lines.append(["our GEMM, x torch.matmul", "≥ 0.9", f"{worst[0]:.2f} ({worst[1]})", f"{met} of {len(values)}",
+                      "yes" if met == len(values) else "**no**", "", ""])
+    bf16 = [b for b in doc.get("bf16", []) if b.get("others_cpu", 0) < doc["timing"]["busy_threshold"]]
+    l2 = doc["machine"].get("cache_sizes", {}).get("l2")
+    for what, threshold, rows in (
+            ("bf16 weights at B=1, x our float32, every size", 1.0, bf16),
+            (f"bf16 where W_hh outgrows the L2 caches ({doc['threads']} x {l2 // 1024 if l2 else '?'} KiB)", 1.3,
+             [b for b in bf16 if l2 and GATES[b["cell"]] * b["H"] ** 2 * 4 > doc["threads"] * l2])):
+        if rows:
+            worst = min(rows, key=lambda b: b["speedup"])
+            met = sum(b["speedup"] >= threshold for b in rows)
+            lines.append([what, f"≥ {threshold}", f"{worst['speedup']:.2f} ({worst['cell']} H={worst['H']})",
+                          f"{met} of {len(rows)}", "yes" if met == len(rows) else "**no**", "", ""])
+    return table(["target", "threshold", "worst measured (where)", "configurations meeting it", "met",
+                  "misses the roofline rules out", "at the worst: needed / roofline / ours ms (roofline / ours)"],
+                 lines)
+
+
 def run_section(doc):
     """The report of one `run.py --save` file (bench/results/<cpu>/run.json)."""
     m, peaks, n = doc["machine"], doc["peaks"], doc["threads"]
@@ -109,13 +211,17 @@ def run_section(doc):
     gemm = peaks["gemm"]
     if gemm:
         c = gemm["clean"]
-        out += [f"- float32 GEMM on the merged input-GEMM shape of an LSTM (M = T*B, N = 4H, K = I), "
-                f"NumPy in a fresh process with {n} OpenBLAS threads and OPENBLAS_CORETYPE / "
+        out += [f"- float32 GEMM on the products of an LSTM layer (merged input GEMM: M = T*B, N = 4H, K = I; "
+                f"recurrent: one step's M = B; weight gradient: M = 4H, N = I, K = T*B), each contender after a "
+                f"pause, NumPy and torch.matmul in a fresh process with {n} OpenBLAS threads and OPENBLAS_CORETYPE / "
                 f"OPENBLAS_L2_SIZE unset (OpenBLAS core: {c['openblas_core']})"
                 + (f"; busy: others took {100 * c['others_cpu']:.0f}% of the CPUs" if c.get("others_cpu", 0) >= busy
                    else "") + ":", ""]
         inherited = {(s["M"], s["N"], s["K"]): s for s in gemm.get("inherited", {}).get("shapes", [])}
-        header = ["M", "N", "K", "NumPy GFLOP/s", "ours GFLOP/s", "ours / NumPy", "ours right after a NumPy call"]
+        with_torch = any("torch_gflops" in s for s in c["shapes"])
+        header = ["product", "M", "N", "K", "NumPy GFLOP/s", "ours GFLOP/s", "ours / NumPy", "ours right after a NumPy call"]
+        if with_torch:
+            header += ["torch.matmul GFLOP/s", "ours / torch"]
         if inherited:
             over = gemm["inherited"]["overrides"]
             header.append("NumPy with " + ", ".join(f"{k}={v}" for k, v in over.items())
@@ -123,8 +229,11 @@ def run_section(doc):
                           + (", busy" if gemm["inherited"].get("others_cpu", 0) >= busy else "") + ")")
         lines = []
         for s in c["shapes"]:
-            line = [s["M"], s["N"], s["K"], num(s["numpy_gflops"], 1), num(s["ours_gflops"], 1),
+            line = [s.get("kind", "merged"), s["M"], s["N"], s["K"], num(s["numpy_gflops"], 1), num(s["ours_gflops"], 1),
                     num(s["ours_gflops"] / s["numpy_gflops"]), num(s["ours_after_numpy_gflops"], 1)]
+            if with_torch:
+                line += [num(s.get("torch_gflops"), 1),
+                         num(s["ours_gflops"] / s["torch_gflops"]) if "torch_gflops" in s else ""]
             if inherited:
                 line.append(num(inherited[(s["M"], s["N"], s["K"])]["numpy_gflops"], 1))
             lines.append(line)
@@ -133,8 +242,18 @@ def run_section(doc):
                 "and take cores from the next kernel; the other columns pause 0.3 s first. The timed "
                 "suite runs NumPy with one BLAS thread (no workers) for that reason."]
 
-    out += ["", "### Issue #5 targets", ""] + targets_table(targets(doc))
-    out += ["", "Measurements marked busy below are left out of this table."]
+    if doc["peaks"].get("read_bandwidth"):
+        out += ["- read bandwidth (`fusedrnn._core.read_bandwidth_gbs`, each thread reading its share, best of "
+                f"3 tries) with {n} threads at each layer's float32 W_hh size: "
+                + ", ".join(f"{b['bytes'] / 2**20:.2f} MiB {b['gbs']:.0f} GB/s" for b in doc["peaks"]["read_bandwidth"])]
+    out += ["", "### Issue #17 targets", "",
+            "Needed = PyTorch's median / the threshold. Roofline: a lower bound on our time, the layer's merged "
+            "GEMMs at the FMA peak and each step's recurrent product at the peak or at the read bandwidth "
+            "measured at W_hh's size, whichever is slower (the pointwise math and the barriers left out). A miss "
+            "the roofline rules out needs a time below it: no kernel reaches that target on this machine.", ""]
+    out += cpu_targets_table(doc)
+    out += ["", "### Issue #5 targets (the earlier issue's thresholds)", ""] + targets_table(targets(doc))
+    out += ["", "Measurements marked busy below are left out of these tables."]
 
     out += ["", f"### Time per call, T = {doc['T']}, I = H, {n} threads", "",
             "x PyTorch = PyTorch's median / ours (above 1: fusedrnn is faster); x ref likewise for the NumPy "
@@ -285,7 +404,26 @@ def keras3_section(doc):
     return out
 
 
-SECTIONS = (("run", run_section), ("torch_dropin", dropin_section), ("keras3_dropin", keras3_section))
+def generation_section(doc):
+    """The report of one `generation.py --save` file (bench/results/<cpu>/generation.json)."""
+    out = ["### Generation loop: `fusedrnn.nn` layers against torch.nn (`bench/generation.py`)", "",
+           f"Measured {doc['date']} with `{doc['command']}`: {doc['threads']} threads for both, PyTorch "
+           f"{doc['torch']}. One layer, I = H, eval mode: {doc['steps']} calls of T = 1, B = 1 with the state "
+           f"carried; time per step, the best of {doc['rounds']} rounds (the median beside it); x = torch.nn / ours.",
+           ""]
+    rows = [r for r in doc["rows"] if "torch_us" in r]
+    out += table(["cell", "H", "ours us", "ours median us", "torch.nn us", "torch.nn median us", "x"],
+                 [[r["cell"], r["H"], num(r["ours_us"], 1), num(r["ours_median_us"], 1), num(r["torch_us"], 1),
+                   num(r["torch_median_us"], 1), num(r["torch_us"] / r["ours_us"])] for r in rows])
+    if rows:
+        out += ["", "#### Issue #17 target", ""]
+        out += targets_table([("generation loop, every cell, x torch.nn", 2.0, True,
+                               [(r["torch_us"] / r["ours_us"], f"{r['cell']} H={r['H']}") for r in rows])])
+    return out
+
+
+SECTIONS = (("run", run_section), ("generation", generation_section), ("torch_dropin", dropin_section),
+            ("keras3_dropin", keras3_section))
 
 
 def main():
@@ -301,7 +439,8 @@ def main():
             cpus.append((max(d["date"] for d in docs.values()), docs))
     out = ["# fusedrnn benchmark results", "",
            "Generated by `python bench/report.py > bench/RESULTS.md` from `bench/results/<cpu>/*.json`, which "
-           "`python bench/run.py --save`, `bench/torch_dropin.py --save` and `bench/keras3_dropin.py --save` "
+           "`python bench/run.py --save`, `bench/generation.py --save`, `bench/torch_dropin.py --save` and "
+           "`bench/keras3_dropin.py --save` "
            "write: do not edit by hand; rerun on a machine and regenerate. One section per CPU model, the latest "
            "measured first: times and ratios are comparable only within a section (a CPU's section holds its "
            "latest run of each script)."]

@@ -318,19 +318,22 @@ def run_worker(script, args, env=None):
 
 
 def bench_gemm(shapes, threads, quick):
-    """NumPy's float32 matmul next to ours on merged-GEMM shapes, in a subprocess where OpenBLAS
-    gets `threads` threads and no OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE overrides (they can slow it
-    down: a fair NumPy). If those are set here, the same is measured with them too, for the record."""
+    """NumPy's float32 matmul and torch.matmul next to ours on a layer's GEMM shapes ((kind, M, N,
+    K) each), in a subprocess where OpenBLAS gets `threads` threads and no OPENBLAS_CORETYPE /
+    OPENBLAS_L2_SIZE overrides (they can slow it down: a fair NumPy). If those are set here, the
+    same is measured with them too, for the record."""
     base = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
     base["OPENBLAS_NUM_THREADS"] = str(threads)
     clean = {k: v for k, v in base.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
-    spec = json.dumps(shapes)
+    spec = json.dumps([shape[1:] for shape in shapes])
 
     def quiet_run(env):  # retried like measure() while other processes disturb it
         for _ in range(3):
             a = cpu_snapshot()
             result = run_worker("gemm_peak.py", [threads, spec, int(quick)], env)
             result["others_cpu"] = others_share(a, cpu_snapshot())
+            for row, shape in zip(result["shapes"], shapes):
+                row["kind"] = shape[0]
             if result["others_cpu"] < BUSY:
                 break
             wait_quiet(20)
@@ -342,6 +345,21 @@ def bench_gemm(shapes, threads, quick):
         results["inherited"] = quiet_run(base)
         results["inherited"]["overrides"] = overrides
     return results
+
+
+def bench_bandwidth(sizes, threads, tries=3):
+    """The read bandwidth (GB/s) with `threads` threads at each size in bytes: what a step that
+    reads its weights once can reach (report.py's roofline). The best of a few tries: like the FMA
+    peak, a rate that another process's load can only lower."""
+    rows = []
+    for size in sorted(set(sizes)):
+        best = 0.0
+        for _ in range(tries):
+            wait_quiet(10)
+            best = max(best, _core.read_bandwidth_gbs(size, threads))
+        rows.append(dict(bytes=size, gbs=best))
+        print(f"  {size / 2**20:8.2f} MiB: {best:6.1f} GB/s", flush=True)
+    return rows
 
 
 def bench_memory(configs, threads):
@@ -430,6 +448,7 @@ def machine_description(threads):
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "isa_selected": info["isa_selected"],
         "isa_compiled": info["isa_compiled"],
+        "cache_sizes": info["cache_sizes"],
         "threads": threads,
         "fusedrnn": info["version"],
         "compiler": info["compiler"],
@@ -480,13 +499,17 @@ def main(argv=None):
     if args.quick:
         batches, hiddens = args.batch or [1, 64], args.hidden or [256]
         timing = (3, 0.05, 10)  # (min calls, min seconds, max calls) per configuration
-        gemm_shapes = [(T_STEPS * 64, 4 * 256, 256)]
+        gemm_shapes = [("merged", T_STEPS * 64, 4 * 256, 256)]
         memory_configs, scaling_configs = [("lstm", 64, 256)], [("lstm", 64, 256)]
     else:
         batches, hiddens = args.batch or [1, 8, 64], args.hidden or [128, 256, 512, 1024]
         timing = (7, 0.5, 40)
-        # Merged input GEMM of an LSTM: M = T*B rows, N = G*H, K = I.
-        gemm_shapes = [(T_STEPS * B, 4 * H, H) for B, H in ((8, 256), (64, 256), (64, 512))]
+        # The products of an LSTM layer (G = 4, I = H): the merged input GEMM (M = T*B rows, N = G*H,
+        # K = I), one step's recurrent product of the whole batch (M = B, N = G*H, K = H) and the
+        # weight gradient (M = G*H, N = I, K = T*B).
+        gemm_shapes = [("merged", T_STEPS * B, 4 * H, H) for B, H in ((8, 256), (64, 256), (64, 512))]
+        gemm_shapes += [("recurrent", 64, 4 * H, H) for H in (256, 512)]
+        gemm_shapes += [("weight-gradient", 4 * H, H, T_STEPS * 64) for H in (256, 512)]
         memory_configs = [(c, 64, H) for c in cells for H in (256, 512)]
         scaling_configs = [(c, 64, 512) for c in cells]
 
@@ -518,6 +541,9 @@ def main(argv=None):
           "faults per call.")
 
     gemm, memory, scaling, bf16 = None, [], [], []
+    # The float32 W_hh of every layer in the table: the bytes a step reads at a small batch.
+    print(f"\nRead bandwidth with {threads} threads at each layer's W_hh size:")
+    bandwidth = bench_bandwidth([GATES[cell] * H * H * 4 for cell in cells for H in hiddens], threads)
     if not args.no_extras:
         print(f"\nMerged-GEMM shape, float32, {threads} threads (NumPy in a subprocess):")
         wait_quiet(60)
@@ -528,9 +554,11 @@ def main(argv=None):
                 if result["others_cpu"] >= BUSY else ""
             print(f"  NumPy {note}: OpenBLAS core {result['openblas_core']}{busy}")
             for s in result["shapes"]:
-                print(f"    M={s['M']:<6} N={s['N']:<5} K={s['K']:<5} numpy {s['numpy_gflops']:6.1f}  ours "
-                      f"{s['ours_gflops']:6.1f} GFLOP/s  ours/numpy {s['ours_gflops'] / s['numpy_gflops']:.2f}  "
-                      f"(ours right after a NumPy call, its BLAS threads still spinning: "
+                versus_torch = f"  torch {s['torch_gflops']:6.1f}  ours/torch {s['ours_gflops'] / s['torch_gflops']:.2f}" \
+                    if "torch_gflops" in s else ""
+                print(f"    {s['kind']:15} M={s['M']:<6} N={s['N']:<5} K={s['K']:<5} numpy {s['numpy_gflops']:6.1f}  "
+                      f"ours {s['ours_gflops']:6.1f} GFLOP/s  ours/numpy {s['ours_gflops'] / s['numpy_gflops']:.2f}"
+                      f"{versus_torch}  (ours right after a NumPy call, its BLAS threads still spinning: "
                       f"{s['ours_after_numpy_gflops']:.1f})")
         print("\nPeak resident memory of one training step (growth over the process's baseline):")
         memory = bench_memory(memory_configs, threads)
@@ -559,7 +587,7 @@ def main(argv=None):
             "machine": described, "threads": threads, "T": T_STEPS, "steady_malloc": args.steady_malloc,
             "timing": dict(zip(("min_calls", "min_seconds", "max_calls"), timing), busy_threshold=BUSY),
             "load_average": [load_before, load_after],
-            "peaks": {"fma_gflops": fma, "fma_gflops_1_thread": fma_1, "gemm": gemm},
+            "peaks": {"fma_gflops": fma, "fma_gflops_1_thread": fma_1, "gemm": gemm, "read_bandwidth": bandwidth},
             "rows": rows, "memory": memory, "scaling": scaling, "bf16": bf16,
         }
         for path in filter(None, (args.json, args.save and machine.results_path("run"))):

@@ -450,6 +450,17 @@ PYBIND11_MODULE(_core, m) {
       py::arg("threads"), py::arg("iterations") = 20000000,
       "Measured float32 multiply-add peak in GFLOP/s with this many threads (the benchmarks' yardstick).");
   m.def(
+      "read_bandwidth_gbs",
+      [](int64_t bytes, int threads, int passes) {
+        if (bytes < 256) throw py::value_error("bytes must be >= 256");
+        if (threads < 1 || passes < 1) throw py::value_error("threads and passes must be >= 1");
+        py::gil_scoped_release release;
+        return fusedrnn::cpu::read_bandwidth_gbs(threads, bytes, passes);
+      },
+      py::arg("bytes"), py::arg("threads"), py::arg("passes") = 20,
+      "Measured rate in GB/s at which this many threads read `bytes` of float32, each its own share (the "
+      "benchmarks' bound for steps that read their weights once).");
+  m.def(
       "fingerprint",
       [](const py::array& a) {
         if (!(a.flags() & py::array::c_style)) throw py::value_error("fingerprint needs a C-contiguous array");

@@ -1,6 +1,10 @@
 #include "cpu/peak.h"
 
+#include <algorithm>
 #include <chrono>
+#include <memory>
+#include <new>
+#include <stdexcept>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -28,7 +32,75 @@ FUSEDRNN_INLINE float multiply_add_chains(int64_t iterations) {
   return sum;
 }
 
+// Eight independent sums: the adds' latency stays hidden behind the loads, which are what is timed.
+constexpr int kSums = 8;
+// The unit a share is cut in: 64 floats, four 64-byte cache lines.
+constexpr int64_t kBlockFloats = 64;
+
+template <class V>
+FUSEDRNN_INLINE float sum_blocks(const float* p, int64_t blocks) {
+  constexpr int64_t kVectors = kBlockFloats / V::kLanes;
+  V sums[kSums];
+  for (int64_t b = 0; b < blocks; ++b, p += kBlockFloats) {
+    for (int64_t j = 0; j < kVectors; ++j) sums[j % kSums] += V::load(p + j * V::kLanes);
+  }
+  float total = 0.0f;
+  for (int j = 0; j < kSums; ++j) total += sums[j].v[0];
+  return total;
+}
+
 }  // namespace
+
+double read_bandwidth_gbs(int threads, int64_t bytes, int passes) {
+  const int64_t blocks = bytes / int64_t(kBlockFloats * sizeof(float));
+  // Allocated here, outside the team (no exception may leave it), and first written by the thread
+  // that reads each share, so that a share lives where its reader's caches and memory are.
+  std::unique_ptr<float[]> buffer(new (std::nothrow) float[blocks * kBlockFloats]);
+  if (!buffer) throw std::bad_alloc();
+  const Isa isa = current_isa();
+  // A pass reads the buffer `reads` times, at least 4 MiB in all, so that a small buffer's pass is
+  // not timed as mostly the barriers around it.
+  const int64_t buffer_bytes = blocks * kBlockFloats * static_cast<int64_t>(sizeof(float));
+  const int64_t reads = std::max<int64_t>(1, (int64_t(4) << 20) / std::max<int64_t>(1, buffer_bytes));
+  volatile float sink = 0.0f;
+  double best = 0.0;
+  std::chrono::steady_clock::time_point start;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads)
+#endif
+  {
+#ifdef _OPENMP
+    const int64_t tid = omp_get_thread_num(), team = omp_get_num_threads();
+#else
+    const int64_t tid = 0, team = 1;
+#endif
+    const int64_t first = blocks * tid / team, last = blocks * (tid + 1) / team;
+    float* share = buffer.get() + first * kBlockFloats;
+    std::fill(share, share + (last - first) * kBlockFloats, 1e-3f);
+    float result = 0.0f;
+    for (int pass = 0; pass <= passes; ++pass) {  // pass 0 brings the data in, untimed
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+      if (tid == 0) start = std::chrono::steady_clock::now();
+      run_for_isa(isa, [&](auto width) FUSEDRNN_INLINE_LAMBDA {
+        for (int64_t r = 0; r < reads; ++r) result += sum_blocks<Vec<float, decltype(width)::value>>(share, last - first);
+      });
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+      if (tid == 0 && pass > 0) {
+        const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        best = std::max(best, static_cast<double>(reads * buffer_bytes) / seconds / 1e9);
+      }
+    }
+#ifdef _OPENMP
+#pragma omp critical
+#endif
+    sink = sink + result;
+  }
+  return best;
+}
 
 double fma_peak_gflops(int threads, int64_t iterations) {
   const Isa isa = current_isa();

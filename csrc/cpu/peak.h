@@ -1,5 +1,6 @@
-// The machine's measured float32 multiply-add peak: the yardstick the benchmarks quote their
-// GFLOP/s against ("fraction of peak"), measured in the same process and run as the kernels.
+// The machine's measured float32 multiply-add peak and read bandwidth: the yardsticks the
+// benchmarks quote their GFLOP/s and GB/s against ("fraction of peak", "of the bound"), measured
+// in the same process and run as the kernels.
 #pragma once
 
 #include <cstdint>
@@ -9,5 +10,12 @@ namespace fusedrnn::cpu {
 // Runs `iterations` rounds of independent vector multiply-adds on each of `threads` threads
 // (an OpenMP team), with the instruction set the kernels use now, and returns GFLOP/s.
 double fma_peak_gflops(int threads, int64_t iterations);
+
+// The rate at which `threads` threads read `bytes` of float32 (each its own contiguous share, as
+// each reads its slice of the weights in a recurrent step), best of `passes` passes after one
+// untimed pass, in GB/s: L1, L2, L3 or memory bandwidth according to the size. The bound of a
+// step that reads its weights once (a batch of a few rows). Throws std::bad_alloc if the buffer
+// cannot be had.
+double read_bandwidth_gbs(int threads, int64_t bytes, int passes);
 
 }  // namespace fusedrnn::cpu
