@@ -252,7 +252,7 @@ def run_section(doc):
                 "suite runs NumPy with one BLAS thread (no workers) for that reason."]
 
     if doc["peaks"].get("read_bandwidth"):
-        out += ["- read bandwidth (`fusedrnn._core.read_bandwidth_gbs`, each thread reading its share, best of "
+        out += ["", "- read bandwidth (`fusedrnn._core.read_bandwidth_gbs`, each thread reading its share, best of "
                 f"3 tries) with {n} threads at each layer's float32 W_hh size: "
                 + ", ".join(f"{b['bytes'] / 2**20:.2f} MiB {b['gbs']:.0f} GB/s" for b in doc["peaks"]["read_bandwidth"])]
     out += ["", "### Issue #17 targets", "",

@@ -545,7 +545,7 @@ def main(argv=None):
     print(f"\nRead bandwidth with {threads} threads at each layer's W_hh size:")
     bandwidth = bench_bandwidth([GATES[cell] * H * H * 4 for cell in cells for H in hiddens], threads)
     if not args.no_extras:
-        print(f"\nMerged-GEMM shape, float32, {threads} threads (NumPy in a subprocess):")
+        print(f"\nThe GEMM shapes of an LSTM layer, float32, {threads} threads (NumPy and torch in a subprocess):")
         wait_quiet(60)
         gemm = bench_gemm(gemm_shapes, threads, args.quick)
         for key, result in gemm.items():

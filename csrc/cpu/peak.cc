@@ -4,7 +4,6 @@
 #include <chrono>
 #include <memory>
 #include <new>
-#include <stdexcept>
 
 #ifdef _OPENMP
 #include <omp.h>
