@@ -11,6 +11,16 @@ import os
 
 import machine
 
+# Gates per hidden unit of run.py's cells. Restated from the kernels' cell table on purpose: this
+# script reads saved results only and does not import fusedrnn (an editable install rebuilds on
+# import and prints to stdout, which is RESULTS.md here).
+GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+
+
+def w_hh_bytes(cell, H):
+    """The bytes of a float32 W_hh of run.py's layers (I = H, no projection)."""
+    return GATES[cell] * H * H * 4
+
 
 def ms(v):
     return "" if v is None else f"{v:.0f}" if v >= 100 else f"{v:.1f}" if v >= 10 else f"{v:.3f}"
@@ -32,6 +42,14 @@ def table(header, lines):
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(str(c) for c in line) + " |" for line in lines]
     return out
+
+
+def configurations(doc):
+    """run.py's rows by configuration: {(cell, B, H, mode): {contender: row}}, in the run's order."""
+    by = {}
+    for r in doc["rows"]:
+        by.setdefault((r["cell"], r["B"], r["H"], r["mode"]), {})[r["contender"]] = r
+    return by
 
 
 def targets(doc):
@@ -82,10 +100,6 @@ def targets(doc):
     ]
 
 
-# Gates per hidden unit of run.py's cells.
-GATES = {"rnn": 1, "lstm": 4, "gru": 3}
-
-
 def roofline_ms(row, fma_gflops, bandwidth):
     """A lower bound on the time of one of run.py's calls (float32, I = H): its merged GEMMs at the
     FMA peak, and each step's recurrent product at the peak or at the rate at which W_hh can be read
@@ -94,7 +108,7 @@ def roofline_ms(row, fma_gflops, bandwidth):
     (dh W_hh). Loose: the cells' pointwise math and the steps' barriers are left out. None where the
     bandwidth at that size was not measured."""
     G, T, B, I, H = GATES[row["cell"]], row["T"], row["B"], row["I"], row["H"]
-    weight_bytes = G * H * H * 4
+    weight_bytes = w_hh_bytes(row["cell"], H)
     if weight_bytes not in bandwidth:
         return None
     training = row["mode"] == "training"
@@ -111,11 +125,8 @@ def cpu_targets(doc):
     busy = doc["timing"]["busy_threshold"]
     bandwidth = {b["bytes"]: b["gbs"] for b in doc["peaks"].get("read_bandwidth") or []}
     fma = max(doc["peaks"]["fma_gflops"])
-    by = {}
-    for r in doc["rows"]:
-        by.setdefault((r["cell"], r["B"], r["H"], r["mode"]), {})[r["contender"]] = r
     rows = []
-    for c in by.values():
+    for c in configurations(doc).values():
         ours, theirs = c["fusedrnn"], c.get("torch")
         if theirs is None or ours.get("others_cpu", 0) >= busy:
             continue
@@ -157,36 +168,30 @@ def cpu_targets_table(doc):
     roofline (roofline_needs); at the worst one the times side by side."""
     lines = []
     for what, threshold, values in cpu_targets(doc):
-        if not values:
-            lines.append([what, f"≥ {threshold}", "not measured", "", "", "", ""])
-            continue
-        worst = min(values, key=lambda v: v[0])
-        misses = [r for v, _, r in values if v < threshold]
-        w = worst[2]
-        at_worst = f"{ms(w['torch_ms'] / threshold)} / {ms(w['roofline_ms'])} / {ms(w['median_ms'])} " \
-                   f"({100 * w['roofline_ms'] / w['median_ms']:.0f}%)" if w["roofline_ms"] is not None else ""
-        lines.append([what, f"≥ {threshold}", f"{worst[0]:.2f} ({worst[1]})",
-                      f"{len(values) - len(misses)} of {len(values)}", "yes" if not misses else "**no**",
-                      roofline_needs(misses, threshold), at_worst])
+        line = target_line(what, threshold, True, [(v, where) for v, where, _ in values])
+        if values:
+            misses = [r for v, _, r in values if v < threshold]
+            w = min(values, key=lambda v: v[0])[2]
+            at_worst = f"{ms(w['torch_ms'] / threshold)} / {ms(w['roofline_ms'])} / {ms(w['median_ms'])} " \
+                       f"({100 * w['roofline_ms'] / w['median_ms']:.0f}%)" if w["roofline_ms"] is not None else ""
+            lines.append(line + [roofline_needs(misses, threshold), at_worst])
+        else:
+            lines.append(line + ["", ""])
     gemm = [s for s in ((doc["peaks"]["gemm"] or {}).get("clean", {}).get("shapes", [])) if "torch_gflops" in s]
     if gemm:
-        values = [(s["ours_gflops"] / s["torch_gflops"], f"{s.get('kind', 'merged')} M={s['M']} N={s['N']} K={s['K']}")
-                  for s in gemm]
-        worst = min(values)
-        met = sum(v >= 0.9 for v, _ in values)
-        lines.append(["our GEMM, x torch.matmul", "≥ 0.9", f"{worst[0]:.2f} ({worst[1]})", f"{met} of {len(values)}",
-                      "yes" if met == len(values) else "**no**", "", ""])
+        lines.append(target_line("our GEMM, x torch.matmul", 0.9, True,
+                                 [(s["ours_gflops"] / s["torch_gflops"],
+                                   f"{s.get('kind', 'merged')} M={s['M']} N={s['N']} K={s['K']}") for s in gemm])
+                     + ["", ""])
     bf16 = [b for b in doc.get("bf16", []) if b.get("others_cpu", 0) < doc["timing"]["busy_threshold"]]
     l2 = doc["machine"].get("cache_sizes", {}).get("l2")
     for what, threshold, rows in (
             ("bf16 weights at B=1, x our float32, every size", 1.0, bf16),
             (f"bf16 where W_hh outgrows the L2 caches ({doc['threads']} x {l2 // 1024 if l2 else '?'} KiB)", 1.3,
-             [b for b in bf16 if l2 and GATES[b["cell"]] * b["H"] ** 2 * 4 > doc["threads"] * l2])):
+             [b for b in bf16 if l2 and w_hh_bytes(b["cell"], b["H"]) > doc["threads"] * l2])):
         if rows:
-            worst = min(rows, key=lambda b: b["speedup"])
-            met = sum(b["speedup"] >= threshold for b in rows)
-            lines.append([what, f"≥ {threshold}", f"{worst['speedup']:.2f} ({worst['cell']} H={worst['H']})",
-                          f"{met} of {len(rows)}", "yes" if met == len(rows) else "**no**", "", ""])
+            lines.append(target_line(what, threshold, True, [(b["speedup"], f"{b['cell']} H={b['H']}") for b in rows])
+                         + ["", ""])
     return table(["target", "threshold", "worst measured (where)", "configurations meeting it", "met",
                   "misses, by the share of the roofline's speed they need",
                   "at the worst: needed / roofline / ours ms (roofline / ours)"],
@@ -272,11 +277,8 @@ def run_section(doc):
             "2*T*B*(I+H)*G*H, training 3x that; %peak = ours / the FMA peak; kfaults = thousands of minor "
             "page faults per call (fresh memory touched: glibc returns blocks above its mmap threshold, "
             "at most 32 MB, to the kernel on every free).", ""]
-    by = {}
-    for r in doc["rows"]:
-        by.setdefault((r["cell"], r["B"], r["H"], r["mode"]), {})[r["contender"]] = r
     lines = []
-    for (cell, B, H, mode), c in by.items():
+    for (cell, B, H, mode), c in configurations(doc).items():
         o, t, ref = c["fusedrnn"], c.get("torch", {}), c.get("reference")
         lines.append([cell, B, H, mode, ms(o["median_ms"]), ms(o["min_ms"]), num(o["gflops"], 1),
                       num(100 * o["peak_fraction"], 1), ms(t.get("median_ms")), ms(t.get("min_ms")),
@@ -351,17 +353,21 @@ def dropin_targets(doc):
     ]
 
 
+def target_line(what, threshold, at_least, values):
+    """[what, threshold, the worst value (where), how many meet it, whether all do] for values
+    [(value, where), ...]."""
+    bound = ("≥ " if at_least else "≤ ") + str(threshold)
+    if not values:
+        return [what, bound, "not measured", "", ""]
+    worst = (min if at_least else max)(values, key=lambda v: v[0])
+    met = sum((v >= threshold) if at_least else (v <= threshold) for v, _ in values)
+    return [what, bound, f"{worst[0]:.2f} ({worst[1]})", f"{met} of {len(values)}",
+            "yes" if met == len(values) else "**no**"]
+
+
 def targets_table(rows):
-    lines = []
-    for what, threshold, at_least, values in rows:
-        if not values:
-            lines.append([what, threshold, "not measured", "", ""])
-            continue
-        worst = (min if at_least else max)(values)
-        met = sum((v >= threshold) if at_least else (v <= threshold) for v, _ in values)
-        lines.append([what, ("≥ " if at_least else "≤ ") + str(threshold), f"{worst[0]:.2f} ({worst[1]})",
-                      f"{met} of {len(values)}", "yes" if met == len(values) else "**no**"])
-    return table(["target", "threshold", "worst measured (where)", "configurations meeting it", "met"], lines)
+    return table(["target", "threshold", "worst measured (where)", "configurations meeting it", "met"],
+                 [target_line(*row) for row in rows])
 
 
 def dropin_section(doc):
