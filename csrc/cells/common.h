@@ -15,6 +15,20 @@
 //
 //   forward(xg[G], hg[G], prev, next&, saved[kSaved])
 //       xg: W_ih x + b_ih of this unit, one value per gate; hg: W_hh h + b_hh, likewise.
+//       A one-phase cell writes it as two stages, and forward_in_two_stages (below) joins them:
+//   kActivated      values the first stage gives the second
+//   activate(xg[G], hg[G], act&[kActivated])
+//       the gates' activations that need nothing but this step's xg and hg;
+//   update(xg[G], hg[G], act[kActivated], prev, next&, saved[kSaved])
+//       the rest of forward.
+//       Why two stages: each activation is a chain of some 20 dependent operations (exp, then a
+//       division), and in one pass a unit's chains queue behind each other (GRU: r, then
+//       tanh(x_n + r h_n)); a core overlaps independent chains only within a short window. The
+//       CPU driver runs activate() on a whole chunk of units before update() on it, so that the
+//       first stage's chains, of every vector and gate of the chunk, are independent. Measured on
+//       a Zen 3 (AVX2): a GRU row of 16 units alone in a loop, 46 -> 24 ns per 8 units; whole
+//       forward calls at T=100, B=64, one thread, where the pointwise math dominates (H=16, I=1
+//       and H=64, I=16), 7-11% faster at best, 12-22% at the quartile; results bit for bit the same.
 //   backward(saved, prev, next, d_next, dgx&[G], dgh&[G], d_prev&)
 //       d_next: total gradient reaching this step's new state (h and c);
 //       dgx / dgh: gradient of xg / hg (equal unless kSplitGradient);
@@ -39,5 +53,13 @@ struct State {
   T h;
   T c;  // used by cells with kHasCell only
 };
+
+// A one-phase cell's forward: its two stages on one unit.
+template <class Cell, class T>
+FUSEDRNN_HD void forward_in_two_stages(const T* xg, const T* hg, const State<T>& prev, State<T>& next, T* saved) {
+  T act[Cell::kActivated > 0 ? Cell::kActivated : 1];
+  Cell::activate(xg, hg, act);
+  Cell::update(xg, hg, act, prev, next, saved);
+}
 
 }  // namespace fusedrnn

@@ -27,18 +27,30 @@ struct GruCell {
   static constexpr bool kHasCell = false;
   static constexpr bool kSplitGradient = true;
   static constexpr bool kTwoPhase = false;
+  static constexpr int kActivated = 2;  // r, z
 
   template <class T>
-  FUSEDRNN_HD static void forward(const T* xg, const T* hg, const State<T>& prev, State<T>& next,
-                                  T* saved) {
-    const T r = sigmoid(xg[0] + hg[0]);
-    const T z = sigmoid(xg[1] + hg[1]);
+  FUSEDRNN_HD static void activate(const T* xg, const T* hg, T* act) {
+    act[0] = sigmoid(xg[0] + hg[0]);
+    act[1] = sigmoid(xg[1] + hg[1]);
+  }
+
+  template <class T>
+  FUSEDRNN_HD static void update(const T* xg, const T* hg, const T* act, const State<T>& prev, State<T>& next,
+                                 T* saved) {
+    const T r = act[0], z = act[1];
     const T n = tanh_(xg[2] + r * hg[2]);
     next.h = (T(1) - z) * n + z * prev.h;
     saved[0] = r;
     saved[1] = z;
     saved[2] = n;
     saved[3] = hg[2];
+  }
+
+  template <class T>
+  FUSEDRNN_HD static void forward(const T* xg, const T* hg, const State<T>& prev, State<T>& next,
+                                  T* saved) {
+    forward_in_two_stages<GruCell>(xg, hg, prev, next, saved);
   }
 
   template <class T>

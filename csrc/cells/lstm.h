@@ -25,20 +25,32 @@ struct LstmCell {
   static constexpr bool kHasCell = true;
   static constexpr bool kSplitGradient = false;
   static constexpr bool kTwoPhase = false;
+  static constexpr int kActivated = 4;
 
   template <class T>
-  FUSEDRNN_HD static void forward(const T* xg, const T* hg, const State<T>& prev, State<T>& next,
-                                  T* saved) {
-    const T i = sigmoid(xg[0] + hg[0]);
-    const T f = sigmoid(xg[1] + hg[1]);
-    const T g = tanh_(xg[2] + hg[2]);
-    const T o = sigmoid(xg[3] + hg[3]);
+  FUSEDRNN_HD static void activate(const T* xg, const T* hg, T* act) {
+    act[0] = sigmoid(xg[0] + hg[0]);
+    act[1] = sigmoid(xg[1] + hg[1]);
+    act[2] = tanh_(xg[2] + hg[2]);
+    act[3] = sigmoid(xg[3] + hg[3]);
+  }
+
+  template <class T>
+  FUSEDRNN_HD static void update(const T* /*xg*/, const T* /*hg*/, const T* act, const State<T>& prev,
+                                 State<T>& next, T* saved) {
+    const T i = act[0], f = act[1], g = act[2], o = act[3];
     next.c = f * prev.c + i * g;
     next.h = o * tanh_(next.c);
     saved[0] = i;
     saved[1] = f;
     saved[2] = g;
     saved[3] = o;
+  }
+
+  template <class T>
+  FUSEDRNN_HD static void forward(const T* xg, const T* hg, const State<T>& prev, State<T>& next,
+                                  T* saved) {
+    forward_in_two_stages<LstmCell>(xg, hg, prev, next, saved);
   }
 
   template <class T>

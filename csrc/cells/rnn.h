@@ -22,16 +22,26 @@ struct RnnCell {
   static constexpr bool kHasCell = false;
   static constexpr bool kSplitGradient = false;
   static constexpr bool kTwoPhase = false;
+  static constexpr int kActivated = 0;  // (one activation: nothing to overlap it with)
 
   template <class T>
-  FUSEDRNN_HD static void forward(const T* xg, const T* hg, const State<T>& /*prev*/,
-                                  State<T>& next, T* /*saved*/) {
+  FUSEDRNN_HD static void activate(const T* /*xg*/, const T* /*hg*/, T* /*act*/) {}
+
+  template <class T>
+  FUSEDRNN_HD static void update(const T* xg, const T* hg, const T* /*act*/, const State<T>& /*prev*/,
+                                 State<T>& next, T* /*saved*/) {
     const T a = xg[0] + hg[0];
     if constexpr (kAct == Activation::kTanh) {
       next.h = tanh_(a);
     } else {
       next.h = relu(a);
     }
+  }
+
+  template <class T>
+  FUSEDRNN_HD static void forward(const T* xg, const T* hg, const State<T>& prev, State<T>& next,
+                                  T* saved) {
+    forward_in_two_stages<RnnCell>(xg, hg, prev, next, saved);
   }
 
   template <class T>

@@ -114,6 +114,16 @@ struct PackedMatrix {
   }
 };
 
+// Values a one-phase cell's first stage gives its second (cells/common.h); a two-phase cell has none.
+template <class Cell>
+constexpr int activated_values() {
+  if constexpr (Cell::kTwoPhase) {
+    return 0;
+  } else {
+    return Cell::kActivated;
+  }
+}
+
 // The pointwise half of a forward step for one sequence and one chunk of hidden units.
 template <class Cell, class T>
 struct ForwardStep {
@@ -176,6 +186,23 @@ struct ForwardStep {
     }
     const T* x_bias = b_ih + u0;
     const T* bias = b_hh + u0;
+    const auto load_gates = [&](int64_t w, int64_t n, V* xg, V* hg) FUSEDRNN_INLINE_LAMBDA {
+      for (int g = 0; g < G; ++g) {
+        xg[g] = V::load(x_row + g * x_stride + w, n) + V::load(x_bias + g * H + w, n);
+        hg[g] = V::load(rec + g * NR + w) + V::load(bias + g * H + w, n);
+      }
+    };
+    // A one-phase cell's first stage on the whole chunk, then its second (cells/common.h says why).
+    constexpr int kActivated = activated_values<Cell>();
+    T act[kActivated > 0 ? kActivated * NR : 1];
+    if constexpr (kActivated > 0) {
+      for_each_vector<V, T>(width, [&](int64_t w, int64_t n) FUSEDRNN_INLINE_LAMBDA {
+        V xg[G], hg[G], a[kActivated];
+        load_gates(w, n, xg, hg);
+        Cell::activate(xg, hg, a);
+        for (int k = 0; k < kActivated; ++k) a[k].store(act + k * NR + w);
+      });
+    }
     for_each_vector<V, T>(width, [&](int64_t w, int64_t n) FUSEDRNN_INLINE_LAMBDA {
       V saved[S > 0 ? S : 1];
       // Under a projection h has P dims, not one per unit; only the LSTM projects, and its
@@ -189,12 +216,10 @@ struct ForwardStep {
         const V x_n = V::load(x_row + (G - 1) * x_stride + w, n) + V::load(x_bias + (G - 1) * H + w, n);
         Cell::output(x_n, hn, rz, V::load(rh_step + at + w, n), prev, next, saved);
       } else {
-        V xg[G], hg[G];
-        for (int g = 0; g < G; ++g) {
-          xg[g] = V::load(x_row + g * x_stride + w, n) + V::load(x_bias + g * H + w, n);
-          hg[g] = V::load(rec + g * NR + w) + V::load(bias + g * H + w, n);
-        }
-        Cell::forward(xg, hg, prev, next, saved);
+        V xg[G], hg[G], a[kActivated > 0 ? kActivated : 1];
+        load_gates(w, n, xg, hg);  // (what update() does not read, the compiler drops)
+        for (int k = 0; k < kActivated; ++k) a[k] = V::load(act + k * NR + w);
+        Cell::update(xg, hg, a, prev, next, saved);
       }
       next.h.store(out + at + w, n);
       if constexpr (Cell::kHasCell) next.c.store(c_next + at + w, n);
