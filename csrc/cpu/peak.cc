@@ -5,10 +5,7 @@
 #include <memory>
 #include <new>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
+#include "cpu/driver.h"  // thread_id, team_size, barrier
 #include "cpu/simd.h"
 
 namespace fusedrnn::cpu {
@@ -68,26 +65,18 @@ double read_bandwidth_gbs(int threads, int64_t bytes, int passes) {
 #pragma omp parallel num_threads(threads)
 #endif
   {
-#ifdef _OPENMP
-    const int64_t tid = omp_get_thread_num(), team = omp_get_num_threads();
-#else
-    const int64_t tid = 0, team = 1;
-#endif
+    const int64_t tid = thread_id(), team = team_size();
     const int64_t first = blocks * tid / team, last = blocks * (tid + 1) / team;
     float* share = buffer.get() + first * kBlockFloats;
     std::fill(share, share + (last - first) * kBlockFloats, 1e-3f);
     float result = 0.0f;
     for (int pass = 0; pass <= passes; ++pass) {  // pass 0 brings the data in, untimed
-#ifdef _OPENMP
-#pragma omp barrier
-#endif
+      barrier();
       if (tid == 0) start = std::chrono::steady_clock::now();
       run_for_isa(isa, [&](auto width) FUSEDRNN_INLINE_LAMBDA {
         for (int64_t r = 0; r < reads; ++r) result += sum_blocks<Vec<float, decltype(width)::value>>(share, last - first);
       });
-#ifdef _OPENMP
-#pragma omp barrier
-#endif
+      barrier();
       if (tid == 0 && pass > 0) {
         const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
         best = std::max(best, static_cast<double>(reads * buffer_bytes) / seconds / 1e9);
