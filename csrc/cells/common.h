@@ -16,7 +16,7 @@
 //   forward(xg[G], hg[G], prev, next&, saved[kSaved])
 //       xg: W_ih x + b_ih of this unit, one value per gate; hg: W_hh h + b_hh, likewise.
 //       A one-phase cell writes it as two stages, and forward_in_two_stages (below) joins them:
-//   kActivated      values the first stage gives the second
+//   kActivated      values the first stage gives the second (0 in a two-phase cell)
 //   activate(xg[G], hg[G], act&[kActivated])
 //       the gates' activations that need nothing but this step's xg and hg;
 //   update(xg[G], hg[G], act[kActivated], prev, next&, saved[kSaved])

@@ -99,6 +99,7 @@ struct GruResetBeforeCell {
   static constexpr bool kHasCell = false;
   static constexpr bool kSplitGradient = false;
   static constexpr bool kTwoPhase = true;
+  static constexpr int kActivated = 0;  // (no activate(): its stages are reset() and output())
 
   template <class T>
   FUSEDRNN_HD static void reset(const T* xg, const T* hg, const State<T>& prev, T* rz, T& rh) {

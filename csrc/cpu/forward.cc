@@ -114,16 +114,6 @@ struct PackedMatrix {
   }
 };
 
-// Values a one-phase cell's first stage gives its second (cells/common.h); a two-phase cell has none.
-template <class Cell>
-constexpr int activated_values() {
-  if constexpr (Cell::kTwoPhase) {
-    return 0;
-  } else {
-    return Cell::kActivated;
-  }
-}
-
 // The pointwise half of a forward step for one sequence and one chunk of hidden units.
 template <class Cell, class T>
 struct ForwardStep {
@@ -193,7 +183,7 @@ struct ForwardStep {
       }
     };
     // A one-phase cell's first stage on the whole chunk, then its second (cells/common.h says why).
-    constexpr int kActivated = activated_values<Cell>();
+    constexpr int kActivated = Cell::kActivated;
     T act[kActivated > 0 ? kActivated * NR : 1];
     if constexpr (kActivated > 0) {
       for_each_vector<V, T>(width, [&](int64_t w, int64_t n) FUSEDRNN_INLINE_LAMBDA {
