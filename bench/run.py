@@ -202,18 +202,37 @@ def wait_quiet(max_seconds):
     return False
 
 
-def measure(fns, timing, attempts=3):
+# The speed probe timed among the contenders (see measure): 2e6 iterations of the FMA loop, about
+# 4 ms with 2 threads at 200 GFLOP/s.
+PROBE_ITERATIONS = 2_000_000
+
+
+def measure(fns, timing, attempts=3, probe_threads=None):
     """time_interleaved, retried (after the machine quietens) while other processes disturb it.
-    Returns ({name: [ms, ...]}, {name: page faults per call}, the others' CPU share meanwhile)."""
+    Returns ({name: [ms, ...]}, {name: page faults per call}, the others' CPU share meanwhile).
+
+    With probe_threads, an FMA loop on that many threads is timed as one more contender, call by
+    call among the others, and its median rate in GFLOP/s comes back as a fourth result: the
+    machine's peak at the moments the contenders ran. (Its speed swings by up to 2x within
+    minutes here; a peak measured once at the start would make a slow moment's times look far
+    from it, and a fast moment's look closer than they are.)"""
     for attempt in range(attempts):
         a = cpu_snapshot()
-        times, faults = time_interleaved(fns, *timing)
+        rates = []
+        run = dict(fns)
+        if probe_threads:
+            run["speed probe"] = lambda: rates.append(_core.fma_peak_gflops(probe_threads, PROBE_ITERATIONS))
+        times, faults = time_interleaved(run, *timing)
+        times.pop("speed probe", None)
+        faults.pop("speed probe", None)
         share = others_share(a, cpu_snapshot())
         if share < BUSY:
             break
         print(f"  (other processes used {100 * share:.0f}% of the CPUs: ", end="")
         print("retrying)" if attempt + 1 < attempts else "keeping it, marked busy)", flush=True)
         wait_quiet(20)
+    if probe_threads:
+        return times, faults, share, statistics.median(rates)
     return times, faults, share
 
 
@@ -250,7 +269,7 @@ def set_threads(n):
 # ---------------------------------------------------------------------------------------------
 # Parts of the suite
 
-def bench_table(cells, batches, hiddens, modes, timing, reference, fma_peak):
+def bench_table(cells, batches, hiddens, modes, timing, reference, threads):
     rows = []
     print(f"\n{'cell':4} {'B':>3} {'H':>5} {'mode':9} | {'ours ms':>9} {'min':>9} {'GFLOP/s':>7} "
           f"{'%peak':>5} | {'torch ms':>9} {'min':>9} {'GFLOP/s':>7} | {'x torch':>7} | {'ref ms':>8} "
@@ -271,14 +290,15 @@ def bench_table(cells, batches, hiddens, modes, timing, reference, fma_peak):
                 for mode in modes:
                     work = forward_flops(cell, T, B, I, H) * (3 if mode == "training" else 1)
                     fns = {name: c[0 if mode == "inference" else 1] for name, c in contenders.items()}
-                    times, faults, share = measure(fns, timing)
+                    times, faults, share, peak = measure(fns, timing, probe_threads=threads)
                     med = {name: statistics.median(t) for name, t in times.items()}
                     new = []
                     for name, t in times.items():
                         new.append(dict(
                             cell=cell, T=T, B=B, I=I, H=H, mode=mode, contender=name,
                             median_ms=med[name], min_ms=min(t), calls=len(t), faults_per_call=faults[name],
-                            gflops=work / med[name] / 1e6, peak_fraction=work / med[name] / 1e6 / fma_peak,
+                            gflops=work / med[name] / 1e6, peak_fraction=work / med[name] / 1e6 / peak,
+                            fma_gflops=peak,
                             # torch's median / this one's: above 1, this contender is faster.
                             ratio_to_torch=med["torch"] / med[name] if "torch" in med else None,
                             others_cpu=share))
@@ -535,10 +555,10 @@ def main(argv=None):
         print(f"warning: the FMA peak scales only {fma_n / fma_1:.2f}x from 1 to {threads} threads: "
               "cores are busy")
 
-    rows = bench_table(cells, batches, hiddens, modes, timing, not args.no_reference, fma[0])
+    rows = bench_table(cells, batches, hiddens, modes, timing, not args.no_reference, threads)
     print("'x torch' = torch's median / ours (above 1: fusedrnn is faster); 'x ref' likewise for the "
-          "NumPy reference (1 BLAS thread); %peak = ours / the FMA peak above; kflt = thousands of page "
-          "faults per call.")
+          "NumPy reference (1 BLAS thread); %peak = ours / the FMA peak timed among the contenders, call by "
+          "call; kflt = thousands of page faults per call.")
 
     gemm, memory, scaling, bf16 = None, [], [], []
     # The float32 W_hh of every layer in the table: the bytes a step reads at a small batch.
@@ -570,9 +590,6 @@ def main(argv=None):
             bf16 = bench_bf16(cells, hiddens, timing)
     wait_quiet(60)
     fma.append(fma_peaks(threads, tries=1)[0])
-    # %peak is against the best FMA rate seen in the run (the console table used the first).
-    for row in rows:
-        row["peak_fraction"] = row["gflops"] / max(fma)
     load_after = load_average()
     print(f"\nFMA peak at the end: {fma[1]:.1f} GFLOP/s (start {fma[0]:.1f}); load average {load_after:.2f}")
     if os.path.getmtime(_core.__file__) != built:
