@@ -32,13 +32,26 @@ FUSEDRNN_INLINE float multiply_add_chains(int64_t iterations) {
 constexpr int kSums = 8;
 // The unit a share is cut in: 64 floats, four 64-byte cache lines.
 constexpr int64_t kBlockFloats = 64;
+// A thread's share is read as this many streams at once, each a contiguous part of it, a block
+// from each in turn, as a step's product reads several panels. One sequential stream per core
+// keeps too few misses in flight: on a Zen 3 it read L3-sized shares at 26-35 GB/s a core, less
+// than the recurrent steps themselves reach, so the roofline built on it was no bound. Four
+// streams read them at 65-75 GB/s a core; eight were no faster.
+constexpr int kStreams = 4;
 
 template <class V>
 FUSEDRNN_INLINE float sum_blocks(const float* p, int64_t blocks) {
   constexpr int64_t kVectors = kBlockFloats / V::kLanes;
   V sums[kSums];
-  for (int64_t b = 0; b < blocks; ++b, p += kBlockFloats) {
-    for (int64_t j = 0; j < kVectors; ++j) sums[j % kSums] += V::load(p + j * V::kLanes);
+  const int64_t per_stream = blocks / kStreams;
+  for (int64_t b = 0; b < per_stream; ++b) {
+    for (int s = 0; s < kStreams; ++s) {
+      const float* block = p + (s * per_stream + b) * kBlockFloats;
+      for (int64_t j = 0; j < kVectors; ++j) sums[(s * kVectors + j) % kSums] += V::load(block + j * V::kLanes);
+    }
+  }
+  for (int64_t b = kStreams * per_stream; b < blocks; ++b) {  // the few blocks left over
+    for (int64_t j = 0; j < kVectors; ++j) sums[j % kSums] += V::load(p + b * kBlockFloats + j * V::kLanes);
   }
   float total = 0.0f;
   for (int j = 0; j < kSums; ++j) total += sums[j].v[0];
@@ -54,10 +67,11 @@ double read_bandwidth_gbs(int threads, int64_t bytes, int passes) {
   std::unique_ptr<float[]> buffer(new (std::nothrow) float[blocks * kBlockFloats]);
   if (!buffer) throw std::bad_alloc();
   const Isa isa = current_isa();
-  // A pass reads the buffer `reads` times, at least 4 MiB in all, so that a small buffer's pass is
-  // not timed as mostly the barriers around it.
+  // A pass reads the buffer `reads` times, at least 32 MiB in all, so that a small buffer's pass is
+  // not timed as mostly the barriers around it (4 MiB, a 3 MiB buffer's pass took 30 us, and the
+  // best of several passes still varied 2x).
   const int64_t buffer_bytes = blocks * kBlockFloats * static_cast<int64_t>(sizeof(float));
-  const int64_t reads = std::max<int64_t>(1, (int64_t(4) << 20) / std::max<int64_t>(1, buffer_bytes));
+  const int64_t reads = std::max<int64_t>(1, (int64_t(32) << 20) / std::max<int64_t>(1, buffer_bytes));
   volatile float sink = 0.0f;
   double best = 0.0;
   std::chrono::steady_clock::time_point start;
