@@ -109,6 +109,8 @@ def roofline_ms(row, fma_gflops, bandwidth):
     bandwidth at that size was not measured."""
     G, T, B, I, H = GATES[row["cell"]], row["T"], row["B"], row["I"], row["H"]
     weight_bytes = w_hh_bytes(row["cell"], H)
+    # The bandwidth timed among this row's contenders where run.py took it (see its measure()).
+    bandwidth = {weight_bytes: row["read_gbs"]} if "read_gbs" in row else bandwidth
     if weight_bytes not in bandwidth:
         return None
     training = row["mode"] == "training"
@@ -210,7 +212,8 @@ def run_section(doc):
     m, peaks, n = doc["machine"], doc["peaks"], doc["threads"]
     fma = peaks["fma_gflops"]
     busy = doc["timing"]["busy_threshold"]
-    probed = all("fma_gflops" in r for r in doc["rows"])  # older runs took the peak at the start and end only
+    # Older runs took the peak at the start and end and the bandwidth once, not among each row's calls.
+    probed = all("fma_gflops" in r and "read_gbs" in r for r in doc["rows"])
     out = [
         f"Measured {doc['date']} with `{doc['command']}`. Load average before / after: "
         f"{num(doc['load_average'][0])} / {num(doc['load_average'][1])}.", "",
@@ -228,9 +231,10 @@ def run_section(doc):
         "### Peaks (measured in the same run)", "",
         f"- float32 FMA loop (`fusedrnn._core.fma_peak_gflops`): {num(fma[0], 1)} GFLOP/s with {n} threads "
         f"at the start, {num(fma[1], 1)} at the end; {num(peaks['fma_gflops_1_thread'], 1)} with 1 thread. "
-        + ("The same loop (4 ms a call) was also timed among the contenders of every row, call by call: "
-           "%peak and the roofline of a row use its median there (the 'FMA GFLOP/s then' column), the "
-           "machine's speed at the moments that row was measured." if probed else
+        + ("The same loop (4 ms a call) was also timed among the contenders of every row, call by call, "
+           "and so was the read bandwidth at the row's W_hh size: %peak and the roofline of a row use "
+           "their medians there (the 'FMA GFLOP/s then' and 'read GB/s then' columns), the machine's "
+           "speed at the moments that row was measured." if probed else
            "%peak below is against the higher of the two."),
     ]
     gemm = peaks["gemm"]
@@ -273,9 +277,10 @@ def run_section(doc):
                 + ", ".join(f"{b['bytes'] / 2**20:.2f} MiB {b['gbs']:.0f} GB/s" for b in doc["peaks"]["read_bandwidth"])]
     out += ["", "### Issue #17 targets", "",
             "Needed = PyTorch's median / the threshold. Roofline: a lower bound on our time, the layer's merged "
-            "GEMMs at the FMA peak (" + ("timed among that row's contenders" if probed else "the run's higher one")
-            + ") and each step's recurrent product at the peak or at the read bandwidth "
-            "measured at W_hh's size, whichever is slower (the pointwise math and the barriers left out). A miss "
+            "GEMMs at the FMA peak and each step's recurrent product at the peak or at the read bandwidth "
+            "measured at W_hh's size, whichever is slower ("
+            + ("both timed among that row's contenders" if probed else "the run's higher peak, the bandwidth below")
+            + "; the pointwise math and the barriers left out). A miss "
             "that needs more than 100% of the roofline's speed (a time below it) is out of any kernel's reach on "
             "this machine; one that needs 80-100% is out of reach in practice, the pointwise math being left out.",
             ""]
@@ -298,10 +303,12 @@ def run_section(doc):
                       ms(ref["median_ms"]) if ref else "",
                       num(ref["median_ms"] / o["median_ms"], 1) if ref else "",
                       num(o["faults_per_call"] / 1e3, 1), num(t.get("faults_per_call", 0) / 1e3, 1)]
-                     + ([num(o["fma_gflops"], 1)] if probed else []) + [note(o, c.values(), busy)])
+                     + ([num(o["fma_gflops"], 1), num(o["read_gbs"], 0)] if probed else [])
+                     + [note(o, c.values(), busy)])
     out += table(["cell", "B", "H", "mode", "ours median ms", "ours min ms", "ours GFLOP/s", "%peak",
                   "PyTorch median ms", "PyTorch min ms", "PyTorch GFLOP/s", "x PyTorch", "ref ms", "x ref",
-                  "ours kfaults", "PyTorch kfaults"] + (["FMA GFLOP/s then"] if probed else []) + ["note"],
+                  "ours kfaults", "PyTorch kfaults"] + (["FMA GFLOP/s then", "read GB/s then"] if probed else [])
+                  + ["note"],
                   lines)
 
     if doc["memory"]:

@@ -202,37 +202,44 @@ def wait_quiet(max_seconds):
     return False
 
 
-# The speed probe timed among the contenders (see measure): 2e6 iterations of the FMA loop, about
-# 4 ms with 2 threads at 200 GFLOP/s.
+# The probes timed among the contenders (see measure): 2e6 iterations of the FMA loop, about 4 ms
+# with 2 threads at 200 GFLOP/s; the read-bandwidth probe reads at least 32 MiB, a fraction of a ms.
 PROBE_ITERATIONS = 2_000_000
 
 
-def measure(fns, timing, attempts=3, probe_threads=None):
+def measure(fns, timing, attempts=3, probe_threads=None, probe_bytes=None):
     """time_interleaved, retried (after the machine quietens) while other processes disturb it.
     Returns ({name: [ms, ...]}, {name: page faults per call}, the others' CPU share meanwhile).
 
     With probe_threads, an FMA loop on that many threads is timed as one more contender, call by
-    call among the others, and its median rate in GFLOP/s comes back as a fourth result: the
-    machine's peak at the moments the contenders ran. (Its speed swings by up to 2x within
-    minutes here; a peak measured once at the start would make a slow moment's times look far
-    from it, and a fast moment's look closer than they are.)"""
+    call among the others, and so is, with probe_bytes, the read bandwidth at that size; a fourth
+    result gives their medians, {"fma_gflops": ..., "read_gbs": ...}: the machine's peaks at the
+    moments the contenders ran. (Its speed swings by up to 2x within minutes here; peaks measured
+    once would make a slow moment's times look far from them, and a fast moment's look closer
+    than they are, or a roofline built on them no bound at all.)"""
+    probes = {}
+    if probe_threads:
+        probes["fma_gflops"] = lambda: _core.fma_peak_gflops(probe_threads, PROBE_ITERATIONS)
+        if probe_bytes:
+            probes["read_gbs"] = lambda: _core.read_bandwidth_gbs(probe_bytes, probe_threads, passes=1)
     for attempt in range(attempts):
         a = cpu_snapshot()
-        rates = []
+        rates = {name: [] for name in probes}
         run = dict(fns)
-        if probe_threads:
-            run["speed probe"] = lambda: rates.append(_core.fma_peak_gflops(probe_threads, PROBE_ITERATIONS))
+        for name, probe in probes.items():
+            run[name] = lambda name=name, probe=probe: rates[name].append(probe())
         times, faults = time_interleaved(run, *timing)
-        times.pop("speed probe", None)
-        faults.pop("speed probe", None)
+        for name in probes:
+            times.pop(name)
+            faults.pop(name)
         share = others_share(a, cpu_snapshot())
         if share < BUSY:
             break
         print(f"  (other processes used {100 * share:.0f}% of the CPUs: ", end="")
         print("retrying)" if attempt + 1 < attempts else "keeping it, marked busy)", flush=True)
         wait_quiet(20)
-    if probe_threads:
-        return times, faults, share, statistics.median(rates)
+    if probes:
+        return times, faults, share, {name: statistics.median(r) for name, r in rates.items()}
     return times, faults, share
 
 
@@ -290,15 +297,16 @@ def bench_table(cells, batches, hiddens, modes, timing, reference, threads):
                 for mode in modes:
                     work = forward_flops(cell, T, B, I, H) * (3 if mode == "training" else 1)
                     fns = {name: c[0 if mode == "inference" else 1] for name, c in contenders.items()}
-                    times, faults, share, peak = measure(fns, timing, probe_threads=threads)
+                    times, faults, share, peaks = measure(fns, timing, probe_threads=threads,
+                                                          probe_bytes=GATES[cell] * H * H * 4)
                     med = {name: statistics.median(t) for name, t in times.items()}
                     new = []
                     for name, t in times.items():
                         new.append(dict(
                             cell=cell, T=T, B=B, I=I, H=H, mode=mode, contender=name,
                             median_ms=med[name], min_ms=min(t), calls=len(t), faults_per_call=faults[name],
-                            gflops=work / med[name] / 1e6, peak_fraction=work / med[name] / 1e6 / peak,
-                            fma_gflops=peak,
+                            gflops=work / med[name] / 1e6,
+                            peak_fraction=work / med[name] / 1e6 / peaks["fma_gflops"], **peaks,
                             # torch's median / this one's: above 1, this contender is faster.
                             ratio_to_torch=med["torch"] / med[name] if "torch" in med else None,
                             others_cpu=share))
