@@ -333,11 +333,11 @@ def run_section(doc):
                 "largest difference between the two outputs (y) over the whole sequence.", ""]
         bounded = all("speedup_bound" in b for b in doc["bf16"])
         if bounded:
-            out[-1:-1] = ["Speed-up bound: bf16 weights change only the recurrent products, which read "
+            out[-1:-1] = ["", "Speed-up bound: bf16 weights change only the recurrent products, which read "
                           "bfloat16 (half the bytes) instead of float32, so the call is at most "
                           "float32 / (projections + (float32 - projections) / 2) times faster, where projections "
                           "= the input projections x W_ih^T timed alone (our GEMM, the least of the calls): "
-                          "the part bf16 leaves as it is.", ""]
+                          "the part bf16 leaves as it is."]
         out += table(["cell", "H", "float32 ms", "bf16 ms", "speed-up"]
                      + (["projections ms", "speed-up bound"] if bounded else []) + ["max abs diff", "note"],
                      [[b["cell"], b["H"], ms(b["float32_ms"]), ms(b["bf16_ms"]), num(b["speedup"])]
