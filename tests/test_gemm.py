@@ -145,6 +145,22 @@ def test_packing_weight_rows(isa, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_packing_row_major_panels(isa, dtype):
+    """B row-major (adjacent columns, rows k apart, as the backward packs W_hh): full panels are
+    copied a row of k at a time, a ragged last one element by element. The product must equal, bit
+    for bit, the one from the same values with their columns apart (packed element by element)."""
+    rng = np.random.default_rng(7)
+    for n in [7, 15, 16, 17, 32, 33, 40]:
+        for k in [1, 2, 17, 64]:
+            a, b = random(rng, (2, k), dtype), random(rng, (k, n), dtype)
+            spread = np.zeros((k, 2 * n), dtype)
+            spread[:, ::2] = b
+            from_rows = _core.gemm_packed(a, b)
+            assert_product(from_rows, a, b)
+            np.testing.assert_array_equal(from_rows, _core.gemm_packed(a, spread[:, ::2]))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_gemm_is_deterministic(isa, dtype):
     rng = np.random.default_rng(5)
     a, b = random(rng, (301, 517), dtype), random(rng, (517, 203), dtype)
