@@ -343,7 +343,7 @@ void pack_b(int64_t K, int64_t N, const T* src, const int64_t* col_offset, int64
         // A full panel of adjacent columns of a row-major matrix (the backward's W_hh, read as
         // its rows k): each panel row is one contiguous 64-byte copy. Gathered a column at a
         // time instead, k_stride apart, packing W_hh took a tenth of an LSTM's batch-1 training.
-        bool adjacent = k_done == 0 && k_stride > 1 && j0 + P <= N && col_offset[j0] >= 0;
+        bool adjacent = k_stride > 1 && j0 + P <= N && col_offset[j0] >= 0;
         for (int64_t r = 1; adjacent && r < P; ++r) adjacent = col_offset[j0 + r] == col_offset[j0] + r;
         if (adjacent) {
             const T* first = src + col_offset[j0];
