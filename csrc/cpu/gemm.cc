@@ -180,6 +180,14 @@ int64_t pack_full_panel(TransposeRows16Fn transpose, const T* const* cols, int64
     return 0;
 }
 
+// Packs a full panel of adjacent columns of a row-major B (row k at first + k * row_stride): each
+// panel row is one contiguous 64-byte copy.
+template <class T>
+void pack_row_major_panel(int64_t K, const T* first, int64_t row_stride, T* dst) {
+    constexpr int64_t P = kPanel<T>;
+    for (int64_t k = 0; k < K; ++k) std::memcpy(dst + k * P, first + k * row_stride, sizeof(T) * P);
+}
+
 // Packs B(k0 .. k0+kc, j0 .. j0+nc) of a strided B into panels of kc rows.
 template <class T>
 void pack_b_strided(int64_t kc, int64_t nc, const T* B, int64_t b_rs, int64_t b_cs, T* dst) {
@@ -189,8 +197,7 @@ void pack_b_strided(int64_t kc, int64_t nc, const T* B, int64_t b_rs, int64_t b_
         const int64_t cols = min64(P, nc - j0);
         const T* src = B + j0 * b_cs;
         if (b_cs == 1 && cols == P) {
-            // Row-major B: each panel row is one contiguous 64-byte copy.
-            for (int64_t k = 0; k < kc; ++k) std::memcpy(dst + k * P, src + k * b_rs, sizeof(T) * P);
+            pack_row_major_panel(kc, src, b_rs, dst);
             continue;
         }
         int64_t k_done = 0;
@@ -341,13 +348,12 @@ void pack_b(int64_t K, int64_t N, const T* src, const int64_t* col_offset, int64
         }
         if (full) k_done = pack_full_panel(transpose, columns, K, dst);
         // A full panel of adjacent columns of a row-major matrix (the backward's W_hh, read as
-        // its rows k): each panel row is one contiguous 64-byte copy. Gathered a column at a
-        // time instead, k_stride apart, packing W_hh took a tenth of an LSTM's batch-1 training.
+        // its rows k). Gathered a column at a time instead, k_stride apart, packing W_hh took a
+        // tenth of an LSTM's batch-1 training.
         bool adjacent = k_stride > 1 && j0 + P <= N && col_offset[j0] >= 0;
         for (int64_t r = 1; adjacent && r < P; ++r) adjacent = col_offset[j0 + r] == col_offset[j0] + r;
         if (adjacent) {
-            const T* first = src + col_offset[j0];
-            for (int64_t k = 0; k < K; ++k) std::memcpy(dst + k * P, first + k * k_stride, sizeof(T) * P);
+            pack_row_major_panel(K, src + col_offset[j0], k_stride, dst);
             continue;
         }
         for (int64_t r = 0; r < P; ++r) {
