@@ -109,7 +109,8 @@ def roofline_ms(row, fma_gflops, bandwidth):
     bandwidth at that size was not measured."""
     G, T, B, I, H = GATES[row["cell"]], row["T"], row["B"], row["I"], row["H"]
     weight_bytes = w_hh_bytes(row["cell"], H)
-    # The bandwidth timed among this row's contenders where run.py took it (see its measure()).
+    # The peaks timed among this row's contenders where run.py took them (see its measure()).
+    fma_gflops = row.get("fma_gflops", fma_gflops)
     bandwidth = {weight_bytes: row["read_gbs"]} if "read_gbs" in row else bandwidth
     if weight_bytes not in bandwidth:
         return None
@@ -132,9 +133,7 @@ def cpu_targets(doc):
         ours, theirs = c["fusedrnn"], c.get("torch")
         if theirs is None or ours.get("others_cpu", 0) >= busy:
             continue
-        # The peak timed among this row's contenders where run.py took one (see its measure()).
-        rows.append(dict(ours, torch_ms=theirs["median_ms"],
-                         roofline_ms=roofline_ms(ours, ours.get("fma_gflops") or fma, bandwidth)))
+        rows.append(dict(ours, torch_ms=theirs["median_ms"], roofline_ms=roofline_ms(ours, fma, bandwidth)))
 
     def ratios(pred):
         return [(r["ratio_to_torch"], f"{r['cell']} B={r['B']} H={r['H']} {r['mode']}", r) for r in rows if pred(r)]

@@ -60,6 +60,11 @@ T_STEPS = 100
 REFERENCE_MAX_WORK = 100 * 8 * 4 * 128 * 128
 
 
+def w_hh_bytes(cell, H):
+    """The bytes of a float32 W_hh of this suite's layers (I = H, no projection)."""
+    return GATES[cell] * H * H * 4
+
+
 def forward_flops(cell, T, B, I, H):
     return 2.0 * T * B * (I + H) * GATES[cell] * H
 
@@ -209,12 +214,13 @@ PROBE_ITERATIONS = 2_000_000
 
 def measure(fns, timing, attempts=3, probe_threads=None, probe_bytes=None):
     """time_interleaved, retried (after the machine quietens) while other processes disturb it.
-    Returns ({name: [ms, ...]}, {name: page faults per call}, the others' CPU share meanwhile).
+    Returns ({name: [ms, ...]}, {name: page faults per call}, the others' CPU share meanwhile,
+    {probe: median rate}).
 
     With probe_threads, an FMA loop on that many threads is timed as one more contender, call by
-    call among the others, and so is, with probe_bytes, the read bandwidth at that size; a fourth
-    result gives their medians, {"fma_gflops": ..., "read_gbs": ...}: the machine's peaks at the
-    moments the contenders ran. (Its speed swings by up to 2x within minutes here; peaks measured
+    call among the others, and so is, with probe_bytes, the read bandwidth at that size; the fourth
+    result gives their medians, {"fma_gflops": ..., "read_gbs": ...} (empty without probes): the
+    machine's peaks at the moments the contenders ran. (Its speed swings by up to 2x within minutes here; peaks measured
     once would make a slow moment's times look far from them, and a fast moment's look closer
     than they are, or a roofline built on them no bound at all.)"""
     probes = {}
@@ -238,9 +244,7 @@ def measure(fns, timing, attempts=3, probe_threads=None, probe_bytes=None):
         print(f"  (other processes used {100 * share:.0f}% of the CPUs: ", end="")
         print("retrying)" if attempt + 1 < attempts else "keeping it, marked busy)", flush=True)
         wait_quiet(20)
-    if probes:
-        return times, faults, share, {name: statistics.median(r) for name, r in rates.items()}
-    return times, faults, share
+    return times, faults, share, {name: statistics.median(r) for name, r in rates.items()}
 
 
 def fma_peaks(threads, tries=5):
@@ -298,7 +302,7 @@ def bench_table(cells, batches, hiddens, modes, timing, reference, threads):
                     work = forward_flops(cell, T, B, I, H) * (3 if mode == "training" else 1)
                     fns = {name: c[0 if mode == "inference" else 1] for name, c in contenders.items()}
                     times, faults, share, peaks = measure(fns, timing, probe_threads=threads,
-                                                          probe_bytes=GATES[cell] * H * H * 4)
+                                                          probe_bytes=w_hh_bytes(cell, H))
                     med = {name: statistics.median(t) for name, t in times.items()}
                     new = []
                     for name, t in times.items():
@@ -419,7 +423,7 @@ def bench_scaling(configs, modes, threads, timing):
                 for n in (1, threads):
                     # Setting the count is part of the call: microseconds against 10s of ms.
                     fns[(name, n)] = (lambda fn=fn, n=n: (set_threads(n), fn()))
-            times, faults, share = measure(fns, timing)
+            times, faults, share, _ = measure(fns, timing)
             set_threads(threads)
             med = {key: statistics.median(t) for key, t in times.items()}
             row = dict(cell=cell, T=T_STEPS, B=B, I=H, H=H, mode=mode, threads=threads, others_cpu=share)
@@ -455,7 +459,7 @@ def bench_bf16(cells, hiddens, timing):
             x, w_ih_t = p["x"].reshape(T_STEPS, H), p["w_ih"].T
 
             error = float(np.abs(forward(True) - forward(False)).max())
-            times, _, share = measure({"float32": lambda: forward(False), "bf16": lambda: forward(True),
+            times, _, share, _ = measure({"float32": lambda: forward(False), "bf16": lambda: forward(True),
                                        "projections": lambda: _core.gemm(x, w_ih_t)}, timing)
             f32, b16 = statistics.median(times["float32"]), statistics.median(times["bf16"])
             projections = min(min(times["projections"]), f32)
@@ -580,7 +584,7 @@ def main(argv=None):
     gemm, memory, scaling, bf16 = None, [], [], []
     # The float32 W_hh of every layer in the table: the bytes a step reads at a small batch.
     print(f"\nRead bandwidth with {threads} threads at each layer's W_hh size:")
-    bandwidth = bench_bandwidth([GATES[cell] * H * H * 4 for cell in cells for H in hiddens], threads)
+    bandwidth = bench_bandwidth([w_hh_bytes(cell, H) for cell in cells for H in hiddens], threads)
     if not args.no_extras:
         print(f"\nThe GEMM shapes of an LSTM layer, float32, {threads} threads (NumPy and torch in a subprocess):")
         wait_quiet(60)
