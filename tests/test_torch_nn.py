@@ -231,7 +231,16 @@ def test_other_devices_and_mixed_dtypes_take_torchs_own_path(monkeypatch):
         fnn.GRU(I, H)(torch.zeros(T, B, I, dtype=torch.float64))
 
 
-def test_wrong_sizes_raise_torchs_errors(rng):
+@pytest.mark.parametrize("grad", [True, False])
+def test_wrong_sizes_raise_torchs_errors(rng, grad):
+    torch.set_grad_enabled(grad)  # (without grad the call goes to the uniform op first: calls_without_a_graph)
+    request = contextlib.ExitStack()
+    request.callback(torch.set_grad_enabled, True)
+    with request:
+        _wrong_sizes_raise_torchs_errors()
+
+
+def _wrong_sizes_raise_torchs_errors():
     fused = fnn.LSTM(I, H, num_layers=2)
     with pytest.raises(RuntimeError, match="input.size"):
         fused(torch.randn(T, B, I + 1))
@@ -316,6 +325,134 @@ def test_compiled_with_fullgraph_equals_eager(rng, monkeypatch):
         results.append([y, h_n, *torch.autograd.grad(loss, [x, *fused.parameters()])])
     for eager, traced in zip(*results):
         assert_close(traced.detach().numpy(), eager.detach().numpy(), np.float32, OUTPUT)
+
+
+# -- calls that record no graph: the uniform op on NumPy views, without the operators --------------
+
+def no_graph_matrix():
+    """Every mode x num_layers x bidirectional x dtype x way of needing no graph; batch_first, hx
+    and unbatched input cycle through their values over a seeded shuffle."""
+    cases = list(itertools.product(MODES, (1, 2), (False, True), DTYPES, ("no_grad", "inference_mode", "frozen")))
+    flags = list(itertools.product((False, True), repeat=3))  # batch_first, hx, unbatched
+    order = np.random.default_rng(1).permutation(len(cases))
+    for index, case in zip(order, cases):
+        yield (*case, *flags[index % len(flags)])
+
+
+def no_graph(context, module):
+    """The context of a call that needs no graph: grad disabled, inference mode, or grad enabled
+    with nothing that requires it ("frozen": the module's parameters frozen)."""
+    if context == "frozen":
+        module.requires_grad_(False)
+        return contextlib.nullcontext()
+    return torch.no_grad() if context == "no_grad" else torch.inference_mode()
+
+
+@pytest.mark.parametrize("mode, num_layers, bidirectional, dtype, context, batch_first, with_hx, unbatched",
+                         list(no_graph_matrix()))
+def test_calls_without_a_graph_run_the_uniform_op_directly(rng, monkeypatch, mode, num_layers, bidirectional, dtype,
+                                                           context, batch_first, with_hx, unbatched):
+    """They skip the operators (and the autograd machinery) and give bitwise the results of a call
+    through them, and torch.nn's within the tolerances."""
+    seed = int(rng.integers(2**31))
+    oracle, fused = modules(mode, DTYPES[dtype], seed, num_layers=num_layers, bidirectional=bidirectional,
+                            batch_first=batch_first)
+    batch = 1 if unbatched else B
+    x = rng.standard_normal((batch, T, I) if batch_first else (T, batch, I))
+    hx = states_of(oracle, rng, batch=batch) if with_hx else None
+    if unbatched:
+        x = x[0] if batch_first else x[:, 0]
+        hx = None if hx is None else tuple(s[:, 0] for s in hx)
+
+    def call(module, dtype, requires_grad):
+        xt = torch.tensor(x, dtype=dtype, requires_grad=requires_grad)
+        states = None if hx is None else [torch.tensor(s, dtype=dtype, requires_grad=requires_grad) for s in hx]
+        output, hidden = module(xt, None if states is None else tuple(states) if module.mode == "LSTM" else states[0])
+        return [output] + (list(hidden) if module.mode == "LSTM" else [hidden])
+
+    through_operators = [t.detach() for t in call(fused, DTYPES[dtype], True)]
+    with one_torch_thread():
+        expected = [t.detach() for t in call(oracle, torch.float64, True)]
+    direct, uniform_op = [], fnn.F.recurrent_forward
+    monkeypatch.setattr(fnn, "recurrent", lambda *args, **kwargs: pytest.fail("the operators ran"))
+    monkeypatch.setattr(fnn.F, "recurrent_forward", lambda *args, **kwargs: direct.append(1) or
+                        uniform_op(*args, **kwargs))
+    with no_graph(context, fused):
+        actual = call(fused, DTYPES[dtype], False)
+    assert len(direct) == num_layers * (2 if bidirectional else 1)
+    for name, a, o, e in zip(("output", "h_n", "c_n"), actual, through_operators, expected):
+        assert not a.requires_grad and a.dtype == DTYPES[dtype] and a.shape == e.shape, name
+        torch.testing.assert_close(a, o, rtol=0, atol=0)
+        assert_close(a.numpy(), e.numpy(), np.float32 if dtype == "float32" else np.float64, OUTPUT, name)
+
+
+@pytest.mark.parametrize("change", ["in_place", "replace_parameter", "assign_data", "assign_transposed",
+                                    "freeze", "double"])
+def test_the_weight_views_follow_every_change_of_the_parameters(rng, change):
+    """Calls without a graph keep NumPy views of the parameters from call to call; whatever
+    happens to a parameter, the next call computes with what the parameter holds then."""
+    torch.manual_seed(5)
+    module = fnn.RNN(H, H, num_layers=2)  # (square weights: a transposed one keeps shape and address)
+    x = torch.tensor(rng.standard_normal((T, B, H)), dtype=torch.float32)
+    with torch.no_grad():
+        first = module(x)[0]
+        assert torch.equal(module(x)[0], first)
+    weight = module.weight_hh_l1
+    if change == "in_place":
+        with torch.no_grad():
+            weight.mul_(0.5)
+    elif change == "replace_parameter":
+        module.weight_hh_l1 = torch.nn.Parameter(weight.detach() * 0.5)
+    elif change == "assign_data":
+        weight.data = weight.detach() * 0.5
+    elif change == "assign_transposed":
+        weight.data = weight.data.t()
+    elif change == "freeze":  # the same values, now reached with grad enabled too
+        module.requires_grad_(False)
+    else:
+        module.double()
+        x = x.double()
+    views = module.__dict__.get("_fused_weight_views")
+    assert change != "double" or views is None  # (casting drops the views of the old parameters)
+    context = contextlib.nullcontext() if change == "freeze" else torch.no_grad()
+    with context:
+        after = module(x)[0]
+    with torch.no_grad():
+        expected = torch.nn.RNN.forward(module, x)[0]
+    assert_close(after.numpy(), expected.numpy(), np.float64 if change == "double" else np.float32, OUTPUT)
+    assert torch.equal(after, first) == (change == "freeze")
+
+
+def test_weight_views_start_empty_in_copies():
+    import copy
+    import pickle
+
+    module = fnn.GRU(I, H)
+    x = torch.randn(T, B, I)
+    with torch.no_grad():
+        expected = module(x)[0]
+    assert module.__dict__["_fused_weight_views"].arrays is not None
+    for clone in (copy.deepcopy(module), pickle.loads(pickle.dumps(module))):
+        assert clone.__dict__["_fused_weight_views"].arrays is None
+        with torch.no_grad():
+            torch.testing.assert_close(clone(x)[0], expected, rtol=0, atol=0)
+            clone.weight_ih_l0.mul_(0.5)  # its own parameters, not the original's
+            assert not torch.equal(clone(x)[0], expected)
+            torch.testing.assert_close(module(x)[0], expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_jit_trace_records_the_operators(rng, grad):
+    _, fused = modules("lstm", torch.float32, 17, num_layers=2)
+    x = torch.tensor(rng.standard_normal((T, B, I)), dtype=torch.float32)
+    with torch.set_grad_enabled(grad):
+        traced = torch.jit.trace(fused, x, check_trace=False)
+        other = torch.tensor(rng.standard_normal((T, B, I)), dtype=torch.float32, requires_grad=grad)
+        actual, expected = traced(other)[0], fused(other)[0]
+    torch.testing.assert_close(actual, expected, rtol=0, atol=0)  # (not the traced call's values)
+    if grad:
+        torch.testing.assert_close(torch.autograd.grad(actual.sum(), other)[0],
+                                   torch.autograd.grad(expected.sum(), other)[0], rtol=0, atol=0)
 
 
 # -- packed weights kept between calls that need no gradient --------------------------------------

@@ -65,8 +65,10 @@ def recurrent(cell, x, h0, c0, weights, *, lengths=None, mask=None, masked_outpu
     training = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     arguments = (cell, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, _as_tensor(lengths),
                  _as_tensor(mask), masked_output, bool(reverse), training, recurrent_scale)
-    if torch.compiler.is_compiling() or not (x.is_cpu or x.is_cuda):
-        # Traced through its fake kernel; another device gets the operator's NotImplementedError.
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or not (x.is_cpu or x.is_cuda):
+        # Traced through its fake kernel (torch.compile) or recorded as the operator it is
+        # (torch.jit.trace: the eager paths below go through NumPy, which a tracer cannot see);
+        # another device gets the operator's NotImplementedError.
         y, h_n, c_n, *_ = torch.ops.fusedrnn.recurrent_forward(*arguments)
     elif training:  # the same kernels without the dispatcher's cost (see EagerForward)
         y, h_n, c_n = _ops.EagerForward.apply(*arguments)
