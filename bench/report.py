@@ -366,7 +366,10 @@ def run_section(doc):
             "median and min reported. Outputs are checked to agree before timing.",
             "- Same process, same thread count for every contender; PyTorch inference under "
             "`torch.inference_mode()`, training = forward with `x.requires_grad` + `backward(dy)` after "
-            "`zero_grad(set_to_none=True)`; ours = `recurrent_forward(training=True)` + `recurrent_backward(dy, ...)`.",
+            "`zero_grad(set_to_none=True)`; ours = `recurrent_forward(training=True)` + `recurrent_backward(dy, ...)`"
+            + ("; ours in inference keeps the packed weights in a `PackedWeights` handle from call to call, as the "
+               "package's layers do (training packs at every call, as it must when the weights change between steps)."
+               if t.get("inference_keeps_packed") else "."),
             "- OPENBLAS_NUM_THREADS=1 in the timing process (only the NumPy reference uses BLAS there), "
             "so no OpenBLAS worker threads spin while the others run.",
             "- Each measurement records the CPU time other processes took meanwhile (/proc/stat minus "
