@@ -31,10 +31,11 @@ def num(v, digits=2):
 
 
 def note(row, rows, busy):
-    """'busy' where other processes took CPU during the measurement (after retries), 'noisy' where
-    a median is far above its min."""
+    """'busy' where other processes took CPU during the measurement, or the FMA probe timed with it
+    ran far below the run's peak (after retries); 'noisy' where a median is far above its min."""
     if row.get("others_cpu", 0) >= busy:
-        return f"busy: others took {100 * row['others_cpu']:.0f}% of the CPUs"
+        probe = f", FMA probe {row['fma_gflops']:.0f} GFLOP/s" if "fma_gflops" in row else ""
+        return f"busy: others took {100 * row['others_cpu']:.0f}% of the CPUs{probe}"
     return "noisy" if any(r["median_ms"] > 1.5 * r["min_ms"] for r in rows) else ""
 
 

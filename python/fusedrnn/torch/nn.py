@@ -184,10 +184,11 @@ class _Fused:
         if dtype not in _SERVED_DTYPES or not all(type(t) is torch.Tensor and t.is_cpu and t.dtype == dtype
                                                   for t in tensors):
             return None
-        weights = self._weight_arrays(dtype)
-        if weights is None:
+        arrays = self._weight_arrays(dtype)
+        if arrays is None:
             return None
-        if torch.is_grad_enabled() and (any(t.requires_grad for t in tensors) or weights[0]):
+        weights_need_grad, weights = arrays
+        if torch.is_grad_enabled() and (weights_need_grad or any(t.requires_grad for t in tensors)):
             return None
         if self.training and self.dropout > 0 and self.num_layers > 1:
             return None  # (dropout between layers: the general path draws it)
@@ -210,7 +211,7 @@ class _Fused:
                 for direction in range(D):
                     k = layer * D + direction
                     h0, c0 = (None if s is None else s[k] for s in (h0s, c0s))
-                    y, h, c, _ = F.recurrent_forward(self._cell(), x, h0, c0, weights[1][k], reverse=bool(direction),
+                    y, h, c, _ = F.recurrent_forward(self._cell(), x, h0, c0, weights[k], reverse=bool(direction),
                                                      training=False, packed=owned_packed_weights(self, k))
                     ys.append(y)
                     h_n.append(h)
