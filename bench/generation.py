@@ -69,7 +69,11 @@ PROBE_ITERATIONS = 2_000_000
 def per_step_us(runs, steps, rounds, threads, peak):
     """{name: (best, median) microseconds per step} of `runs`, timed round by round in turn, so
     that a slow stretch of the machine falls on every contender alike; a slowed round (see SLOWED)
-    is done again, at most `rounds` times in all. Also returns the count of rounds done again."""
+    is done again, at most `rounds` times in all. Also returns the count of rounds done again.
+
+    Each timed round follows an untimed quarter round of the same contender: right after the other
+    library's round, the first steps ran slower (PyTorch's and our OpenMP threads, two runtimes,
+    handing the two cores over), by up to 40% at H = 256 over a whole round."""
     for run in runs.values():
         run(2)  # warm up: first-call allocations, packing
     times = {name: [] for name in runs}
@@ -77,6 +81,7 @@ def per_step_us(runs, steps, rounds, threads, peak):
     while len(times[next(iter(runs))]) < rounds:
         this = {}
         for name, run in runs.items():
+            run(max(1, steps // 4))
             start = time.perf_counter()
             run(steps)
             this[name] = (time.perf_counter() - start) / steps * 1e6
