@@ -130,9 +130,10 @@ def _refuse_device_array(x, name):
 def as_float_array(x, dtype, name="input"):
     """`x` as an ndarray of `dtype`. Arrays of another dtype raise TypeError (PyTorch raises on a
     dtype mismatch); Python numbers and lists, which carry no dtype of their own, are converted."""
-    if isinstance(x, Parameter):
-        x = x.data
-    _refuse_device_array(x, name)
+    if type(x) is not np.ndarray:  # (a plain array, the common case, is never a device array)
+        if isinstance(x, Parameter):
+            x = x.data
+        _refuse_device_array(x, name)
     if isinstance(x, np.ndarray):
         if x.dtype != dtype:
             raise TypeError(f"{name} has dtype {x.dtype} but the module's parameters are {np.dtype(dtype).name}: "
