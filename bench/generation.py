@@ -72,7 +72,7 @@ def per_step_us(runs, steps, rounds, threads, peak):
     is done again, at most `rounds` times in all. Also returns the count of rounds done again.
 
     Each timed round follows an untimed quarter round of the same contender: right after the other
-    library's round, the first steps ran slower (PyTorch's and our OpenMP threads, two runtimes,
+    library's round, the first steps ran slower (most likely the two libraries' OpenMP runtimes
     handing the two cores over), by up to 40% at H = 256 over a whole round."""
     for run in runs.values():
         run(2)  # warm up: first-call allocations, packing

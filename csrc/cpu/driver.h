@@ -167,8 +167,8 @@ struct Bf16Product {
 // out = chunks c0 .. c0+count of `groups` gates x kPanel units (gate g of unit u at
 // out[(chunk - c0) * groups * kPanel + g * kPanel + u % kPanel]) of the product of the row a (K
 // values) with the rows of W (row of gate g, unit u at w + (g * n + u) * K); zero past unit n.
-// Eight rows at a time: each vector of a serves eight, and their eight sums hide the FMAs' latency
-// (four, before: each row's sums are the same either way; 0-13% slower on a Zen 3 at H = 256-512).
+// Eight rows at a time: each vector of a serves eight (four before: each row's sums are the same
+// either way, and four were 0-13% slower on a Zen 3 at H = 256-512).
 template <class T>
 void row_times_chunks(int64_t K, const T* a, const T* w, int64_t n, int groups, int64_t c0, int64_t count, T* out) {
   constexpr int64_t NR = kPanel<T>;
