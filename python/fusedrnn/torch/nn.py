@@ -85,6 +85,11 @@ def _permute(hx, permutation):
     return hx.index_select(1, permutation)
 
 
+def _stacked(states):
+    """The final states of every layer direction as one (L*D, B, P) tensor."""
+    return states[0].unsqueeze(0) if len(states) == 1 else torch.stack(states)
+
+
 class _WeightViews:
     """A module's parameters as NumPy views (_Fused._weight_arrays). The key holds no tensor, and a
     copy of the module (copy.deepcopy, pickle) starts without views: they are a cache, not state."""
@@ -219,15 +224,20 @@ class _Fused:
                 x = ys[0] if D == 1 else np.concatenate(ys, axis=2)
         except (ValueError, TypeError):
             return None  # (a state of the wrong batch or size: PyTorch's check says so, below)
-        output = torch.from_numpy(x)
-        stack = np.stack if len(h_n) > 1 else lambda states: states[0][None]
-        hidden = [torch.from_numpy(stack(h_n))] + ([torch.from_numpy(stack(c_n))] if is_lstm else [])
-        if self.batch_first:
-            output = output.transpose(0, 1)
+        h_n = [torch.from_numpy(h) for h in h_n]
+        c_n = [torch.from_numpy(c) for c in c_n] if is_lstm else None
+        return self._padded_result(torch.from_numpy(x), h_n, c_n, batched)
+
+    def _padded_result(self, x, h_n, c_n, batched):
+        """(output, h_n or (h_n, c_n)) as torch.nn returns them for a padded input, from the last
+        layer's time-major output x and the final states of every layer direction (c_n: None
+        without a cell state)."""
+        output = x.transpose(0, 1) if self.batch_first else x
+        hidden = [_stacked(h_n)] + ([] if c_n is None else [_stacked(c_n)])
         if not batched:
             output = output.squeeze(0 if self.batch_first else 1)
             hidden = [s.squeeze(1) for s in hidden]
-        return output, (tuple(hidden) if is_lstm else hidden[0])
+        return output, (hidden[0] if c_n is None else tuple(hidden))
 
     def forward(self, input, hx=None):
         fast = self._forward_without_graph(input, hx)
@@ -297,16 +307,12 @@ class _Fused:
                 c_n.append(c)
             x = ys[0] if D == 1 else torch.cat(ys, dim=2)
 
-        stack = torch.stack if len(h_n) > 1 else lambda states: states[0].unsqueeze(0)
-        hidden = [stack(h_n)] + ([stack(c_n)] if is_lstm else [])
-        if packed:
-            output = PackedSequence(x[steps], batch_sizes, sorted_indices, unsorted_indices)
-            hidden = [_permute(s, unsorted_indices) for s in hidden]
-        else:
-            output = x.transpose(0, 1) if self.batch_first else x
-            if not is_batched:
-                output = output.squeeze(0 if self.batch_first else 1)
-                hidden = [s.squeeze(1) for s in hidden]
+        if not packed:
+            return self._padded_result(x, h_n, c_n if is_lstm else None, is_batched)
+        hidden = [_permute(_stacked(h_n), unsorted_indices)]
+        if is_lstm:
+            hidden.append(_permute(_stacked(c_n), unsorted_indices))
+        output = PackedSequence(x[steps], batch_sizes, sorted_indices, unsorted_indices)
         return output, (tuple(hidden) if is_lstm else hidden[0])
 
 
