@@ -60,16 +60,11 @@ def theirs(cell, H):
     return run
 
 
-# A round is done again when the FMA loop, timed right after it, ran below SLOWED times the run's
-# start peak: something outside this process list held a core (run.py's measure() says more).
-SLOWED = 0.75
-PROBE_ITERATIONS = 2_000_000
-
-
 def per_step_us(runs, steps, rounds, threads, peak):
     """{name: (best, median) microseconds per step} of `runs`, timed round by round in turn, so
-    that a slow stretch of the machine falls on every contender alike; a slowed round (see SLOWED)
-    is done again, at most `rounds` times in all. Also returns the count of rounds done again.
+    that a slow stretch of the machine falls on every contender alike; a slowed round (the FMA
+    loop, timed right after it, below machine.SLOWED times the run's start peak) is done again, at
+    most `rounds` times in all. Also returns the count of rounds done again.
 
     Each timed round follows an untimed quarter round of the same contender: right after the other
     library's round, the first steps ran slower (most likely the two libraries' OpenMP runtimes
@@ -85,7 +80,8 @@ def per_step_us(runs, steps, rounds, threads, peak):
             start = time.perf_counter()
             run(steps)
             this[name] = (time.perf_counter() - start) / steps * 1e6
-        if redone < rounds and _core.fma_peak_gflops(threads, PROBE_ITERATIONS) < SLOWED * peak:
+        probe = _core.fma_peak_gflops(threads, machine.PROBE_ITERATIONS)
+        if redone < rounds and probe < machine.SLOWED * peak:
             redone += 1
             continue
         for name, t in this.items():

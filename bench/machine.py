@@ -2,7 +2,8 @@
 
 Results are only comparable within one CPU model (the machines change from one run to the next),
 so every benchmark script that saves its results writes them under bench/results/<cpu key>/, and
-bench/report.py renders one section of bench/RESULTS.md per CPU.
+bench/report.py renders one section of bench/RESULTS.md per CPU. It also holds the speed probe
+the timing scripts share (run.py, generation.py).
 """
 
 import os
@@ -32,3 +33,11 @@ def results_path(name, model=None):
     folder = os.path.join(RESULTS, cpu_key(model))
     os.makedirs(folder, exist_ok=True)
     return os.path.join(folder, name + ".json")
+
+
+# The FMA loop timed among the contenders: 2e6 iterations, about 4 ms with 2 threads at 200 GFLOP/s.
+PROBE_ITERATIONS = 2_000_000
+# A measurement during which that loop ran below SLOWED times the run's start peak was taken while
+# something outside this machine's process list held a core (a run.py run once timed eight rows
+# with the probe at 102 GFLOP/s of 200 while /proc/stat showed no other process): it is retried.
+SLOWED = 0.75

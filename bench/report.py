@@ -475,8 +475,9 @@ def generation_section(doc):
            f"Measured {doc['date']} with `{doc['command']}`: {doc['threads']} threads for both, PyTorch "
            f"{doc['torch']}. One layer, I = H, eval mode: {doc['steps']} calls of T = 1, B = 1 with the state "
            f"carried; time per step, the best of {doc['rounds']} rounds (the median beside it); x = torch.nn / ours."
-           + (" The contenders take their rounds in turn; a round after which the FMA loop ran below 75% of the "
-              f"run's start peak ({doc['fma_peak_gflops']:.0f} GFLOP/s) was done again (redone)."
+           + (" The contenders take their rounds in turn; a round after which the FMA loop ran below "
+              f"{100 * machine.SLOWED:.0f}% of the run's start peak ({doc['fma_peak_gflops']:.0f} GFLOP/s) was "
+              "done again (redone)."
               if "fma_peak_gflops" in doc else ""),
            ""]
     rows = [r for r in doc["rows"] if "torch_us" in r]

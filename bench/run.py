@@ -216,15 +216,11 @@ def wait_quiet(max_seconds):
     return False
 
 
-# The probes timed among the contenders (see measure): 2e6 iterations of the FMA loop, about 4 ms
-# with 2 threads at 200 GFLOP/s; the read-bandwidth probe reads at least 32 MiB, a fraction of a ms.
-PROBE_ITERATIONS = 2_000_000
-# The run's FMA peak, taken at its start (set by main). A measurement whose FMA probe ran below
-# SLOWED times it was taken while something outside this machine's process list held a core: a
-# run here once timed eight rows with the probe at 102 GFLOP/s of 200 while /proc/stat showed no
-# other process. Such a measurement is retried like a busy one, and kept marked busy if it stays so.
+# The probes timed among the contenders (see measure): the FMA loop of machine.PROBE_ITERATIONS;
+# the read-bandwidth probe reads at least 32 MiB, a fraction of a ms. RUN_FMA_PEAK: the run's FMA
+# peak, taken at its start (set by main); a measurement whose FMA probe ran below machine.SLOWED
+# times it is retried like a busy one, and kept marked busy if it stays so.
 RUN_FMA_PEAK = None
-SLOWED = 0.75
 
 
 def measure(fns, timing, attempts=3, probe_threads=None, probe_bytes=None):
@@ -240,7 +236,7 @@ def measure(fns, timing, attempts=3, probe_threads=None, probe_bytes=None):
     than they are, or a roofline built on them no bound at all.)"""
     probes = {}
     if probe_threads:
-        probes["fma_gflops"] = lambda: _core.fma_peak_gflops(probe_threads, PROBE_ITERATIONS)
+        probes["fma_gflops"] = lambda: _core.fma_peak_gflops(probe_threads, machine.PROBE_ITERATIONS)
         if probe_bytes:
             probes["read_gbs"] = lambda: _core.read_bandwidth_gbs(probe_bytes, probe_threads, passes=1)
     for attempt in range(attempts):
@@ -255,7 +251,7 @@ def measure(fns, timing, attempts=3, probe_threads=None, probe_bytes=None):
             faults.pop(name)
         share = others_share(a, cpu_snapshot())
         fma = statistics.median(rates["fma_gflops"]) if "fma_gflops" in rates else None
-        slowed = fma is not None and RUN_FMA_PEAK is not None and fma < SLOWED * RUN_FMA_PEAK
+        slowed = fma is not None and RUN_FMA_PEAK is not None and fma < machine.SLOWED * RUN_FMA_PEAK
         if share < BUSY and not slowed:
             break
         if slowed:
