@@ -1,10 +1,12 @@
 """Robustness of the kernels: threads, saturation, long sequences, impossible sizes."""
 
+import os
 import threading
 
 import numpy as np
 import pytest
 
+import fusedrnn
 from fusedrnn import functional
 from rnn_cases import CELLS, backward, forward, make_cotangents, make_problem
 
@@ -67,6 +69,46 @@ def test_threads_running_layers_at_once_match_running_them_in_turn(rng):
     for got, want in zip(results, expected):
         for a, b in zip(got, want):
             assert (a is None and b is None) or np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("extra_threads", [0, 1], ids=["as_many_threads_as_cpus", "one_more_than_cpus"])
+def test_teams_of_several_threads_from_several_python_threads_match_one_call_at_a_time(rng, extra_threads):
+    """Layers big enough to run a team of several kernel threads, one barrier per step, started
+    from several Python threads at once: each team's barrier waits for its own threads only.
+    With as many kernel threads as CPUs the barriers spin; with one more (and with teams running
+    at once) they yield the core instead; the results must be bitwise those of calls made one at
+    a time, whatever the waiting."""
+    threads_per_team = (os.cpu_count() or 1) + extra_threads
+    problems = [(cell, make_problem(rng, cell, 30, 16, 24, 96, np.float32)) for cell in CELLS]
+    original = fusedrnn.get_num_threads()
+    fusedrnn.set_num_threads(max(2, threads_per_team))
+    try:
+        def run(index):
+            cell, problem = problems[index]
+            y, final_states, saved = forward(functional, cell, problem)
+            cotangents = make_cotangents(np.random.default_rng(index), y, final_states)
+            dx, d_states, d_weights = backward(functional, cell, *cotangents, saved)
+            return [y, *final_states, dx, *d_states, *d_weights]
+
+        expected = [run(i) for i in range(len(problems))]
+        results = [[] for _ in problems]
+
+        def worker(i):
+            for _ in range(3):
+                results[i].append(run(i))
+
+        workers = [threading.Thread(target=worker, args=(i,)) for i in range(len(problems))]
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join()
+    finally:
+        fusedrnn.set_num_threads(original)
+    for got_runs, want in zip(results, expected):
+        assert len(got_runs) == 3
+        for got in got_runs:
+            for a, b in zip(got, want):
+                assert (a is None and b is None) or np.array_equal(a, b)
 
 
 def test_sizes_beyond_memory_raise_memory_error_before_allocating(rng):

@@ -234,6 +234,7 @@ void backward_layer(const BackwardArgs<T>& a) {
   const BackwardStep<Cell, T> step{a, sch, st};
   const Isa isa = current_isa();
 
+  StepBarrier step_end(threads);
 #ifdef _OPENMP
 #pragma omp parallel num_threads(threads)
 #endif
@@ -266,7 +267,7 @@ void backward_layer(const BackwardArgs<T>& a) {
       });
       if (projected) {
         // dm = dh W_hr needs every state dim's gradient: a second barrier and a second GEMM.
-        barrier();
+        step_end.wait();
         for_each_block(units, H, B, NR, PackedProduct<T>{P, dh_step.get(), P, packed_hr, hr_size}, group_units,
                        rec, [&](int64_t u0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
           run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
@@ -277,7 +278,7 @@ void backward_layer(const BackwardArgs<T>& a) {
       }
       if constexpr (Cell::kTwoPhase) {
         // d(r*h) = da_n W_hn needs every unit's da_n: a second barrier and a second GEMM.
-        barrier();
+        step_end.wait();
         for_each_block(units, H, B, NR, PackedProduct<T>{H, dg_cur + (G - 1) * H, GH, packed_hn, hn_size},
                        group_units, rec,
                        [&](int64_t u0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
@@ -287,7 +288,7 @@ void backward_layer(const BackwardArgs<T>& a) {
           });
         });
       }
-      barrier();
+      step_end.wait();
     }
     // The gradient of the initial state: what step 0 sends back through W_hh, plus the carry.
     const T* dg_first = steps > 0 ? dg_step.get() : nullptr;

@@ -1,7 +1,7 @@
 // The CPU time-loop driver's shared parts: one driver for every cell (csrc/cells/*.h supply the
 // pointwise math), its forward loop in cpu/forward.cc and its backward loop in cpu/backward.cc.
 //
-// Both loops run one OpenMP team over the whole time loop, one barrier per step (barrier). A
+// Both loops run one OpenMP team over the whole time loop, one barrier per step (StepBarrier). A
 // dimension (hidden units, or state dims under a projection) is cut into chunks of one GEMM panel
 // width, each thread owning a contiguous run of them (Chunks), in a team sized to the work of a
 // step (team_for). Each thread packs its chunks' slice of the recurrent weights once per call
@@ -17,7 +17,9 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
+#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -32,6 +34,14 @@
 #include "cpu/simd.h"
 
 namespace fusedrnn::cpu {
+
+// Threads in the library's teams running now, over every calling thread (StepBarrier). An inline
+// function outside the unnamed namespace: one counter for every file that includes this one.
+inline std::atomic<int>& threads_in_teams() {
+  static std::atomic<int> count{0};
+  return count;
+}
+
 namespace {
 
 // Batch rows per recurrent GEMM call: bounds each thread's scratch (kRowBlock x G x kPanel values,
@@ -249,11 +259,68 @@ int64_t chunk_group(int64_t B, int64_t chunks, int threads, int64_t panels_per_c
   return panels_per_chunk == 1 ? 2 : 1;
 }
 
-void barrier() {
+// The team's barrier between steps. OpenMP's own (libgomp's `omp barrier`) spins only while the
+// process has no more OpenMP threads than CPUs: past that, as soon as a second thread has run a
+// team (a JAX callback's thread, a Python thread), it sleeps in the kernel almost at once, and
+// every step then waits for a wake-up. An RNN layer (B=64, H=128, T=100, 2 threads) took 3.0 ms
+// from the main thread and 6.1 ms from a second one, as slow as on one thread. This one spins
+// with a pause for a few thousand rounds, then yields the core between checks. It does not spin
+// at all while the library's teams running at once have more threads than there are CPUs (more
+// threads asked for than cores, or calls from several threads at once): a thread still to arrive
+// may then be waiting for this one's core.
+// One is declared before a team starts (outside `omp parallel`), sized to the team planned, and
+// every thread of the team calls wait() the same number of times.
+class StepBarrier {
+ public:
+  explicit StepBarrier(int threads) : threads_(threads) { threads_in_teams().fetch_add(threads_); }
+  ~StepBarrier() { threads_in_teams().fetch_sub(threads_); }
+  StepBarrier(const StepBarrier&) = delete;
+  StepBarrier& operator=(const StepBarrier&) = delete;
+
+  void wait() {
+    const int team = team_size();
+    if (team == 1) return;
+    const unsigned generation = generation_.load(std::memory_order_acquire);
+    // The last to arrive (its acquire sees every other thread's writes) opens the next generation.
+    if (arrived_.fetch_add(1, std::memory_order_acq_rel) == team - 1) {
+      arrived_.store(0, std::memory_order_relaxed);
+      generation_.store(generation + 1, std::memory_order_release);
+      return;
+    }
+    const int spin_rounds = threads_in_teams().load(std::memory_order_relaxed) <= cpus() ? kSpinRounds : 0;
+    for (int round = 0; generation_.load(std::memory_order_acquire) == generation; ++round) {
+      if (round < spin_rounds) {
+        pause();
+      } else {
+        std::this_thread::yield();
+      }
+    }
+  }
+
+ private:
+  static constexpr int kSpinRounds = 4000;
+
+  static int cpus() {
 #ifdef _OPENMP
-#pragma omp barrier
+    static const int count = omp_get_num_procs();
+    return count;
+#else
+    return 1;
 #endif
-}
+  }
+
+  static void pause() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    asm volatile("yield");
+#endif
+  }
+
+  const int threads_;
+  alignas(64) std::atomic<int> arrived_{0};
+  alignas(64) std::atomic<unsigned> generation_{0};
+};
 
 // Calls body(w, n) for the V-wide pieces (n lanes each) of a chunk's first `width` values. A
 // whole chunk (width == kPanel: every chunk but a ragged last one) passes n as a constant, so

@@ -301,6 +301,7 @@ void forward_layer(const ForwardArgs<T>& a, PackedWeights* cache) {
   const ForwardStep<Cell, T> step{a, sch, b_ih.get(), b_hh.get(), rz_step.get(), rh_step.get()};
   const Isa isa = current_isa();
 
+  StepBarrier step_end(threads);
 #ifdef _OPENMP
 #pragma omp parallel num_threads(threads)
 #endif
@@ -395,7 +396,7 @@ void forward_layer(const ForwardArgs<T>& a, PackedWeights* cache) {
       }
       if constexpr (Cell::kTwoPhase) {
         // The last gate's product reads every unit's r*h: a second barrier, and a second GEMM.
-        barrier();
+        step_end.wait();
         for_each_block(units, H, B, NR, PackedProduct<T>{H, rh_step.get(), H, packed_hn.get(), panel_size}, group_units,
                        rec, [&](int64_t u0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
           run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
@@ -410,7 +411,7 @@ void forward_layer(const ForwardArgs<T>& a, PackedWeights* cache) {
       }
       if (projected) {
         // h_next = m W_hr^T needs every unit's m: a second barrier, and a second GEMM.
-        barrier();
+        step_end.wait();
         for_each_block(dims, P, B, NR, PackedProduct<T>{H, m_step.get(), H, packed_hr.get(), panel_size}, group_dims,
                        rec, [&](int64_t p0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
           run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
@@ -422,7 +423,7 @@ void forward_layer(const ForwardArgs<T>& a, PackedWeights* cache) {
           });
         });
       }
-      barrier();
+      step_end.wait();
     }
   }
 

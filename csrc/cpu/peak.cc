@@ -75,6 +75,7 @@ double read_bandwidth_gbs(int threads, int64_t bytes, int passes) {
   volatile float sink = 0.0f;
   double best = 0.0;
   std::chrono::steady_clock::time_point start;
+  StepBarrier pass_edge(threads);
 #ifdef _OPENMP
 #pragma omp parallel num_threads(threads)
 #endif
@@ -85,12 +86,12 @@ double read_bandwidth_gbs(int threads, int64_t bytes, int passes) {
     std::fill(share, share + (last - first) * kBlockFloats, 1e-3f);
     float result = 0.0f;
     for (int pass = 0; pass <= passes; ++pass) {  // pass 0 brings the data in, untimed
-      barrier();
+      pass_edge.wait();
       if (tid == 0) start = std::chrono::steady_clock::now();
       run_for_isa(isa, [&](auto width) FUSEDRNN_INLINE_LAMBDA {
         for (int64_t r = 0; r < reads; ++r) result += sum_blocks<Vec<float, decltype(width)::value>>(share, last - first);
       });
-      barrier();
+      pass_edge.wait();
       if (tid == 0 && pass > 0) {
         const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
         best = std::max(best, static_cast<double>(reads * buffer_bytes) / seconds / 1e9);
