@@ -74,10 +74,10 @@ def test_threads_running_layers_at_once_match_running_them_in_turn(rng):
 @pytest.mark.parametrize("extra_threads", [0, 1], ids=["as_many_threads_as_cpus", "one_more_than_cpus"])
 def test_teams_of_several_threads_from_several_python_threads_match_one_call_at_a_time(rng, extra_threads):
     """Layers big enough to run a team of several kernel threads, one barrier per step, started
-    from several Python threads at once: each team's barrier waits for its own threads only.
-    With as many kernel threads as CPUs the barriers spin; with one more (and with teams running
-    at once) they yield the core instead; the results must be bitwise those of calls made one at
-    a time, whatever the waiting."""
+    from several Python threads at once: each team's barrier waits for its own threads only, and
+    the results are bitwise those of calls made one at a time. With as many kernel threads as CPUs
+    a call alone spins at its barriers; teams running at once, or one more thread than CPUs, hold
+    more threads than there are CPUs, and their barriers yield the core instead."""
     threads_per_team = (os.cpu_count() or 1) + extra_threads
     problems = [(cell, make_problem(rng, cell, 30, 16, 24, 96, np.float32)) for cell in CELLS]
     original = fusedrnn.get_num_threads()
