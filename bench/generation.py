@@ -80,8 +80,7 @@ def per_step_us(runs, steps, rounds, threads, peak):
             start = time.perf_counter()
             run(steps)
             this[name] = (time.perf_counter() - start) / steps * 1e6
-        probe = _core.fma_peak_gflops(threads, machine.PROBE_ITERATIONS)
-        if redone < rounds and probe < machine.SLOWED * peak:
+        if redone < rounds and _core.fma_peak_gflops(threads, machine.PROBE_ITERATIONS) < machine.SLOWED * peak:
             redone += 1
             continue
         for name, t in this.items():

@@ -300,7 +300,7 @@ class StepBarrier {
 
  private:
   // About as long as libgomp spins by default (300,000 rounds). Yielding after 4,000 rounds made an
-  // LSTM's training call (B=64, H=256 and 512, T=100, 2 threads on a Zen 3) 2-5% slower than with
+  // LSTM's training call (B=64, H=256 and 512, T=100, 2 threads on a Zen 3) 1-5% slower than with
   // OpenMP's barrier; after 2^18 it was 8-16% faster, as was an RNN at B=1, H=128 (0.197 ms with
   // OpenMP's, 0.150 with 4,000 rounds, 0.119 with 2^18).
   static constexpr int kSpinRounds = 1 << 18;
