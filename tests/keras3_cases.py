@@ -312,3 +312,102 @@ def test_jax_grad_of_states_and_vmap(rng):
     xs = np.stack([x, 2 * x])
     mapped = jax.vmap(lambda xi: fused(xi)[0])(xs)
     np.testing.assert_allclose(mapped, np.stack([numpy(stock(xi)[0]) for xi in xs]), rtol=RTOL, atol=ATOL)
+
+
+
+# -- the JAX adapter's host calls (keras3/_jax_backend.host_call): jax.pure_callback's results, with
+# XLA's buffers handed to the callback as NumPy views instead of copies -----------------------------
+
+jax_only = pytest.mark.skipif(BACKEND != "jax", reason="the JAX adapter's host calls")
+
+
+def host_call(seen, x, w, b):
+    """host_call of a host function of a pytree with None leaves (as the layers pass), which
+    records the types it was given and returns two results."""
+    import jax
+    from fusedrnn.keras3 import _jax_backend
+
+    def run(x, weights, scale):
+        seen.append((type(x), type(weights["w"]), scale))
+        return (np.tanh(x @ weights["w"]) + weights["b"]).astype(x.dtype), np.asarray(x.sum(0), x.dtype)
+
+    shapes = (jax.ShapeDtypeStruct((x.shape[0], w.shape[1]), x.dtype), jax.ShapeDtypeStruct(x.shape[1:], x.dtype))
+    return _jax_backend.host_call(run, shapes, x, {"w": w, "b": b, "unused": None}, None)
+
+
+def host_expected(x, w, b):
+    return np.tanh(x @ w) + b, x.sum(0)
+
+
+@pytest.fixture
+def host_arrays(rng):
+    return (rng.standard_normal((5, 3)).astype(np.float32), rng.standard_normal((3, 4)).astype(np.float32),
+            rng.standard_normal(4).astype(np.float32))
+
+
+@jax_only
+def test_under_jit_the_host_call_reads_xla_buffers_as_numpy_views(host_arrays):
+    import jax
+    seen = []
+    results = jax.jit(lambda x, w, b: host_call(seen, x * 1, w, b))(*host_arrays)
+    for got, want in zip(results, host_expected(*host_arrays)):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    # (pure_callback would pass jax.Arrays: copies of XLA's buffers, made by device_put.)
+    assert seen == [(np.ndarray, np.ndarray, None)]
+
+
+@jax_only
+def test_without_emit_python_callback_the_host_call_is_pure_callback(host_arrays, monkeypatch):
+    import jax
+    from fusedrnn.keras3 import _jax_backend
+    monkeypatch.setattr(_jax_backend, "_EMIT_DIRECTLY", False)
+    seen = []
+    results = jax.jit(lambda x, w, b: host_call(seen, x * 1, w, b))(*host_arrays)
+    for got, want in zip(results, host_expected(*host_arrays)):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert len(seen) == 1 and seen[0][0] is not np.ndarray
+
+
+@jax_only
+def test_host_call_eager_and_under_vmap(host_arrays):
+    import jax
+    x, w, b = host_arrays
+    for got, want in zip(host_call([], x, w, b), host_expected(x, w, b)):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    xs = np.stack([x, 2 * x, -x])
+    for mapped in (jax.vmap(lambda xi: host_call([], xi, w, b)), jax.jit(jax.vmap(lambda xi: host_call([], xi, w, b)))):
+        ys, sums = mapped(xs)
+        for i, xi in enumerate(xs):
+            want_y, want_sum = host_expected(xi, w, b)
+            np.testing.assert_allclose(ys[i], want_y, rtol=1e-6)
+            np.testing.assert_allclose(sums[i], want_sum, rtol=1e-6)
+
+
+@jax_only
+def test_host_call_over_several_devices_is_pure_callback():
+    """Sharded over two CPU devices, the call is lowered as pure_callback lowers it (one call on
+    the whole value), with the same results."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import jax, numpy as np
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec
+        from fusedrnn.keras3 import _jax_backend
+        assert len(jax.devices()) == 2
+        mesh = Mesh(np.array(jax.devices()), ("d",))
+        value = np.arange(8, dtype=np.float32).reshape(4, 2)
+        x = jax.device_put(value, NamedSharding(mesh, PartitionSpec("d")))
+        seen = []
+        double = lambda a: (seen.append(type(a)) or np.asarray(a) * 2,)
+        shape = jax.ShapeDtypeStruct((4, 2), np.float32)
+        f = jax.jit(lambda x: _jax_backend.host_call(double, (shape,), x * 1)[0])
+        np.testing.assert_array_equal(np.asarray(f(x)), value * 2)
+        assert len(seen) == 1 and seen[0] is not np.ndarray, seen
+        print("ok")
+    """)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stdout[-3000:] + result.stderr[-3000:]

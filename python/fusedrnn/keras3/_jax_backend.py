@@ -1,5 +1,6 @@
 """The JAX backend's adapter: the uniform op as a ``jax.custom_vjp`` whose forward and backward
-are host callbacks (``jax.pure_callback``) into :mod:`fusedrnn.functional`.
+are host callbacks into :mod:`fusedrnn.functional` (:func:`host_call`: ``jax.pure_callback``
+without its copies).
 
 So it runs under ``jit`` (Keras's ``fit``, ``evaluate`` and ``predict`` trace it once) and under
 ``grad``: the primal call runs the forward without saving anything; the vjp's forward saves the
@@ -14,9 +15,12 @@ one was set, else the count at start-up (``OMP_NUM_THREADS`` or the cores).
 """
 
 import functools
+import inspect
 
 import jax
 import numpy as np
+from jax.extend.core import Primitive
+from jax.interpreters import batching, mlir
 
 import fusedrnn
 from fusedrnn import _core
@@ -24,15 +28,94 @@ from fusedrnn import functional as F
 
 
 def _host(array):
-    """An argument of a callback (a JAX array on the host) as a NumPy array, or None: through
-    DLPack, a read-only view of the same memory, where ``np.asarray`` copies it (0.17 ms against
-    40 ms for a 52 MB jit argument). (JAX may still copy a large intermediate itself on export.)"""
-    if array is None:
-        return None
+    """An argument of a callback as a NumPy array, or None: the NumPy view that :func:`host_call`
+    passes, or a JAX array on the host through DLPack, a read-only view of the same memory, where
+    ``np.asarray`` copies it (0.17 ms against 40 ms for a 52 MB jit argument)."""
+    if array is None or type(array) is np.ndarray:
+        return array
     try:
         return np.from_dlpack(array)
     except (TypeError, BufferError):  # (no DLPack for this array, dtype or device: a copy then)
         return np.asarray(array)
+
+
+# -- host calls without copies ------------------------------------------------------------------
+#
+# Under jit, XLA hands a host callback its operands as read-only NumPy views of its own buffers;
+# jax.pure_callback then copies each into a new JAX array (device_put) before the callback sees
+# it. For a training layer's backward that copied the saved gates and states: 34-46 ms for the
+# 52 MB of gates of an LSTM(512) at B=64, T=100, a sixth of the backward's kernels (measured on a
+# Zen 3). The primitive below calls back with XLA's views as they are. It keeps to pure_callback's
+# meaning: lowered on the CPU as pure_callback lowers (emit_python_callback, no side effect),
+# with pure_callback itself for what it does not do here (eager calls, vmap, a computation over
+# several devices, a JAX whose emit_python_callback takes other arguments).
+
+def _lowers_like_pure_callback():
+    emit = getattr(mlir, "emit_python_callback", None)
+    if emit is None:
+        return False
+    try:
+        parameters = inspect.signature(emit).parameters
+    except (TypeError, ValueError):
+        return False
+    return {"has_side_effect", "returns_token"} <= parameters.keys()
+
+
+_EMIT_DIRECTLY = _lowers_like_pure_callback()
+
+
+class _FlatCallback:
+    """callback(*args) on the flat leaves of args (None leaves left out, as pytrees do), returning
+    the flat tuple of results. Hashed by identity: a primitive's parameters must hash."""
+
+    def __init__(self, callback, tree):
+        self.callback, self.tree = callback, tree
+
+    def __call__(self, *leaves):
+        return tuple(self.callback(*jax.tree_util.tree_unflatten(self.tree, leaves)))
+
+
+def _as_pure_callback(flat, result_avals, *leaves):
+    shapes = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in result_avals]
+    return jax.pure_callback(flat, shapes, *leaves, vmap_method="sequential")
+
+
+_host_call_p = Primitive("fusedrnn_host_call")
+_host_call_p.multiple_results = True
+_host_call_p.def_impl(lambda *leaves, flat, result_avals: _as_pure_callback(flat, result_avals, *leaves))
+_host_call_p.def_abstract_eval(lambda *avals, flat, result_avals: result_avals)
+
+
+def _lowering(ctx, *operands, flat, result_avals):
+    one_device = getattr(ctx.module_context.axis_context, "num_devices", None) == 1
+    if not (_EMIT_DIRECTLY and one_device):
+        return mlir.lower_fun(functools.partial(_as_pure_callback, flat, result_avals), multiple_results=True)(
+            ctx, *operands)
+    results, _, _ = mlir.emit_python_callback(ctx, flat, None, list(operands), ctx.avals_in, ctx.avals_out,
+                                              has_side_effect=False, returns_token=False)
+    return results
+
+
+def _batched(leaves, dims, *, flat, result_avals):
+    axes = [d if isinstance(d, int) else None for d in dims]  # (an unmapped one: None, or not_mapped before)
+    results = jax.vmap(functools.partial(_as_pure_callback, flat, result_avals), in_axes=axes)(*leaves)
+    return results, [0] * len(results)
+
+
+try:  # (the callback differs from call to call: a lowering must not be reused, as pure_callback's)
+    mlir.register_lowering(_host_call_p, _lowering, platform="cpu", cacheable=False)
+except TypeError:  # (a JAX without the option)
+    mlir.register_lowering(_host_call_p, _lowering, platform="cpu")
+batching.primitive_batchers[_host_call_p] = _batched
+
+
+def host_call(callback, result_shapes, *args):
+    """``jax.pure_callback(callback, result_shapes, *args, vmap_method="sequential")`` where the
+    arguments reach `callback` as NumPy views of XLA's buffers (not copies); CPU only. Returns
+    the results as a list."""
+    leaves, tree = jax.tree_util.tree_flatten(args)
+    result_avals = tuple(jax.core.ShapedArray(s.shape, s.dtype) for s in result_shapes)
+    return _host_call_p.bind(*leaves, flat=_FlatCallback(callback, tree), result_avals=result_avals)
 
 
 def _use_threads():
@@ -70,8 +153,7 @@ def _forward(static, x, h0, c0, weights, mask, recurrent_scale, training):
     results, saved = _shapes(cell, x, weights)
     callback = functools.partial(_host_forward, cell, masked_output, training)
     shapes = results + (saved if training else ())
-    out = jax.pure_callback(callback, shapes, x, h0, c0, weights, mask, recurrent_scale,
-                            vmap_method="sequential")
+    out = host_call(callback, shapes, x, h0, c0, weights, mask, recurrent_scale)
     n = len(results)
     primal = (out[0], out[1], out[2] if n == 3 else None)
     return primal, tuple(out[n:])
@@ -107,8 +189,8 @@ def _recurrent_bwd(static, residuals, cotangents):
     shapes = (out(x.shape, x.dtype), out(h0.shape, h0.dtype)) + ((out(c0.shape, c0.dtype),) if c0 is not None else ())
     present = [name for name in F.WEIGHT_NAMES if weights[name] is not None]
     shapes += tuple(out(weights[name].shape, weights[name].dtype) for name in present)
-    grads = jax.pure_callback(functools.partial(_host_backward, cell, masked_output), shapes, dy, dh_n, dc_n, x,
-                              weights, mask, recurrent_scale, computed, vmap_method="sequential")
+    grads = host_call(functools.partial(_host_backward, cell, masked_output), shapes, dy, dh_n, dc_n, x, weights,
+                      mask, recurrent_scale, computed)
     n = 3 if c0 is not None else 2
     dweights = dict.fromkeys(F.WEIGHT_NAMES)
     dweights.update(zip(present, grads[n:]))
