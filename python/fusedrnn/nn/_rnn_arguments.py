@@ -30,11 +30,14 @@ def initial_states(module, hx, batch, unbatched, sorted_indices, dtype):
     if hx is None:
         return None, None
     lstm = _has_cell_state(module.mode)
-    if lstm and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
-        raise TypeError("hx of an LSTM must be a tuple (h_0, c_0)")
-    if not lstm and isinstance(hx, (tuple, list)):
+    if lstm:
+        if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
+            raise TypeError("hx of an LSTM must be a tuple (h_0, c_0)")
+        states = [as_float_array(hx[0], dtype, "hx"), as_float_array(hx[1], dtype, "hx")]
+    elif isinstance(hx, (tuple, list)):
         raise TypeError(f"hx of {type(module).__name__} must be one array, not a {type(hx).__name__}")
-    states = [as_float_array(s, dtype, "hx") for s in (hx if lstm else (hx,))]
+    else:
+        states = [as_float_array(hx, dtype, "hx")]
     want = 2 if unbatched else 3
     if states[0].ndim != want or states[-1].ndim != want:
         kind = "unbatched 2-D" if unbatched else "batched 3-D"

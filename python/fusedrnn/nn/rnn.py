@@ -21,7 +21,7 @@ import warnings
 import numpy as np
 
 from .. import functional as F
-from .._packed import owned_packed_weights, weight_versions
+from .._packed import owned_packed_weights
 from .._random import resolve_rng
 from .._base import Parameter, as_float_array, check_parameter_versions, parameter_versions, resolve_dtype
 from . import _device
@@ -34,6 +34,7 @@ __all__ = ["RNNBase", "RNN", "LSTM", "GRU"]
 
 _MODES = ("RNN_TANH", "RNN_RELU", "LSTM", "GRU")  # torch.nn's
 _GRAD_NAMES = F.WEIGHT_NAMES
+_PACKED_NAMES = frozenset(("weight_ih", "weight_hh", "weight_hr"))  # the weights a forward packs
 
 
 def _cell(mode):
@@ -179,12 +180,25 @@ class RNNBase(Module):
         params = self._parameters
         return {name: params[full] for name, full in names[layer, direction] if params.get(full) is not None}
 
-    def _packed(self, layer, direction, params):
-        """(PackedWeights, version) keeping this layer direction's packed weights between eval-mode
-        calls (a generation loop): the weights' Parameter versions say when they changed. Training
-        calls pack afresh: the weights change at every step there anyway."""
-        versions = tuple(params[name].version for name in ("weight_ih", "weight_hh", "weight_hr") if name in params)
-        return owned_packed_weights(self, (layer, direction)), versions
+    def _host_weights(self, layer, direction, training):
+        """(weights, packed, packed_version) of one layer direction on the CPU: its arrays by name
+        without the suffix, and in eval mode the PackedWeights that keeps them packed between calls
+        (a generation loop) with the versions of the weights it packs, which say when they changed.
+        Training calls pack afresh (None, None): the weights change at every step there anyway.
+        (One pass over the parameters: a generation step pays this at every call.)"""
+        if self.__dict__.get("_weight_names") is None:
+            self._weight_parameters(layer, direction)  # (makes the names)
+        params = self._parameters
+        weights, versions = {}, []
+        for name, full in self._weight_names[layer, direction]:
+            param = params.get(full)
+            if param is not None:
+                weights[name] = param.data
+                if name in _PACKED_NAMES:
+                    versions.append(param.version)
+        if training:
+            return weights, None, None
+        return weights, owned_packed_weights(self, (layer, direction)), tuple(versions)
 
     @property
     def _flat_weights_names(self):
@@ -303,14 +317,12 @@ class RNNBase(Module):
                 layer_input = _device.to_device(layer_input)   # once for both directions
             for direction in range(self._directions):
                 index = layer * self._directions + direction
-                params = self._weight_parameters(layer, direction)
-                cache, cache_version = self._packed(layer, direction, params) if not training and device is None \
-                    else (None, None)
                 if device is None:
-                    weights = {name: param.data for name, param in params.items()}
+                    weights, cache, cache_version = self._host_weights(layer, direction, training)
                 else:
-                    weights, stamp = device.weights(params, (layer, direction))
+                    weights, stamp = device.weights(self._weight_parameters(layer, direction), (layer, direction))
                     stamps.append(stamp)
+                    cache = cache_version = None
                 y, h, c, state = F.recurrent_forward(
                     _cell(self.mode), layer_input, None if h0 is None else h0[index],
                     None if c0 is None else c0[index], weights, lengths=lengths,
