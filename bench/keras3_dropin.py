@@ -101,12 +101,16 @@ def main():
         run_backend(args)
         return
 
+    from fusedrnn import _core
+
+    # The FMA loop's peak bounds every call: the report compares it with the speed a target needs.
+    peak = max(_core.fma_peak_gflops(args.threads) for _ in range(3))
     saved = dict(date=datetime.datetime.now().isoformat(timespec="seconds"),
                  command="python bench/keras3_dropin.py " + " ".join(sys.argv[1:]), cpu=machine.cpu_model(),
                  threads=args.threads, B=args.batch, T=args.steps, I=args.features, samples=args.samples,
-                 repeats=args.repeats, rows=[])
+                 repeats=args.repeats, fma_peak_gflops=peak, rows=[])
     print(f"{saved['cpu']}, {args.threads} threads; B={args.batch}, T={args.steps}, I={args.features}, "
-          f"{args.samples} samples per call, median of {args.repeats} (min)\n")
+          f"{args.samples} samples per call, median of {args.repeats} (min); FMA peak {peak:.0f} GFLOP/s\n")
     print("| backend | layer | units | call | Keras (s) | enable() (s) | Keras / enable() |")
     print("|---|---|---:|---|---:|---:|---:|")
     for backend in args.backends:

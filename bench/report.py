@@ -463,10 +463,49 @@ def keras3_section(doc):
            f"SimpleRNN/LSTM/GRU(units) -> Dense(1), B = {doc['B']}, T = {doc['T']}, I = {doc['I']}; fit = one "
            f"epoch of {doc['samples']} samples (Adam, MSE), predict of the same; median of {doc['repeats']} "
            "calls, x = stock / fused.", ""]
-    out += table(["backend", "layer", "units", "call", "Keras s", "enable() s", "x"],
+    out += ["GFLOP: the recurrent layer's products in one call, 2*T*(I+units)*G*units a sample, 3x that in "
+            "fit (forward and backward); GFLOP/s of each contender = GFLOP / its time.", ""]
+    out += table(["backend", "layer", "units", "call", "Keras s", "enable() s", "x", "GFLOP", "Keras GFLOP/s",
+                  "enable() GFLOP/s"],
                  [[r["backend"], r["cell"], r["units"], r["what"], num(r["stock_median"], 3),
-                   num(r["fused_median"], 3), num(r["stock_median"] / r["fused_median"])] for r in doc["rows"]])
+                   num(r["fused_median"], 3), num(r["stock_median"] / r["fused_median"]), num(keras3_gflop(doc, r), 1),
+                   num(keras3_gflop(doc, r) / r["stock_median"], 1), num(keras3_gflop(doc, r) / r["fused_median"], 1)]
+                  for r in doc["rows"]])
+    peak = doc.get("fma_peak_gflops")
+    out += ["", "#### Issue #16 targets", ""]
+    if peak:
+        out += [f"Needed: the time a miss must reach, Keras's / the threshold, as the GFLOP/s the recurrent "
+                f"layer alone would then run at, against the FMA peak measured in the same run ({peak:.0f} "
+                "GFLOP/s): above 100% no kernel can meet the target on this machine (Keras's other layers, the "
+                "optimizer and the pointwise math left out), and a GEMM reaches about 75% of it here.", ""]
+    lines = []
+    for what, threshold, rows in keras3_targets(doc):
+        line = target_line(what, threshold, True, [(r["stock_median"] / r["fused_median"],
+                                                   f"{r['cell']} {r['units']}") for r in rows])
+        needs = sorted(keras3_gflop(doc, r) / (r["stock_median"] / threshold) / peak
+                       for r in rows if r["stock_median"] / r["fused_median"] < threshold) if peak else []
+        lines.append(line + [", ".join(f"{100 * n:.0f}%" for n in needs)])
+    out += table(["target", "threshold", "worst measured (where)", "configurations meeting it", "met",
+                  "misses: needed GFLOP/s / FMA peak"], lines)
     return out
+
+
+_KERAS3_GATES = {"simplernn": 1, "lstm": 4, "gru": 3}
+
+
+def keras3_gflop(doc, r):
+    """The recurrent layer's GEMM work in one call of a keras3_dropin row (GFLOP)."""
+    forward = 2 * doc["T"] * doc["samples"] * (doc["I"] + r["units"]) * _KERAS3_GATES[r["cell"]] * r["units"]
+    return forward * (3 if r["what"] == "fit" else 1) / 1e9
+
+
+def keras3_targets(doc):
+    """Issue #16's targets: (what, threshold, the rows it reads)."""
+    def rows(backend, what):
+        return [r for r in doc["rows"] if r["backend"] == backend and r["what"] == what]
+    return [("torch backend fit, x stock Keras", 5.0, rows("torch", "fit")),
+            ("torch backend predict, x stock Keras", 3.0, rows("torch", "predict")),
+            ("JAX backend fit, x stock Keras", 2.0, rows("jax", "fit"))]
 
 
 def generation_section(doc):
