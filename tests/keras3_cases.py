@@ -314,7 +314,6 @@ def test_jax_grad_of_states_and_vmap(rng):
     np.testing.assert_allclose(mapped, np.stack([numpy(stock(xi)[0]) for xi in xs]), rtol=RTOL, atol=ATOL)
 
 
-
 # -- the JAX adapter's host calls (keras3/_jax_backend.host_call): jax.pure_callback's results, with
 # XLA's buffers handed to the callback as NumPy views instead of copies -----------------------------
 

@@ -170,15 +170,20 @@ class RNNBase(Module):
     def _suffixes(self, layer):
         return [f"_l{layer}", f"_l{layer}_reverse"][:self._directions]
 
-    def _weight_parameters(self, layer, direction):
-        """{name without suffix: Parameter} of one layer direction (the names held, for every call)."""
+    def _direction_names(self, layer, direction):
+        """[(name without suffix, parameter name)] of one layer direction (made once, for every call)."""
         names = self.__dict__.get("_weight_names")
         if names is None:
             names = {(layer, d): [(name, name + suffix) for name in _GRAD_NAMES]
                      for layer in range(self.num_layers) for d, suffix in enumerate(self._suffixes(layer))}
             object.__setattr__(self, "_weight_names", names)
+        return names[layer, direction]
+
+    def _weight_parameters(self, layer, direction):
+        """{name without suffix: Parameter} of one layer direction."""
         params = self._parameters
-        return {name: params[full] for name, full in names[layer, direction] if params.get(full) is not None}
+        return {name: params[full] for name, full in self._direction_names(layer, direction)
+                if params.get(full) is not None}
 
     def _host_weights(self, layer, direction, training):
         """(weights, packed, packed_version) of one layer direction on the CPU: its arrays by name
@@ -186,11 +191,9 @@ class RNNBase(Module):
         (a generation loop) with the versions of the weights it packs, which say when they changed.
         Training calls pack afresh (None, None): the weights change at every step there anyway.
         (One pass over the parameters: a generation step pays this at every call.)"""
-        if self.__dict__.get("_weight_names") is None:
-            self._weight_parameters(layer, direction)  # (makes the names)
         params = self._parameters
         weights, versions = {}, []
-        for name, full in self._weight_names[layer, direction]:
+        for name, full in self._direction_names(layer, direction):
             param = params.get(full)
             if param is not None:
                 weights[name] = param.data
