@@ -436,6 +436,34 @@ def test_non_contiguous_inputs_give_the_results_of_contiguous_ones(rng):
     np.testing.assert_array_equal(weight_hh_t.grad.t().numpy(), grads["weight_hh"])
 
 
+def test_the_eager_backward_reuses_the_forwards_arrays_once_and_only_views(rng, monkeypatch):
+    """EagerForward keeps the arrays its forward read and computed for the backward when they are
+    views of the saved tensors, drops them after that backward (they would keep the saved memory
+    alive as long as the outputs), and a second backward of a retained graph, which goes through
+    the tensors again, gives the same gradients. A non-contiguous input (copied to reach the
+    kernels) keeps nothing."""
+    x, h0, c0, weights = make_problem(rng, "lstm", np.float32)
+    xt, h0t, c0t, wt = tensors_of("lstm", x, h0, c0, weights)
+    y, h_n, c_n = fr.recurrent("lstm", xt, h0t, c0t, wt)
+    node = y.grad_fn
+    assert node.arrays is not None and node.arrays["x"].__array_interface__["data"][0] == xt.data_ptr()
+    leaves = [t for t in (xt, h0t, c0t, *wt.values()) if t is not None]
+    from fusedrnn.torch import _ops
+    rebuilt = []   # (the backward from the tensors makes their index arrays; the kept one does not)
+    original = _ops._index_array
+    monkeypatch.setattr(_ops, "_index_array", lambda *a: rebuilt.append(True) or original(*a))
+    first = torch.autograd.grad([y.sum(), h_n.sum()], leaves, retain_graph=True)
+    assert node.arrays is None and not rebuilt   # the kept arrays served, and are gone
+    second = torch.autograd.grad([y.sum(), h_n.sum()], leaves)
+    assert rebuilt   # the tensors' arrays again
+    for a, b in zip(first, second):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+    batch_major = xt.detach().transpose(0, 1).contiguous().requires_grad_()
+    y, _, _ = fr.recurrent("lstm", batch_major.transpose(0, 1), h0t, c0t, wt)
+    assert y.grad_fn.arrays is None
+
+
 def test_without_grad_nothing_is_saved_and_the_results_are_the_same(rng):
     x, h0, c0, weights = make_problem(rng, "lstm", np.float32, P=4)
     arguments = op_arguments(rng, "lstm", True, projection=True)

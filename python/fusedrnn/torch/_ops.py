@@ -181,6 +181,14 @@ def forward_tensors(cell, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, wei
     calls, told apart by a fingerprint of the weights' bytes, not by ``tensor._version``: a write
     through ``param.data`` or a NumPy view does not bump the version, and a stale packed copy would
     be a silently wrong answer."""
+    return _forward_results(x, *_forward_arrays(cell, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr,
+                                                lengths, mask, masked_output, reverse, training, recurrent_scale,
+                                                packed))
+
+
+def _forward_arrays(cell, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, mask,
+                    masked_output, reverse, training, recurrent_scale, packed):
+    """The uniform op on the tensors' arrays: ``(y, h_n, c_n, saved)`` as it returns them."""
     _use_threads()
     weights = dict(weight_ih=_array(weight_ih), weight_hh=_array(weight_hh), bias_ih=_array(bias_ih),
                    bias_hh=_array(bias_hh), weight_hr=_array(weight_hr))
@@ -191,6 +199,11 @@ def forward_tensors(cell, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, wei
         recurrent_scale=_array(recurrent_scale), check_unchanged=False, packed=packed)
     if after is not None:
         after()
+    return y, h_n, c_n, saved
+
+
+def _forward_results(x, y, h_n, c_n, saved):
+    """forward_tensors' results from _forward_arrays'."""
     results = (_tensor(y, x.dtype), _tensor(h_n, x.dtype), _tensor(c_n, x.dtype))
     if saved is None:
         return results + (None,) * len(_COMPUTED)
@@ -239,11 +252,17 @@ def backward_tensors(cell, dy, dh_n, dc_n, x, weight_ih, weight_hh, bias_ih, bia
     meta = F.SavedMeta(cell=cell, reverse=bool(reverse), repeat_masked_output=masked_output == "repeat",
                        fingerprints=None)
     after = _cuda_call(x) if x.is_cuda else None
-    dx, dh0, dc0, dweights = F.recurrent_backward(_array(dy), _array(dh_n), None if _absent(dc_n) else _array(dc_n),
-                                                  F.Saved(meta, arrays))
+    grads = _backward_of(F.Saved(meta, arrays), dy, dh_n, dc_n, x, (weight_ih, weight_hh, bias_ih, bias_hh, weight_hr))
     if after is not None:
         after()
-    weights = (weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)
+    return grads
+
+
+def _backward_of(saved, dy, dh_n, dc_n, x, weights):
+    """The gradients' tensors from the uniform op's backward of `saved` (F.Saved) and the tensors
+    dy, dh_n and dc_n; x and weights give the gradients' dtypes."""
+    dx, dh0, dc0, dweights = F.recurrent_backward(_array(dy), _array(dh_n), None if _absent(dc_n) else _array(dc_n),
+                                                  saved)
     # Each gradient has the dtype of what it is the gradient of (dh0 and dc0: x's).
     dtypes = (x.dtype,) * 3 + tuple(x.dtype if weight is None else weight.dtype for weight in weights)
     grads = (dx, dh0, dc0) + tuple(dweights[name] for name in F.WEIGHT_NAMES)
@@ -295,7 +314,8 @@ def _setup_context(ctx, inputs, output):
 
 def _autograd_backward(run_backward):
     """The backward of the forward operator, running the backward kernels through `run_backward`
-    (the backward operator, or its implementation called directly)."""
+    (the backward operator, or its implementation called directly), or on the arrays the forward
+    kept in ``ctx.arrays`` (EagerForward), once."""
 
     def backward(ctx, dy, dh_n, dc_n, *_):
         if not ctx.training:
@@ -309,9 +329,17 @@ def _autograd_backward(run_backward):
             # leaving out every second-order term that passes through this layer.
             raise RuntimeError("fusedrnn's recurrent backward is not differentiable, so a gradient of a gradient "
                                "(create_graph=True) cannot pass through it: use torch.nn's RNN/LSTM/GRU for that")
-        dx, dh0, dc0, dweight_ih, dweight_hh, dbias_ih, dbias_hh, dweight_hr = run_backward(
-            ctx.cell, dy, dh_n, dc_n, x, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, recurrent_scale,
-            lengths, mask, ctx.masked_output, ctx.reverse, gates, h, c, m)
+        arrays = getattr(ctx, "arrays", None)
+        if arrays is not None:
+            # (Dropped after this backward: they would keep the saved memory alive as long as the
+            # graph's outputs live, after autograd has freed the saved tensors.)
+            ctx.arrays = None
+            _use_threads()
+            grads = _backward_of(arrays, dy, dh_n, dc_n, x, (weight_ih, weight_hh, bias_ih, bias_hh, weight_hr))
+        else:
+            grads = run_backward(ctx.cell, dy, dh_n, dc_n, x, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr,
+                                 recurrent_scale, lengths, mask, ctx.masked_output, ctx.reverse, gates, h, c, m)
+        dx, dh0, dc0, dweight_ih, dweight_hh, dbias_ih, dbias_hh, dweight_hr = grads
         return (None, dx,
                 None if ctx.h0_dtype is None else dh0.to(ctx.h0_dtype),
                 None if ctx.c0_dtype is None else dc0.to(ctx.c0_dtype),
@@ -348,8 +376,17 @@ class EagerForward(torch.autograd.Function):
         # materialised, it is a zero tensor that autograd would fill for nothing at every
         # backward (the kernels read None as zero).
         ctx.set_materialize_grads(False)
-        output = forward_tensors(*inputs)
+        x = inputs[1]
+        arrays = _forward_arrays(*inputs, packed=None)
+        output = _forward_results(x, *arrays)
         _save(ctx, inputs, output[3:])
+        # The backward reads the very arrays the forward read and computed: kept, they spare making
+        # NumPy views of a dozen tensors again (about 50 us of a T=1 call's backward). Only where
+        # every one is a view of a saved tensor (contiguous CPU float32/float64 inputs): a
+        # contiguous or widened copy would hold memory until the backward.
+        tensors = [t for t in inputs if isinstance(t, torch.Tensor)]
+        views = x.is_cpu and x.dtype not in _HALF and all(t.is_contiguous() for t in tensors)
+        ctx.arrays = arrays[3] if views else None
         return output[:3]
 
     backward = staticmethod(_autograd_backward(backward_tensors))
