@@ -477,7 +477,7 @@ def keras3_section(doc):
         out += [f"Needed: the time a miss must reach, Keras's / the threshold, as the GFLOP/s the recurrent "
                 f"layer alone would then run at, against the FMA peak measured in the same run ({peak:.0f} "
                 "GFLOP/s): above 100% no kernel can meet the target on this machine (Keras's other layers, the "
-                "optimizer and the pointwise math left out), and a GEMM reaches about 75% of it here.", ""]
+                "optimizer and the pointwise math left out); the GEMM table of `run.py` says how close a GEMM gets.", ""]
     lines = []
     for what, threshold, rows in keras3_targets(doc):
         line = target_line(what, threshold, True, [(r["stock_median"] / r["fused_median"],
