@@ -465,12 +465,14 @@ def keras3_section(doc):
            "calls, x = stock / fused.", ""]
     out += ["GFLOP: the recurrent layer's products in one call, 2*T*(I+units)*G*units a sample, 3x that in "
             "fit (forward and backward); GFLOP/s of each contender = GFLOP / its time.", ""]
+    lines = []
+    for r in doc["rows"]:
+        gflop = keras3_gflop(doc, r)
+        lines.append([r["backend"], r["cell"], r["units"], r["what"], num(r["stock_median"], 3),
+                      num(r["fused_median"], 3), num(r["stock_median"] / r["fused_median"]), num(gflop, 1),
+                      num(gflop / r["stock_median"], 1), num(gflop / r["fused_median"], 1)])
     out += table(["backend", "layer", "units", "call", "Keras s", "enable() s", "x", "GFLOP", "Keras GFLOP/s",
-                  "enable() GFLOP/s"],
-                 [[r["backend"], r["cell"], r["units"], r["what"], num(r["stock_median"], 3),
-                   num(r["fused_median"], 3), num(r["stock_median"] / r["fused_median"]), num(keras3_gflop(doc, r), 1),
-                   num(keras3_gflop(doc, r) / r["stock_median"], 1), num(keras3_gflop(doc, r) / r["fused_median"], 1)]
-                  for r in doc["rows"]])
+                  "enable() GFLOP/s"], lines)
     peak = doc.get("fma_peak_gflops")
     out += ["", "#### Issue #16 targets", ""]
     if peak:
@@ -490,12 +492,10 @@ def keras3_section(doc):
     return out
 
 
-_KERAS3_GATES = {"simplernn": 1, "lstm": 4, "gru": 3}
-
-
 def keras3_gflop(doc, r):
     """The recurrent layer's GEMM work in one call of a keras3_dropin row (GFLOP)."""
-    forward = 2 * doc["T"] * doc["samples"] * (doc["I"] + r["units"]) * _KERAS3_GATES[r["cell"]] * r["units"]
+    gates = GATES[{"simplernn": "rnn"}.get(r["cell"], r["cell"])]  # (Keras's layer names)
+    forward = 2 * doc["T"] * doc["samples"] * (doc["I"] + r["units"]) * gates * r["units"]
     return forward * (3 if r["what"] == "fit" else 1) / 1e9
 
 
