@@ -4,6 +4,8 @@ Against fusedrnn.functional (the same kernels: the same numbers), against torch.
 (the outside oracle), gradcheck, opcheck and torch.compile.
 """
 
+import contextlib
+import gc
 import os
 import subprocess
 import sys
@@ -419,6 +421,54 @@ def test_contiguous_float_tensors_reach_the_kernels_without_a_copy(rng, monkeypa
     for name, tensor in dict(x=xt, h0=h0t, c0=c0t, **wt).items():
         if tensor is not None:
             assert seen[name].__array_interface__["data"][0] == tensor.data_ptr(), name
+
+
+@pytest.mark.parametrize("change", ["none", "in_place", "assign_data", "assign_transposed", "double", "half",
+                                    "training"])
+def test_kept_weight_views_follow_every_change_of_the_weights(rng, change):
+    """The NumPy views of the weights are kept from call to call (by tensor); whatever happens to a
+    weight, the next call computes with what the tensor holds then, as a call on fresh copies of
+    the tensors does. A view leaves with its tensor."""
+    from fusedrnn.torch import _ops
+
+    x, _, _, weights = make_problem(rng, "rnn_tanh", np.float32, I=6)  # (square weight_hh (H, H))
+    wt = {name: None if w is None else torch.tensor(w) for name, w in weights.items()}
+    xt = torch.tensor(x)
+    with torch.no_grad():
+        first = fr.recurrent("rnn_tanh", xt, None, None, wt)[0]
+    kept = _ops._VIEWS[id(wt["weight_hh"])][4]
+    assert kept.__array_interface__["data"][0] == wt["weight_hh"].data_ptr()
+    weight = wt["weight_hh"]
+    if change == "in_place":
+        weight.mul_(0.5)
+    elif change == "assign_data":
+        weight.data = weight * 0.5
+    elif change == "assign_transposed":  # the same address and shape, other strides
+        weight.data = weight.t()
+    elif change in ("double", "half"):
+        wt = {name: None if w is None else w.to(getattr(torch, change)) for name, w in wt.items()}
+        xt = xt.to(getattr(torch, change))
+    elif change == "training":  # the same weights, then with the graph: the backward reads them too
+        for w in wt.values():
+            if w is not None:
+                w.requires_grad_()
+    with contextlib.nullcontext() if change == "training" else torch.no_grad():
+        after = fr.recurrent("rnn_tanh", xt, None, None, wt)[0]
+    fresh = {name: None if w is None else w.detach().clone().requires_grad_(w.requires_grad) for name, w in wt.items()}
+    expected = fr.recurrent("rnn_tanh", xt.clone(), None, None, fresh)[0]
+    torch.testing.assert_close(after, expected, rtol=0, atol=0)
+    assert torch.equal(after, first) == (change in ("none", "training"))
+    if change == "training":
+        grads = torch.autograd.grad(after.sum(), [w for w in wt.values() if w is not None])
+        expected_grads = torch.autograd.grad(expected.sum(), [w for w in fresh.values() if w is not None])
+        for a, b in zip(grads, expected_grads):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # Half weights are widened copies, which would go stale: not kept. Freed tensors leave.
+    assert (id(wt["weight_hh"]) in _ops._VIEWS) == (change != "half")
+    keys = [id(w) for w in wt.values() if w is not None]
+    del wt, weight, after, expected
+    gc.collect()
+    assert not any(key in _ops._VIEWS for key in keys)
 
 
 def test_non_contiguous_inputs_give_the_results_of_contiguous_ones(rng):

@@ -118,6 +118,10 @@ def check_bf16(bf16_weights, info, dtype, training, weight_hr, recurrent_scale):
 
 
 def checked_weights(weights):
+    """weights as a dict of the five names in WEIGHT_NAMES' order (None for an absent one)."""
+    if type(weights) is dict and tuple(weights) == WEIGHT_NAMES and weights["weight_ih"] is not None \
+            and weights["weight_hh"] is not None:
+        return weights  # (already so, as an adapter passes them: a copy would cost a microsecond a call)
     if type(weights) is not dict and not isinstance(weights, Mapping):  # (the exact type first: cheaper)
         raise TypeError(f"weights must be a dict of name -> array ({', '.join(WEIGHT_NAMES)}), "
                         f"got {type(weights).__name__}")

@@ -202,7 +202,8 @@ def recurrent_forward(cell, x, h0, c0, weights, *, lengths=None, mask=None, mask
                                   masked_output=masked_output, reverse=reverse, training=training,
                                   recurrent_scale=recurrent_scale, bf16_weights=bf16_weights)
     x = args.float_array(x, "x")
-    args.check_bf16(bf16_weights, info, x.dtype, training, weights["weight_hr"], recurrent_scale)
+    if bf16_weights is not False:
+        args.check_bf16(bf16_weights, info, x.dtype, training, weights["weight_hr"], recurrent_scale)
     args.no_cell_state(cell, info, c0, "c0")
     if x.ndim != 3:
         raise ValueError(f"x must have 3 dimensions (T, B, I), got shape {x.shape}")

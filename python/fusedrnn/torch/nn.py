@@ -61,6 +61,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 import fusedrnn.cuda
 from fusedrnn import functional as F
+from fusedrnn._arguments import checked_weights
 from fusedrnn._packed import owned_packed_weights
 
 from . import _ops
@@ -159,7 +160,8 @@ class _Fused:
         if not all(isinstance(t, torch.Tensor) and t.is_cpu and t.dtype == dtype for t in flat):
             return None
         D = 2 if self.bidirectional else 1
-        views = [{name: _array(t) for name, t in self._layer_weights(k // D, k % D).items()}
+        # (All five names, in order: the uniform op then takes the dicts as they are.)
+        views = [checked_weights({name: _array(t) for name, t in self._layer_weights(k // D, k % D).items()})
                  for k in range(self.num_layers * D)]
         arrays = (any(t.requires_grad for t in flat), views)
         if all(t.is_contiguous() for t in flat):  # (else _array copied one: a copy would go stale)
@@ -224,9 +226,17 @@ class _Fused:
                 x = ys[0] if D == 1 else np.concatenate(ys, axis=2)
         except (ValueError, TypeError):
             return None  # (a state of the wrong batch or size: PyTorch's check says so, below)
-        h_n = [torch.from_numpy(h) for h in h_n]
-        c_n = [torch.from_numpy(c) for c in c_n] if is_lstm else None
-        return self._padded_result(torch.from_numpy(x), h_n, c_n, batched)
+        # Shaped as torch.nn returns them while still arrays, then one tensor each: a NumPy view
+        # costs a fraction of a tensor's (a one-step call makes three of them).
+        output = x.transpose(1, 0, 2) if self.batch_first else x
+        hidden = [h_n[0][np.newaxis] if len(h_n) == 1 else np.stack(h_n)]
+        if is_lstm:
+            hidden.append(c_n[0][np.newaxis] if len(c_n) == 1 else np.stack(c_n))
+        if not batched:
+            output = output[0] if self.batch_first else output[:, 0]
+            hidden = [s[:, 0] for s in hidden]
+        output, *hidden = (torch.from_numpy(a) for a in (output, *hidden))
+        return output, (tuple(hidden) if is_lstm else hidden[0])
 
     def _padded_result(self, x, h_n, c_n, batched):
         """(output, h_n or (h_n, c_n)) as torch.nn returns them for a padded input, from the last
