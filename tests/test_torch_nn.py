@@ -327,6 +327,29 @@ def test_compiled_with_fullgraph_equals_eager(rng, monkeypatch):
         assert_close(traced.detach().numpy(), eager.detach().numpy(), np.float32, OUTPUT)
 
 
+@pytest.mark.parametrize("mode", ("lstm", "gru"))
+def test_packed_input_compiles_with_fullgraph_and_equals_eager(rng, monkeypatch, mode):
+    """A PackedSequence that carries sorted_indices (enforce_sorted=False) goes into one graph:
+    the steps are moved between packed and padded rows with integer indices, whose shapes come
+    from the inputs' shapes (a boolean mask's would depend on values)."""
+    monkeypatch.setattr(torch._dynamo.config, "allow_rnn", True)
+    _, fused = modules(mode, torch.float32, 17, num_layers=2, bidirectional=True)
+    x = torch.tensor(rng.standard_normal((T, B, I)), dtype=torch.float32, requires_grad=True)
+    lengths = torch.tensor([3, T, 1, 4])
+    explained = torch._dynamo.explain(fused)(pack_padded_sequence(x, lengths, enforce_sorted=False))
+    assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons
+    compiled = torch.compile(fused, fullgraph=True)
+    results = []
+    for module in (fused, compiled):
+        output, hidden = module(pack_padded_sequence(x, lengths, enforce_sorted=False))
+        h_n = hidden[0] if mode == "lstm" else hidden
+        assert torch.equal(output.batch_sizes, torch.tensor([4, 3, 3, 2, 1]))
+        loss = output.data.sin().sum() + h_n.square().sum()
+        results.append([output.data, h_n, *torch.autograd.grad(loss, [x, *fused.parameters()])])
+    for eager, traced in zip(*results):
+        assert_close(traced.detach().numpy(), eager.detach().numpy(), np.float32, OUTPUT)
+
+
 # -- calls that record no graph: the uniform op on NumPy views, without the operators --------------
 
 def no_graph_matrix():

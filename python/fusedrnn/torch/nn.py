@@ -48,9 +48,12 @@ are freed with the module (a copy of the module starts without them).
 ``torch.compile``: Dynamo leaves ``torch.nn``'s recurrent modules, subclasses included, out of its
 graphs (a graph break; these modules then run eagerly) unless ``torch._dynamo.config.allow_rnn`` is
 True; with it they compile, with ``fullgraph=True`` too, as the operators have fake kernels. A
-``PackedSequence`` input is the exception: turning it into padded steps and back needs shapes that
-depend on its values, so Dynamo breaks the graph there (``fullgraph=True`` raises), as it does
-for ``torch.nn``'s packed path; the results are the same as in eager mode.
+``PackedSequence`` input compiles into the same graph when it carries ``sorted_indices``
+(``enforce_sorted=False``): its rows move between packed and padded steps by integer
+indices, whose shapes follow from the inputs' shapes. Without them (``enforce_sorted=True``) the
+batch size is a value of ``batch_sizes``, and Dynamo breaks the graph where it is read; the results
+are the same either way. (``pack_padded_sequence`` itself makes shapes from values, so a model
+that packs inside its ``forward`` has a graph break there, from PyTorch.)
 """
 
 import functools
@@ -84,6 +87,20 @@ def _permute(hx, permutation):
     if permutation is None:
         return hx
     return hx.index_select(1, permutation)
+
+
+def _packed_rows(batch_sizes, B, N):
+    """Where a PackedSequence's N rows (time-major, steps of batch_sizes (T,) sequences each) sit
+    in a padded (T, B) batch: (lengths (B,), rows (N,) = t * B + b of each row). Integer indices
+    throughout, every shape known from the inputs' shapes: a boolean mask would give a result
+    whose size depends on values, which torch.compile cannot hold in one graph."""
+    T = batch_sizes.shape[0]
+    lengths = (torch.arange(B).unsqueeze(0) < batch_sizes.unsqueeze(1)).sum(0)
+    ends = torch.cumsum(batch_sizes, 0)  # row index after each step's rows
+    n = torch.arange(N)
+    t = torch.searchsorted(ends, n, right=True)  # the step each row belongs to
+    b = n - (ends - batch_sizes)[t]  # its place within that step
+    return lengths, t * B + b
 
 
 def _stacked(states):
@@ -267,12 +284,13 @@ class _Fused:
         packed = isinstance(input, PackedSequence)
         if packed:
             data, batch_sizes, sorted_indices, unsorted_indices = input
-            T, B = batch_sizes.shape[0], int(batch_sizes[0])
-            # (T, B) in the packed (sorted) batch order: where step t of sequence b exists.
-            steps = torch.arange(B).unsqueeze(0) < batch_sizes.unsqueeze(1)
-            x = data.new_zeros((T, B, data.shape[-1]))
-            x[steps] = data
-            lengths = steps.sum(0)
+            T = batch_sizes.shape[0]
+            # (B from a shape where there is one: batch_sizes[0] is a value, which a torch.compile
+            # graph cannot hold, so that it would break there.)
+            B = int(batch_sizes[0]) if sorted_indices is None else sorted_indices.shape[0]
+            lengths, rows = _packed_rows(batch_sizes, B, data.shape[0])
+            rows = rows.to(data.device)
+            x = data.new_zeros((T * B, data.shape[-1])).index_copy(0, rows, data).view(T, B, -1)
             is_batched = True
             if hx is not None:
                 states = tuple(_permute(s, sorted_indices) for s in states)
@@ -322,7 +340,8 @@ class _Fused:
         hidden = [_permute(_stacked(h_n), unsorted_indices)]
         if is_lstm:
             hidden.append(_permute(_stacked(c_n), unsorted_indices))
-        output = PackedSequence(x[steps], batch_sizes, sorted_indices, unsorted_indices)
+        output = PackedSequence(x.reshape(T * B, -1).index_select(0, rows), batch_sizes, sorted_indices,
+                                unsorted_indices)
         return output, (tuple(hidden) if is_lstm else hidden[0])
 
 
