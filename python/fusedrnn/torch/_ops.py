@@ -110,8 +110,10 @@ def _array(tensor):
 _VIEWS = {}
 
 
-def _forget_view(key):
-    return lambda _: _VIEWS.pop(key, None)
+def _forget_view(key, views=_VIEWS):
+    # (The dict itself, not the global: a tensor freed while the interpreter shuts down may find
+    # this module's globals already cleared.)
+    return lambda _: views.pop(key, None)
 
 
 def _weight_array(tensor):
