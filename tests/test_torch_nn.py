@@ -350,6 +350,15 @@ def test_packed_input_compiles_with_fullgraph_and_equals_eager(rng, monkeypatch,
         assert_close(traced.detach().numpy(), eager.detach().numpy(), np.float32, OUTPUT)
 
 
+def test_a_packed_sequence_whose_sorted_indices_disagree_with_its_batch_sizes_raises(rng):
+    _, fused = modules("gru", torch.float32, 3)
+    x = torch.tensor(rng.standard_normal((T, B, I)), dtype=torch.float32)
+    packed = pack_padded_sequence(x, torch.tensor([3, T, 1, 4]), enforce_sorted=False)
+    forged = PackedSequence(packed.data, packed.batch_sizes, packed.sorted_indices[:-1], packed.unsorted_indices[:-1])
+    with pytest.raises(ValueError, match="sorted_indices has 3 entries but its batch_sizes"):
+        fused(forged)
+
+
 # -- calls that record no graph: the uniform op on NumPy views, without the operators --------------
 
 def no_graph_matrix():

@@ -288,6 +288,10 @@ class _Fused:
             # (B from a shape where there is one: batch_sizes[0] is a value, which a torch.compile
             # graph cannot hold, so that it would break there.)
             B = int(batch_sizes[0]) if sorted_indices is None else sorted_indices.shape[0]
+            if not torch.compiler.is_compiling() and B != int(batch_sizes[0]):
+                # (A PackedSequence built by hand: rows of a larger batch would overlap.)
+                raise ValueError(f"the PackedSequence's sorted_indices has {B} entries but its batch_sizes[0] is "
+                                 f"{int(batch_sizes[0])}: they must both be the batch size")
             lengths, rows = _packed_rows(batch_sizes, B, data.shape[0])
             rows = rows.to(data.device)
             x = data.new_zeros((T * B, data.shape[-1])).index_copy(0, rows, data).view(T, B, -1)
