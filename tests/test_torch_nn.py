@@ -312,9 +312,16 @@ def test_convert_leaves_user_subclasses_alone():
     assert type(model[0]) is Custom and type(model[1]) is fnn.RNN
 
 
-def test_compiled_with_fullgraph_equals_eager(rng, monkeypatch):
-    # Dynamo leaves torch.nn's recurrent modules (subclasses included) out of graphs unless told.
-    monkeypatch.setattr(torch._dynamo.config, "allow_rnn", True)
+@pytest.fixture
+def allow_rnn():
+    """Dynamo leaves torch.nn's recurrent modules (subclasses included) out of graphs unless told.
+    (Through torch's own patch: pytest's monkeypatch (9.2) deletes a config module's setting
+    when it undoes, so that a later test finds no allow_rnn.)"""
+    with torch._dynamo.config.patch(allow_rnn=True):
+        yield
+
+
+def test_compiled_with_fullgraph_equals_eager(rng, allow_rnn):
     _, fused = modules("gru", torch.float32, 13, batch_first=True)
     x = torch.tensor(rng.standard_normal((B, T, I)), dtype=torch.float32, requires_grad=True)
     compiled = torch.compile(fused, fullgraph=True)
@@ -328,11 +335,10 @@ def test_compiled_with_fullgraph_equals_eager(rng, monkeypatch):
 
 
 @pytest.mark.parametrize("mode", ("lstm", "gru"))
-def test_packed_input_compiles_with_fullgraph_and_equals_eager(rng, monkeypatch, mode):
+def test_packed_input_compiles_with_fullgraph_and_equals_eager(rng, allow_rnn, mode):
     """A PackedSequence that carries sorted_indices (enforce_sorted=False) goes into one graph:
     the steps are moved between packed and padded rows with integer indices, whose shapes come
     from the inputs' shapes (a boolean mask's would depend on values)."""
-    monkeypatch.setattr(torch._dynamo.config, "allow_rnn", True)
     _, fused = modules(mode, torch.float32, 17, num_layers=2, bidirectional=True)
     x = torch.tensor(rng.standard_normal((T, B, I)), dtype=torch.float32, requires_grad=True)
     lengths = torch.tensor([3, T, 1, 4])
@@ -592,9 +598,8 @@ def test_cuda_results_are_the_same_on_another_current_stream(rng):
     assert torch.equal(actual, expected)
 
 
-def test_cuda_compiled_with_fullgraph_equals_eager(rng, monkeypatch):
+def test_cuda_compiled_with_fullgraph_equals_eager(rng, allow_rnn):
     _needs_cuda_tensors()
-    monkeypatch.setattr(torch._dynamo.config, "allow_rnn", True)
     _, fused = modules("gru", torch.float32, 23, batch_first=True)
     fused.cuda()
     x = torch.tensor(rng.standard_normal((B, T, I)), dtype=torch.float32, device="cuda", requires_grad=True)
