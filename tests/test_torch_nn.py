@@ -6,7 +6,9 @@ PyTorch's autograd with the same random cotangents.
 """
 
 import contextlib
+import gc
 import itertools
+import weakref
 
 import numpy as np
 import pytest
@@ -459,6 +461,28 @@ def test_the_weight_views_follow_every_change_of_the_parameters(rng, change):
         expected = torch.nn.RNN.forward(module, x)[0]
     assert_close(after.numpy(), expected.numpy(), np.float64 if change == "double" else np.float32, OUTPUT)
     assert torch.equal(after, first) == (change == "freeze")
+
+
+def test_moving_a_module_drops_the_kept_views_of_its_old_parameters(rng):
+    """Training calls keep a view of each parameter by tensor (fusedrnn.torch._ops); .double(),
+    .to() and the like replace the parameters' memory, and the views of the old memory go with it
+    rather than hold it until the parameter is next used."""
+    from fusedrnn.torch import _ops
+
+    module = fnn.LSTM(I, H)
+    x = torch.tensor(rng.standard_normal((T, B, I)), dtype=torch.float32)
+    module(x)[0].sum().backward()
+    parameters = list(module.parameters())
+    old_memory = [weakref.ref(_ops._VIEWS[id(p)][4].base) for p in parameters]
+    module.double()
+    assert not any(id(p) in _ops._VIEWS for p in parameters)
+    gc.collect()
+    assert all(ref() is None for ref in old_memory)
+    y = module(x.double())[0]
+    y.sum().backward()
+    with torch.no_grad():
+        expected = torch.nn.LSTM.forward(module, x.double())[0]
+    assert_close(y.detach().numpy(), expected.numpy(), np.float64, OUTPUT)
 
 
 def test_weight_views_start_empty_in_copies():

@@ -106,7 +106,9 @@ def _array(tensor):
 # so in-place changes show through it; a view is used only while the tensor has the same data
 # pointer, shape, dtype and contiguity, which is what the view was made from. An entry holds the
 # memory it shows (a view's base shares the tensor's storage), not the tensor, and leaves when
-# its tensor is freed.
+# its tensor is freed or, for a module's parameters, when .to() and the like replace their memory
+# (_drop_views). A tensor whose memory is replaced otherwise (param.data = ...) keeps its old
+# memory held until its next call or its end.
 _VIEWS = {}
 
 
@@ -114,6 +116,13 @@ def _forget_view(key, views=_VIEWS):
     # (The dict itself, not the global: a tensor freed while the interpreter shuts down may find
     # this module's globals already cleared.)
     return lambda _: views.pop(key, None)
+
+
+def _drop_views(tensors):
+    """Forgets the kept views of `tensors`, whose memory the caller is about to replace (a module's
+    .to()): an entry would otherwise hold the old memory until the tensor is next used or freed."""
+    for tensor in tensors:
+        _VIEWS.pop(id(tensor), None)
 
 
 def _weight_array(tensor):

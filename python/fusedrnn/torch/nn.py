@@ -158,10 +158,11 @@ class _Fused:
 
     def _apply(self, *args, **kwargs):
         # .to(), .double(), .cuda() ... replace the parameters: the packed copies of the old ones
-        # (and the references that keep those alive) are of no further use.
+        # (and the references that keep those alive) are of no further use, nor are their views.
         for handle in self.__dict__.get("_packed_weights", {}).values():
             handle.clear()
         self.__dict__.pop("_fused_weight_views", None)
+        _ops._drop_views(self._flat_weights)
         return super()._apply(*args, **kwargs)
 
     def _weight_arrays(self, dtype):
