@@ -100,6 +100,12 @@ def _array(tensor):
     return tensor if tensor.is_cuda else tensor.numpy()
 
 
+def _array_is_view(tensor):
+    """Whether _array(tensor) is the tensor's own memory (else a copy, which a later change of the
+    tensor would not show)."""
+    return tensor.is_cpu and tensor.dtype not in _HALF and tensor.is_contiguous()
+
+
 # NumPy views of the tensors that call after call passes again (a layer's weights), by the
 # tensor's id. Making a view costs 1.3-1.8 us, checking that a kept one still shows the tensor's
 # memory about 0.4 us, and a one-step call reads four or five weights. A view shows the memory,
@@ -135,7 +141,7 @@ def _weight_array(tensor):
             and tensor.is_contiguous()):
         return kept[4]
     array = _array(tensor)
-    if tensor.is_cpu and tensor.dtype not in _HALF and tensor.is_contiguous():  # (else a copy: it would go stale)
+    if _array_is_view(tensor):  # (a copy would go stale)
         _VIEWS[key] = (weakref.ref(tensor, _forget_view(key)), tensor.data_ptr(), tensor.shape, tensor.dtype, array)
     return array
 
@@ -427,8 +433,8 @@ class EagerForward(torch.autograd.Function):
         # NumPy views of a dozen tensors again (about 50 us of a T=1 call's backward). Only where
         # every one is a view of a saved tensor (contiguous CPU float32/float64 inputs): a
         # contiguous or widened copy would hold memory until the backward.
-        tensors = [t for t in inputs if isinstance(t, torch.Tensor)]
-        views = x.is_cpu and x.dtype not in _HALF and all(t.is_contiguous() for t in tensors)
+        # (Every tensor has x's device and dtype: the others need only be contiguous.)
+        views = _array_is_view(x) and all(t.is_contiguous() for t in inputs if isinstance(t, torch.Tensor))
         ctx.arrays = arrays[3] if views else None
         return output[:3]
 

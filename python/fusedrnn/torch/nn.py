@@ -103,9 +103,10 @@ def _packed_rows(batch_sizes, B, N):
     return lengths, t * B + b
 
 
-def _stacked(states):
-    """The final states of every layer direction as one (L*D, B, P) tensor."""
-    return states[0].unsqueeze(0) if len(states) == 1 else torch.stack(states)
+def _stacked(states, stack):
+    """The final states of every layer direction as one (L*D, B, P) tensor or array (`stack`:
+    torch.stack or np.stack)."""
+    return states[0][None] if len(states) == 1 else stack(states)
 
 
 class _WeightViews:
@@ -246,25 +247,20 @@ class _Fused:
             return None  # (a state of the wrong batch or size: PyTorch's check says so, below)
         # Shaped as torch.nn returns them while still arrays, then one tensor each: a NumPy view
         # costs a fraction of a tensor's (a one-step call makes three of them).
-        output = x.transpose(1, 0, 2) if self.batch_first else x
-        hidden = [h_n[0][np.newaxis] if len(h_n) == 1 else np.stack(h_n)]
-        if is_lstm:
-            hidden.append(c_n[0][np.newaxis] if len(c_n) == 1 else np.stack(c_n))
-        if not batched:
-            output = output[0] if self.batch_first else output[:, 0]
-            hidden = [s[:, 0] for s in hidden]
-        output, *hidden = (torch.from_numpy(a) for a in (output, *hidden))
-        return output, (tuple(hidden) if is_lstm else hidden[0])
+        return self._padded_result(x, h_n, c_n if is_lstm else None, batched, np.stack, torch.from_numpy)
 
-    def _padded_result(self, x, h_n, c_n, batched):
+    def _padded_result(self, x, h_n, c_n, batched, stack=torch.stack, as_tensor=None):
         """(output, h_n or (h_n, c_n)) as torch.nn returns them for a padded input, from the last
         layer's time-major output x and the final states of every layer direction (c_n: None
-        without a cell state)."""
-        output = x.transpose(0, 1) if self.batch_first else x
-        hidden = [_stacked(h_n)] + ([] if c_n is None else [_stacked(c_n)])
-        if not batched:
-            output = output.squeeze(0 if self.batch_first else 1)
-            hidden = [s.squeeze(1) for s in hidden]
+        without a cell state): tensors, or NumPy arrays (`stack` np.stack) made tensors at the end
+        by `as_tensor`. (Views and indexing that tensors and arrays share.)"""
+        output = x.swapaxes(0, 1) if self.batch_first else x
+        hidden = [_stacked(h_n, stack)] + ([] if c_n is None else [_stacked(c_n, stack)])
+        if not batched:  # (the batch dimension is 1 here)
+            output = output[0] if self.batch_first else output[:, 0]
+            hidden = [s[:, 0] for s in hidden]
+        if as_tensor is not None:
+            output, hidden = as_tensor(output), [as_tensor(s) for s in hidden]
         return output, (hidden[0] if c_n is None else tuple(hidden))
 
     def forward(self, input, hx=None):
@@ -288,11 +284,14 @@ class _Fused:
             T = batch_sizes.shape[0]
             # (B from a shape where there is one: batch_sizes[0] is a value, which a torch.compile
             # graph cannot hold, so that it would break there.)
-            B = int(batch_sizes[0]) if sorted_indices is None else sorted_indices.shape[0]
-            if not torch.compiler.is_compiling() and B != int(batch_sizes[0]):
-                # (A PackedSequence built by hand: rows of a larger batch would overlap.)
-                raise ValueError(f"the PackedSequence's sorted_indices has {B} entries but its batch_sizes[0] is "
-                                 f"{int(batch_sizes[0])}: they must both be the batch size")
+            if sorted_indices is None:
+                B = int(batch_sizes[0])
+            else:
+                B = sorted_indices.shape[0]
+                if not torch.compiler.is_compiling() and B != int(batch_sizes[0]):
+                    # (A PackedSequence built by hand: rows of a larger batch would overlap.)
+                    raise ValueError(f"the PackedSequence's sorted_indices has {B} entries but its batch_sizes[0] "
+                                     f"is {int(batch_sizes[0])}: they must both be the batch size")
             lengths, rows = _packed_rows(batch_sizes, B, data.shape[0])
             rows = rows.to(data.device)
             x = data.new_zeros((T * B, data.shape[-1])).index_copy(0, rows, data).view(T, B, -1)
@@ -342,9 +341,9 @@ class _Fused:
 
         if not packed:
             return self._padded_result(x, h_n, c_n if is_lstm else None, is_batched)
-        hidden = [_permute(_stacked(h_n), unsorted_indices)]
+        hidden = [_permute(_stacked(h_n, torch.stack), unsorted_indices)]
         if is_lstm:
-            hidden.append(_permute(_stacked(c_n), unsorted_indices))
+            hidden.append(_permute(_stacked(c_n, torch.stack), unsorted_indices))
         output = PackedSequence(x.reshape(T * B, -1).index_select(0, rows), batch_sizes, sorted_indices,
                                 unsorted_indices)
         return output, (tuple(hidden) if is_lstm else hidden[0])
