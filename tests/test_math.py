@@ -7,10 +7,15 @@ import pytest
 from fusedrnn import _core
 
 # One float32 ulp at 1 is 2**-23 ~ 1.2e-7; rounding the exact result to float32 alone costs
-# 0.5 ulp. Measured worst cases on this grid: exp 0.65, sigmoid 0.74, tanh 1.07 ulp; the bound
-# is 2 ulp (sigmoid near 0 is held to 2 ulp of 1, absolute: its result is below float32's
-# resolution of 1 there and feeds only sums with values near 1).
+# 0.5 ulp. Measured worst cases on this grid: exp 0.65, sigmoid 0.74 ulp; the bound is 2 ulp
+# (sigmoid near 0 is held to 2 ulp of 1, absolute: its result is below float32's resolution of 1
+# there and feeds only sums with values near 1).
+# tanh is a rational function, half the operations of an exp-based one (math.h says why), and
+# its own bound: over every float32 in [1e-30, 9.5], worst 2.42 x 2^-23 relative with FMA (AVX2,
+# AVX-512) and 3.22 without (the portable build rounds each product and sum apart), near +-1.
 ULP = 2.0 ** -23
+TANH_BOUND = {"portable": 3.5}
+TANH_BOUND_FMA = 2.5
 FUNCTIONS = {
     "exp": np.exp,
     "sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)),
@@ -41,7 +46,8 @@ def test_accuracy(isa, name):
         # Relative for small |tanh|, absolute near +-1 where the result's ulp is the limit's.
         relative = np.abs(got - want) / np.maximum(np.abs(want), np.finfo(np.float32).tiny)
     worst = np.argmax(relative)
-    assert relative[worst] <= 2 * ULP, f"{name}({x[worst]!r}) = {got[worst]!r}, want {want[worst]!r}"
+    bound = TANH_BOUND.get(isa, TANH_BOUND_FMA) if name == "tanh" else 2
+    assert relative[worst] <= bound * ULP, f"{name}({x[worst]!r}) = {got[worst]!r}, want {want[worst]!r}"
 
 
 def test_exp_underflows_to_tiny_not_nan(isa):
@@ -63,4 +69,5 @@ def test_partial_vectors_and_lengths(isa):
     """Every length mod 16: the tail of an array is a partial vector."""
     for n in range(0, 40):
         x = np.linspace(-3, 3, n).astype(np.float32)
-        np.testing.assert_allclose(_core._vector_math("tanh", x), np.tanh(x), rtol=2 * ULP, atol=1e-30)
+        np.testing.assert_allclose(_core._vector_math("tanh", x), np.tanh(x), rtol=TANH_BOUND.get(isa, TANH_BOUND_FMA) * ULP,
+                                   atol=1e-30)
