@@ -268,7 +268,7 @@ def main():
                 lengths = torch.randint(T // 2, T + 1, (B,), generator=generator)
                 lengths[0] = T
                 for kind in inputs:
-                    rest_ms = None
+                    given = lengths if kind == "packed" else None
                     for compile_ in (False, True) if args.compile else (False,):
                         theirs, ours = pair(cell, H)
                         if compile_:
@@ -278,12 +278,12 @@ def main():
                         steps = {}
                         for name, model, run in (("torch", theirs, theirs_run), ("ours", ours, ours_run)):
                             optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-                            steps[name] = training_step(run, optimizer, tokens, targets,
-                                                        lengths if kind == "packed" else None)
-                        if rest_ms is None:  # (eager, timed with the eager pair; the compiled rows reuse it)
-                            steps["rest"] = rest_of_step(theirs, tokens, targets, lengths if kind == "packed" else None)
+                            steps[name] = training_step(run, optimizer, tokens, targets, given)
+                        if not compile_:  # (timed with the eager pair; the compiled row after it reuses it)
+                            steps["rest"] = rest_of_step(theirs, tokens, targets, given)
                         timed = time_pair(steps, min_calls, min_seconds)
-                        rest_ms = timed["rest"][0] * 1e3 if "rest" in timed else rest_ms
+                        if not compile_:
+                            rest_ms = timed["rest"][0] * 1e3
                         row = dict(cell=cell, B=B, H=H, input=kind, compiled=compile_,
                                    torch_ms=timed["torch"][0] * 1e3, ours_ms=timed["ours"][0] * 1e3,
                                    torch_min_ms=timed["torch"][1] * 1e3, ours_min_ms=timed["ours"][1] * 1e3,
