@@ -410,3 +410,99 @@ def test_host_call_over_several_devices_is_pure_callback():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0 and "ok" in result.stdout, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+# -- the JAX adapter's saved gates and states, kept on the host by token (keras3/_jax_backend) ------
+
+def _jax_layer_problem(rng, cell):
+    """A loss of one layer through the JAX adapter, its inputs, and random cotangent weights."""
+    import jax.numpy as jnp
+    from fusedrnn import functional as F
+    from fusedrnn.keras3 import _jax_backend
+    G, cell_state = F.CELLS[cell].gates, F.CELLS[cell].has_cell_state
+    weights = {"weight_ih": rng.standard_normal((G * UNITS, I)), "weight_hh": rng.standard_normal((G * UNITS, UNITS)),
+               "bias_ih": rng.standard_normal(G * UNITS), "bias_hh": rng.standard_normal(G * UNITS)}
+    weights = {k: (v / 3).astype(np.float32) for k, v in weights.items()}
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    h0 = rng.standard_normal((B, UNITS)).astype(np.float32)
+    c0 = rng.standard_normal((B, UNITS)).astype(np.float32) if cell_state else None
+    dy = rng.standard_normal((T, B, UNITS)).astype(np.float32)
+
+    def loss(x, h0, weights):
+        y, h_n, c_n = _jax_backend.recurrent(cell, x, h0, c0, weights, mask=None, masked_output="zero",
+                                             recurrent_scale=None)
+        return jnp.sum(y * dy) + jnp.sum(h_n * h_n)
+
+    return loss, (x, h0, weights)
+
+
+@pytest.fixture
+def host_forwards(monkeypatch):
+    """Counts the forwards the JAX adapter runs on the host, and empties its store around a test."""
+    from fusedrnn.keras3 import _jax_backend
+    calls = []
+    original = _jax_backend._forward_on_host
+    monkeypatch.setattr(_jax_backend, "_forward_on_host", lambda *a: calls.append(a[2]) or original(*a))
+    saved = _jax_backend._SAVED
+    monkeypatch.setattr(saved, "_entries", type(saved._entries)())
+    yield calls, saved
+
+
+@jax_only
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
+def test_backward_takes_the_forwards_saved_state_from_the_host(cell, rng, host_forwards):
+    """A jitted gradient runs one training forward, whose gates and states its backward takes (no
+    second forward), and leaves nothing behind; eager, the same."""
+    import jax
+    calls, saved = host_forwards
+    loss, args = _jax_layer_problem(rng, cell)
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+    for _ in range(3):
+        dx, dh0, dweights = grad(*args)
+        assert calls == [True] and not saved._entries
+        calls.clear()
+    eager = jax.grad(loss, argnums=(0, 1, 2))(*args)  # (pure_callback's path)
+    assert calls == [True] and not saved._entries
+    for got, want in zip(jax.tree_util.tree_leaves((dx, dh0, dweights)), jax.tree_util.tree_leaves(eager)):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+@jax_only
+def test_a_missing_saved_state_is_computed_again(rng, host_forwards, monkeypatch):
+    """With no room in the store (or after the first of two backwards of one forward took its
+    entry) the backward runs the forward again on the same inputs: the same gradients, bit for bit."""
+    import jax
+    calls, saved = host_forwards
+    loss, args = _jax_layer_problem(rng, "lstm")
+    expected = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(*args)
+    calls.clear()
+
+    monkeypatch.setattr(saved, "capacity", 0)
+    got = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(*args)
+    assert calls == [True, True] and not saved._entries
+    monkeypatch.setattr(saved, "capacity", 256)
+
+    calls.clear()
+    value, vjp = jax.vjp(loss, *args)
+    twice = vjp(np.float32(1.0)), vjp(np.float32(1.0))
+    assert calls == [True, True]  # (the second backward found its entry taken)
+    for result in (got,) + twice:
+        for g, e in zip(jax.tree_util.tree_leaves(result), jax.tree_util.tree_leaves(expected)):
+            np.testing.assert_array_equal(np.asarray(g), np.asarray(e))
+
+
+@jax_only
+def test_forwards_whose_backward_never_runs_keep_at_most_capacity_entries(rng, host_forwards, monkeypatch):
+    import jax
+    calls, saved = host_forwards
+    loss, args = _jax_layer_problem(rng, "gru")
+    expected = jax.grad(loss, argnums=(0, 1, 2))(*args)
+    monkeypatch.setattr(saved, "capacity", 2)
+    calls.clear()
+    pending = [jax.vjp(loss, *args)[1] for _ in range(5)]
+    assert len(saved._entries) == 2 and len(calls) == 5
+    for vjp, forwards in ((pending[-1], 5), (pending[0], 6)):  # the newest is there; the oldest, dropped
+        for g, e in zip(jax.tree_util.tree_leaves(vjp(np.float32(1.0))), jax.tree_util.tree_leaves(expected)):
+            np.testing.assert_array_equal(np.asarray(g), np.asarray(e))
+        assert len(calls) == forwards
+    assert len(saved._entries) == 1

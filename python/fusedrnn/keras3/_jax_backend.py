@@ -3,19 +3,22 @@ are host callbacks into :mod:`fusedrnn.functional` (:func:`host_call`: ``jax.pur
 without its copies).
 
 So it runs under ``jit`` (Keras's ``fit``, ``evaluate`` and ``predict`` trace it once) and under
-``grad``: the primal call runs the forward without saving anything; the vjp's forward saves the
-kernels' gates and states as residuals (ordinary JAX arrays), and its backward hands them back to
-the kernels with the inputs. The kernels write fresh arrays; the callbacks' arguments are only
-read. Under ``vmap`` each callback loops over the mapped axis (``vmap_method="sequential"``),
-which is correct, one call per element. CPU only: the caller sends other platforms to Keras's
-loop. The mask and the recurrent dropout scale get no gradient (zero cotangents).
+``grad``: the primal call runs the forward without saving anything; the vjp's forward keeps the
+kernels' gates and states on the host (:class:`_SavedOnHost`) and gives JAX a token for them as its
+residual, beside the inputs; its backward hands them back to the kernels with the inputs. The
+kernels write fresh arrays; the callbacks' arguments are only read. Under ``vmap`` each callback
+loops over the mapped axis (``vmap_method="sequential"``), which is correct, one call per element.
+CPU only: the caller sends other platforms to Keras's loop. The mask and the recurrent dropout
+scale get no gradient (zero cotangents).
 
 Threads: the callbacks run on a thread of XLA's; they use ``fusedrnn.set_num_threads``'s count if
 one was set, else the count at start-up (``OMP_NUM_THREADS`` or the cores).
 """
 
+import collections
 import functools
 import inspect
+import threading
 
 import jax
 import numpy as np
@@ -125,38 +128,83 @@ def _use_threads():
 
 
 def _shapes(cell, x, weights):
-    """Result and residual shapes from the inputs' shapes (what the callbacks will return)."""
-    info = F.CELLS[cell]
+    """The forward's result shapes from the inputs' shapes (what the callbacks will return)."""
     T, B, _ = x.shape
     H = weights["weight_hh"].shape[1]
     out = jax.ShapeDtypeStruct
-    results = (out((T, B, H), x.dtype), out((B, H), x.dtype)) + ((out((B, H), x.dtype),) if info.has_cell_state else ())
-    saved = (out((T, B, info.saved * H), x.dtype), out((T + 1, B, H), x.dtype))
-    saved += (out((T + 1, B, H), x.dtype),) if info.has_cell_state else ()
-    return results, saved
+    return (out((T, B, H), x.dtype), out((B, H), x.dtype)) + (
+        (out((B, H), x.dtype),) if F.CELLS[cell].has_cell_state else ())
+
+
+class _SavedOnHost:
+    """The gates and states that training forwards saved, kept on the host until their backward
+    takes them, by token (an int32 the vjp carries as its residual).
+
+    Why not residuals: XLA copies a callback's results into buffers of its own, fresh memory at
+    every step for anything above glibc's mmap threshold (32 MB at most), so each page faults on
+    first touch. For an LSTM(512) at B=64, T=100 that copy of the 78 MB of gates and states took
+    as long as a third of the kernels' forward and backward (measured on a Zen 3).
+
+    A token whose entry is not here (taken by an earlier backward of the same forward, or dropped
+    to keep at most `capacity` entries: a forward whose backward never runs) makes the backward
+    run the forward again on the same inputs, which gives the same gates and states."""
+
+    def __init__(self, capacity):
+        self.capacity = capacity
+        self._entries = collections.OrderedDict()
+        self._last_token = 0
+        self._lock = threading.Lock()  # (XLA may run callbacks on several threads at once)
+
+    def put(self, saved):
+        with self._lock:
+            self._last_token = self._last_token % (2**31 - 1) + 1
+            self._entries[self._last_token] = saved
+            while len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
+            return self._last_token
+
+    def take(self, token):
+        with self._lock:
+            return self._entries.pop(token, None)
+
+
+# More entries than the recurrent layers of any model whose forward runs before its backward.
+_SAVED = _SavedOnHost(capacity=256)
+_TOKEN = jax.ShapeDtypeStruct((), np.int32)
 
 
 def _host_forward(cell, masked_output, training, x, h0, c0, weights, mask, recurrent_scale):
+    """The forward's results, and with training the token of its saved gates and states."""
     _use_threads()
-    y, h_n, c_n, saved = F.recurrent_forward(
-        cell, _host(x), _host(h0), _host(c0), {k: _host(v) for k, v in weights.items()},
-        mask=_host(mask), masked_output=masked_output, training=training,
-        recurrent_scale=_host(recurrent_scale), check_unchanged=False)
+    y, h_n, c_n, saved = _forward_on_host(cell, masked_output, training, x, h0, c0, weights, mask, recurrent_scale)
     results = (y, h_n) + ((c_n,) if c_n is not None else ())
     if not training:
         return results
-    return results + tuple(saved[name] for name in ("gates", "h") + (("c",) if c_n is not None else ()))
+    return results + (np.asarray(_SAVED.put(_computed(saved)), np.int32),)
+
+
+def _forward_on_host(cell, masked_output, training, x, h0, c0, weights, mask, recurrent_scale):
+    return F.recurrent_forward(
+        cell, _host(x), _host(h0), _host(c0), {k: _host(v) for k, v in weights.items()},
+        mask=_host(mask), masked_output=masked_output, training=training,
+        recurrent_scale=_host(recurrent_scale), check_unchanged=False)
+
+
+def _computed(saved):
+    """What the kernels wrote for the backward (arrays of our own: the inputs are XLA's buffers,
+    valid only during the callback)."""
+    arrays = dict(zip(F.Saved.ARRAY_NAMES, saved.arrays))
+    return arrays["gates"], arrays["h"], arrays["c"]
 
 
 def _forward(static, x, h0, c0, weights, mask, recurrent_scale, training):
     cell, masked_output = static
-    results, saved = _shapes(cell, x, weights)
+    results = _shapes(cell, x, weights)
     callback = functools.partial(_host_forward, cell, masked_output, training)
-    shapes = results + (saved if training else ())
-    out = host_call(callback, shapes, x, h0, c0, weights, mask, recurrent_scale)
+    out = host_call(callback, results + ((_TOKEN,) if training else ()), x, h0, c0, weights, mask, recurrent_scale)
     n = len(results)
     primal = (out[0], out[1], out[2] if n == 3 else None)
-    return primal, tuple(out[n:])
+    return primal, out[n] if training else None
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -165,16 +213,18 @@ def _recurrent(static, x, h0, c0, weights, mask, recurrent_scale):
 
 
 def _recurrent_fwd(static, x, h0, c0, weights, mask, recurrent_scale):
-    primal, computed = _forward(static, x, h0, c0, weights, mask, recurrent_scale, training=True)
-    return primal, (x, h0, c0, weights, mask, recurrent_scale, computed)
+    primal, token = _forward(static, x, h0, c0, weights, mask, recurrent_scale, training=True)
+    return primal, (x, h0, c0, weights, mask, recurrent_scale, token)
 
 
-def _host_backward(cell, masked_output, dy, dh_n, dc_n, x, weights, mask, recurrent_scale, computed):
+def _host_backward(cell, masked_output, dy, dh_n, dc_n, x, h0, c0, weights, mask, recurrent_scale, token):
     _use_threads()
-    gates, h, c = (_host(a) for a in computed) if len(computed) == 3 else (*map(_host, computed), None)
+    computed = _SAVED.take(int(token))
+    if computed is None:  # (see _SavedOnHost)
+        computed = _computed(_forward_on_host(cell, masked_output, True, x, h0, c0, weights, mask, recurrent_scale)[3])
     mask = None if mask is None else np.asarray(mask, dtype=np.uint8)
     arrays = (_host(x),) + tuple(_host(weights[name]) for name in F.WEIGHT_NAMES) + (
-        _host(recurrent_scale), None, mask, gates, h, c, None)
+        _host(recurrent_scale), None, mask) + computed + (None,)
     meta = F.SavedMeta(cell=cell, reverse=False, repeat_masked_output=masked_output == "repeat", fingerprints=None)
     dx, dh0, dc0, dweights = F.recurrent_backward(_host(dy), _host(dh_n), _host(dc_n), F.Saved(meta, arrays))
     grads = (dx, dh0) + ((dc0,) if dc0 is not None else ())
@@ -183,14 +233,14 @@ def _host_backward(cell, masked_output, dy, dh_n, dc_n, x, weights, mask, recurr
 
 def _recurrent_bwd(static, residuals, cotangents):
     cell, masked_output = static
-    x, h0, c0, weights, mask, recurrent_scale, computed = residuals
+    x, h0, c0, weights, mask, recurrent_scale, token = residuals
     dy, dh_n, dc_n = cotangents
     out = jax.ShapeDtypeStruct
     shapes = (out(x.shape, x.dtype), out(h0.shape, h0.dtype)) + ((out(c0.shape, c0.dtype),) if c0 is not None else ())
     present = [name for name in F.WEIGHT_NAMES if weights[name] is not None]
     shapes += tuple(out(weights[name].shape, weights[name].dtype) for name in present)
-    grads = host_call(functools.partial(_host_backward, cell, masked_output), shapes, dy, dh_n, dc_n, x, weights,
-                      mask, recurrent_scale, computed)
+    grads = host_call(functools.partial(_host_backward, cell, masked_output), shapes, dy, dh_n, dc_n, x, h0, c0,
+                      weights, mask, recurrent_scale, token)
     n = 3 if c0 is not None else 2
     dweights = dict.fromkeys(F.WEIGHT_NAMES)
     dweights.update(zip(present, grads[n:]))
