@@ -358,6 +358,51 @@ def test_packed_input_compiles_with_fullgraph_and_equals_eager(rng, allow_rnn, m
         assert_close(traced.detach().numpy(), eager.detach().numpy(), np.float32, OUTPUT)
 
 
+def sorted_packed_results(module, x, lengths, mode, hx=None):
+    output, hidden = module(pack_padded_sequence(x, lengths), hx)
+    h_n = hidden[0] if mode == "lstm" else hidden
+    loss = output.data.sin().sum() + h_n.square().sum()
+    return [output.data, h_n, *torch.autograd.grad(loss, [x, *module.parameters()])]
+
+
+@pytest.mark.parametrize("mode", ("lstm", "gru"))
+def test_sorted_packed_input_compiles_with_fullgraph_when_dynamo_captures_scalars(rng, allow_rnn, mode):
+    """Without sorted_indices (enforce_sorted=True) and hx the batch size is batch_sizes[0], a value:
+    the graph breaks there, unless Dynamo's capture_scalar_outputs makes it a symbolic size; then
+    the call is one graph, equal to eager."""
+    _, fused = modules(mode, torch.float32, 19, num_layers=2, bidirectional=True)
+    x = torch.tensor(rng.standard_normal((T, B, I)), dtype=torch.float32, requires_grad=True)
+    lengths = torch.tensor([T, 4, 3, 1])
+    assert torch._dynamo.explain(fused)(pack_padded_sequence(x, lengths)).graph_break_count == 1
+    with torch._dynamo.config.patch(capture_scalar_outputs=True):
+        explained = torch._dynamo.explain(fused)(pack_padded_sequence(x, lengths))
+        assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons
+        results = [sorted_packed_results(m, x, lengths, mode) for m in (fused, torch.compile(fused, fullgraph=True))]
+    for eager, traced in zip(*results):
+        assert_close(traced.detach().numpy(), eager.detach().numpy(), np.float32, OUTPUT)
+
+
+@pytest.mark.parametrize("mode", ("lstm", "gru"))
+def test_sorted_packed_input_with_hx_compiles_with_fullgraph(rng, allow_rnn, mode):
+    """With hx the batch size comes from its shape (batch_sizes[0] checked inside the graph): one
+    graph, equal to eager; an hx of another batch size raises there as in eager."""
+    _, fused = modules(mode, torch.float32, 23, num_layers=2, bidirectional=True)
+    x = torch.tensor(rng.standard_normal((T, B, I)), dtype=torch.float32, requires_grad=True)
+    lengths = torch.tensor([T, 4, 3, 1])
+    hx = tuple(torch.tensor(s, dtype=torch.float32) for s in states_of(fused, rng))
+    hx = hx if mode == "lstm" else hx[0]
+    explained = torch._dynamo.explain(fused)(pack_padded_sequence(x, lengths), hx)
+    assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons
+    compiled = torch.compile(fused, fullgraph=True)
+    results = [sorted_packed_results(m, x, lengths, mode, hx) for m in (fused, compiled)]
+    for eager, traced in zip(*results):
+        assert_close(traced.detach().numpy(), eager.detach().numpy(), np.float32, OUTPUT)
+    fewer = pack_padded_sequence(x[:, :3], lengths[:3])
+    for module in (fused, compiled):
+        with pytest.raises(RuntimeError, match="batch size|hidden"):
+            module(fewer, hx)
+
+
 def test_a_packed_sequence_whose_sorted_indices_disagree_with_its_batch_sizes_raises(rng):
     _, fused = modules("gru", torch.float32, 3)
     x = torch.tensor(rng.standard_normal((T, B, I)), dtype=torch.float32)

@@ -49,10 +49,11 @@ are freed with the module (a copy of the module starts without them).
 graphs (a graph break; these modules then run eagerly) unless ``torch._dynamo.config.allow_rnn`` is
 True; with it they compile, with ``fullgraph=True`` too, as the operators have fake kernels. A
 ``PackedSequence`` input compiles into the same graph when it carries ``sorted_indices``
-(``enforce_sorted=False``): its rows move between packed and padded steps by integer
-indices, whose shapes follow from the inputs' shapes. Without them (``enforce_sorted=True``) the
-batch size is a value of ``batch_sizes``, and Dynamo breaks the graph where it is read; the results
-are the same either way. (``pack_padded_sequence`` itself makes shapes from values, so a model
+(``enforce_sorted=False``) or comes with ``hx``: its rows move between packed and padded steps by
+integer indices, whose shapes follow from the inputs' shapes. Otherwise (``enforce_sorted=True``,
+no ``hx``) the batch size is a value, ``batch_sizes[0]``: Dynamo breaks the graph where it is read,
+unless ``torch._dynamo.config.capture_scalar_outputs`` is True, which makes it a symbolic size in
+the same graph. The results are the same either way. (``pack_padded_sequence`` itself makes shapes from values, so a model
 that packs inside its ``forward`` has a graph break there, from PyTorch.)
 """
 
@@ -283,8 +284,11 @@ class _Fused:
             data, batch_sizes, sorted_indices, unsorted_indices = input
             T = batch_sizes.shape[0]
             # (B from a shape where there is one: batch_sizes[0] is a value, which a torch.compile
-            # graph cannot hold, so that it would break there.)
-            if sorted_indices is None:
+            # graph holds only as a symbolic size under capture_scalar_outputs, else breaks there.)
+            if sorted_indices is None and hx is not None and torch.compiler.is_compiling():
+                B = states[0].shape[1]
+                torch._assert_async(batch_sizes[0] == B, "hx's batch size differs from the PackedSequence's")
+            elif sorted_indices is None:
                 B = int(batch_sizes[0])
             else:
                 B = sorted_indices.shape[0]
@@ -298,7 +302,8 @@ class _Fused:
             is_batched = True
             if hx is not None:
                 states = tuple(_permute(s, sorted_indices) for s in states)
-            check_input, check_batch_sizes = data, batch_sizes
+            # (Checked as the padded batch: torch's check of a packed one reads batch_sizes[0].)
+            check_input, check_batch_sizes = x.transpose(0, 1) if self.batch_first else x, None
         else:
             if input.dim() not in (2, 3):
                 raise ValueError(f"{type(self).__name__}: Expected input to be 2D or 3D, got {input.dim()}D instead")
