@@ -195,10 +195,11 @@ class RNNBase(Module):
         weights, versions = {}, []
         for name, full in self._direction_names(layer, direction):
             param = params.get(full)
-            if param is not None:
-                weights[name] = param.data
-                if name in _PACKED_NAMES:
-                    versions.append(param.version)
+            # (All five names in their order, None for an absent one: the form recurrent_forward
+            # takes as it is, without making another dict.)
+            weights[name] = None if param is None else param.data
+            if param is not None and name in _PACKED_NAMES:
+                versions.append(param.version)
         if training:
             return weights, None, None
         return weights, owned_packed_weights(self, (layer, direction)), tuple(versions)
