@@ -21,18 +21,6 @@
 namespace fusedrnn::cpu {
 namespace {
 
-// Asks for the cache lines at p, p + stride, ... (count of them) ahead of use, to be read, or
-// written with kWrite. The backward loop reads its per-step inputs (the saved values) from rows
-// written long before, which no hardware prefetcher predicts (one line per gate, H*sizeof(T)
-// apart), and writes dgx to rows it has not touched; fetching the next step's lines during this
-// step hides that memory latency. (A store to a line not in the cache waits for the line to be
-// read in: prefetching dgx's lines for writing cut the backward's pointwise part by 10-30% at
-// B=64, H=128 for RNN, LSTM and GRU, and left it unchanged at H=512, on a Zen 3.)
-template <int kWrite = 0, class T>
-FUSEDRNN_INLINE void prefetch_lines(const T* p, int count, int64_t stride) {
-  for (int i = 0; i < count; ++i) __builtin_prefetch(p + i * stride, kWrite);
-}
-
 // Backward buffers shared by the team.
 template <class T>
 struct BackwardState {

@@ -327,6 +327,20 @@ class StepBarrier {
   alignas(64) std::atomic<unsigned> generation_{0};
 };
 
+// Asks for the cache lines at p, p + stride, ... (count of them) ahead of use, to be read, or
+// written with kWrite. Each step of the loops reads and writes rows of arrays over all T steps
+// (the saved values, y, dgx) that no hardware prefetcher predicts (one line per gate, H*sizeof(T)
+// apart) and that were last touched a whole call before; asking for the next step's lines during
+// this step hides that memory latency. Writes too: a store to a line not in the cache waits for
+// the line to be read in. (Measured on a Zen 3, B=64, H=128, 2 threads: prefetching for writing
+// the next step's rows cut the pointwise part of the backward (dgx) by 10-30% for RNN, LSTM and
+// GRU, and of a training forward (the saved values, y) by 18% for the RNN and 20% for the LSTM;
+// at H=512 it was unchanged to 7% faster.)
+template <int kWrite = 0, class T>
+FUSEDRNN_INLINE void prefetch_lines(const T* p, int count, int64_t stride) {
+  for (int i = 0; i < count; ++i) __builtin_prefetch(p + i * stride, kWrite);
+}
+
 // Calls body(w, n) for the V-wide pieces (n lanes each) of a chunk's first `width` values. A
 // whole chunk (width == kPanel: every chunk but a ragged last one) passes n as a constant, so
 // that its loads and stores compile to single vector moves, not length-checked copies.

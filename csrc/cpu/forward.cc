@@ -45,6 +45,11 @@ FUSEDRNN_INLINE void publish_state(const ForwardArgs<T>& a, const Schedule& sch,
   const bool active = sch.active(t, b), output = active || sch.repeats_output(s, b);
   T* y = a.y + (t * B + b) * P + p0;
   T* saved = a.saved_h ? a.saved_h + (sch.new_slot(t) * B + b) * P + p0 : nullptr;
+  if (s + 1 < a.T_) {  // the next step writes these rows
+    const int64_t t_next = sch.row(s + 1);
+    prefetch_lines<1>(a.y + (t_next * B + b) * P + p0, 1, 0);
+    if (saved) prefetch_lines<1>(a.saved_h + (sch.new_slot(t_next) * B + b) * P + p0, 1, 0);
+  }
   for_each_vector<V, T>(width, [&](int64_t w, int64_t n) FUSEDRNN_INLINE_LAMBDA {
     const V h = V::load((active ? h_next : h_prev) + at + w, n);
     if (!active) h.store(h_next + at + w, n);
@@ -173,6 +178,12 @@ struct ForwardStep {
       }
       if (saved_m) std::fill_n(saved_m, width, T(0));
       return;
+    }
+    if (training && s + 1 < a.T_) {  // the next step writes these rows
+      const int64_t t_next = sch.row(s + 1);
+      prefetch_lines<1>(a.saved_gates + (t_next * B + b) * S * H + u0, S, H);
+      if (saved_c) prefetch_lines<1>(a.saved_c + (sch.new_slot(t_next) * B + b) * H + u0, 1, 0);
+      if (saved_m) prefetch_lines<1>(a.saved_m + (t_next * B + b) * H + u0, 1, 0);
     }
     const T* x_bias = b_ih + u0;
     const T* bias = b_hh + u0;
