@@ -71,13 +71,18 @@ template <class Cell, class T>
 struct BackwardStep {
   static constexpr int G = Cell::kGates;
   static constexpr int S = Cell::kSaved;
+  // Whether the recurrent product reads a copy of each step's dgh (dg_step): only where dgh
+  // differs from dgx (kSplitGradient). Otherwise it reads dgx's rows themselves, which saves a
+  // store per gate and a 2*B*G*H buffer that took part of L2 (LSTM, B=64, H=128: 256 KiB).
+  static constexpr bool kStepCopy = Cell::kSplitGradient;
+  static_assert(!(Cell::kTwoPhase && kStepCopy), "a two-phase cell's phases write dgx only, not dg_step");
   const BackwardArgs<T>& a;
   const Schedule& sch;
   const BackwardState<T>& st;
 
   // rec: without projection dG_{s+1} W_hh for these units (zero at the last step), to which the
   // carry and dy are added; with one, dm = dh_step W_hr, the whole gradient of the cell output.
-  // dg_step: this step's dgh again, in step order, for the next recurrent product.
+  // dg_step (kStepCopy): this step's dgh again, in step order, for the next recurrent product.
   // Two-phase cells: this is their first backward phase (n and z); reset_row finishes r.
   template <class V>
   FUSEDRNN_INLINE void row(int64_t s, int64_t b, int64_t u0, int64_t width, const T* rec, T* dg_step) const {
@@ -86,7 +91,7 @@ struct BackwardStep {
     const T* dy_row = a.dy && !projected ? a.dy + (t * B + b) * H + u0 : nullptr;
     T* dgx_row = st.dgx + (t * B + b) * GH + u0;
     T* dgh_last_row = Cell::kSplitGradient ? st.dgh_last + (t * B + b) * H + u0 : nullptr;
-    T* dg_step_row = dg_step + b * GH + u0;
+    T* dg_step_row = kStepCopy ? dg_step + b * GH + u0 : nullptr;
     // Under recurrent dropout rec is the gradient of h * scale: scaled once more, it is h's.
     const T* scale = a.recurrent_scale ? a.recurrent_scale + at : nullptr;
     if (!sch.active(t, b)) {  // masked: the state was carried, so is its gradient
@@ -98,7 +103,7 @@ struct BackwardStep {
       }
       for (int g = 0; g < G; ++g) {
         std::fill_n(dgx_row + g * H, width, T(0));
-        std::fill_n(dg_step_row + g * H, width, T(0));
+        if constexpr (kStepCopy) std::fill_n(dg_step_row + g * H, width, T(0));
       }
       if constexpr (Cell::kSplitGradient) std::fill_n(dgh_last_row, width, T(0));
       return;
@@ -134,14 +139,13 @@ struct BackwardStep {
         Cell::output_backward(saved, prev, d_next, gx, d_prev);
         for (int g = 1; g < G; ++g) {
           gx[g].store(dgx_row + g * H + w, n);
-          gx[g].store(dg_step_row + g * H + w, n);
           add_to_bias_sum(st.db_x ? st.db_x + g * H + u0 + w : nullptr, gx[g], n);
         }
       } else {
         Cell::backward(saved, prev, next, d_next, gx, gh, d_prev);
         for (int g = 0; g < G; ++g) {
           gx[g].store(dgx_row + g * H + w, n);
-          gh[g].store(dg_step_row + g * H + w, n);
+          if constexpr (kStepCopy) gh[g].store(dg_step_row + g * H + w, n);
           add_to_bias_sum(st.db_x ? st.db_x + g * H + u0 + w : nullptr, gx[g], n);
           if constexpr (Cell::kSplitGradient) add_to_bias_sum(st.db_h ? st.db_h + g * H + u0 + w : nullptr, gh[g], n);
         }
@@ -155,7 +159,7 @@ struct BackwardStep {
   // Two-phase cells, second phase: d_rh = (W_hn^T da_n) of these units in rec gives da_r and
   // the rest of the previous state's gradient.
   template <class V>
-  FUSEDRNN_INLINE void reset_row(int64_t s, int64_t b, int64_t u0, int64_t width, const T* rec, T* dg_step) const {
+  FUSEDRNN_INLINE void reset_row(int64_t s, int64_t b, int64_t u0, int64_t width, const T* rec) const {
     const int64_t B = a.B, H = a.H, GH = G * H, at = b * H + u0, t = sch.row(s);
     if (!sch.active(t, b)) return;  // row() zeroed its gradients and carried the state's
     const T* saved_row = a.saved_gates + (t * B + b) * S * H + u0;
@@ -171,7 +175,6 @@ struct BackwardStep {
       Cell::reset_backward(saved, State<V>{h_product, V()}, V::load(rec + w), dg, d_product);
       if (scale) d_product.h = d_product.h * V::load(scale + w, n);
       dg[0].store(st.dgx + (t * B + b) * GH + u0 + w, n);
-      dg[0].store(dg_step + b * GH + u0 + w, n);
       add_to_bias_sum(st.db_x ? st.db_x + u0 + w : nullptr, dg[0], n);
       (V::load(st.dh_carry + at + w, n) + d_product.h).store(st.dh_carry + at + w, n);
     });
@@ -192,9 +195,13 @@ void backward_layer(const BackwardArgs<T>& a) {
 
   T* dgx = workspace<T>(0, steps * B * GH);
   T* dgh_last = Cell::kSplitGradient ? workspace<T>(1, steps * B * H) : nullptr;
-  // dgh of the step just done and of the one before, in step order: the recurrent product reads
-  // one while the team writes the other.
-  Buffer<T> dg_step(2 * B * GH);
+  // With kStepCopy, dgh of the step just done and of the one before, in step order: the recurrent
+  // product reads one while the team writes the other. Otherwise step s's dgh is dgx's row.
+  constexpr bool kStepCopy = BackwardStep<Cell, T>::kStepCopy;
+  Buffer<T> dg_step(kStepCopy ? 2 * B * GH : 0);
+  const auto step_gradient = [&](int64_t s) {
+    return kStepCopy ? dg_step.get() + (s & 1) * B * GH : dgx + sch.row(s) * B * GH;
+  };
   Buffer<T> dh_carry(B * P), dc_carry(Cell::kHasCell ? B * H : 0);
   Buffer<T> dh_step(projected ? B * P : 0);
   T* dh_all = projected ? workspace<T>(2, steps * B * P) : nullptr;
@@ -242,9 +249,9 @@ void backward_layer(const BackwardArgs<T>& a) {
     }
     T* rec = scratch.get() + thread_id() * rec_size;
     for (int64_t s = steps - 1; s >= 0; --s) {
-      T* dg_cur = dg_step.get() + (s & 1) * B * GH;
+      T* dg_cur = step_gradient(s);
       // dG_{s+1} W_hh, through the rows reading h; nothing after the last step.
-      const T* dg_next = s + 1 < steps ? dg_step.get() + ((s + 1) & 1) * B * GH : nullptr;
+      const T* dg_next = s + 1 < steps ? step_gradient(s + 1) : nullptr;
       for_each_block(dims, P, B, NR, PackedProduct<T>{KH, dg_next, GH, packed_hh, hh_size}, group_dims, rec,
                      [&](int64_t p0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
         run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
@@ -277,14 +284,14 @@ void backward_layer(const BackwardArgs<T>& a) {
                        [&](int64_t u0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
           run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
             using V = Vec<T, decltype(bytes)::value>;
-            for (int64_t b = b0; b < b0 + rows; ++b) step.template reset_row<V>(s, b, u0, width, block + (b - b0) * ld, dg_cur);
+            for (int64_t b = b0; b < b0 + rows; ++b) step.template reset_row<V>(s, b, u0, width, block + (b - b0) * ld);
           });
         });
       }
       step_end.wait();
     }
     // The gradient of the initial state: what step 0 sends back through W_hh, plus the carry.
-    const T* dg_first = steps > 0 ? dg_step.get() : nullptr;
+    const T* dg_first = steps > 0 ? step_gradient(0) : nullptr;
     for_each_block(dims, P, B, NR, PackedProduct<T>{KH, dg_first, GH, packed_hh, hh_size}, group_dims, rec,
                    [&](int64_t p0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
       for (int64_t b = b0; b < b0 + rows; ++b) {
