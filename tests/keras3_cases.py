@@ -414,8 +414,9 @@ def test_host_call_over_several_devices_is_pure_callback():
 
 # -- the JAX adapter's saved gates and states, kept on the host by token (keras3/_jax_backend) ------
 
-def _jax_layer_problem(rng, cell):
-    """A loss of one layer through the JAX adapter, its inputs, and random cotangent weights."""
+def _jax_layer_problem(rng, cell, masked=False):
+    """A loss of one layer through the JAX adapter (random weights of the outputs) and its inputs;
+    masked: with a (T, B) mask of any pattern."""
     import jax.numpy as jnp
     from fusedrnn import functional as F
     from fusedrnn.keras3 import _jax_backend
@@ -427,9 +428,10 @@ def _jax_layer_problem(rng, cell):
     h0 = rng.standard_normal((B, UNITS)).astype(np.float32)
     c0 = rng.standard_normal((B, UNITS)).astype(np.float32) if cell_state else None
     dy = rng.standard_normal((T, B, UNITS)).astype(np.float32)
+    mask = rng.random((T, B)) < 0.7 if masked else None
 
     def loss(x, h0, weights):
-        y, h_n, c_n = _jax_backend.recurrent(cell, x, h0, c0, weights, mask=None, masked_output="zero",
+        y, h_n, c_n = _jax_backend.recurrent(cell, x, h0, c0, weights, mask=mask, masked_output="zero",
                                              recurrent_scale=None)
         return jnp.sum(y * dy) + jnp.sum(h_n * h_n)
 
@@ -468,19 +470,20 @@ def test_backward_takes_the_forwards_saved_state_from_the_host(cell, rng, host_f
 
 
 @jax_only
-def test_a_missing_saved_state_is_computed_again(rng, host_forwards, monkeypatch):
+@pytest.mark.parametrize("masked", [False, True])
+def test_a_missing_saved_state_is_computed_again(rng, host_forwards, monkeypatch, masked):
     """With no room in the store (or after the first of two backwards of one forward took its
     entry) the backward runs the forward again on the same inputs: the same gradients, bit for bit."""
     import jax
     calls, saved = host_forwards
-    loss, args = _jax_layer_problem(rng, "lstm")
+    loss, args = _jax_layer_problem(rng, "lstm", masked)
     expected = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(*args)
     calls.clear()
 
-    monkeypatch.setattr(saved, "capacity", 0)
-    got = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(*args)
+    with monkeypatch.context() as patch:
+        patch.setattr(saved, "capacity", 0)
+        got = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(*args)
     assert calls == [True, True] and not saved._entries
-    monkeypatch.setattr(saved, "capacity", 256)
 
     calls.clear()
     value, vjp = jax.vjp(loss, *args)

@@ -53,8 +53,8 @@ True; with it they compile, with ``fullgraph=True`` too, as the operators have f
 integer indices, whose shapes follow from the inputs' shapes. Otherwise (``enforce_sorted=True``,
 no ``hx``) the batch size is a value, ``batch_sizes[0]``: Dynamo breaks the graph where it is read,
 unless ``torch._dynamo.config.capture_scalar_outputs`` is True, which makes it a symbolic size in
-the same graph. The results are the same either way. (``pack_padded_sequence`` itself makes shapes from values, so a model
-that packs inside its ``forward`` has a graph break there, from PyTorch.)
+the same graph. The results are the same either way. (``pack_padded_sequence`` itself makes shapes
+from values, so a model that packs inside its ``forward`` has a graph break there, from PyTorch.)
 """
 
 import functools
