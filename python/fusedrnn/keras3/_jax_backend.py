@@ -194,8 +194,7 @@ def _forward_on_host(cell, masked_output, training, x, h0, c0, weights, mask, re
 def _computed(saved):
     """What the kernels wrote for the backward (arrays of our own: the inputs are XLA's buffers,
     valid only during the callback)."""
-    arrays = dict(zip(F.Saved.ARRAY_NAMES, saved.arrays))
-    return arrays["gates"], arrays["h"], arrays["c"]
+    return saved["gates"], saved["h"], saved["c"]
 
 
 def _forward(static, x, h0, c0, weights, mask, recurrent_scale, training):
