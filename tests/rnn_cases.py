@@ -47,6 +47,16 @@ def make_lengths(rng, T, B):
     return lengths
 
 
+def make_sorted_lengths(T, B):
+    """Lengths sorted longest first, as a PackedSequence orders its sequences, from T down to 1,
+    then two zeros: at each step the sequences still running are the first ones, so the kernels'
+    recurrent products leave the others out. With B = 70 and T = 6 the first step runs 68 rows,
+    past one 64-row block of the products, and later steps fewer than one block."""
+    lengths = T - np.arange(B) * T // B
+    lengths[-2:] = 0
+    return lengths
+
+
 def make_cotangents(rng, y, final_states):
     """Random cotangents (never ones: ones hide transposed or swapped gradients)."""
     dy = rng.standard_normal(y.shape).astype(y.dtype)

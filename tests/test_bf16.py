@@ -18,7 +18,7 @@ import fusedrnn
 from fusedrnn import _core, _reference
 from fusedrnn import functional as F
 
-from rnn_cases import GATES
+from rnn_cases import GATES, make_sorted_lengths
 
 # Every cell but the reset-before GRU, which has no bfloat16 mode (two products a step).
 CELLS = [cell for cell, info in F.CELLS.items() if not info.two_phase]
@@ -111,13 +111,15 @@ def test_one_step_matches_reference(rng, cell, B, H, threads):
 
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("B, H", SIZES)
-@pytest.mark.parametrize("variant", ["plain", "reverse_lengths", "mask_repeat"])
+@pytest.mark.parametrize("variant", ["plain", "reverse_lengths", "sorted_lengths", "mask_repeat"])
 def test_sequences_match_reference(rng, cell, B, H, variant, threads):
     T = 12
     p = problem(rng, cell, T, B, H)
     options = {}
     if variant == "reverse_lengths":
         options = dict(reverse=True, lengths=rng.integers(0, T + 1, B))
+    elif variant == "sorted_lengths":   # (each step's product runs only the sequences taking it)
+        options = dict(lengths=make_sorted_lengths(T, B))
     elif variant == "mask_repeat":
         options = dict(mask=rng.random((T, B)) < 0.7, masked_output="repeat")
     y, h_n = run(F, cell, p, bf16_weights=True, **options)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from fusedrnn import _reference as ref
-from rnn_cases import (CELLS, GATES, astype, backward, forward, make_cotangents, make_lengths,
-                       make_problem, num_states)
+from rnn_cases import (CELLS, GATES, astype, backward, forward, make_cotangents, make_lengths, make_problem,
+                       make_sorted_lengths, num_states)
 from tolerances import INPUT_GRAD, OUTPUT, STATE, WEIGHT_GRAD, assert_close
 
 DTYPES = [np.float32, np.float64]
@@ -341,6 +341,25 @@ def test_every_kernel_set_and_thread_count(validating, rng, isa, threads, cell, 
     dy, d_final_states = make_cotangents(rng, y, final_states)
     grads = backward(validating, cell, dy, d_final_states, saved)
     expected = reference_results(cell, problem, lengths, True, dy, d_final_states)
+    assert_results_close(cell, dtype, ((y, final_states), grads), expected)
+
+
+# Sorted lengths (a PackedSequence's order): each step's recurrent products run only the rows of
+# the sequences that take it (schedule.h's active_prefix_rows), in both directions, across a row
+# block, forward and backward.
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("cell", CELLS)
+def test_sorted_lengths_leave_finished_sequences_out(validating, rng, isa, threads, cell, dtype, reverse):
+    T, B, I, H = 6, 70, 9, 40
+    problem = make_problem(rng, cell, T, B, I, H, dtype, random_state=True)
+    lengths = make_sorted_lengths(T, B)
+    y, final_states, saved = forward(validating, cell, problem, lengths, reverse=reverse)
+    y_infer, final_infer, _ = forward(validating, cell, problem, lengths, reverse=reverse, training=False)
+    assert_close(y_infer, y, dtype, OUTPUT, "y (training=False)")
+    dy, d_final_states = make_cotangents(rng, y, final_states)
+    grads = backward(validating, cell, dy, d_final_states, saved)
+    expected = reference_results(cell, problem, lengths, reverse, dy, d_final_states)
     assert_results_close(cell, dtype, ((y, final_states), grads), expected)
 
 

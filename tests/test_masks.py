@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fusedrnn import _reference as ref
-from rnn_cases import CELLS, backward, forward, loss, make_cotangents, make_problem, num_states
+from rnn_cases import CELLS, backward, forward, loss, make_cotangents, make_problem, make_sorted_lengths, num_states
 from test_kernels import assert_results_close, check_shapes_and_dtypes, reference_results
 from test_reference import assert_gradient, numerical_gradient
 
@@ -126,6 +126,21 @@ def test_native_every_kernel_set_and_thread_count(functional, rng, isa, threads,
     grads = backward(functional, cell, dy, d_final, saved)
     expected = masked_reference(cell, problem, mask, True, "repeat", dy, d_final)
     assert_results_close(cell, np.float32, ((y, final_states), grads), expected)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_native_padding_mask_of_sorted_sequences(functional, rng, threads, cell, reverse):
+    """A mask of sorted sequences padded at the end (Keras's padding after a sort): each step's
+    products run only the sequences taking it; masked steps repeat the last output."""
+    T, B, I, H = 6, 70, 4, 40
+    problem = make_problem(rng, cell, T, B, I, H, np.float64)
+    mask = np.arange(T)[:, None] < make_sorted_lengths(T, B)[None, :]
+    y, final_states, saved = forward(functional, cell, problem, reverse=reverse, mask=mask, masked_output="repeat")
+    dy, d_final = make_cotangents(rng, y, final_states)
+    grads = backward(functional, cell, dy, d_final, saved)
+    expected = masked_reference(cell, problem, mask, reverse, "repeat", dy, d_final)
+    assert_results_close(cell, np.float64, ((y, final_states), grads), expected)
 
 
 def test_native_projection_with_mask(rng):

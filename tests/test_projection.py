@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fusedrnn import _reference as ref
-from rnn_cases import make_lengths
+from rnn_cases import make_lengths, make_sorted_lengths
 from test_reference import assert_gradient, numerical_gradient
 from tolerances import INPUT_GRAD, OUTPUT, STATE, WEIGHT_GRAD, assert_close
 
@@ -124,6 +124,13 @@ def test_native_matches_reference(rng, dtype, random_state, variable, reverse, b
 def test_native_every_kernel_set_and_thread_count(rng, isa, threads, dtype):
     T, B, I, H, P = 4, 67, 5, 40, 24
     compare_native(rng, dtype, T, B, I, H, P, make_lengths(rng, T, B), reverse=True)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_native_sorted_lengths(rng, threads, reverse):
+    """Sorted lengths: each step's products (W_hh and W_hr) run only the sequences taking it."""
+    T, B, I, H, P = 6, 70, 5, 40, 24
+    compare_native(rng, np.float64, T, B, I, H, P, make_sorted_lengths(T, B), reverse)
 
 
 @pytest.mark.parametrize("bad", ["weight_hr_ndim", "weight_hr_empty", "weight_hh_cols", "h0_size"])

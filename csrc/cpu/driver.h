@@ -232,17 +232,20 @@ struct InPlaceProduct {
 // columns of block, block's row stride).
 // Runs of several chunks pay the GEMM's per-call cost once and let it use its widest tiles;
 // one chunk at a time keeps a large batch's block in L1 for the pointwise step.
+// Only the first `computed` rows get the product; the others (sequences that do not take this
+// step, whose bodies do not read it or read it as zero) get zeros, which cost next to nothing.
 template <class T, class Product, class Body>
-void for_each_block(const Chunks<T>& chunks, int64_t n, int64_t B, int64_t cols, const Product& product,
-                    int64_t group, T* rec, Body body) {
+void for_each_block(const Chunks<T>& chunks, int64_t n, int64_t B, int64_t computed, int64_t cols,
+                    const Product& product, int64_t group, T* rec, Body body) {
   constexpr int64_t NR = kPanel<T>;
   int64_t first, last;
   chunks.mine(&first, &last);
   for (int64_t c = first; c < last; c += group) {
     const int64_t count = std::min(group, last - c), ld = count * cols;
     for (int64_t b0 = 0; b0 < B; b0 += kRowBlock) {
-      const int64_t rows = std::min(kRowBlock, B - b0);
-      product(b0, rows, c, ld, rec);
+      const int64_t rows = std::min(kRowBlock, B - b0), with_product = std::clamp<int64_t>(computed - b0, 0, rows);
+      if (with_product > 0) product(b0, with_product, c, ld, rec);
+      std::fill(rec + with_product * ld, rec + rows * ld, T(0));
       for (int64_t j = 0; j < count; ++j) {
         const int64_t u0 = (c + j) * NR;
         body(u0, std::min(NR, n - u0), b0, rows, rec + j * cols, ld);

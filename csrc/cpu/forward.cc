@@ -243,6 +243,7 @@ void forward_layer(const ForwardArgs<T>& a, PackedWeights* cache) {
   const bool projected = a.w_hr != nullptr;
   const std::vector<int64_t> first_steps = first_active_steps(a);
   const Schedule sch(a, first_steps.data());
+  const std::vector<int64_t> active_rows = active_prefix_rows(a);
 
   Buffer<T> b_ih(GH), b_hh(GH);
   copy_or_zero(b_ih.get(), a.b_ih, GH);
@@ -366,6 +367,7 @@ void forward_layer(const ForwardArgs<T>& a, PackedWeights* cache) {
           inputs.project(count, a.x + t_first * B * I, packed_ih.get() + first * ih_size, x_cols, xp);
         }
       }
+      const int64_t taking = active_rows[s];  // the products leave out the rows after these
       const T* h_prev = h_state.get() + (s & 1) * B * P;
       T* h_next = h_state.get() + ((s + 1) & 1) * B * P;
       const T* c_prev = Cell::kHasCell ? c_state.get() + (s & 1) * B * H : nullptr;
@@ -395,20 +397,20 @@ void forward_layer(const ForwardArgs<T>& a, PackedWeights* cache) {
       if (bf16) {
         if constexpr (kBf16Capable) {
           const uint32_t* pairs_prev = h_pairs.get() + (s & 1) * B * pairs;
-          for_each_block(units, H, B, cols, Bf16Product{P, pairs_prev, packed_hh_bf16.get(), hh_bf16_size},
+          for_each_block(units, H, B, taking, cols, Bf16Product{P, pairs_prev, packed_hh_bf16.get(), hh_bf16_size},
                          group_first, rec, cell_rows);
         }
       } else if (in_place) {
-        for_each_block(units, H, B, cols, InPlaceProduct<T>{P, product_prev, a.w_hh, H, kFirstGates}, group_first, rec,
+        for_each_block(units, H, B, taking, cols, InPlaceProduct<T>{P, product_prev, a.w_hh, H, kFirstGates}, group_first, rec,
                        cell_rows);
       } else {
-        for_each_block(units, H, B, cols, PackedProduct<T>{P, product_prev, P, packed_hh.get(), hh_size}, group_first,
+        for_each_block(units, H, B, taking, cols, PackedProduct<T>{P, product_prev, P, packed_hh.get(), hh_size}, group_first,
                        rec, cell_rows);
       }
       if constexpr (Cell::kTwoPhase) {
         // The last gate's product reads every unit's r*h: a second barrier, and a second GEMM.
         step_end.wait();
-        for_each_block(units, H, B, NR, PackedProduct<T>{H, rh_step.get(), H, packed_hn.get(), panel_size}, group_units,
+        for_each_block(units, H, B, taking, NR, PackedProduct<T>{H, rh_step.get(), H, packed_hn.get(), panel_size}, group_units,
                        rec, [&](int64_t u0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
           run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
             using V = Vec<T, decltype(bytes)::value>;
@@ -423,7 +425,7 @@ void forward_layer(const ForwardArgs<T>& a, PackedWeights* cache) {
       if (projected) {
         // h_next = m W_hr^T needs every unit's m: a second barrier, and a second GEMM.
         step_end.wait();
-        for_each_block(dims, P, B, NR, PackedProduct<T>{H, m_step.get(), H, packed_hr.get(), panel_size}, group_dims,
+        for_each_block(dims, P, B, taking, NR, PackedProduct<T>{H, m_step.get(), H, packed_hr.get(), panel_size}, group_dims,
                        rec, [&](int64_t p0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
           run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
             using V = Vec<T, decltype(bytes)::value>;
