@@ -4,6 +4,8 @@ the layer and turned into the kernels' time-major, batch-sorted layout.
 Each function takes the layer (an RNNBase) as ``module``; ``ctx`` is what its training forward saved.
 """
 
+import numpy as np
+
 from .. import functional as F
 from .._base import as_float_array
 from . import _device
@@ -30,6 +32,15 @@ def initial_states(module, hx, batch, unbatched, sorted_indices, dtype):
     if hx is None:
         return None, None
     lstm = _has_cell_state(module.mode)
+    # The common case first, as a generation loop passes back what the last call returned:
+    # batched arrays of the module's dtype and the expected shapes, in the caller's batch order.
+    if not unbatched and sorted_indices is None:
+        h = hx[0] if lstm and type(hx) is tuple and len(hx) == 2 else hx
+        c = hx[1] if lstm and h is not hx else None
+        rows = module.num_layers * module._directions
+        if type(h) is np.ndarray and h.dtype == dtype and h.shape == (rows, batch, module._state_size) and \
+                (not lstm or (type(c) is np.ndarray and c.dtype == dtype and c.shape == (rows, batch, module.hidden_size))):
+            return h, c
     if lstm:
         if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
             raise TypeError("hx of an LSTM must be a tuple (h_0, c_0)")
