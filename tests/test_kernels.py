@@ -7,6 +7,7 @@ float64 results are held to ~1e-10 and float32 results to the table in tolerance
 import numpy as np
 import pytest
 
+from fusedrnn import _core
 from fusedrnn import _reference as ref
 from rnn_cases import (CELLS, GATES, astype, backward, forward, make_cotangents, make_lengths, make_problem,
                        make_sorted_lengths, num_states)
@@ -344,21 +345,29 @@ def test_every_kernel_set_and_thread_count(validating, rng, isa, threads, cell, 
     assert_results_close(cell, dtype, ((y, final_states), grads), expected)
 
 
-# Sorted lengths (a PackedSequence's order): each step's recurrent products run only the rows of
-# the sequences that take it (schedule.h's active_prefix_rows), in both directions, across a row
-# block, forward and backward.
+# Sorted lengths (a PackedSequence's order): each step's recurrent products, its input
+# projections and the backward's GEMMs over all steps run only the rows of the sequences that
+# take it (schedule.h's active_prefix_rows), in both directions, across a row block, with the
+# projections from each thread's blocks or (a 4 KiB L2 and a wider input force it) from one merged GEMM.
+@pytest.mark.parametrize("projections", ["blocks", "merged"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("cell", CELLS)
-def test_sorted_lengths_leave_finished_sequences_out(validating, rng, isa, threads, cell, dtype, reverse):
-    T, B, I, H = 6, 70, 9, 40
+def test_sorted_lengths_leave_finished_sequences_out(validating, rng, isa, threads, cell, dtype, reverse,
+                                                     projections):
+    T, B, I, H = 6, 70, 9 if projections == "blocks" else 200, 40
     problem = make_problem(rng, cell, T, B, I, H, dtype, random_state=True)
     lengths = make_sorted_lengths(T, B)
-    y, final_states, saved = forward(validating, cell, problem, lengths, reverse=reverse)
-    y_infer, final_infer, _ = forward(validating, cell, problem, lengths, reverse=reverse, training=False)
+    if projections == "merged":
+        _core._set_cache_sizes(4096, 4096, 4096)
+    try:
+        y, final_states, saved = forward(validating, cell, problem, lengths, reverse=reverse)
+        y_infer, final_infer, _ = forward(validating, cell, problem, lengths, reverse=reverse, training=False)
+        dy, d_final_states = make_cotangents(rng, y, final_states)
+        grads = backward(validating, cell, dy, d_final_states, saved)
+    finally:
+        _core._set_cache_sizes(0, 0, 0)
     assert_close(y_infer, y, dtype, OUTPUT, "y (training=False)")
-    dy, d_final_states = make_cotangents(rng, y, final_states)
-    grads = backward(validating, cell, dy, d_final_states, saved)
     expected = reference_results(cell, problem, lengths, reverse, dy, d_final_states)
     assert_results_close(cell, dtype, ((y, final_states), grads), expected)
 

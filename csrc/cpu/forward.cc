@@ -20,6 +20,7 @@
 //
 // Gradient contract: outputs are overwritten (=); the Python layer accumulates (+=).
 #include <algorithm>
+#include <numeric>
 #include <type_traits>
 #include <vector>
 
@@ -87,11 +88,18 @@ struct InputProjections {
         steps(std::clamp<int64_t>(l2 / 2 / std::max<int64_t>(1, B_ * cols_ * int64_t(sizeof(T))), 1, all_steps)),
         rows(std::max<int64_t>(12, l2 / 8 / std::max<int64_t>(1, I_ * int64_t(sizeof(T))) / 12 * 12)) {}
 
-  // xp = the count*B rows of x times this thread's packed W_ih chunks (x_cols columns).
-  void project(int64_t count, const T* x, const T* packed, int64_t x_cols, T* xp) const {
-    for (int64_t r0 = 0; r0 < count * B; r0 += rows) {
-      gemm_packed_b<T>(std::min(rows, count * B - r0), x_cols, I, x + r0 * I, I, packed, xp + r0 * x_cols, x_cols,
-                       false);
+  // xp = the count*B rows of x times this thread's packed W_ih chunks (x_cols columns), of each
+  // step j only its first kept[j] rows (the sequences taking it: nothing reads the others').
+  void project(int64_t count, const T* x, const T* packed, int64_t x_cols, T* xp, const int64_t* kept) const {
+    for (int64_t j = 0; j < count;) {
+      // A run of steps that keep every row is one range of rows, a step that keeps fewer its own.
+      int64_t next = j;
+      while (next < count && kept[next] == B) ++next;
+      const int64_t begin = j * B, end = next > j ? next * B : j * B + kept[j];
+      for (int64_t r0 = begin; r0 < end; r0 += rows) {
+        gemm_packed_b<T>(std::min(rows, end - r0), x_cols, I, x + r0 * I, I, packed, xp + r0 * x_cols, x_cols, false);
+      }
+      j = next > j ? next : j + 1;
     }
   }
 };
@@ -308,8 +316,23 @@ void forward_layer(const ForwardArgs<T>& a, PackedWeights* cache) {
   }
   const int64_t ih_size = inputs.blocked && !in_place ? packed_b_size<T>(I, G * NR) : 0;
   PackedMatrix<T> packed_ih(cache, PackedWeights::kIh, units.count * ih_size);
-  T* xp_merged = inputs.blocked ? nullptr : workspace<T>(0, steps * B * GH);
-  if (!inputs.blocked) gemm<T>(steps * B, GH, I, a.x, I, 1, a.w_ih, 1, I, xp_merged, GH, /*accumulate=*/false);
+  // The rows of x that take a step, per time row (kept[t] of B, the first ones), and where each
+  // time row's projections start in the merged GEMM's result: there, when at least a sixteenth of
+  // the rows take no step (a PackedSequence of varied lengths), the GEMM runs on the others only,
+  // gathered (the copy costs about what the GEMM spends on a hundredth of the rows at H = 128).
+  std::vector<int64_t> kept(steps), first_row(steps);
+  for (int64_t s = 0; s < steps; ++s) kept[sch.row(s)] = active_rows[s];
+  const int64_t kept_rows = std::accumulate(kept.begin(), kept.end(), int64_t(0));
+  const bool gathered = !inputs.blocked && kept_rows <= steps * B - steps * B / 16;
+  for (int64_t t = 0, r = 0; t < steps; r += gathered ? kept[t] : B, ++t) first_row[t] = r;
+  T* xp_merged = inputs.blocked ? nullptr : workspace<T>(0, (gathered ? kept_rows : steps * B) * GH);
+  if (gathered) {
+    T* x_kept = workspace<T>(1, kept_rows * I);
+    for (int64_t t = 0; t < steps; ++t) std::copy_n(a.x + t * B * I, kept[t] * I, x_kept + first_row[t] * I);
+    gemm<T>(kept_rows, GH, I, x_kept, I, 1, a.w_ih, 1, I, xp_merged, GH, /*accumulate=*/false);
+  } else if (!inputs.blocked) {
+    gemm<T>(steps * B, GH, I, a.x, I, 1, a.w_ih, 1, I, xp_merged, GH, /*accumulate=*/false);
+  }
   const ForwardStep<Cell, T> step{a, sch, b_ih.get(), b_hh.get(), rz_step.get(), rh_step.get()};
   const Isa isa = current_isa();
 
@@ -355,7 +378,7 @@ void forward_layer(const ForwardArgs<T>& a, PackedWeights* cache) {
     const int64_t x_stride = inputs.blocked ? NR : H;
     const auto x_row = [&](int64_t t, int64_t b, int64_t u0) {
       return inputs.blocked ? xp + ((t - t_first) * B + b) * x_cols + (u0 / NR - first) * G * NR
-                            : xp_merged + (t * B + b) * GH + u0;
+                            : xp_merged + (first_row[t] + b) * GH + u0;
     };
     for (int64_t s = 0; s < steps; ++s) {
       if (inputs.blocked && s % inputs.steps == 0) {
@@ -364,7 +387,8 @@ void forward_layer(const ForwardArgs<T>& a, PackedWeights* cache) {
         if (in_place) {
           row_times_chunks(I, a.x, a.w_ih, H, G, first, last - first, xp);
         } else {
-          inputs.project(count, a.x + t_first * B * I, packed_ih.get() + first * ih_size, x_cols, xp);
+          inputs.project(count, a.x + t_first * B * I, packed_ih.get() + first * ih_size, x_cols, xp,
+                         kept.data() + t_first);
         }
       }
       const int64_t taking = active_rows[s];  // the products leave out the rows after these
