@@ -327,13 +327,13 @@ void backward_layer(const BackwardArgs<T>& a) {
   const T* m = a.saved_m;
   T* dx = a.dx;
   // The rows of sequences that took no step (their gate gradients are zero) add nothing to the
-  // weights' gradients and get zero in dx. Where they are at least a sixteenth of the rows (a
-  // PackedSequence of varied lengths) the GEMMs run on the other rows, gathered: the copies cost
-  // about what the three GEMMs spend on a sixtieth of the rows at H = 128, less at larger H.
+  // weights' gradients and get zero in dx. Where they are many (a PackedSequence of varied
+  // lengths) the GEMMs run on the other rows, gathered: when the multiply-adds that saves outweigh
+  // the copies, counting a copied value as kCopyCost multiply-adds.
   std::vector<int64_t> kept(steps);
   for (int64_t s = 0; s < steps; ++s) kept[sch.row(s)] = active_rows[s];
   const int64_t kept_rows = std::accumulate(kept.begin(), kept.end(), int64_t(0));
-  const bool gathered = kept_rows <= rows - rows / 16;
+  const bool gathered = (rows - kept_rows) * GH * (2 * I + P) > kCopyCost * kept_rows * (GH + 2 * I + P);
   if (gathered) {
     // Row (t, b < kept[t]) of src (row stride ld) -> the next row of dst (width values a row);
     // in place when dst is src and width ld (a row never moves to a later one).

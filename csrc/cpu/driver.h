@@ -227,6 +227,12 @@ struct InPlaceProduct {
   }
 };
 
+// What copying a value costs, in multiply-adds: a core's FMA rate (16-32 float multiply-adds a
+// cycle with AVX2 or AVX-512) over the rate it copies arrays beyond L2 at (a value read and
+// written every cycle or two), rounded. Used to decide when gathering the rows of the sequences
+// that take a step, to leave the others out of a GEMM, pays.
+constexpr int64_t kCopyCost = 32;
+
 // For each block of batch rows and each run of up to `group` of this thread's chunks: one
 // product (above) gives the block, then body(chunk's first unit, its width, b0, rows, its
 // columns of block, block's row stride).

@@ -317,13 +317,13 @@ void forward_layer(const ForwardArgs<T>& a, PackedWeights* cache) {
   const int64_t ih_size = inputs.blocked && !in_place ? packed_b_size<T>(I, G * NR) : 0;
   PackedMatrix<T> packed_ih(cache, PackedWeights::kIh, units.count * ih_size);
   // The rows of x that take a step, per time row (kept[t] of B, the first ones), and where each
-  // time row's projections start in the merged GEMM's result: there, when at least a sixteenth of
-  // the rows take no step (a PackedSequence of varied lengths), the GEMM runs on the others only,
-  // gathered (the copy costs about what the GEMM spends on a hundredth of the rows at H = 128).
+  // time row's projections start in the merged GEMM's result: there, when the rows taking no step
+  // are many (a PackedSequence of varied lengths), the GEMM runs on the others only, gathered, if
+  // the multiply-adds that saves outweigh the copy (kCopyCost each).
   std::vector<int64_t> kept(steps), first_row(steps);
   for (int64_t s = 0; s < steps; ++s) kept[sch.row(s)] = active_rows[s];
   const int64_t kept_rows = std::accumulate(kept.begin(), kept.end(), int64_t(0));
-  const bool gathered = !inputs.blocked && kept_rows <= steps * B - steps * B / 16;
+  const bool gathered = !inputs.blocked && (steps * B - kept_rows) * GH > kCopyCost * kept_rows;
   for (int64_t t = 0, r = 0; t < steps; r += gathered ? kept[t] : B, ++t) first_row[t] = r;
   T* xp_merged = inputs.blocked ? nullptr : workspace<T>(0, (gathered ? kept_rows : steps * B) * GH);
   if (gathered) {
