@@ -24,7 +24,9 @@ same signatures and is the spec these kernels are tested against.
 
 Variable lengths: ``lengths`` (B integers in ``[0, T]``) makes sequence ``b`` run over its first
 ``lengths[b]`` steps; after them its state is carried unchanged and its outputs are zero. With
-``reverse=True`` each sequence is processed from its own last valid step back to step 0.
+``reverse=True`` each sequence is processed from its own last valid step back to step 0. Sorted
+longest first (a PackedSequence's order; a mask of that shape too), the sequences that take no
+step are left out of its products and GEMMs, so the call's time follows the steps taken.
 
 Recurrent dropout (Keras's): ``recurrent_scale`` (B, P) multiplies h wherever it enters a
 recurrent product (``W_hh h``, and ``W_hn (r h)`` of the reset-before GRU) but not the state update
