@@ -64,22 +64,22 @@ std::vector<int64_t> first_active_steps(const Args& a) {
   return first_step;
 }
 
-// For each loop step, how many leading sequences take it when exactly those do (b < n active,
-// b >= n masked), else B. Sequences sorted by length, longest first (a PackedSequence's order),
-// give such prefixes in both directions, so a step's recurrent products can leave out the rows
-// of sequences that are done (or, in reverse, not yet started): their results are never read.
+// For each time row, how many leading sequences take a step there when exactly those do
+// (b < n active, b >= n masked), else B. Sequences sorted by length, longest first (a
+// PackedSequence's order), give such prefixes in both directions, so a step's recurrent products
+// can leave out the rows of sequences that are done (or, in reverse, not yet started): their
+// results are never read.
 template <class Args>
 std::vector<int64_t> active_prefix_rows(const Args& a) {
   std::vector<int64_t> rows(a.T_, a.B);
   if (!a.lengths && !a.mask) return rows;
   const Schedule sch(a, nullptr);
-  for (int64_t s = 0; s < a.T_; ++s) {
-    const int64_t t = sch.row(s);
+  for (int64_t t = 0; t < a.T_; ++t) {
     int64_t n = 0;
     while (n < a.B && sch.active(t, n)) ++n;
     bool prefix = true;
     for (int64_t b = n + 1; b < a.B && prefix; ++b) prefix = !sch.active(t, b);
-    if (prefix) rows[s] = n;
+    if (prefix) rows[t] = n;
   }
   return rows;
 }

@@ -256,7 +256,7 @@ void backward_layer(const BackwardArgs<T>& a) {
       // dG_{s+1} W_hh, through the rows reading h; nothing after the last step.
       const T* dg_next = s + 1 < steps ? step_gradient(s + 1) : nullptr;
       // Rows of sequences that took neither step s+1 (dG_{s+1} is zero) nor s get no products.
-      const int64_t taking_next = s + 1 < steps ? active_rows[s + 1] : 0, taking = active_rows[s];
+      const int64_t taking_next = s + 1 < steps ? active_rows[sch.row(s + 1)] : 0, taking = active_rows[sch.row(s)];
       for_each_block(dims, P, B, taking_next, NR, PackedProduct<T>{KH, dg_next, GH, packed_hh, hh_size}, group_dims, rec,
                      [&](int64_t p0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
         run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
@@ -297,8 +297,8 @@ void backward_layer(const BackwardArgs<T>& a) {
     }
     // The gradient of the initial state: what step 0 sends back through W_hh, plus the carry.
     const T* dg_first = steps > 0 ? step_gradient(0) : nullptr;
-    for_each_block(dims, P, B, steps > 0 ? active_rows[0] : 0, NR, PackedProduct<T>{KH, dg_first, GH, packed_hh, hh_size},
-                   group_dims, rec,
+    const int64_t taking_first = steps > 0 ? active_rows[sch.row(0)] : 0;
+    for_each_block(dims, P, B, taking_first, NR, PackedProduct<T>{KH, dg_first, GH, packed_hh, hh_size}, group_dims, rec,
                    [&](int64_t p0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
       for (int64_t b = b0; b < b0 + rows; ++b) {
         for (int64_t w = 0; w < width; ++w) {
@@ -330,19 +330,12 @@ void backward_layer(const BackwardArgs<T>& a) {
   // weights' gradients and get zero in dx. Where they are many (a PackedSequence of varied
   // lengths) the GEMMs run on the other rows, gathered: when the multiply-adds that saves outweigh
   // the copies, counting a copied value as kCopyCost multiply-adds.
-  std::vector<int64_t> kept(steps);
-  for (int64_t s = 0; s < steps; ++s) kept[sch.row(s)] = active_rows[s];
-  const int64_t kept_rows = std::accumulate(kept.begin(), kept.end(), int64_t(0));
+  const int64_t* kept = active_rows.data();  // of each time row
+  const int64_t kept_rows = std::accumulate(active_rows.begin(), active_rows.end(), int64_t(0));
   const bool gathered = (rows - kept_rows) * GH * (2 * I + P) > kCopyCost * kept_rows * (GH + 2 * I + P);
   if (gathered) {
-    // Row (t, b < kept[t]) of src (row stride ld) -> the next row of dst (width values a row);
-    // in place when dst is src and width ld (a row never moves to a later one).
     const auto gather = [&](const T* src, int64_t ld, int64_t width, T* dst) {
-      for (int64_t t = 0, r = 0; t < steps; ++t) {
-        for (int64_t b = 0; b < kept[t]; ++b, ++r) {
-          std::memmove(dst + r * width, src + (t * B + b) * ld, width * sizeof(T));
-        }
-      }
+      gather_kept_rows(src, ld, width, steps, B, kept, dst);
     };
     gather(st.dgx, GH, GH, st.dgx);
     if constexpr (Cell::kSplitGradient) gather(st.dgh_last, H, H, st.dgh_last);

@@ -233,6 +233,16 @@ struct InPlaceProduct {
 // that take a step, to leave the others out of a GEMM, pays.
 constexpr int64_t kCopyCost = 32;
 
+// Copies row b < kept[t] of each time row t of src (T*B rows, row stride ld) to the next row of
+// dst (width values a row), in order: the rows of the sequences taking each step, gathered for a
+// GEMM over all steps. In place when dst is src and width is ld (a row never moves to a later one).
+template <class T>
+void gather_kept_rows(const T* src, int64_t ld, int64_t width, int64_t steps, int64_t B, const int64_t* kept, T* dst) {
+  for (int64_t t = 0, r = 0; t < steps; ++t) {
+    for (int64_t b = 0; b < kept[t]; ++b, ++r) std::memmove(dst + r * width, src + (t * B + b) * ld, width * sizeof(T));
+  }
+}
+
 // For each block of batch rows and each run of up to `group` of this thread's chunks: one
 // product (above) gives the block, then body(chunk's first unit, its width, b0, rows, its
 // columns of block, block's row stride).

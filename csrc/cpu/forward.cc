@@ -316,19 +316,18 @@ void forward_layer(const ForwardArgs<T>& a, PackedWeights* cache) {
   }
   const int64_t ih_size = inputs.blocked && !in_place ? packed_b_size<T>(I, G * NR) : 0;
   PackedMatrix<T> packed_ih(cache, PackedWeights::kIh, units.count * ih_size);
-  // The rows of x that take a step, per time row (kept[t] of B, the first ones), and where each
-  // time row's projections start in the merged GEMM's result: there, when the rows taking no step
-  // are many (a PackedSequence of varied lengths), the GEMM runs on the others only, gathered, if
-  // the multiply-adds that saves outweigh the copy (kCopyCost each).
-  std::vector<int64_t> kept(steps), first_row(steps);
-  for (int64_t s = 0; s < steps; ++s) kept[sch.row(s)] = active_rows[s];
-  const int64_t kept_rows = std::accumulate(kept.begin(), kept.end(), int64_t(0));
+  // Where each time row's projections start in the merged GEMM's result: there, when the rows
+  // taking no step are many (a PackedSequence of varied lengths), the GEMM runs on the others
+  // only (active_rows[t] of time row t, the first ones), gathered, if the multiply-adds that saves
+  // outweigh the copy (kCopyCost each).
+  const int64_t kept_rows = std::accumulate(active_rows.begin(), active_rows.end(), int64_t(0));
   const bool gathered = !inputs.blocked && (steps * B - kept_rows) * GH > kCopyCost * kept_rows;
-  for (int64_t t = 0, r = 0; t < steps; r += gathered ? kept[t] : B, ++t) first_row[t] = r;
+  std::vector<int64_t> first_row(steps);
+  for (int64_t t = 0, r = 0; t < steps; r += gathered ? active_rows[t] : B, ++t) first_row[t] = r;
   T* xp_merged = inputs.blocked ? nullptr : workspace<T>(0, (gathered ? kept_rows : steps * B) * GH);
   if (gathered) {
     T* x_kept = workspace<T>(1, kept_rows * I);
-    for (int64_t t = 0; t < steps; ++t) std::copy_n(a.x + t * B * I, kept[t] * I, x_kept + first_row[t] * I);
+    gather_kept_rows(a.x, I, I, steps, B, active_rows.data(), x_kept);
     gemm<T>(kept_rows, GH, I, x_kept, I, 1, a.w_ih, 1, I, xp_merged, GH, /*accumulate=*/false);
   } else if (!inputs.blocked) {
     gemm<T>(steps * B, GH, I, a.x, I, 1, a.w_ih, 1, I, xp_merged, GH, /*accumulate=*/false);
@@ -388,10 +387,10 @@ void forward_layer(const ForwardArgs<T>& a, PackedWeights* cache) {
           row_times_chunks(I, a.x, a.w_ih, H, G, first, last - first, xp);
         } else {
           inputs.project(count, a.x + t_first * B * I, packed_ih.get() + first * ih_size, x_cols, xp,
-                         kept.data() + t_first);
+                         active_rows.data() + t_first);
         }
       }
-      const int64_t taking = active_rows[s];  // the products leave out the rows after these
+      const int64_t taking = active_rows[sch.row(s)];  // the products leave out the rows after these
       const T* h_prev = h_state.get() + (s & 1) * B * P;
       T* h_next = h_state.get() + ((s + 1) & 1) * B * P;
       const T* c_prev = Cell::kHasCell ? c_state.get() + (s & 1) * B * H : nullptr;
