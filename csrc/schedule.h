@@ -11,6 +11,7 @@
 // masked row writes the carried state into its slot and every row's input is in place.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -82,6 +83,32 @@ std::vector<int64_t> active_prefix_rows(const Args& a) {
     if (prefix) rows[t] = n;
   }
   return rows;
+}
+
+// An order of the sequences that makes every time row's active ones a prefix (what
+// active_prefix_rows looks for): order[i] is the sequence to run as row i. Exists when the rows'
+// sets of active sequences are nested, as they are for lengths in any order and for the masks of
+// padded sequences (Keras's, padding at either end); then the sequences with the most active steps
+// first, ties in their order, is one. Empty when the batch is in such an order already or none exists.
+template <class Args>
+std::vector<int64_t> running_first_order(const Args& a) {
+  if (!a.lengths && !a.mask) return {};
+  const Schedule sch(a, nullptr);
+  std::vector<int64_t> steps(a.B, 0), order(a.B);
+  for (int64_t t = 0; t < a.T_; ++t) {
+    for (int64_t b = 0; b < a.B; ++b) steps[b] += sch.active(t, b);
+  }
+  for (int64_t i = 0; i < a.B; ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](int64_t p, int64_t q) { return steps[p] > steps[q]; });
+  bool moved = false;
+  for (int64_t i = 0; i < a.B; ++i) moved |= order[i] != i;
+  if (!moved) return {};
+  for (int64_t t = 0; t < a.T_; ++t) {
+    for (int64_t i = 1; i < a.B; ++i) {
+      if (sch.active(t, order[i]) && !sch.active(t, order[i - 1])) return {};
+    }
+  }
+  return order;
 }
 
 }  // namespace fusedrnn

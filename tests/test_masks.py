@@ -128,14 +128,21 @@ def test_native_every_kernel_set_and_thread_count(functional, rng, isa, threads,
     assert_results_close(cell, np.float32, ((y, final_states), grads), expected)
 
 
+@pytest.mark.parametrize("padding", ["end_sorted", "end_shuffled", "start_shuffled"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("cell", CELLS)
-def test_native_padding_mask_of_sorted_sequences(functional, rng, threads, cell, reverse):
-    """A mask of sorted sequences padded at the end (Keras's padding after a sort): each step's
-    products run only the sequences taking it; masked steps repeat the last output."""
-    T, B, I, H = 6, 70, 4, 40
+def test_native_padding_masks(functional, rng, threads, cell, reverse, padding):
+    """Masks of padded sequences (Keras's): each step's products run only the sequences taking
+    it, sorted longest first as they are or, shuffled and padded at either end, once the kernels
+    have copied them into that order (H = 48: the copies pay for every cell then); masked steps
+    repeat the last output."""
+    T, B, I, H = 6, 70, 4, 48
     problem = make_problem(rng, cell, T, B, I, H, np.float64)
-    mask = np.arange(T)[:, None] < make_sorted_lengths(T, B)[None, :]
+    lengths = make_sorted_lengths(T, B)
+    if padding != "end_sorted":
+        lengths = rng.permutation(lengths)
+    steps = np.arange(T)[:, None] if padding.startswith("end") else np.arange(T)[::-1, None]
+    mask = steps < lengths[None, :]
     y, final_states, saved = forward(functional, cell, problem, reverse=reverse, mask=mask, masked_output="repeat")
     dy, d_final = make_cotangents(rng, y, final_states)
     grads = backward(functional, cell, dy, d_final, saved)

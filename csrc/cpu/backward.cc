@@ -14,6 +14,7 @@
 #include <numeric>
 #include <vector>
 
+#include "cpu/batch_order.h"
 #include "cpu/buffer.h"
 #include "cpu/driver.h"
 #include "cpu/layer.h"
@@ -393,7 +394,27 @@ void backward_layer(const BackwardArgs<T>& a) {
 
 template <class T>
 void backward(CellKind cell, const BackwardArgs<T>& args) {
-  with_cell(cell, [&](auto cell_type) { backward_layer<decltype(cell_type), T>(args); });
+  const auto run = [&](const BackwardArgs<T>& a) {
+    with_cell(cell, [&](auto cell_type) { backward_layer<decltype(cell_type), T>(a); });
+  };
+  std::vector<int64_t> order = batch_order_worth_running(args, cell_info(cell).gates);
+  if (order.empty()) return run(args);
+  // The forward ran the batch in this order and saved its values so (cpu/batch_order.h).
+  BatchOrder in_order(std::move(order));
+  BackwardArgs<T> a = args;
+  const int64_t T_ = a.T_;
+  a.x = in_order.in(a.x, T_, a.I);
+  a.recurrent_scale = in_order.in(a.recurrent_scale, 1, a.P);
+  a.lengths = in_order.in(a.lengths, 1, 1);
+  a.mask = in_order.in(a.mask, T_, 1);
+  a.dy = in_order.in(a.dy, T_, a.P);
+  a.dh_n = in_order.in(a.dh_n, 1, a.P);
+  a.dc_n = in_order.in(a.dc_n, 1, a.H);
+  a.dx = in_order.out(a.dx, T_, a.I);
+  a.dh0 = in_order.out(a.dh0, 1, a.P);
+  a.dc0 = in_order.out(a.dc0, 1, a.H);
+  run(a);
+  in_order.finish();
 }
 
 template void backward<float>(CellKind, const BackwardArgs<float>&);

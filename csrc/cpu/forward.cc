@@ -24,6 +24,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu/batch_order.h"
 #include "cpu/buffer.h"
 #include "cpu/cpu_caches.h"
 #include "cpu/driver.h"
@@ -470,10 +471,8 @@ void forward_layer(const ForwardArgs<T>& a, PackedWeights* cache) {
   if constexpr (Cell::kHasCell) std::copy_n(c_state.get() + (steps & 1) * B * H, B * H, a.c_n);
 }
 
-}  // namespace
-
 template <class T>
-void forward(CellKind cell, const ForwardArgs<T>& args) {
+void forward_in_given_order(CellKind cell, const ForwardArgs<T>& args) {
   // A cache busy with another call is left to it: this call packs into buffers of its own.
   PackedWeights* cache = args.packed;
   std::unique_lock<std::mutex> lock;
@@ -487,6 +486,29 @@ void forward(CellKind cell, const ForwardArgs<T>& args) {
     }
   }
   with_cell(cell, [&](auto cell_type) { forward_layer<decltype(cell_type), T>(args, cache); });
+}
+
+}  // namespace
+
+template <class T>
+void forward(CellKind cell, const ForwardArgs<T>& args) {
+  std::vector<int64_t> order = batch_order_worth_running(args, cell_info(cell).gates);
+  if (order.empty()) return forward_in_given_order(cell, args);
+  // (the saved values stay in the kernels' order: cpu/batch_order.h)
+  BatchOrder in_order(std::move(order));
+  ForwardArgs<T> a = args;
+  const int64_t T_ = a.T_;
+  a.x = in_order.in(a.x, T_, a.I);
+  a.h0 = in_order.in(a.h0, 1, a.P);
+  a.c0 = in_order.in(a.c0, 1, a.H);
+  a.recurrent_scale = in_order.in(a.recurrent_scale, 1, a.P);
+  a.lengths = in_order.in(a.lengths, 1, 1);
+  a.mask = in_order.in(a.mask, T_, 1);
+  a.y = in_order.out(a.y, T_, a.P);
+  a.h_n = in_order.out(a.h_n, 1, a.P);
+  a.c_n = in_order.out(a.c_n, 1, a.H);
+  forward_in_given_order(cell, a);
+  in_order.finish();
 }
 
 template void forward<float>(CellKind, const ForwardArgs<float>&);

@@ -24,9 +24,11 @@ same signatures and is the spec these kernels are tested against.
 
 Variable lengths: ``lengths`` (B integers in ``[0, T]``) makes sequence ``b`` run over its first
 ``lengths[b]`` steps; after them its state is carried unchanged and its outputs are zero. With
-``reverse=True`` each sequence is processed from its own last valid step back to step 0. Sorted
-longest first (a PackedSequence's order; a mask of that shape too), the sequences that take no
-step are left out of its products and GEMMs, so the call's time follows the steps taken.
+``reverse=True`` each sequence is processed from its own last valid step back to step 0. The
+sequences that take no step are left out of its products and GEMMs, so the call's time follows
+the steps taken: as they come when sorted longest first (a PackedSequence's order), and in any
+order (or with a mask of padded sequences, padded at either end) once the CPU kernels have copied
+the batch into that order and back, which they do where it saves more than the copies cost.
 
 Recurrent dropout (Keras's): ``recurrent_scale`` (B, P) multiplies h wherever it enters a
 recurrent product (``W_hh h``, and ``W_hn (r h)`` of the reset-before GRU) but not the state update
@@ -120,7 +122,8 @@ class Saved:
       unit (``CELLS[cell].saved``); ``h (T+1, B, P)``, every state (time row t reads slot
       ``t + reverse`` and writes slot ``t + 1 - reverse``); ``c (T+1, B, H)`` likewise for cells
       with a cell state (else None); ``m (T, B, H)``, the cell's output before the projection
-      (with ``weight_hr``; else None).
+      (with ``weight_hr``; else None). Their sequences are in the order the kernels ran them,
+      which with lengths or a mask may not be the batch's (the backward finds the same order).
 
     ``meta`` is a :class:`SavedMeta` of plain values. A framework may carry the arrays as its own
     tensors and rebuild the object for the backward: ``Saved(saved.meta, arrays)``, with anything
