@@ -2,7 +2,9 @@
 ``fusedrnn.keras3.enable()``, on the torch and JAX backends.
 
 What a Keras user times: ``model.fit`` (one epoch, Adam, MSE) and ``model.predict`` of
-Input(T, I) -> SimpleRNN/LSTM/GRU(units) -> Dense(1), B=64, T=100, I=32, units 128 and 512. Keras
+Input(T, I) -> SimpleRNN/LSTM/GRU(units) -> Dense(1), B=64, T=100, I=32, units 128 and 512; and at
+units 128 the same behind a Masking layer, on sequences of lengths in [T/2, T] padded with zeros
+(the masked rows: a Keras text model's batch, in no order of length). Keras
 fixes its backend per process, so each backend runs in a subprocess of this script. Within one,
 the stock and the fused model hold the same weights and are timed interleaved, call by call, with
 the same threads (on the torch backend enable() is switched on and off around each call; on JAX
@@ -42,21 +44,28 @@ def run_backend(args):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((args.samples, args.steps, args.features)).astype("float32")
     y = rng.standard_normal((args.samples, 1)).astype("float32")
+    # Padded sequences of lengths in [T/2, T], in no order, zeros after their ends and a Masking
+    # layer in front: a Keras text model's batch.
+    lengths = rng.integers(args.steps // 2, args.steps + 1, args.samples)
+    x_padded = np.where(np.arange(args.steps)[None, :, None] < lengths[:, None, None], x, 0).astype("float32")
+    configurations = [(units, "full") for units in args.units] + [(units, "masked") for units in args.masked_units]
     rows = []
     for cell in args.cells:
-        for units in args.units:
+        for units, inputs in configurations:
+            data = x if inputs == "full" else x_padded
+            masking = [] if inputs == "full" else [keras.layers.Masking(0.0)]
             models = {}
             for fused in (False, True):
                 (fk.enable if fused else fk.disable)()
                 keras.utils.set_random_seed(1)
-                model = keras.Sequential([keras.Input((args.steps, args.features)), layer_of[cell](units),
+                model = keras.Sequential([keras.Input((args.steps, args.features)), *masking, layer_of[cell](units),
                                           keras.layers.Dense(1)])
                 model.compile(optimizer="adam", loss="mse")
                 if fused:
                     model.set_weights(models[False].get_weights())
                 # Warm-up: builds (and on JAX traces and compiles) each step with its own loop.
-                model.fit(x, y, batch_size=args.batch, epochs=1, verbose=0)
-                model.predict(x, batch_size=args.batch, verbose=0)
+                model.fit(data, y, batch_size=args.batch, epochs=1, verbose=0)
+                model.predict(data, batch_size=args.batch, verbose=0)
                 models[fused] = model
             times = {(fused, what): [] for fused in (False, True) for what in ("fit", "predict")}
             for _ in range(args.repeats):
@@ -65,14 +74,14 @@ def run_backend(args):
                     for what in ("fit", "predict"):
                         start = time.perf_counter()
                         if what == "fit":
-                            models[fused].fit(x, y, batch_size=args.batch, epochs=1, verbose=0, shuffle=False)
+                            models[fused].fit(data, y, batch_size=args.batch, epochs=1, verbose=0, shuffle=False)
                         else:
-                            models[fused].predict(x, batch_size=args.batch, verbose=0)
+                            models[fused].predict(data, batch_size=args.batch, verbose=0)
                         times[fused, what].append(time.perf_counter() - start)
             fk.disable()
             for what in ("fit", "predict"):
                 stock, fused = times[False, what], times[True, what]
-                rows.append(dict(backend=keras.backend.backend(), cell=cell, units=units, what=what,
+                rows.append(dict(backend=keras.backend.backend(), cell=cell, units=units, inputs=inputs, what=what,
                                  stock_median=statistics.median(stock), stock_min=min(stock),
                                  fused_median=statistics.median(fused), fused_min=min(fused)))
             print(json.dumps(rows[-2]), json.dumps(rows[-1]), sep="\n", flush=True)
@@ -84,6 +93,8 @@ def main():
     parser.add_argument("--backends", nargs="+", default=["torch", "jax"], choices=["torch", "jax"])
     parser.add_argument("--cells", nargs="+", default=list(CELLS), choices=CELLS)
     parser.add_argument("--units", nargs="+", type=int, default=[128, 512])
+    parser.add_argument("--masked-units", nargs="*", type=int, default=[128],
+                        help="sizes also timed on padded input behind a Masking layer")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=100, help="T")
     parser.add_argument("--features", type=int, default=32, help="I")
@@ -96,7 +107,7 @@ def main():
     parser.add_argument("--run-backend", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
-        args.units, args.steps, args.samples, args.batch, args.repeats = [16], 10, 32, 16, 1
+        args.units, args.masked_units, args.steps, args.samples, args.batch, args.repeats = [16], [16], 10, 32, 16, 1
     if args.run_backend:
         run_backend(args)
         return
@@ -111,11 +122,12 @@ def main():
                  repeats=args.repeats, fma_peak_gflops=peak, rows=[])
     print(f"{saved['cpu']}, {args.threads} threads; B={args.batch}, T={args.steps}, I={args.features}, "
           f"{args.samples} samples per call, median of {args.repeats} (min); FMA peak {peak:.0f} GFLOP/s\n")
-    print("| backend | layer | units | call | Keras (s) | enable() (s) | Keras / enable() |")
-    print("|---|---|---:|---|---:|---:|---:|")
+    print("| backend | layer | units | input | call | Keras (s) | enable() (s) | Keras / enable() |")
+    print("|---|---|---:|---|---|---:|---:|---:|")
     for backend in args.backends:
         command = [sys.executable, __file__, "--run-backend", backend, "--cells", *args.cells,
-                   "--units", *map(str, args.units), "--batch", str(args.batch), "--steps", str(args.steps),
+                   "--units", *map(str, args.units), "--masked-units", *map(str, args.masked_units),
+                   "--batch", str(args.batch), "--steps", str(args.steps),
                    "--features", str(args.features), "--samples", str(args.samples),
                    "--repeats", str(args.repeats), "--threads", str(args.threads)]
         env = dict(os.environ, KERAS_BACKEND=backend, OMP_NUM_THREADS=str(args.threads))
@@ -127,7 +139,7 @@ def main():
                 continue
             r = json.loads(line)
             saved["rows"].append(r)
-            print(f"| {r['backend']} | {r['cell']} | {r['units']} | {r['what']} | {r['stock_median']:.3f} "
+            print(f"| {r['backend']} | {r['cell']} | {r['units']} | {r['inputs']} | {r['what']} | {r['stock_median']:.3f} "
                   f"({r['stock_min']:.3f}) | {r['fused_median']:.3f} ({r['fused_min']:.3f}) | "
                   f"{r['stock_median'] / r['fused_median']:.1f}x |", flush=True)
     if args.save:
