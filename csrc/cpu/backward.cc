@@ -402,15 +402,11 @@ void backward(CellKind cell, const BackwardArgs<T>& args) {
   // The forward ran the batch in this order and saved its values so (cpu/batch_order.h).
   BatchOrder in_order(std::move(order));
   BackwardArgs<T> a = args;
-  const int64_t T_ = a.T_;
-  a.x = in_order.in(a.x, T_, a.I);
-  a.recurrent_scale = in_order.in(a.recurrent_scale, 1, a.P);
-  a.lengths = in_order.in(a.lengths, 1, 1);
-  a.mask = in_order.in(a.mask, T_, 1);
-  a.dy = in_order.in(a.dy, T_, a.P);
+  in_order.inputs_of_both(a);
+  a.dy = in_order.in(a.dy, a.T_, a.P);
   a.dh_n = in_order.in(a.dh_n, 1, a.P);
   a.dc_n = in_order.in(a.dc_n, 1, a.H);
-  a.dx = in_order.out(a.dx, T_, a.I);
+  a.dx = in_order.out(a.dx, a.T_, a.I);
   a.dh0 = in_order.out(a.dh0, 1, a.P);
   a.dc0 = in_order.out(a.dc0, 1, a.H);
   run(a);

@@ -68,6 +68,15 @@ class BatchOrder {
     return reinterpret_cast<E*>(results);
   }
 
+  // The arguments that forward and backward both take: x, the recurrent scale, lengths, mask.
+  template <class Args>
+  void inputs_of_both(Args& a) {
+    a.x = in(a.x, a.T_, a.I);
+    a.recurrent_scale = in(a.recurrent_scale, 1, a.P);
+    a.lengths = in(a.lengths, 1, 1);
+    a.mask = in(a.mask, a.T_, 1);
+  }
+
   void finish() {
     for (const Output& o : outputs_) move_rows(o.results, o.dst, o.blocks, o.row_bytes, false);
   }

@@ -497,14 +497,10 @@ void forward(CellKind cell, const ForwardArgs<T>& args) {
   // (the saved values stay in the kernels' order: cpu/batch_order.h)
   BatchOrder in_order(std::move(order));
   ForwardArgs<T> a = args;
-  const int64_t T_ = a.T_;
-  a.x = in_order.in(a.x, T_, a.I);
+  in_order.inputs_of_both(a);
   a.h0 = in_order.in(a.h0, 1, a.P);
   a.c0 = in_order.in(a.c0, 1, a.H);
-  a.recurrent_scale = in_order.in(a.recurrent_scale, 1, a.P);
-  a.lengths = in_order.in(a.lengths, 1, 1);
-  a.mask = in_order.in(a.mask, T_, 1);
-  a.y = in_order.out(a.y, T_, a.P);
+  a.y = in_order.out(a.y, a.T_, a.P);
   a.h_n = in_order.out(a.h_n, 1, a.P);
   a.c_n = in_order.out(a.c_n, 1, a.H);
   forward_in_given_order(cell, a);
