@@ -85,24 +85,34 @@ std::vector<int64_t> active_prefix_rows(const Args& a) {
   return rows;
 }
 
+// How many steps each sequence takes (B values).
+template <class Args>
+std::vector<int64_t> steps_taken(const Args& a) {
+  std::vector<int64_t> steps(a.B, a.T_);
+  if (!a.lengths && !a.mask) return steps;
+  const Schedule sch(a, nullptr);
+  for (int64_t b = 0; b < a.B; ++b) {
+    steps[b] = 0;
+    for (int64_t t = 0; t < a.T_; ++t) steps[b] += sch.active(t, b);
+  }
+  return steps;
+}
+
 // An order of the sequences that makes every time row's active ones a prefix (what
 // active_prefix_rows looks for): order[i] is the sequence to run as row i. Exists when the rows'
 // sets of active sequences are nested, as they are for lengths in any order and for the masks of
-// padded sequences (Keras's, padding at either end); then the sequences with the most active steps
-// first, ties in their order, is one. Empty when the batch is in such an order already or none exists.
+// padded sequences (Keras's, padding at either end); then the sequences with the most steps
+// (`steps`: steps_taken) first, ties in their order, is one. Empty when the batch is in such an
+// order already or none exists.
 template <class Args>
-std::vector<int64_t> running_first_order(const Args& a) {
-  if (!a.lengths && !a.mask) return {};
-  const Schedule sch(a, nullptr);
-  std::vector<int64_t> steps(a.B, 0), order(a.B);
-  for (int64_t t = 0; t < a.T_; ++t) {
-    for (int64_t b = 0; b < a.B; ++b) steps[b] += sch.active(t, b);
-  }
+std::vector<int64_t> running_first_order(const Args& a, const std::vector<int64_t>& steps) {
+  std::vector<int64_t> order(a.B);
   for (int64_t i = 0; i < a.B; ++i) order[i] = i;
   std::stable_sort(order.begin(), order.end(), [&](int64_t p, int64_t q) { return steps[p] > steps[q]; });
   bool moved = false;
   for (int64_t i = 0; i < a.B; ++i) moved |= order[i] != i;
   if (!moved) return {};
+  const Schedule sch(a, nullptr);
   for (int64_t t = 0; t < a.T_; ++t) {
     for (int64_t i = 1; i < a.B; ++i) {
       if (sch.active(t, order[i]) && !sch.active(t, order[i - 1])) return {};

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <numeric>
 #include <utility>
 #include <vector>
 
@@ -26,19 +27,16 @@ namespace {
 // empty. Each (step, sequence) pair left out saves G*H multiply-adds for each of its row's I + P
 // inputs (the input and recurrent products; the backward's products save twice that), and the
 // copies move every row's input and output, I + P values a step (the backward's x, dy and dx);
-// kCopyCost says what a value copied costs in multiply-adds. Forward and backward decide alike, on
-// the same arguments, so the backward reads the saved values in the order they were written.
+// kCopyCost says what a value copied costs in multiply-adds. (So a batch with little padding is
+// not even sorted.) Forward and backward decide alike, on the same arguments, so the backward
+// reads the saved values in the order they were written.
 template <class Args>
 std::vector<int64_t> batch_order_worth_running(const Args& a, int gates) {
-  std::vector<int64_t> order = running_first_order(a);
-  if (order.empty()) return order;
-  const Schedule sch(a, nullptr);
-  int64_t left_out = 0;
-  for (int64_t t = 0; t < a.T_; ++t) {
-    for (int64_t b = 0; b < a.B; ++b) left_out += !sch.active(t, b);
-  }
-  if (left_out * gates * a.H <= kCopyCost * a.T_ * a.B) order.clear();
-  return order;
+  if (!a.lengths && !a.mask) return {};
+  const std::vector<int64_t> steps = steps_taken(a);
+  const int64_t left_out = a.T_ * a.B - std::accumulate(steps.begin(), steps.end(), int64_t(0));
+  if (left_out * gates * a.H <= kCopyCost * a.T_ * a.B) return {};
+  return running_first_order(a, steps);
 }
 
 // Copies of the arguments of one call with the batch in the kernels' order. An array of `blocks`
