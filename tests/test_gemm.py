@@ -161,6 +161,28 @@ def test_packing_row_major_panels(isa, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_rows_4_kib_apart(isa, dtype):
+    """Rows of A a multiple of 4 KiB apart fall in one L1 set: gemm_packed_b copies them, in
+    blocks of about 60 rows, one cache line further apart, and gemm packs them. Neither changes a
+    sum: each product must equal, bit for bit, the one computed a row at a time (gemm_packed_b,
+    whose one-row calls read A in place) or from a contiguous copy (gemm)."""
+    rng = np.random.default_rng(8)
+    row = 4096 // np.dtype(dtype).itemsize
+    for m in [2, 11, 12, 13, 59, 60, 61, 64, 121]:
+        for n in [17, 40]:
+            a, b = random(rng, (m, row), dtype), random(rng, (row, n), dtype)
+            got = _core.gemm_packed(a, b)
+            assert_product(got, a, b)
+            one_by_one = np.concatenate([_core.gemm_packed(a[i:i + 1], b) for i in range(m)])
+            np.testing.assert_array_equal(got, one_by_one)
+            for k in [row, 300]:
+                view, b = random(rng, (m, 2 * row), dtype)[:, :k], random(rng, (k, n), dtype)
+                got = _core.gemm(view, b)
+                assert_product(got, view, b)
+                np.testing.assert_array_equal(got, _core.gemm(np.ascontiguousarray(view), b))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_gemm_is_deterministic(isa, dtype):
     rng = np.random.default_rng(5)
     a, b = random(rng, (301, 517), dtype), random(rng, (517, 203), dtype)

@@ -345,6 +345,22 @@ def test_every_kernel_set_and_thread_count(validating, rng, isa, threads, cell, 
     assert_results_close(cell, dtype, ((y, final_states), grads), expected)
 
 
+# H and I of 4 KiB of values: every row of the products' left operands (h, x, the backward's gate
+# gradients) lies a multiple of 4 KiB from the next, in one L1 set, and the GEMMs copy or pack
+# them further apart (cpu/gemm.cc's rows_share_l1_set); B = 13 is a full tile of rows and one more.
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("cell", CELLS)
+def test_rows_4_kib_apart(validating, rng, isa, threads, cell, dtype):
+    H = 4096 // np.dtype(dtype).itemsize
+    T, B, I = 2, 13, H
+    problem = make_problem(rng, cell, T, B, I, H, dtype)
+    y, final_states, saved = forward(validating, cell, problem, None, reverse=False)
+    dy, d_final_states = make_cotangents(rng, y, final_states)
+    grads = backward(validating, cell, dy, d_final_states, saved)
+    expected = reference_results(cell, problem, None, False, dy, d_final_states)
+    assert_results_close(cell, dtype, ((y, final_states), grads), expected)
+
+
 # Sorted lengths (a PackedSequence's order): each step's recurrent products, its input
 # projections and the backward's GEMMs over all steps run only the rows of the sequences that
 # take it (schedule.h's active_prefix_rows), in both directions, across a row block, with the
