@@ -37,7 +37,8 @@ void pack_b(int64_t K, int64_t N, const T* src, const int64_t* col_offset, int64
 
 // Single-threaded C = A * B (or C += A * B when accumulate), B pre-packed by pack_b.
 // Meant to be called by each thread of the caller's own OpenMP region on its own rows or
-// columns; it starts no threads.
+// columns; it starts no threads. Rows of A a multiple of 4 KiB apart are first copied further
+// apart, into a scratch buffer of the calling thread (see rows_share_l1_set in gemm.cc).
 //   M, N, K:  C is M x N, A is M x K, B is K x N; any of them may be 0
 //   A:        (M, K) row-major, element (i, k) at A[i * lda + k]
 //   lda:      row stride of A in elements (>= K unless M <= 1)
