@@ -34,10 +34,12 @@ namespace fusedrnn::cpu {
 
 // The slots of workspace(): a call's big arrays, then the packed weights of a call without a
 // PackedWeights cache (kPackedSlots + its slot there: forward's, or backward's own matrices), then
-// the copies of the time-major arrays of a call run in another order of its batch (cpu/batch_order.h).
+// the copies of the time-major arrays of a call run in another order of its batch (cpu/batch_order.h),
+// then the rows of a step's products copied apart (cpu/driver.h).
 constexpr int kPackedSlots = 4;
 constexpr int kBatchOrderSlots = kPackedSlots + 5;
-constexpr int kWorkspaceSlots = kBatchOrderSlots + 4;
+constexpr int kRowsApartSlot = kBatchOrderSlots + 4;
+constexpr int kWorkspaceSlots = kRowsApartSlot + 1;
 
 // A scratch array that stays with the calling thread between calls (slot by slot), grown when a
 // call needs more. The big per-call workspaces (xp, the gate gradients: T*B*G*H values, 52 MB for

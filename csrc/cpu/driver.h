@@ -27,6 +27,7 @@
 #include <omp.h>
 #endif
 
+#include "cpu/buffer.h"
 #include "cpu/gemm.h"
 #include "cpu/gemm_bf16.h"
 #include "cpu/layer.h"
@@ -160,6 +161,18 @@ struct PackedProduct {
     }
   }
 };
+
+// The product reading A's first `rows` rows from a copy in the calling thread's workspace when
+// they lie a multiple of 4 KiB apart (gemm.h's unaliased_row_stride): copied once for all the
+// step's GEMM calls, which would otherwise each copy them.
+template <class T>
+PackedProduct<T> rows_apart(const PackedProduct<T>& product, int64_t rows) {
+  const int64_t ld = product.A ? unaliased_row_stride<T>(rows, product.lda, product.K) : 0;
+  if (ld == 0) return product;
+  T* copy = workspace<T>(kRowsApartSlot, rows * ld);
+  for (int64_t i = 0; i < rows; ++i) std::copy_n(product.A + i * product.lda, product.K, copy + i * ld);
+  return {product.K, copy, ld, product.packed, product.packed_size};
+}
 
 // The same with the weights in bfloat16 (the opt-in inference mode, cpu/gemm_bf16.h): A as rows
 // of bfloat16 pairs.

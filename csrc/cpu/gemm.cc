@@ -391,13 +391,12 @@ void gemm_packed_b(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, con
         return;
     }
     const GemmKernels<T>& kern = kernels<T>();
-    if (!rows_share_l1_set<T>(M, lda)) return kern.row_major_a(M, N, K, A, lda, Bp, C, ldc, accumulate);
+    const int64_t ld = unaliased_row_stride<T>(M, lda, K);
+    if (ld == 0) return kern.row_major_a(M, N, K, A, lda, Bp, C, ldc, accumulate);
     // Rows that share an L1 set are copied, a block at a time, one cache line further apart
-    // each. The copy reads each value of A once, the product N times (N >= 32 in the recurrence's
-    // calls at a batch past a tile of rows): a few percent of the call at most.
-    constexpr int64_t kLine = 64 / sizeof(T);
-    int64_t ld = ceil_div(K, kLine) * kLine;
-    if (rows_share_l1_set<T>(2, ld)) ld += kLine;
+    // each. The copy reads each value of A once, the product N times: 5-9% of a call at N = 32
+    // (an RNN's step, measured by forcing the copy), which is why the time loops copy a step's
+    // rows once for all its calls (driver.h's rows_apart).
     constexpr int64_t kCopyBytes = 256 * 1024;
     const int64_t block = std::max<int64_t>(kern.rows, kCopyBytes / (ld * int64_t(sizeof(T))) / kern.rows * kern.rows);
     T* copy = thread_scratch<T>(2, std::min(block, M) * ld);
@@ -406,6 +405,14 @@ void gemm_packed_b(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, con
         for (int64_t i = 0; i < rows; ++i) std::copy_n(A + (i0 + i) * lda, K, copy + i * ld);
         kern.row_major_a(rows, N, K, copy, ld, Bp, C + i0 * ldc, ldc, accumulate);
     }
+}
+
+template <class T>
+int64_t unaliased_row_stride(int64_t M, int64_t lda, int64_t K) {
+    if (!rows_share_l1_set<T>(M, lda)) return 0;
+    constexpr int64_t kLine = 64 / sizeof(T);
+    const int64_t ld = ceil_div(K, kLine) * kLine;
+    return rows_share_l1_set<T>(2, ld) ? ld + kLine : ld;
 }
 
 template <class T>
@@ -494,6 +501,7 @@ bool set_isa(const char* name) {
     template void pack_b<T>(int64_t, int64_t, const T*, const int64_t*, int64_t, T*);             \
     template void gemm_packed_b<T>(int64_t, int64_t, int64_t, const T*, int64_t, const T*, T*,   \
                                    int64_t, bool);                                                \
+    template int64_t unaliased_row_stride<T>(int64_t, int64_t, int64_t);                          \
     template void gemm<T>(int64_t, int64_t, int64_t, const T*, int64_t, int64_t, const T*,       \
                           int64_t, int64_t, T*, int64_t, bool);
 FUSEDRNN_INSTANTIATE_GEMM(float)

@@ -38,7 +38,7 @@ void pack_b(int64_t K, int64_t N, const T* src, const int64_t* col_offset, int64
 // Single-threaded C = A * B (or C += A * B when accumulate), B pre-packed by pack_b.
 // Meant to be called by each thread of the caller's own OpenMP region on its own rows or
 // columns; it starts no threads. Rows of A a multiple of 4 KiB apart are first copied further
-// apart, into a scratch buffer of the calling thread (see rows_share_l1_set in gemm.cc).
+// apart, into a scratch buffer of the calling thread (see unaliased_row_stride below).
 //   M, N, K:  C is M x N, A is M x K, B is K x N; any of them may be 0
 //   A:        (M, K) row-major, element (i, k) at A[i * lda + k]
 //   lda:      row stride of A in elements (>= K unless M <= 1)
@@ -50,6 +50,13 @@ void pack_b(int64_t K, int64_t N, const T* src, const int64_t* col_offset, int64
 template <class T>
 void gemm_packed_b(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* Bp, T* C,
                    int64_t ldc, bool accumulate);
+
+// 0 when gemm_packed_b reads M rows of A, lda elements apart, in place; else the row stride of
+// the copy it would make of them (K rounded up to whole cache lines, one line more if that is
+// still a multiple of 4 KiB). A caller running several products on the same rows copies them
+// once to that stride itself.
+template <class T>
+int64_t unaliased_row_stride(int64_t M, int64_t lda, int64_t K);
 
 // General multi-threaded C = A * B (or C += A * B), with OpenMP threads started inside,
 // so call it from outside any parallel region. Any element strides are allowed, so
