@@ -346,8 +346,9 @@ def test_every_kernel_set_and_thread_count(validating, rng, isa, threads, cell, 
 
 
 # H and I of 4 KiB of values: every row of the products' left operands (h, x, the backward's gate
-# gradients) lies a multiple of 4 KiB from the next, in one L1 set, and the GEMMs copy or pack
-# them further apart (cpu/gemm.cc's rows_share_l1_set); B = 13 is a full tile of rows and one more.
+# gradients) lies a multiple of 4 KiB from the next, in one L1 set, and the step's products (driver.h's
+# rows_apart) or the GEMMs themselves copy or pack them further apart (cpu/gemm.cc's rows_share_l1_set);
+# B = 13 is a full tile of rows and one more.
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("cell", CELLS)
 def test_rows_4_kib_apart(validating, rng, isa, threads, cell, dtype):

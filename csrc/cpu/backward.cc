@@ -258,8 +258,7 @@ void backward_layer(const BackwardArgs<T>& a) {
       const T* dg_next = s + 1 < steps ? step_gradient(s + 1) : nullptr;
       // Rows of sequences that took neither step s+1 (dG_{s+1} is zero) nor s get no products.
       const int64_t taking_next = s + 1 < steps ? active_rows[sch.row(s + 1)] : 0, taking = active_rows[sch.row(s)];
-      const PackedProduct<T> product{KH, dg_next, GH, packed_hh, hh_size};
-      for_each_block(dims, P, B, taking_next, NR, rows_apart(product, taking_next), group_dims, rec,
+      for_each_block(dims, P, B, taking_next, NR, PackedProduct<T>{KH, dg_next, GH, packed_hh, hh_size}, group_dims, rec,
                      [&](int64_t p0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
         run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
           using V = Vec<T, decltype(bytes)::value>;
@@ -275,8 +274,7 @@ void backward_layer(const BackwardArgs<T>& a) {
       if (projected) {
         // dm = dh W_hr needs every state dim's gradient: a second barrier and a second GEMM.
         step_end.wait();
-        const PackedProduct<T> product{P, dh_step.get(), P, packed_hr, hr_size};
-        for_each_block(units, H, B, taking, NR, rows_apart(product, taking), group_units,
+        for_each_block(units, H, B, taking, NR, PackedProduct<T>{P, dh_step.get(), P, packed_hr, hr_size}, group_units,
                        rec, [&](int64_t u0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
           run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
             using V = Vec<T, decltype(bytes)::value>;
@@ -287,8 +285,8 @@ void backward_layer(const BackwardArgs<T>& a) {
       if constexpr (Cell::kTwoPhase) {
         // d(r*h) = da_n W_hn needs every unit's da_n: a second barrier and a second GEMM.
         step_end.wait();
-        const PackedProduct<T> product{H, dg_cur + (G - 1) * H, GH, packed_hn, hn_size};
-        for_each_block(units, H, B, taking, NR, rows_apart(product, taking), group_units, rec,
+        for_each_block(units, H, B, taking, NR, PackedProduct<T>{H, dg_cur + (G - 1) * H, GH, packed_hn, hn_size},
+                       group_units, rec,
                        [&](int64_t u0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
           run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
             using V = Vec<T, decltype(bytes)::value>;
@@ -301,8 +299,7 @@ void backward_layer(const BackwardArgs<T>& a) {
     // The gradient of the initial state: what step 0 sends back through W_hh, plus the carry.
     const T* dg_first = steps > 0 ? step_gradient(0) : nullptr;
     const int64_t taking_first = steps > 0 ? active_rows[sch.row(0)] : 0;
-    const PackedProduct<T> product{KH, dg_first, GH, packed_hh, hh_size};
-    for_each_block(dims, P, B, taking_first, NR, rows_apart(product, taking_first), group_dims, rec,
+    for_each_block(dims, P, B, taking_first, NR, PackedProduct<T>{KH, dg_first, GH, packed_hh, hh_size}, group_dims, rec,
                    [&](int64_t p0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
       for (int64_t b = b0; b < b0 + rows; ++b) {
         for (int64_t w = 0; w < width; ++w) {

@@ -164,7 +164,12 @@ struct PackedProduct {
 
 // The product reading A's first `rows` rows from a copy in the calling thread's workspace when
 // they lie a multiple of 4 KiB apart (gemm.h's unaliased_row_stride): copied once for all the
-// step's GEMM calls, which would otherwise each copy them.
+// step's GEMM calls (for_each_block), which would otherwise each copy them. The other products
+// read no rows of their own (bf16 pairs, or one row) and are used as they are.
+template <class Product>
+const Product& rows_apart(const Product& product, int64_t) {
+  return product;
+}
 template <class T>
 PackedProduct<T> rows_apart(const PackedProduct<T>& product, int64_t rows) {
   const int64_t ld = product.A ? unaliased_row_stride<T>(rows, product.lda, product.K) : 0;
@@ -263,10 +268,12 @@ void gather_kept_rows(const T* src, int64_t ld, int64_t width, int64_t steps, in
 // one chunk at a time keeps a large batch's block in L1 for the pointwise step.
 // Only the first `computed` rows get the product; the others (sequences that do not take this
 // step, whose bodies do not read it or read it as zero) get zeros, which cost next to nothing.
+// Rows that share an L1 set are copied apart first, once for the whole step (rows_apart).
 template <class T, class Product, class Body>
 void for_each_block(const Chunks<T>& chunks, int64_t n, int64_t B, int64_t computed, int64_t cols,
-                    const Product& product, int64_t group, T* rec, Body body) {
+                    const Product& step_product, int64_t group, T* rec, Body body) {
   constexpr int64_t NR = kPanel<T>;
+  const auto product = rows_apart(step_product, computed);
   int64_t first, last;
   chunks.mine(&first, &last);
   for (int64_t c = first; c < last; c += group) {

@@ -428,14 +428,13 @@ void forward_layer(const ForwardArgs<T>& a, PackedWeights* cache) {
         for_each_block(units, H, B, taking, cols, InPlaceProduct<T>{P, product_prev, a.w_hh, H, kFirstGates}, group_first, rec,
                        cell_rows);
       } else {
-        const PackedProduct<T> product{P, product_prev, P, packed_hh.get(), hh_size};
-        for_each_block(units, H, B, taking, cols, rows_apart(product, taking), group_first, rec, cell_rows);
+        for_each_block(units, H, B, taking, cols, PackedProduct<T>{P, product_prev, P, packed_hh.get(), hh_size}, group_first,
+                       rec, cell_rows);
       }
       if constexpr (Cell::kTwoPhase) {
         // The last gate's product reads every unit's r*h: a second barrier, and a second GEMM.
         step_end.wait();
-        const PackedProduct<T> product{H, rh_step.get(), H, packed_hn.get(), panel_size};
-        for_each_block(units, H, B, taking, NR, rows_apart(product, taking), group_units,
+        for_each_block(units, H, B, taking, NR, PackedProduct<T>{H, rh_step.get(), H, packed_hn.get(), panel_size}, group_units,
                        rec, [&](int64_t u0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
           run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
             using V = Vec<T, decltype(bytes)::value>;
@@ -450,8 +449,7 @@ void forward_layer(const ForwardArgs<T>& a, PackedWeights* cache) {
       if (projected) {
         // h_next = m W_hr^T needs every unit's m: a second barrier, and a second GEMM.
         step_end.wait();
-        const PackedProduct<T> product{H, m_step.get(), H, packed_hr.get(), panel_size};
-        for_each_block(dims, P, B, taking, NR, rows_apart(product, taking), group_dims,
+        for_each_block(dims, P, B, taking, NR, PackedProduct<T>{H, m_step.get(), H, packed_hr.get(), panel_size}, group_dims,
                        rec, [&](int64_t p0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
           run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
             using V = Vec<T, decltype(bytes)::value>;
