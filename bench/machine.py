@@ -41,3 +41,10 @@ PROBE_ITERATIONS = 2_000_000
 # something outside this machine's process list held a core (a run.py run once timed eight rows
 # with the probe at 102 GFLOP/s of 200 while /proc/stat showed no other process): it is retried.
 SLOWED = 0.75
+# The cross-core probe timed among the contenders (with two threads or more): 2,000 round trips
+# between the team's two threads, 0.1 ms at 30 ns a way, 0.6 ms at 160. A row whose probe answered
+# more than FAR times slower than the run's fastest was measured while the host kept this
+# process's CPUs further apart: at such moments (Zen 4, B = 64, 2 threads) the same calls took up
+# to 1.6x longer, and so did two independent one-thread calls run at once.
+CROSS_CORE_ROUNDS = 2000
+FAR = 2.0

@@ -30,13 +30,24 @@ def num(v, digits=2):
     return "" if v is None else f"{v:.{digits}f}"
 
 
-def note(row, rows, busy):
+def note(row, rows, busy, far_ns=None):
     """'busy' where other processes took CPU during the measurement, or the FMA probe timed with it
-    ran far below the run's peak (after retries); 'noisy' where a median is far above its min."""
+    ran far below the run's peak (after retries); 'noisy' where a median is far above its min; 'far'
+    where the cross-core probe timed with it answered above far_ns (the cores further apart than at
+    the run's best moment: see machine.FAR)."""
     if row.get("others_cpu", 0) >= busy:
         probe = f", FMA probe {row['fma_gflops']:.0f} GFLOP/s" if "fma_gflops" in row else ""
         return f"busy: others took {100 * row['others_cpu']:.0f}% of the CPUs{probe}"
-    return "noisy" if any(r["median_ms"] > 1.5 * r["min_ms"] for r in rows) else ""
+    marks = ["noisy"] if any(r["median_ms"] > 1.5 * r["min_ms"] for r in rows) else []
+    if far_ns is not None and row.get("cross_core_ns", 0) > far_ns:
+        marks.append("far")
+    return ", ".join(marks)
+
+
+def far_threshold(rows):
+    """The cross-core latency above which a row is marked far: FAR times the run's fastest."""
+    probed = [r["cross_core_ns"] for r in rows if r.get("cross_core_ns") is not None]
+    return machine.FAR * min(probed) if probed else None
 
 
 def table(header, lines):
@@ -243,6 +254,17 @@ def run_section(doc):
            "speed at the moments that row was measured." if probed else
            "%peak below is against the higher of the two."),
     ]
+    far_ns = far_threshold(doc["rows"])
+    if far_ns is not None:
+        start, end = peaks["cross_core_ns"]
+        out += [f"- latency between two cores (`fusedrnn._core.cross_core_latency_ns`, half a round trip between "
+                f"the team's two threads): {num(start, 0)} ns at the start, {num(end, 0)} at the end; also timed among "
+                f"the contenders of every row ('cross-core ns then'). On a shared virtual machine the CPUs a process "
+                f"runs on are further apart at some moments than at others: rows whose probe answered above "
+                f"{num(far_ns, 0)} ns ({num(machine.FAR, 0)}x the run's fastest) are marked far, measured at such a "
+                f"moment, when the same calls took up to 1.6x longer on a Zen 4 ({sum(r.get('cross_core_ns', 0) > far_ns for r in doc['rows'] if r['contender'] == 'fusedrnn')} "
+                f"of {sum(r['contender'] == 'fusedrnn' for r in doc['rows'])} rows). They stay in the tables: "
+                f"every contender of a row ran at the same moments."]
     gemm = peaks["gemm"]
     if gemm:
         c = gemm["clean"]
@@ -310,11 +332,12 @@ def run_section(doc):
                       num(ref["median_ms"] / o["median_ms"], 1) if ref else "",
                       num(o["faults_per_call"] / 1e3, 1), num(t.get("faults_per_call", 0) / 1e3, 1)]
                      + ([num(o["fma_gflops"], 1), num(o["read_gbs"], 0)] if probed else [])
-                     + [note(o, c.values(), busy)])
+                     + ([num(o.get("cross_core_ns"), 0)] if far_ns is not None else [])
+                     + [note(o, c.values(), busy, far_ns)])
     out += table(["cell", "B", "H", "mode", "ours median ms", "ours min ms", "ours GFLOP/s", "%peak",
                   "PyTorch median ms", "PyTorch min ms", "PyTorch GFLOP/s", "x PyTorch", "ref ms", "x ref",
                   "ours kfaults", "PyTorch kfaults"] + (["FMA GFLOP/s then", "read GB/s then"] if probed else [])
-                  + ["note"],
+                  + (["cross-core ns then"] if far_ns is not None else []) + ["note"],
                   lines)
 
     if doc["memory"]:

@@ -229,9 +229,10 @@ def measure(fns, timing, attempts=3, probe_threads=None, probe_bytes=None):
     {probe: median rate}).
 
     With probe_threads, an FMA loop on that many threads is timed as one more contender, call by
-    call among the others, and so is, with probe_bytes, the read bandwidth at that size; the fourth
-    result gives their medians, {"fma_gflops": ..., "read_gbs": ...} (empty without probes): the
-    machine's peaks at the moments the contenders ran. (Its speed swings by up to 2x within minutes here; peaks measured
+    call among the others, and so is, with probe_bytes, the read bandwidth at that size, and with two
+    threads or more the latency between two cores; the fourth result gives their medians,
+    {"fma_gflops": ..., "read_gbs": ..., "cross_core_ns": ...} (empty without probes): the machine's
+    state at the moments the contenders ran. (Its speed swings by up to 2x within minutes here; peaks measured
     once would make a slow moment's times look far from them, and a fast moment's look closer
     than they are, or a roofline built on them no bound at all.)"""
     probes = {}
@@ -239,6 +240,8 @@ def measure(fns, timing, attempts=3, probe_threads=None, probe_bytes=None):
         probes["fma_gflops"] = lambda: _core.fma_peak_gflops(probe_threads, machine.PROBE_ITERATIONS)
         if probe_bytes:
             probes["read_gbs"] = lambda: _core.read_bandwidth_gbs(probe_bytes, probe_threads, passes=1)
+        if probe_threads >= 2:
+            probes["cross_core_ns"] = lambda: _core.cross_core_latency_ns(machine.CROSS_CORE_ROUNDS)
     for attempt in range(attempts):
         a = cpu_snapshot()
         rates = {name: [] for name in probes}
@@ -276,6 +279,13 @@ def fma_peaks(threads, tries=5):
         if peaks[0] >= 0.8 * threads * peaks[1]:
             break
     return best
+
+
+def cross_core_ns(threads, samples=5):
+    """The median of a few samples of the latency between two cores, in ns; None with one thread."""
+    if threads < 2:
+        return None
+    return statistics.median(_core.cross_core_latency_ns(machine.CROSS_CORE_ROUNDS) for _ in range(samples))
 
 
 def steady_malloc():
@@ -353,6 +363,8 @@ def table_line(by):
     else:
         line += f" {'':>8} {'':>6} |"
     line += f" {ours['faults_per_call'] / 1e3:>9.1f} {by.get('torch', {}).get('faults_per_call', 0) / 1e3:>6.1f}"
+    if "cross_core_ns" in ours:
+        line += f"  x-core {ours['cross_core_ns']:.0f} ns"
     if ours["others_cpu"] >= BUSY:
         line += f"  busy ({100 * ours['others_cpu']:.0f}% of the CPUs taken by others)"
     elif any(r["median_ms"] > 1.5 * r["min_ms"] for r in by.values()):
@@ -602,6 +614,9 @@ def main(argv=None):
     fma = [fma_n]
     RUN_FMA_PEAK = fma_n
     print(f"FMA peak: {fma_n:.1f} GFLOP/s with {threads} threads, {fma_1:.1f} with 1")
+    cross_core = [cross_core_ns(threads)]
+    if cross_core[0] is not None:
+        print(f"Latency between two cores: {cross_core[0]:.0f} ns")
     if fma_n < 0.8 * threads * fma_1:
         print(f"warning: the FMA peak scales only {fma_n / fma_1:.2f}x from 1 to {threads} threads: "
               "cores are busy")
@@ -641,8 +656,11 @@ def main(argv=None):
             bf16 = bench_bf16(cells, hiddens, timing, threads)
     wait_quiet(60)
     fma.append(fma_peaks(threads, tries=1)[0])
+    cross_core.append(cross_core_ns(threads))
     load_after = load_average()
     print(f"\nFMA peak at the end: {fma[1]:.1f} GFLOP/s (start {fma[0]:.1f}); load average {load_after:.2f}")
+    if cross_core[1] is not None:
+        print(f"Latency between two cores at the end: {cross_core[1]:.0f} ns (start {cross_core[0]:.0f})")
     if os.path.getmtime(_core.__file__) != built:
         print("warning: the native module was rebuilt during the run: the results mix two builds")
     if max(fma) > 1.2 * min(fma):
@@ -656,7 +674,8 @@ def main(argv=None):
             "timing": dict(zip(("min_calls", "min_seconds", "max_calls"), timing), busy_threshold=BUSY,
                            inference_keeps_packed=INFERENCE_KEEPS_PACKED),
             "load_average": [load_before, load_after],
-            "peaks": {"fma_gflops": fma, "fma_gflops_1_thread": fma_1, "gemm": gemm, "read_bandwidth": bandwidth},
+            "peaks": {"fma_gflops": fma, "fma_gflops_1_thread": fma_1, "gemm": gemm, "read_bandwidth": bandwidth,
+                      "cross_core_ns": cross_core},
             "rows": rows, "memory": memory, "scaling": scaling, "bf16": bf16,
         }
         for path in filter(None, (args.json, args.save and machine.results_path("run"))):

@@ -461,6 +461,16 @@ PYBIND11_MODULE(_core, m) {
       "Measured rate in GB/s at which this many threads read `bytes` of float32, each its own share (the "
       "benchmarks' bound for steps that read their weights once).");
   m.def(
+      "cross_core_latency_ns",
+      [](int64_t rounds) {
+        if (rounds < 1) throw py::value_error("rounds must be >= 1");
+        py::gil_scoped_release release;
+        return fusedrnn::cpu::cross_core_latency_ns(rounds);
+      },
+      py::arg("rounds") = 5000,
+      "Measured one-way latency in ns between the first two threads of a team of two (a round trip's "
+      "half): how far apart the process's cores are now. NaN if the team gets one thread.");
+  m.def(
       "fingerprint",
       [](const py::array& a) {
         if (!(a.flags() & py::array::c_style)) throw py::value_error("fingerprint needs a C-contiguous array");

@@ -1,6 +1,9 @@
 """The benchmarks' yardsticks: the FMA peak and the read bandwidth, measured natively."""
 
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -31,3 +34,19 @@ def test_bad_arguments_raise(call):
 def test_a_buffer_that_cannot_be_had_raises_memory_error():
     with pytest.raises(MemoryError):
         _core.read_bandwidth_gbs(1 << 62, 1)
+
+
+def test_cross_core_latency_is_a_positive_time():
+    assert 0 < _core.cross_core_latency_ns(200) < math.inf
+
+
+def test_cross_core_latency_without_a_second_thread_is_nan():
+    # OMP_THREAD_LIMIT=1 leaves every team one thread: no second core to reach (and no hang).
+    code = "from fusedrnn import _core; import math; assert math.isnan(_core.cross_core_latency_ns(10))"
+    env = dict(os.environ, OMP_THREAD_LIMIT="1")
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
+
+
+def test_cross_core_latency_rejects_no_rounds():
+    with pytest.raises(ValueError):
+        _core.cross_core_latency_ns(0)

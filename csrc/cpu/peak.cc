@@ -1,9 +1,12 @@
 #include "cpu/peak.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <limits>
 #include <memory>
 #include <new>
+#include <thread>
 
 #include "cpu/driver.h"  // thread_id, team_size, barrier
 #include "cpu/simd.h"
@@ -130,6 +133,53 @@ double fma_peak_gflops(int threads, int64_t iterations) {
 #endif
   const double flops = 2.0 * kChains * lanes * static_cast<double>(iterations) * team;
   return flops / seconds / 1e9;
+}
+
+double cross_core_latency_ns(int64_t rounds) {
+  // Thread 0 writes 2r+1, thread 1 answers 2r+2. The counter has a cache line to itself.
+  struct alignas(64) Line {
+    std::atomic<int64_t> value{0};
+  };
+  Line line;
+  double ns = std::numeric_limits<double>::quiet_NaN();
+#ifdef _OPENMP
+#pragma omp parallel num_threads(2)
+#endif
+  {
+    const int tid = thread_id();
+    // Spin with a pause, yielding the core now and then: the other thread may be waiting for this
+    // CPU when the process has more threads than CPUs.
+    const auto wait_for = [&](int64_t expected) {
+      for (int64_t spins = 1; line.value.load(std::memory_order_acquire) != expected; ++spins) {
+        if (spins % 4096 == 0) std::this_thread::yield();
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+      }
+    };
+    if (team_size() == 2) {
+      for (int pass = 0; pass < 2; ++pass) {  // pass 0 brings the line and the code in, untimed
+        const int64_t base = 2 * rounds * pass;
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+        const auto start = std::chrono::steady_clock::now();
+        for (int64_t r = 0; r < rounds; ++r) {
+          if (tid == 0) {
+            line.value.store(base + 2 * r + 1, std::memory_order_release);
+            wait_for(base + 2 * r + 2);
+          } else {
+            wait_for(base + 2 * r + 1);
+            line.value.store(base + 2 * r + 2, std::memory_order_release);
+          }
+        }
+        if (tid == 0 && pass == 1) {
+          ns = std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - start).count() / (2.0 * rounds);
+        }
+      }
+    }
+  }
+  return ns;
 }
 
 }  // namespace fusedrnn::cpu

@@ -18,4 +18,11 @@ double fma_peak_gflops(int threads, int64_t iterations);
 // cannot be had.
 double read_bandwidth_gbs(int threads, int64_t bytes, int passes);
 
+// The time one thread takes to see a value another thread just wrote, in nanoseconds: half the
+// time of a round trip between the two threads of a team of two, over `rounds` round trips. Where
+// the process's CPUs are: on a shared virtual machine the same two CPUs answered in 30 ns at some
+// moments and 160 ns at others, and at the second kind two threads busy at once (one call's team,
+// or two independent calls) ran up to 1.6x slower. NaN when the team has one thread.
+double cross_core_latency_ns(int64_t rounds);
+
 }  // namespace fusedrnn::cpu
