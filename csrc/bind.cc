@@ -157,13 +157,13 @@ py::tuple forward(const std::string& cell_name, const py::array& x, const py::ob
 }
 
 // backward(cell, x, w_ih, w_hh, w_hr, recurrent_scale, lengths, mask, repeat_masked_output,
-//          reverse, saved, dy, dh_n, dc_n, want_db_ih, want_db_hh)
-//   -> (dx, dh0, dc0 | None, dw_ih, dw_hh, db_ih | None, db_hh | None, dw_hr | None)
+//          reverse, saved, dy, dh_n, dc_n, want_db_ih, want_db_hh, want_dx)
+//   -> (dx | None, dh0, dc0 | None, dw_ih, dw_hh, db_ih | None, db_hh | None, dw_hr | None)
 py::tuple backward(const std::string& cell_name, const py::array& x, const py::object& w_ih, const py::object& w_hh,
                    const py::object& w_hr, const py::object& recurrent_scale, const py::object& lengths,
                    const py::object& mask, bool repeat_masked_output, bool reverse, const py::tuple& saved,
                    const py::object& dy, const py::object& dh_n, const py::object& dc_n, bool want_db_ih,
-                   bool want_db_hh) {
+                   bool want_db_hh, bool want_dx) {
   const CellKind cell = fusedrnn::bind::parse_cell(cell_name);
   const CellInfo info = fusedrnn::cell_info(cell);
   return with_dtype("x", x, [&](auto dtype) -> py::tuple {
@@ -182,11 +182,10 @@ py::tuple backward(const std::string& cell_name, const py::array& x, const py::o
     a.dh_n = checked<T>(dh_n, "dh_n", {B, P}, true);
     a.dc_n = has_c ? checked<T>(dc_n, "dc_n", {B, H}, true) : nullptr;
 
-    auto dx = new_array<T>({steps, B, I});
+    py::object dx = new_array_if<T>(want_dx, {steps, B, I}, &a.dx);
     auto dh0 = new_array<T>({B, P});
     auto dw_ih = new_array<T>({G * H, I});
     auto dw_hh = new_array<T>({G * H, P});
-    a.dx = dx.mutable_data();
     a.dh0 = dh0.mutable_data();
     a.dw_ih = dw_ih.mutable_data();
     a.dw_hh = dw_hh.mutable_data();
@@ -345,7 +344,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("backward", &backward, py::arg("cell"), py::arg("x"), py::arg("w_ih"), py::arg("w_hh"), py::arg("w_hr"),
         py::arg("recurrent_scale"), py::arg("lengths"), py::arg("mask"), py::arg("repeat_masked_output"),
         py::arg("reverse"), py::arg("saved"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"), py::arg("want_db_ih"),
-        py::arg("want_db_hh"));
+        py::arg("want_db_hh"), py::arg("want_dx") = true);
   fusedrnn::bind::def_cells(m);
 
   m.def(

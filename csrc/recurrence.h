@@ -127,7 +127,7 @@ struct BackwardArgs {
   const T* dy;                // [T, B, P] gradient of y, or null for zeros
   const T* dh_n;              // [B, P] gradient of h_n, or null for zeros
   const T* dc_n;              // [B, H] gradient of c_n, or null for zeros (LSTM)
-  T* dx;                      // out [T, B, I]
+  T* dx;                      // out [T, B, I], or null: not wanted (the input needs no gradient)
   T* dh0;                     // out [B, P]
   T* dc0;                     // out [B, H] (LSTM; else null)
   T* dw_ih;                   // out [G*H, I]

@@ -290,8 +290,9 @@ def strided_like_transpose(t):
     return t.transpose(0, 1).contiguous().transpose(0, 1)
 
 
+@pytest.mark.parametrize("want_dx", (True, False), ids=["dx", "no-dx"])
 @pytest.mark.parametrize("contiguous", (True, False), ids=["contiguous", "strided"])
-def test_opcheck_backward(rng, contiguous):
+def test_opcheck_backward(rng, contiguous, want_dx):
     arguments = op_arguments(rng, "lstm", True, lengths=True)
     (cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, mask, masked_output, reverse, _, scale) = arguments
     with torch.no_grad():
@@ -302,7 +303,8 @@ def test_opcheck_backward(rng, contiguous):
         inputs = [strided_like_transpose(t) if t.dim() > 1 else t for t in inputs]
         assert not inputs[0].is_contiguous() and not inputs[1].is_contiguous()
     torch.library.opcheck(torch.ops.fusedrnn.recurrent_backward.default,
-                          (cell, *grads, *inputs, w_hr, scale, lengths, mask, masked_output, reverse, gates, h, c, m))
+                          (cell, *grads, *inputs, w_hr, scale, lengths, mask, masked_output, reverse, gates, h, c, m,
+                           want_dx))
 
 
 def test_compiled_with_fullgraph_equals_eager(rng):
@@ -358,6 +360,34 @@ def test_a_gradient_of_a_gradient_raises_instead_of_dropping_terms(rng, route, m
     # Without create_graph the same call works.
     y, h_n, c_n = fr.recurrent("lstm", xt, h0t, c0t, wt)
     assert torch.autograd.grad(y.sum(), xt)[0].shape == xt.shape
+
+
+@pytest.mark.parametrize("route", ["eager", "operator"])
+def test_an_input_that_needs_no_gradient_gets_no_dx_computed(rng, route, monkeypatch):
+    """x read straight from the data (no requires_grad): the backward kernels are asked for no dx,
+    and every other gradient is bit for bit the one computed with x requiring a gradient."""
+    if route == "operator":
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    asked = []
+    backward = F.recurrent_backward
+
+    def recording(*arguments, want_dx=True):
+        asked.append(want_dx)
+        return backward(*arguments, want_dx=want_dx)
+    monkeypatch.setattr(F, "recurrent_backward", recording)
+    x, h0, c0, weights = make_problem(rng, "lstm", np.float32)
+    del weights["weight_hr"]
+    grads = {}
+    for x_needs_grad in (True, False):
+        xt, h0t, c0t, wt = tensors_of("lstm", x, h0, c0, weights)
+        xt.requires_grad_(x_needs_grad)
+        y, h_n, c_n = fr.recurrent("lstm", xt, h0t, c0t, wt)
+        (y.square().sum() + h_n.sum()).backward()
+        assert (xt.grad is not None) == x_needs_grad
+        grads[x_needs_grad] = [t.grad for t in (h0t, c0t, *wt.values())]
+    assert asked == [True, False]
+    for with_dx, without in zip(grads[True], grads[False]):
+        torch.testing.assert_close(without, with_dx, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("route", ["eager", "operator"])

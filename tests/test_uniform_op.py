@@ -248,3 +248,23 @@ def test_arrays_and_layers_that_went_through_pickle_are_accepted(rng):
     clone = pickle.loads(pickle.dumps(layer))
     out, _ = clone(x)
     np.testing.assert_array_equal(out, layer(x)[0])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("lengths", [None, [T, 0, 1], [1, T, 0]])
+@pytest.mark.parametrize("cell", CELLS)
+def test_a_backward_without_dx_gives_the_same_other_gradients(rng, cell, lengths, dtype):
+    """want_dx=False (nothing needs the input's gradient): no dx, and every other gradient bit
+    for bit what the full backward gives, on every path (lengths that leave most rows without a
+    step gather the rows that take one; an unsorted batch runs reordered)."""
+    x, h0, c0, weights = problem_of(rng, cell, dtype)
+    y, h_n, c_n, saved = F.recurrent_forward(cell, x, h0, c0, weights, lengths=lengths)
+    dy, _ = make_cotangents(rng, y, [])
+    dx, dh0, dc0, dweights = F.recurrent_backward(dy, h_n, c_n, saved)
+    no_dx, dh0_, dc0_, dweights_ = F.recurrent_backward(dy, h_n, c_n, saved, want_dx=False)
+    assert dx is not None and no_dx is None
+    np.testing.assert_array_equal(dh0_, dh0)
+    if dc0 is not None:
+        np.testing.assert_array_equal(dc0_, dc0)
+    for name in WEIGHTS:
+        np.testing.assert_array_equal(dweights_[name], dweights[name])

@@ -360,7 +360,7 @@ void backward_layer(const BackwardArgs<T>& a) {
     }
     rows = kept_rows;
   }
-  gemm<T>(rows, I, GH, st.dgx, GH, 1, a.w_ih, I, 1, dx, I, false);
+  if (dx) gemm<T>(rows, I, GH, st.dgx, GH, 1, a.w_ih, I, 1, dx, I, false);
   gemm<T>(GH, I, rows, st.dgx, 1, GH, x, I, 1, a.dw_ih, I, false);
   if constexpr (Cell::kSplitGradient) {  // the last gate's rows from its own gradient
     gemm<T>(KH - H, P, rows, st.dgx, 1, GH, h_prev, P, 1, a.dw_hh, P, false);
@@ -372,7 +372,7 @@ void backward_layer(const BackwardArgs<T>& a) {
     gemm<T>(H, P, rows, st.dgx + KH, 1, GH, r_h, r_h_ld, 1, a.dw_hh + KH * P, P, false);
   }
   if (projected) gemm<T>(P, H, rows, st.dh_all, 1, P, m, H, 1, a.dw_hr, H, false);
-  if (gathered) {
+  if (gathered && dx) {
     // dx's gathered rows back to their places, the last first (a row never moves to an earlier
     // one), zeros between them.
     for (int64_t t = steps - 1, r = kept_rows; t >= 0; --t) {

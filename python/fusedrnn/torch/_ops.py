@@ -72,8 +72,8 @@ _FORWARD_SCHEMA = (
 _BACKWARD_SCHEMA = (
     "(str cell, Tensor? dy, Tensor? dh_n, Tensor? dc_n, Tensor x, Tensor weight_ih, Tensor weight_hh, "
     "Tensor? bias_ih, Tensor? bias_hh, Tensor? weight_hr, Tensor? recurrent_scale, Tensor? lengths, "
-    "Tensor? mask, str masked_output, bool reverse, Tensor gates, Tensor h, Tensor c, Tensor m) "
-    "-> (Tensor dx, Tensor dh0, Tensor dc0, Tensor dweight_ih, Tensor dweight_hh, Tensor dbias_ih, "
+    "Tensor? mask, str masked_output, bool reverse, Tensor gates, Tensor h, Tensor c, Tensor m, "
+    "bool want_dx=True) -> (Tensor dx, Tensor dh0, Tensor dc0, Tensor dweight_ih, Tensor dweight_hh, Tensor dbias_ih, "
     "Tensor dbias_hh, Tensor dweight_hr)")
 
 
@@ -291,8 +291,9 @@ def _forward_fake(cell, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weigh
 # -- backward ------------------------------------------------------------------------------------
 
 def backward_tensors(cell, dy, dh_n, dc_n, x, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr,
-                     recurrent_scale, lengths, mask, masked_output, reverse, gates, h, c, m):
-    """The backward operator's results, with None for an absent one (not (0,) as the operator)."""
+                     recurrent_scale, lengths, mask, masked_output, reverse, gates, h, c, m, want_dx=True):
+    """The backward operator's results, with None for an absent one (not (0,) as the operator):
+    dx too when not wanted."""
     _use_threads()
     weights = tuple(_weight_array(t) for t in (weight_ih, weight_hh, bias_ih, bias_hh, weight_hr))
     arrays = (_array(x), *weights, _array(recurrent_scale), _index_array(lengths, np.int64),
@@ -301,17 +302,18 @@ def backward_tensors(cell, dy, dh_n, dc_n, x, weight_ih, weight_hh, bias_ih, bia
     meta = F.SavedMeta(cell=cell, reverse=bool(reverse), repeat_masked_output=masked_output == "repeat",
                        fingerprints=None)
     after = _cuda_call(x) if x.is_cuda else None
-    grads = _backward_of(F.Saved(meta, arrays), dy, dh_n, dc_n, x, (weight_ih, weight_hh, bias_ih, bias_hh, weight_hr))
+    grads = _backward_of(F.Saved(meta, arrays), dy, dh_n, dc_n, x, (weight_ih, weight_hh, bias_ih, bias_hh, weight_hr),
+                         want_dx)
     if after is not None:
         after()
     return grads
 
 
-def _backward_of(saved, dy, dh_n, dc_n, x, weights):
+def _backward_of(saved, dy, dh_n, dc_n, x, weights, want_dx):
     """The gradients' tensors from the uniform op's backward of `saved` (F.Saved) and the tensors
-    dy, dh_n and dc_n; x and weights give the gradients' dtypes."""
+    dy, dh_n and dc_n; x and weights give the gradients' dtypes; dx is None unless want_dx."""
     dx, dh0, dc0, dweights = F.recurrent_backward(_array(dy), _array(dh_n), None if _absent(dc_n) else _array(dc_n),
-                                                  saved)
+                                                  saved, want_dx=want_dx)
     # Each gradient has the dtype of what it is the gradient of (dh0 and dc0: x's).
     dtypes = (x.dtype,) * 3 + tuple(x.dtype if weight is None else weight.dtype for weight in weights)
     grads = (dx, dh0, dc0) + tuple(dweights[name] for name in F.WEIGHT_NAMES)
@@ -320,7 +322,7 @@ def _backward_of(saved, dy, dh_n, dc_n, x, weights):
 
 def backward_impl(cell, dy, dh_n, dc_n, x, *arguments):
     grads = backward_tensors(cell, dy, dh_n, dc_n, x, *arguments)
-    # An absent gradient is dc0's without a cell state or that of an absent weight: x's dtype.
+    # An absent gradient (dx not wanted, dc0 without a cell state, an absent weight's): x's dtype.
     return _present(grads, x, (x.dtype,) * len(grads))
 
 
@@ -330,12 +332,12 @@ recurrent_backward = torch.library.custom_op("fusedrnn::recurrent_backward", bac
 
 @recurrent_backward.register_fake
 def _backward_fake(cell, dy, dh_n, dc_n, x, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr,
-                   recurrent_scale, lengths, mask, masked_output, reverse, gates, h, c, m):
+                   recurrent_scale, lengths, mask, masked_output, reverse, gates, h, c, m, want_dx=True):
     info = _cell_info(cell)
     H, P = _sizes(x, weight_hh, weight_hr)
     B = x.shape[1]
     # Contiguous whatever the strides of x and the weights, as the kernels' results are.
-    grads = (x.new_empty(x.shape), x.new_empty((B, P)),
+    grads = (x.new_empty(x.shape) if want_dx else _empty(x, x.dtype), x.new_empty((B, P)),
              x.new_empty((B, H)) if info.has_cell_state else _empty(x, x.dtype))
     for weight in (weight_ih, weight_hh, bias_ih, bias_hh, weight_hr):
         grads += (_empty(x, x.dtype) if weight is None else weight.new_empty(weight.shape),)
@@ -378,18 +380,22 @@ def _autograd_backward(run_backward):
             # leaving out every second-order term that passes through this layer.
             raise RuntimeError("fusedrnn's recurrent backward is not differentiable, so a gradient of a gradient "
                                "(create_graph=True) cannot pass through it: use torch.nn's RNN/LSTM/GRU for that")
+        # Nothing computes dx for an input that needs no gradient (data read by the first layer).
+        want_dx = ctx.needs_input_grad[1]
         arrays = getattr(ctx, "arrays", None)
         if arrays is not None:
             # (Dropped after this backward: they would keep the saved memory alive as long as the
             # graph's outputs live, after autograd has freed the saved tensors.)
             ctx.arrays = None
             _use_threads()
-            grads = _backward_of(arrays, dy, dh_n, dc_n, x, (weight_ih, weight_hh, bias_ih, bias_hh, weight_hr))
+            grads = _backward_of(arrays, dy, dh_n, dc_n, x, (weight_ih, weight_hh, bias_ih, bias_hh, weight_hr),
+                                 want_dx)
         else:
             grads = run_backward(ctx.cell, dy, dh_n, dc_n, x, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr,
-                                 recurrent_scale, lengths, mask, ctx.masked_output, ctx.reverse, gates, h, c, m)
+                                 recurrent_scale, lengths, mask, ctx.masked_output, ctx.reverse, gates, h, c, m,
+                                 want_dx)
         dx, dh0, dc0, dweight_ih, dweight_hh, dbias_ih, dbias_hh, dweight_hr = grads
-        return (None, dx,
+        return (None, dx if want_dx else None,
                 None if ctx.h0_dtype is None else dh0.to(ctx.h0_dtype),
                 None if ctx.c0_dtype is None else dc0.to(ctx.c0_dtype),
                 dweight_ih, dweight_hh,
