@@ -7,6 +7,7 @@ hand.
 
 import glob
 import json
+import math
 import os
 
 import machine
@@ -46,7 +47,7 @@ def note(row, rows, busy, far_ns=None):
 
 def far_threshold(rows):
     """The cross-core latency above which a row is marked far: FAR times the run's fastest."""
-    probed = [r["cross_core_ns"] for r in rows if r.get("cross_core_ns") is not None]
+    probed = [r["cross_core_ns"] for r in rows if math.isfinite(r.get("cross_core_ns") or math.nan)]
     return machine.FAR * min(probed) if probed else None
 
 

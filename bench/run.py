@@ -31,6 +31,7 @@ import argparse  # noqa: E402  (the environment above must be set before NumPy i
 import ctypes  # noqa: E402
 import datetime  # noqa: E402
 import json  # noqa: E402
+import math  # noqa: E402
 import platform  # noqa: E402
 import resource  # noqa: E402
 import statistics  # noqa: E402
@@ -282,10 +283,12 @@ def fma_peaks(threads, tries=5):
 
 
 def cross_core_ns(threads, samples=5):
-    """The median of a few samples of the latency between two cores, in ns; None with one thread."""
+    """The median of a few samples of the latency between two cores, in ns; None with one thread
+    (or a team that got one: the probe's NaN)."""
     if threads < 2:
         return None
-    return statistics.median(_core.cross_core_latency_ns(machine.CROSS_CORE_ROUNDS) for _ in range(samples))
+    ns = statistics.median(_core.cross_core_latency_ns(machine.CROSS_CORE_ROUNDS) for _ in range(samples))
+    return ns if math.isfinite(ns) else None
 
 
 def steady_malloc():
@@ -363,7 +366,7 @@ def table_line(by):
     else:
         line += f" {'':>8} {'':>6} |"
     line += f" {ours['faults_per_call'] / 1e3:>9.1f} {by.get('torch', {}).get('faults_per_call', 0) / 1e3:>6.1f}"
-    if "cross_core_ns" in ours:
+    if math.isfinite(ours.get("cross_core_ns", math.nan)):
         line += f"  x-core {ours['cross_core_ns']:.0f} ns"
     if ours["others_cpu"] >= BUSY:
         line += f"  busy ({100 * ours['others_cpu']:.0f}% of the CPUs taken by others)"
