@@ -258,14 +258,15 @@ def run_section(doc):
     far_ns = far_threshold(doc["rows"])
     if far_ns is not None:
         start, end = peaks["cross_core_ns"]
+        ours = [r for r in doc["rows"] if r["contender"] == "fusedrnn"]
+        far = sum(r.get("cross_core_ns", 0) > far_ns for r in ours)
         out += [f"- latency between two cores (`fusedrnn._core.cross_core_latency_ns`, half a round trip between "
                 f"the team's two threads): {num(start, 0)} ns at the start, {num(end, 0)} at the end; also timed among "
                 f"the contenders of every row ('cross-core ns then'). On a shared virtual machine the CPUs a process "
                 f"runs on are further apart at some moments than at others: rows whose probe answered above "
                 f"{num(far_ns, 0)} ns ({num(machine.FAR, 0)}x the run's fastest) are marked far, measured at such a "
-                f"moment, when the same calls took up to 1.6x longer on a Zen 4 ({sum(r.get('cross_core_ns', 0) > far_ns for r in doc['rows'] if r['contender'] == 'fusedrnn')} "
-                f"of {sum(r['contender'] == 'fusedrnn' for r in doc['rows'])} rows). They stay in the tables: "
-                f"every contender of a row ran at the same moments."]
+                f"moment, when the same calls took up to 1.6x longer on a Zen 4 ({far} of {len(ours)} rows). They "
+                f"stay in the tables: every contender of a row ran at the same moments."]
     gemm = peaks["gemm"]
     if gemm:
         c = gemm["clean"]

@@ -174,7 +174,8 @@ double cross_core_latency_ns(int64_t rounds) {
           }
         }
         if (tid == 0 && pass == 1) {
-          ns = std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - start).count() / (2.0 * rounds);
+          const std::chrono::duration<double, std::nano> elapsed = std::chrono::steady_clock::now() - start;
+          ns = elapsed.count() / (2.0 * rounds);
         }
       }
     }

@@ -336,7 +336,8 @@ def recurrent_backward(dy, dh_n, dc_n, saved, *, want_dx=True):
         from . import _cuda_op
 
         dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = _cuda_op.backward(dy, dh_n, dc_n, saved, info)
-        return dx if want_dx else None, dh0, dc0, dict(weight_ih=dw_ih, weight_hh=dw_hh, bias_ih=db_ih, bias_hh=db_hh, weight_hr=dw_hr)
+        dweights = dict(weight_ih=dw_ih, weight_hh=dw_hh, bias_ih=db_ih, bias_hh=db_hh, weight_hr=dw_hr)
+        return dx if want_dx else None, dh0, dc0, dweights
     T, B, _ = x.shape
     G = info.gates
     H, P, dtype = saved["weight_hh"].shape[0] // G, saved["weight_hh"].shape[1], x.dtype

@@ -73,7 +73,8 @@ _BACKWARD_SCHEMA = (
     "(str cell, Tensor? dy, Tensor? dh_n, Tensor? dc_n, Tensor x, Tensor weight_ih, Tensor weight_hh, "
     "Tensor? bias_ih, Tensor? bias_hh, Tensor? weight_hr, Tensor? recurrent_scale, Tensor? lengths, "
     "Tensor? mask, str masked_output, bool reverse, Tensor gates, Tensor h, Tensor c, Tensor m, "
-    "bool want_dx=True) -> (Tensor dx, Tensor dh0, Tensor dc0, Tensor dweight_ih, Tensor dweight_hh, Tensor dbias_ih, "
+    "bool want_dx=True) "
+    "-> (Tensor dx, Tensor dh0, Tensor dc0, Tensor dweight_ih, Tensor dweight_hh, Tensor dbias_ih, "
     "Tensor dbias_hh, Tensor dweight_hr)")
 
 
