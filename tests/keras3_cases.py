@@ -509,3 +509,40 @@ def test_forwards_whose_backward_never_runs_keep_at_most_capacity_entries(rng, h
             np.testing.assert_array_equal(np.asarray(g), np.asarray(e))
         assert len(calls) == forwards
     assert len(saved._entries) == 1
+
+
+@jax_only
+@pytest.mark.parametrize("x_differentiated", [True, False])
+@pytest.mark.parametrize("reads_y", [True, False])
+def test_backward_computes_only_what_is_differentiated(rng, monkeypatch, x_differentiated, reads_y):
+    """Symbolic zeros: the kernels are asked for dx only when x is differentiated, and get no dy
+    (None, not zeros) when nothing reads y; every gradient is bit for bit the one of the full
+    backward, eager and jitted."""
+    import jax
+    import jax.numpy as jnp
+    from fusedrnn import functional as F
+    from fusedrnn.keras3 import _jax_backend
+    loss_of_y, (x, h0, weights) = _jax_layer_problem(rng, "lstm")
+
+    def loss(x, h0, weights):  # (h_n alone when y is not read)
+        if reads_y:
+            return loss_of_y(x, h0, weights)
+        _, h_n, c_n = _jax_backend.recurrent("lstm", x, h0, None, weights, mask=None, masked_output="zero",
+                                             recurrent_scale=None)
+        return jnp.sum(h_n * h_n) + jnp.sum(c_n)
+
+    full = jax.grad(loss, argnums=(0, 1, 2))(x, h0, weights)
+    asked = []
+    backward = F.recurrent_backward
+
+    def recording(dy, dh_n, dc_n, saved, want_dx=True):
+        asked.append((want_dx, dy is None))
+        return backward(dy, dh_n, dc_n, saved, want_dx=want_dx)
+    monkeypatch.setattr(F, "recurrent_backward", recording)
+    argnums = (0, 1, 2) if x_differentiated else (1, 2)
+    for grad in (jax.grad(loss, argnums=argnums), jax.jit(jax.grad(loss, argnums=argnums))):
+        got = grad(x, h0, weights)
+        expected = full if x_differentiated else full[1:]
+        for g, e in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(expected)):
+            np.testing.assert_array_equal(np.asarray(g), np.asarray(e))
+    assert asked == [(x_differentiated, not reads_y)] * 2

@@ -212,12 +212,30 @@ def _recurrent(static, x, h0, c0, weights, mask, recurrent_scale):
     return _forward(static, x, h0, c0, weights, mask, recurrent_scale, training=False)[0]
 
 
+def _value(primal):
+    """A primal as the forward rule gets it with symbolic zeros (CustomVJPPrimal: the value, and
+    whether it is perturbed), or None."""
+    return None if primal is None else primal.value
+
+
 def _recurrent_fwd(static, x, h0, c0, weights, mask, recurrent_scale):
+    # (defvjp with symbolic_zeros: each input comes with whether anything differentiates it, and
+    # an output nothing reads has a symbolic zero cotangent.) The residual for dx is an empty array
+    # when x is perturbed, None when not: its presence is the flag, as residuals must be arrays.
+    want_dx = jax.numpy.zeros((0,), np.int32) if x.perturbed else None
+    x, h0, c0, mask, recurrent_scale = map(_value, (x, h0, c0, mask, recurrent_scale))
+    weights = {name: _value(w) for name, w in weights.items()}
     primal, token = _forward(static, x, h0, c0, weights, mask, recurrent_scale, training=True)
-    return primal, (x, h0, c0, weights, mask, recurrent_scale, token)
+    return primal, (x, h0, c0, weights, mask, recurrent_scale, token, want_dx)
 
 
-def _host_backward(cell, masked_output, dy, dh_n, dc_n, x, h0, c0, weights, mask, recurrent_scale, token):
+def _cotangent(ct):
+    """None for a symbolic zero (the kernels read None as zeros, with nothing to fill or read)."""
+    return None if ct is None or isinstance(ct, jax.custom_derivatives.SymbolicZero) else ct
+
+
+def _host_backward(cell, masked_output, want_dx, dy, dh_n, dc_n, x, h0, c0, weights, mask, recurrent_scale,
+                   token):
     _use_threads()
     computed = _SAVED.take(int(token))
     if computed is None:  # (see _SavedOnHost)
@@ -226,28 +244,36 @@ def _host_backward(cell, masked_output, dy, dh_n, dc_n, x, h0, c0, weights, mask
     arrays = (_host(x),) + tuple(_host(weights[name]) for name in F.WEIGHT_NAMES) + (
         _host(recurrent_scale), None, mask) + computed + (None,)
     meta = F.SavedMeta(cell=cell, reverse=False, repeat_masked_output=masked_output == "repeat", fingerprints=None)
-    dx, dh0, dc0, dweights = F.recurrent_backward(_host(dy), _host(dh_n), _host(dc_n), F.Saved(meta, arrays))
-    grads = (dx, dh0) + ((dc0,) if dc0 is not None else ())
+    dx, dh0, dc0, dweights = F.recurrent_backward(_host(dy), _host(dh_n), _host(dc_n), F.Saved(meta, arrays),
+                                                  want_dx=want_dx)
+    grads = ((dx,) if want_dx else ()) + (dh0,) + ((dc0,) if c0 is not None else ())  # (as _recurrent_bwd asks)
     return grads + tuple(dweights[name] for name in F.WEIGHT_NAMES if weights[name] is not None)
 
 
 def _recurrent_bwd(static, residuals, cotangents):
     cell, masked_output = static
-    x, h0, c0, weights, mask, recurrent_scale, token = residuals
-    dy, dh_n, dc_n = cotangents
+    x, h0, c0, weights, mask, recurrent_scale, token, want_dx = residuals
+    dy, dh_n, dc_n = map(_cotangent, cotangents)
+    want_dx = want_dx is not None
     out = jax.ShapeDtypeStruct
-    shapes = (out(x.shape, x.dtype), out(h0.shape, h0.dtype)) + ((out(c0.shape, c0.dtype),) if c0 is not None else ())
+    shapes = ((out(x.shape, x.dtype),) if want_dx else ()) + (out(h0.shape, h0.dtype),)
+    shapes += (out(c0.shape, c0.dtype),) if c0 is not None else ()
     present = [name for name in F.WEIGHT_NAMES if weights[name] is not None]
     shapes += tuple(out(weights[name].shape, weights[name].dtype) for name in present)
-    grads = host_call(functools.partial(_host_backward, cell, masked_output), shapes, dy, dh_n, dc_n, x, h0, c0,
-                      weights, mask, recurrent_scale, token)
-    n = 3 if c0 is not None else 2
+    grads = list(host_call(functools.partial(_host_backward, cell, masked_output, want_dx), shapes, dy, dh_n, dc_n,
+                           x, h0, c0, weights, mask, recurrent_scale, token))
+    dx = grads.pop(0) if want_dx else None
+    dh0 = grads.pop(0)
+    dc0 = grads.pop(0) if c0 is not None else None
     dweights = dict.fromkeys(F.WEIGHT_NAMES)
-    dweights.update(zip(present, grads[n:]))
-    return (grads[0], grads[1], grads[2] if c0 is not None else None, dweights, None, None)
+    dweights.update(zip(present, grads))
+    return (dx, dh0, dc0, dweights, None, None)
 
 
-_recurrent.defvjp(_recurrent_fwd, _recurrent_bwd)
+# symbolic_zeros: the forward rule learns whether x is differentiated at all (the data a first
+# layer reads is not: no dx is computed then), and the backward gets no zeros to build for the
+# outputs nothing reads (y under return_sequences=False).
+_recurrent.defvjp(_recurrent_fwd, _recurrent_bwd, symbolic_zeros=True)
 
 
 def recurrent(cell, x, h0, c0, weights, *, mask, masked_output, recurrent_scale):
