@@ -9,7 +9,8 @@ residual, beside the inputs; its backward hands them back to the kernels with th
 kernels write fresh arrays; the callbacks' arguments are only read. Under ``vmap`` each callback
 loops over the mapped axis (``vmap_method="sequential"``), which is correct, one call per element.
 CPU only: the caller sends other platforms to Keras's loop. The mask and the recurrent dropout
-scale get no gradient (zero cotangents).
+scale get no gradient (zero cotangents); x gets one only when something differentiates it, and an
+output nothing reads costs the backward nothing (symbolic zeros).
 
 Threads: the callbacks run on a thread of XLA's; they use ``fusedrnn.set_num_threads``'s count if
 one was set, else the count at start-up (``OMP_NUM_THREADS`` or the cores).
