@@ -298,6 +298,16 @@ int64_t chunk_group(int64_t B, int64_t chunks, int threads, int64_t panels_per_c
   return panels_per_chunk == 1 ? 2 : 1;
 }
 
+// One round of a spin-wait: tells the core that this thread only waits (its sibling hyperthread,
+// if any, gets the core's resources meanwhile).
+inline void spin_pause() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
 // The team's barrier between steps. OpenMP's own (libgomp's `omp barrier`) spins only while the
 // process has no more OpenMP threads than CPUs: past that, as soon as a second thread has run a
 // team (a JAX callback's thread, a Python thread), it sleeps in the kernel almost at once, and
@@ -330,7 +340,7 @@ class StepBarrier {
     for (int round = 0; generation_.load(std::memory_order_acquire) == generation;) {
       if (round < spin_rounds) {
         ++round;
-        pause();
+        spin_pause();
       } else {
         std::this_thread::yield();
       }
@@ -350,14 +360,6 @@ class StepBarrier {
     return count;
 #else
     return 1;
-#endif
-  }
-
-  static void pause() {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    asm volatile("yield");
 #endif
   }
 

@@ -8,7 +8,7 @@
 #include <new>
 #include <thread>
 
-#include "cpu/driver.h"  // thread_id, team_size, barrier
+#include "cpu/driver.h"  // thread_id, team_size, barrier, spin_pause
 #include "cpu/simd.h"
 
 namespace fusedrnn::cpu {
@@ -152,9 +152,7 @@ double cross_core_latency_ns(int64_t rounds) {
     const auto wait_for = [&](int64_t expected) {
       for (int64_t spins = 1; line.value.load(std::memory_order_acquire) != expected; ++spins) {
         if (spins % 4096 == 0) std::this_thread::yield();
-#if defined(__x86_64__) || defined(__i386__)
-        __builtin_ia32_pause();
-#endif
+        spin_pause();
       }
     };
     if (team_size() == 2) {
