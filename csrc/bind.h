@@ -1,5 +1,5 @@
-// What the binding's files share (bind.cc, bind_cells.cc): argument checks, new arrays, the one
-// dtype dispatch and the cell names.
+// What the binding's files share (bind.cc, bind_cells.cc): argument checks, new arrays (their
+// memory: recycled_arrays.h), the one dtype dispatch and the cell names.
 //
 // The checks are the last line behind fusedrnn.functional (which validates arguments with
 // messages written for users): whatever reaches a kernel has the shape, dtype and layout it
@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "recurrence.h"
+#include "recycled_arrays.h"
 
 namespace fusedrnn::bind {
 
@@ -64,11 +65,6 @@ T* checked(const py::object& obj, const char* name, const std::vector<int64_t>& 
   // Inputs may be read-only arrays: the kernels only read them (data(), not mutable_data(),
   // which refuses a read-only array); only `writable` ones are written.
   return static_cast<T*>(const_cast<void*>(arr.data()));
-}
-
-template <class T>
-py::array_t<T> new_array(const std::vector<int64_t>& shape) {
-  return py::array_t<T>(std::vector<py::ssize_t>(shape.begin(), shape.end()));
 }
 
 // A new array of `shape` for an optional output: stores its data in *data and returns it, or,

@@ -12,7 +12,7 @@ from ._random import manual_seed
 __version__ = _core.__version__
 
 __all__ = ["functional", "cuda", "nn", "optim", "keras", "distributed", "manual_seed", "build_info", "get_num_threads",
-           "set_num_threads", "__version__"]
+           "set_num_threads", "set_array_cache_limit", "array_cache_info", "__version__"]
 
 
 # The thread count set by set_num_threads, or None: then the framework adapters (fusedrnn.torch)
@@ -42,6 +42,32 @@ def set_num_threads(threads):
         raise TypeError(f"threads must be an int, got {type(threads).__name__}")
     _core.set_max_threads(threads)
     _user_threads = threads
+
+
+def set_array_cache_limit(nbytes):
+    """Bounds the memory fusedrnn keeps for its next output arrays (1 GiB at start-up).
+
+    The big arrays the kernels return (outputs, the states a training forward saves, gradients)
+    get memory that a freed one of about the same size gave back, when there is some: a training
+    loop then touches no fresh pages at each step, which glibc would otherwise map and unmap
+    around every call (up to a fifth of an LSTM or GRU step at B=64, H=512). At most `nbytes` of
+    memory that no array uses is kept, the oldest freed first; ``0`` frees it all and keeps none.
+    Arrays under 1 MiB always come from the ordinary allocator.
+    """
+    if isinstance(nbytes, bool) or not isinstance(nbytes, int):
+        raise TypeError(f"nbytes must be an int, got {type(nbytes).__name__}")
+    if nbytes < 0:
+        raise ValueError(f"nbytes must be at least 0, got {nbytes}")
+    info = _core.array_cache_info()
+    _core.set_array_cache(nbytes, info["min_bytes"], info["poison"])
+
+
+def array_cache_info():
+    """What :func:`set_array_cache_limit` bounds, now: a dict of ``kept_bytes`` and ``kept_blocks``
+    (memory kept that no array uses), ``limit``, ``hits`` (arrays given kept memory) and
+    ``misses`` (arrays of 1 MiB or more given new memory)."""
+    info = _core.array_cache_info()
+    return {key: info[key] for key in ("kept_bytes", "kept_blocks", "limit", "hits", "misses")}
 
 
 def build_info():
