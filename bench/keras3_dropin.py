@@ -68,6 +68,7 @@ def run_backend(args):
                 model.predict(data, batch_size=args.batch, verbose=0)
                 models[fused] = model
             times = {(fused, what): [] for fused in (False, True) for what in ("fit", "predict")}
+            probes = []   # the cross-core probe after each round (see machine.FAR)
             for _ in range(args.repeats):
                 for fused in (False, True):
                     (fk.enable if fused else fk.disable)()
@@ -78,12 +79,15 @@ def run_backend(args):
                         else:
                             models[fused].predict(data, batch_size=args.batch, verbose=0)
                         times[fused, what].append(time.perf_counter() - start)
+                probes.append(machine.cross_core_ns())
             fk.disable()
+            cross_core = None if None in probes else statistics.median(probes)
             for what in ("fit", "predict"):
                 stock, fused = times[False, what], times[True, what]
                 rows.append(dict(backend=keras.backend.backend(), cell=cell, units=units, inputs=inputs, what=what,
                                  stock_median=statistics.median(stock), stock_min=min(stock),
-                                 fused_median=statistics.median(fused), fused_min=min(fused)))
+                                 fused_median=statistics.median(fused), fused_min=min(fused),
+                                 cross_core_ns=cross_core))
             print(json.dumps(rows[-2]), json.dumps(rows[-1]), sep="\n", flush=True)
     return rows
 

@@ -2,10 +2,11 @@
 
 Results are only comparable within one CPU model (the machines change from one run to the next),
 so every benchmark script that saves its results writes them under bench/results/<cpu key>/, and
-bench/report.py renders one section of bench/RESULTS.md per CPU. It also holds the speed probe
-the timing scripts share (run.py, generation.py).
+bench/report.py renders one section of bench/RESULTS.md per CPU. It also holds the speed probes
+the timing scripts share.
 """
 
+import math
 import os
 import platform
 import re
@@ -48,3 +49,10 @@ SLOWED = 0.75
 # to 1.6x longer, and so did two independent one-thread calls run at once.
 CROSS_CORE_ROUNDS = 2000
 FAR = 2.0
+
+
+def cross_core_ns():
+    """One cross-core probe (ns), or None where the kernels' team has one thread."""
+    from fusedrnn import _core
+    ns = _core.cross_core_latency_ns(CROSS_CORE_ROUNDS)
+    return ns if math.isfinite(ns) else None

@@ -40,9 +40,22 @@ def note(row, rows, busy, far_ns=None):
         probe = f", FMA probe {row['fma_gflops']:.0f} GFLOP/s" if "fma_gflops" in row else ""
         return f"busy: others took {100 * row['others_cpu']:.0f}% of the CPUs{probe}"
     marks = ["noisy"] if any(r["median_ms"] > 1.5 * r["min_ms"] for r in rows) else []
-    if far_ns is not None and row.get("cross_core_ns", 0) > far_ns:
+    if is_far(row, far_ns):
         marks.append("far")
     return ", ".join(marks)
+
+
+def is_far(row, far_ns):
+    """Whether the row's cross-core probe answered above far_ns (None: the run has no probe)."""
+    return far_ns is not None and (row.get("cross_core_ns") or 0) > far_ns
+
+
+def far_text(far_ns, far, count):
+    """The sentence under a drop-in table that explains its cross-core column."""
+    return (f"Cross-core ns then: the median of `fusedrnn._core.cross_core_latency_ns` timed after each round "
+            f"of the row's calls; far (above {far_ns:.0f} ns, {machine.FAR:.0f}x the run's fastest): measured while "
+            f"the host kept this process's CPUs further apart, when the same calls ran slower ({far} of {count} "
+            "rows; see the run.py section).")
 
 
 def far_threshold(rows):
@@ -471,6 +484,7 @@ def dropin_section(doc):
     by = {}
     for r in doc["steps"]:
         by.setdefault((r["cell"], r["B"], r["H"], r["input"]), {})[r["compiled"]] = r
+    far_ns = far_threshold(doc["steps"])
     lines = []
     for (cell, B, H, kind), c in by.items():
         line = [cell, B, H, kind]
@@ -478,9 +492,16 @@ def dropin_section(doc):
             r = c.get(compiled)
             line += [ms(r["torch_ms"]), ms(r["ours_ms"]), num(r["torch_ms"] / r["ours_ms"])] if r else ["", "", ""]
         rest = c.get(False, {}).get("rest_ms")
-        lines.append(line + [ms(rest) if rest is not None else ""])
+        line.append(ms(rest) if rest is not None else "")
+        if far_ns is not None:
+            line += [" / ".join(num(r.get("cross_core_ns"), 0) for r in c.values()),
+                     "far" if any(is_far(r, far_ns) for r in c.values()) else ""]
+        lines.append(line)
     out += table(["cell", "B", "H", "input", "torch.nn ms", "ours ms", "x", "compiled torch.nn ms",
-                  "compiled ours ms", "compiled x", "rest of the step ms"], lines)
+                  "compiled ours ms", "compiled x", "rest of the step ms"]
+                 + (["cross-core ns then (eager / compiled)", "note"] if far_ns is not None else []), lines)
+    if far_ns is not None:
+        out += ["", far_text(far_ns, sum(is_far(r, far_ns) for r in doc["steps"]), len(doc["steps"]))]
     out += ["", "Rest of the step: the same eager step with the RNN replaced by a pass-through (Adam still "
             "updating the RNN's parameters, with zero gradients), timed beside the pair: what a step costs "
             "besides the RNN layer, the same for both contenders."]
@@ -520,14 +541,20 @@ def keras3_section(doc):
            "[T/2, T], in no order, padded with zeros.", ""]
     out += ["GFLOP: the recurrent layer's products in one call, 2*T*(I+units)*G*units a sample, 3x that in "
             "fit (forward and backward), padding included; GFLOP/s of each contender = GFLOP / its time.", ""]
+    far_ns = far_threshold(doc["rows"])
     lines = []
     for r in doc["rows"]:
         gflop = keras3_gflop(doc, r)
         lines.append([r["backend"], r["cell"], r["units"], r.get("inputs", "full"), r["what"],
                       num(r["stock_median"], 3), num(r["fused_median"], 3), num(r["stock_median"] / r["fused_median"]),
-                      num(gflop, 1), num(gflop / r["stock_median"], 1), num(gflop / r["fused_median"], 1)])
+                      num(gflop, 1), num(gflop / r["stock_median"], 1), num(gflop / r["fused_median"], 1)]
+                     + ([num(r.get("cross_core_ns"), 0), "far" if is_far(r, far_ns) else ""]
+                        if far_ns is not None else []))
     out += table(["backend", "layer", "units", "input", "call", "Keras s", "enable() s", "x", "GFLOP",
-                  "Keras GFLOP/s", "enable() GFLOP/s"], lines)
+                  "Keras GFLOP/s", "enable() GFLOP/s"]
+                 + (["cross-core ns then", "note"] if far_ns is not None else []), lines)
+    if far_ns is not None:
+        out += ["", far_text(far_ns, sum(is_far(r, far_ns) for r in doc["rows"]), len(doc["rows"]))]
     peak = doc.get("fma_peak_gflops")
     out += ["", "#### Issue #16 targets", ""]
     if peak:

@@ -103,18 +103,23 @@ def generation_loop(model, steps):
 
 
 def time_pair(fns, min_calls, min_seconds):
-    """Interleaved calls of each function; median and min seconds of each."""
+    """Interleaved calls of each function; median and min seconds of each, and under "cross_core"
+    the median of the cross-core probe taken after each round (None with one thread)."""
     for fn in fns.values():
         fn()
         fn()
     times = {name: [] for name in fns}
+    probes = []
     start = time.perf_counter()
     while min(len(t) for t in times.values()) < min_calls or time.perf_counter() - start < min_seconds:
         for name, fn in fns.items():
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
-    return {name: (statistics.median(t), min(t)) for name, t in times.items()}
+        probes.append(machine.cross_core_ns())
+    result = {name: (statistics.median(t), min(t)) for name, t in times.items()}
+    result["cross_core"] = None if None in probes else statistics.median(probes)
+    return result
 
 
 def pair(cell, hidden, seed=0):
@@ -287,7 +292,7 @@ def main():
                         row = dict(cell=cell, B=B, H=H, input=kind, compiled=compile_,
                                    torch_ms=timed["torch"][0] * 1e3, ours_ms=timed["ours"][0] * 1e3,
                                    torch_min_ms=timed["torch"][1] * 1e3, ours_min_ms=timed["ours"][1] * 1e3,
-                                   rest_ms=rest_ms)
+                                   rest_ms=rest_ms, cross_core_ns=timed["cross_core"])
                         result["steps"].append(row)
                         print(f"| {cell} | {B} | {H} | {kind} | {'yes' if compile_ else 'no'} | "
                               f"{row['torch_ms']:.2f} | {row['ours_ms']:.2f} | "
@@ -300,7 +305,8 @@ def main():
                                "ours": generation_loop(ours, args.generate)}, min_calls, min_seconds)
             row = dict(cell=cell, B=1, H=H, input=f"generate {args.generate} steps", compiled=False,
                        torch_ms=timed["torch"][0] * 1e3, ours_ms=timed["ours"][0] * 1e3,
-                       torch_min_ms=timed["torch"][1] * 1e3, ours_min_ms=timed["ours"][1] * 1e3)
+                       torch_min_ms=timed["torch"][1] * 1e3, ours_min_ms=timed["ours"][1] * 1e3,
+                       cross_core_ns=timed["cross_core"])
             result["steps"].append(row)
             print(f"| {cell} | 1 | {H} | {row['input']} | no | {row['torch_ms']:.2f} | {row['ours_ms']:.2f} | "
                   f"{row['torch_ms'] / row['ours_ms']:.2f} |", flush=True)
