@@ -231,3 +231,59 @@ def test_summary_of_nested_models(capsys):
     nested.summary(expand_nested=True)
     text = capsys.readouterr().out
     assert "(None, 5, 4)" in text and f"  {inner.layers[1].name} (GRU)" in text
+
+
+# -- fit's backward computes no gradient of the data --------------------------------------------
+
+NO_INPUT_GRAD = {
+    "lstm first": lambda: [fk.Input((6, 4)), layers.LSTM(5, return_sequences=True), layers.GRU(3), layers.Dense(2)],
+    "masking, then a bidirectional lstm": lambda: [fk.Input((6, 4)), layers.Masking(0.0),
+                                                   layers.Bidirectional(layers.LSTM(3)), layers.Dense(2)],
+    "dense first": lambda: [fk.Input((6, 4)), layers.Dense(5), layers.SimpleRNN(3), layers.Dense(2)],
+    "a frozen dense, then a gru": lambda: [fk.Input((6, 4)), layers.Dense(5, trainable=False), layers.GRU(3),
+                                           layers.Dense(2)],
+    "dropout, then a gru": lambda: [fk.Input((6, 4)), layers.Dropout(0.3), layers.GRU(3), layers.Dense(2)],
+}
+
+
+@pytest.mark.parametrize("build", NO_INPUT_GRAD.values(), ids=NO_INPUT_GRAD)
+def test_a_backward_without_the_input_gradient_gives_the_same_weight_gradients(build, rng):
+    x = rng.standard_normal((7, 6, 4)).astype(np.float32)
+    x[2, 4:] = 0.0   # (a masked tail where a Masking layer is in front)
+    grad = rng.standard_normal((7, 2)).astype(np.float32)
+    model = fk.Sequential(build())
+    model.build((None, 6, 4))
+    gradients = {}
+    for input_grad in (True, False):
+        for param in model.trainable_weights:
+            param.grad = None
+        fk.utils.set_random_seed(3)   # (the same dropout draws)
+        model.forward(x, None, training=True)
+        returned = model.backward(grad, input_grad=input_grad)
+        assert (returned is None) == (not input_grad)
+        gradients[input_grad] = [param.grad.copy() for param in model.trainable_weights]
+    assert len(gradients[False]) == len(model.trainable_weights) > 0
+    for with_dx, without in zip(gradients[True], gradients[False]):
+        np.testing.assert_array_equal(without, with_dx)
+
+
+def test_fit_asks_the_first_recurrent_layer_for_no_input_gradient(rng, monkeypatch):
+    from fusedrnn import functional as F
+
+    asked = []
+    backward = F.recurrent_backward
+
+    def spy(*args, want_dx=True, **kwargs):
+        asked.append(want_dx)
+        return backward(*args, want_dx=want_dx, **kwargs)
+
+    monkeypatch.setattr(F, "recurrent_backward", spy)
+    model = fk.Sequential([fk.Input((5, 3)), layers.LSTM(4, return_sequences=True), layers.GRU(4), layers.Dense(2)])
+    model.compile(optimizer="adam", loss="mse")
+    x, y = regression_data(rng, samples=8)
+    model.train_step(x, y)
+    assert asked == [True, False]   # the GRU's input is the LSTM's output; the LSTM's is the data
+    asked.clear()
+    model.forward(x, None, training=True)
+    model.backward(np.ones((8, 2), np.float32))
+    assert asked == [True, True]    # a backward asked for the input's gradient computes it

@@ -124,7 +124,7 @@ class Trainer:
             loss, grad = self.loss.value_and_grad(y, y_pred, mask)
             count = self.loss.mean_count(y_pred, mask)
             process.before_backward(count)
-            self.backward(grad, layer_done=process.layer_done)
+            self.backward(grad, layer_done=process.layer_done, input_grad=False)
             self._update_metrics(y, y_pred, mask)
         process.reduce_gradients(count)
         self.optimizer.apply(self._keras_variables())

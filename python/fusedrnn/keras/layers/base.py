@@ -12,7 +12,7 @@ Since there is no autograd, every layer implements, besides Keras's ``build`` an
   mask it passes on, as Keras propagates masks.
 - ``backward(grad_y) -> grad_x``: the gradient of the input (None for integer inputs) from that
   last training-mode forward, accumulating (``+=``) into each weight's ``.grad``. It runs once
-  per forward.
+  per forward (or ``backward_weights_only(grad_y)`` instead, where nothing needs grad_x).
 
 Calling a layer on an array runs it (in inference mode unless ``training=True``) and returns
 arrays; calling it on a KerasTensor (from ``Input``) records a functional-API graph.
@@ -210,6 +210,13 @@ class Layer:
 
     def backward(self, grad):
         raise NotImplementedError
+
+    def backward_weights_only(self, grad):
+        """What backward(grad) adds to the weights' gradients, where nothing needs the input's (a
+        model's first layer with weights: its input is the data). This default runs backward and
+        drops the input's gradient; layers whose input gradient is a product of its own (Dense,
+        the recurrent layers) skip that product."""
+        self.backward(grad)
 
     def _save(self, training, *values):
         # An inference forward forgets the previous training one: a later backward would

@@ -119,6 +119,16 @@ class Bidirectional(Layer):
 
     def backward(self, grad):
         """grad: the merged output's gradient (a pair of gradients for merge_mode None)."""
+        g_forward, g_backward = self._split_gradient(grad)
+        return self.forward_layer.backward(g_forward) + self.backward_layer.backward(g_backward)
+
+    def backward_weights_only(self, grad):
+        g_forward, g_backward = self._split_gradient(grad)
+        self.forward_layer.backward_weights_only(g_forward)
+        self.backward_layer.backward_weights_only(g_backward)
+
+    def _split_gradient(self, grad):
+        """The merged output's gradient as the two directions' output gradients."""
         y_forward, y_backward = self._take_saved()
         if self.merge_mode == "concat":
             units = y_forward.shape[-1]
@@ -133,4 +143,4 @@ class Bidirectional(Layer):
             g_forward, g_backward = grad
         if self.return_sequences:
             g_backward = g_backward[:, ::-1]
-        return self.forward_layer.backward(g_forward) + self.backward_layer.backward(g_backward)
+        return g_forward, g_backward

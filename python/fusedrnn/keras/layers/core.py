@@ -65,13 +65,21 @@ class Dense(Layer):
         return y.reshape(x.shape[:-1] + (self.units,)), mask
 
     def backward(self, grad):
+        dz, shape = self._weights_backward(grad)
+        return matmul(dz, self._params["kernel"].data.T).reshape(shape)
+
+    def backward_weights_only(self, grad):
+        self._weights_backward(grad)
+
+    def _weights_backward(self, grad):
+        """Adds the weights' gradients; returns the pre-activation's gradient and the input's shape."""
         rows, z, y, shape = self._take_saved()
         dz = self.activation.backward(np.asarray(grad, dtype=self.dtype).reshape(y.shape), z, y)
         dz = np.ascontiguousarray(dz, dtype=self.dtype)
         self._params["kernel"].accumulate_grad(matmul(rows.T, dz))
         if self.use_bias:
             self._params["bias"].accumulate_grad(dz.sum(axis=0))
-        return matmul(dz, self._params["kernel"].data.T).reshape(shape)
+        return dz, shape
 
 
 class Activation(Layer):

@@ -264,6 +264,12 @@ class _Recurrent(Layer):
 
     def backward(self, grad):
         """grad: the gradient of the output (not of returned states). Returns the input's."""
+        return self._backward(grad, want_dx=True)
+
+    def backward_weights_only(self, grad):
+        self._backward(grad, want_dx=False)   # (the kernels then skip the input's product)
+
+    def _backward(self, grad, want_dx):
         saved, versions, input_scale, steps, masked = self._take_saved()
         check_parameter_versions(versions)
         grad = np.asarray(grad, dtype=self.dtype)
@@ -279,9 +285,11 @@ class _Recurrent(Layer):
             dy[0 if self.go_backwards else steps - 1] = grad
         else:
             dh_n = grad
-        dx, _, _, grads = F.recurrent_backward(dy, dh_n, None, saved)
+        dx, _, _, grads = F.recurrent_backward(dy, dh_n, None, saved, want_dx=want_dx)
         for name, param in self._params.items():
             param.accumulate_grad(grads[name])
+        if not want_dx:
+            return None
         if input_scale is not None:
             dx = dx * input_scale
         return dx.transpose(1, 0, 2)
