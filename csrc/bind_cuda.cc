@@ -238,13 +238,13 @@ py::tuple forward(const std::string& cell_name, const py::object& x, const py::o
 }
 
 // backward(cell, x, w_ih, w_hh, w_hr, recurrent_scale, lengths, mask, repeat_masked_output,
-//          reverse, saved, dy, dh_n, dc_n, want_db_ih, want_db_hh, algorithm)
-//   -> (dx, dh0, dc0 | None, dw_ih, dw_hh, db_ih | None, db_hh | None, dw_hr | None)
+//          reverse, saved, dy, dh_n, dc_n, want_db_ih, want_db_hh, algorithm, want_dx)
+//   -> (dx | None, dh0, dc0 | None, dw_ih, dw_hh, db_ih | None, db_hh | None, dw_hr | None)
 py::tuple backward(const std::string& cell_name, const py::object& x, const py::object& w_ih, const py::object& w_hh,
                    const py::object& w_hr, const py::object& recurrent_scale, const py::object& lengths,
                    const py::object& mask, bool repeat_masked_output, bool reverse, const py::tuple& saved,
                    const py::object& dy, const py::object& dh_n, const py::object& dc_n, bool want_db_ih,
-                   bool want_db_hh, const std::string& algorithm) {
+                   bool want_db_hh, const std::string& algorithm, bool want_dx) {
   const CellKind cell = fusedrnn::bind::parse_cell(cell_name);
   const CellInfo info = fusedrnn::cell_info(cell);
   const auto algo = parse_algorithm(algorithm);
@@ -265,7 +265,7 @@ py::tuple backward(const std::string& cell_name, const py::object& x, const py::
     const int64_t* len = host_lengths(lengths, B, steps);
     const uint8_t* msk = host_mask(mask, lengths, steps, B);
 
-    py::object dx = new_device<T>({steps, B, I}, &a.dx);
+    py::object dx = new_device<T>({steps, B, I}, &a.dx, want_dx);
     py::object dh0 = new_device<T>({B, P}, &a.dh0);
     py::object dc0 = new_device<T>({B, H}, &a.dc0, has_c);
     py::object dw_ih = new_device<T>({G * H, I}, &a.dw_ih);
@@ -391,7 +391,7 @@ PYBIND11_MODULE(_cuda, m) {
   m.def("backward", &backward, py::arg("cell"), py::arg("x"), py::arg("w_ih"), py::arg("w_hh"), py::arg("w_hr"),
         py::arg("recurrent_scale"), py::arg("lengths"), py::arg("mask"), py::arg("repeat_masked_output"),
         py::arg("reverse"), py::arg("saved"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"), py::arg("want_db_ih"),
-        py::arg("want_db_hh"), py::arg("algorithm") = "auto");
+        py::arg("want_db_hh"), py::arg("algorithm") = "auto", py::arg("want_dx") = true);
   m.def("gemm", &gemm, py::arg("a"), py::arg("b"), py::arg("transpose_a") = false, py::arg("transpose_b") = false,
         "a @ b (or with either transposed) through the backend's GEMM (cuBLAS or its own kernel, as set_gemm says).");
   m.def("persistent_weights_fit", &fusedrnn::cuda::persistent_weights_fit, py::arg("bytes"),

@@ -202,6 +202,26 @@ def test_gradients_are_deterministic(gemm):
         assert np.array_equal(host(first[3][name]), host(second[3][name])), name
 
 
+@pytest.mark.parametrize("cell", CELLS)
+def test_a_backward_without_dx_gives_the_same_other_gradients(cell, gemm):
+    rng = np.random.default_rng(18)
+    x, h0, c0, weights = problem(rng, cell, np.float32)
+    dev = {k: on_device(v) for k, v in weights.items()}
+    _, _, _, saved = F.recurrent_forward(cell, on_device(x), on_device(h0), on_device(c0), dev)
+    dy = on_device(rng.standard_normal((T, B, H)).astype(np.float32))
+    full = F.recurrent_backward(dy, None, None, saved)
+    dx, dh0, dc0, dw = F.recurrent_backward(dy, None, None, saved, want_dx=False)
+    assert dx is None and full[0] is not None
+    assert np.array_equal(host(dh0), host(full[1]))
+    assert (dc0 is None) == (full[2] is None)
+    if dc0 is not None:
+        assert np.array_equal(host(dc0), host(full[2]))
+    for name in WEIGHTS:
+        assert (dw[name] is None) == (full[3][name] is None), name
+        if dw[name] is not None:
+            assert np.array_equal(host(dw[name]), host(full[3][name])), name
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("ta, tb", [(False, False), (True, False), (False, True), (True, True)])
 @pytest.mark.parametrize("m, k, n", [(1, 1, 1), (37, 20, 45), (33, 17, 64), (5, 70, 3)])

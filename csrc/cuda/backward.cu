@@ -338,7 +338,7 @@ void backward_layer(const BackwardArgs<T>& a, const int64_t* first_step, Algorit
     scale_rows(scaled, h_prev, a.recurrent_scale, rows, B, P);
     h_prev = scaled;
   }
-  gemm<T>(rows, I, GH, st.dgx, GH, 1, a.w_ih, I, 1, a.dx, I, false);
+  if (a.dx) gemm<T>(rows, I, GH, st.dgx, GH, 1, a.w_ih, I, 1, a.dx, I, false);  // (null: not wanted)
   gemm<T>(GH, I, rows, st.dgx, 1, GH, a.x, I, 1, a.dw_ih, I, false);
   if constexpr (Cell::kSplitGradient) {  // the last gate's rows from its own gradient
     gemm<T>(KH - H, P, rows, st.dgx, 1, GH, h_prev, P, 1, a.dw_hh, P, false);

@@ -94,8 +94,9 @@ def forward(cell, info, x, h0, c0, weights, *, lengths, mask, masked_output, rev
     return y, h_n, c_n, computed, inputs, lengths, mask
 
 
-def backward(dy, dh_n, dc_n, saved, info):
-    """recurrent_backward on the device: (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr)."""
+def backward(dy, dh_n, dc_n, saved, info, want_dx=True):
+    """recurrent_backward on the device: (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr); dx is
+    None, and not computed, unless want_dx."""
     _device._require()
     meta = saved.meta
     x = saved["x"]
@@ -110,4 +111,4 @@ def backward(dy, dh_n, dc_n, saved, info):
         saved["lengths"], saved["mask"], meta.repeat_masked_output, meta.reverse,
         (saved["gates"], saved["h"], saved["c"], saved["m"]),
         want_db_ih=saved["bias_ih"] is not None, want_db_hh=saved["bias_hh"] is not None,
-        algorithm=_device.get_algorithm(), **grads)
+        algorithm=_device.get_algorithm(), want_dx=bool(want_dx), **grads)

@@ -316,7 +316,7 @@ def recurrent_backward(dy, dh_n, dc_n, saved, *, want_dx=True):
             a cell state, or None.
         saved: what the forward returned (or a :class:`Saved` rebuilt from its arrays).
         want_dx: False when nothing needs the input's gradient (the layer reads the data itself):
-            dx is then None, and on the CPU not computed (its product is a sixth of a training
+            dx is then None and not computed (its product is a sixth of a training
             step's multiply-adds when I = H).
 
     Returns:
@@ -335,9 +335,9 @@ def recurrent_backward(dy, dh_n, dc_n, saved, *, want_dx=True):
     if type(x) is not np.ndarray and _cuda_device.is_device_array(x):
         from . import _cuda_op
 
-        dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = _cuda_op.backward(dy, dh_n, dc_n, saved, info)
+        dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = _cuda_op.backward(dy, dh_n, dc_n, saved, info, want_dx)
         dweights = dict(weight_ih=dw_ih, weight_hh=dw_hh, bias_ih=db_ih, bias_hh=db_hh, weight_hr=dw_hr)
-        return dx if want_dx else None, dh0, dc0, dweights
+        return dx, dh0, dc0, dweights
     T, B, _ = x.shape
     G = info.gates
     H, P, dtype = saved["weight_hh"].shape[0] // G, saved["weight_hh"].shape[1], x.dtype
