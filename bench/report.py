@@ -58,9 +58,11 @@ def far_text(far_ns, far, count):
             "rows; see the run.py section).")
 
 
-def far_threshold(rows):
-    """The cross-core latency above which a row is marked far: FAR times the run's fastest."""
-    probed = [r["cross_core_ns"] for r in rows if math.isfinite(r.get("cross_core_ns") or math.nan)]
+def far_threshold(rows, busy=None):
+    """The cross-core latency above which a row is marked far: FAR times the run's fastest (of the
+    rows not marked busy, with busy: a disturbed moment can put the two CPUs on one core)."""
+    probed = [r["cross_core_ns"] for r in rows if math.isfinite(r.get("cross_core_ns") or math.nan)
+              and (busy is None or r.get("others_cpu", 0) < busy)]
     return machine.FAR * min(probed) if probed else None
 
 
@@ -268,7 +270,7 @@ def run_section(doc):
            "speed at the moments that row was measured." if probed else
            "%peak below is against the higher of the two."),
     ]
-    far_ns = far_threshold(doc["rows"])
+    far_ns = far_threshold(doc["rows"], busy)
     if far_ns is not None:
         start, end = peaks["cross_core_ns"]
         ours = [r for r in doc["rows"] if r["contender"] == "fusedrnn"]
@@ -278,8 +280,11 @@ def run_section(doc):
                 f"the contenders of every row ('cross-core ns then'). On a shared virtual machine the CPUs a process "
                 f"runs on are further apart at some moments than at others: rows whose probe answered above "
                 f"{num(far_ns, 0)} ns ({num(machine.FAR, 0)}x the run's fastest) are marked far, measured at such a "
-                f"moment, when the same calls took up to 1.6x longer on a Zen 4 ({far} of {len(ours)} rows). They "
-                f"stay in the tables: every contender of a row ran at the same moments."]
+                f"moment, when the same calls took up to 1.6x longer on a Zen 4 ({far} of {len(ours)} rows). "
+                + (f"A row measured so was measured again after {doc['timing']['far_retry_pause_s']} s, twice at "
+                   "most; the rows still far stay in the tables (every contender of a row ran at the same moments)."
+                   if "far_retry_pause_s" in doc["timing"] else
+                   "They stay in the tables: every contender of a row ran at the same moments.")]
     gemm = peaks["gemm"]
     if gemm:
         c = gemm["clean"]
