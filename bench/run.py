@@ -307,8 +307,8 @@ def cross_core_ns(threads, samples=5):
     (or a team that got one: the probe's NaN)."""
     if threads < 2:
         return None
-    ns = statistics.median(_core.cross_core_latency_ns(machine.CROSS_CORE_ROUNDS) for _ in range(samples))
-    return ns if math.isfinite(ns) else None
+    ns = [machine.cross_core_ns() for _ in range(samples)]
+    return None if None in ns else statistics.median(ns)
 
 
 def steady_malloc():
