@@ -44,7 +44,7 @@ PROBE_ITERATIONS = 2_000_000
 SLOWED = 0.75
 # The cross-core probe timed among the contenders (with two threads or more): 2,000 round trips
 # between the team's two threads, 0.1 ms at 30 ns a way, 0.6 ms at 160. A row whose probe answered
-# more than FAR times slower than the run's fastest was measured while the host kept this
+# more than FAR times slower than the run's near latency was measured while the host kept this
 # process's CPUs further apart: at such moments (Zen 4, B = 64, 2 threads) the same calls took up
 # to 1.6x longer, and so did two independent one-thread calls run at once.
 CROSS_CORE_ROUNDS = 2000

@@ -9,6 +9,7 @@ import glob
 import json
 import math
 import os
+import statistics
 
 import machine
 
@@ -53,17 +54,21 @@ def is_far(row, far_ns):
 def far_text(far_ns, far, count):
     """The sentence under a drop-in table that explains its cross-core column."""
     return (f"Cross-core ns then: the median of `fusedrnn._core.cross_core_latency_ns` timed after each round "
-            f"of the row's calls; far (above {far_ns:.0f} ns, {machine.FAR:.0f}x the run's fastest): measured while "
+            f"of the row's calls; far (above {far_ns:.0f} ns, {machine.FAR:.0f}x the run's near latency, the lower "
+            "quartile of its probes): measured while "
             f"the host kept this process's CPUs further apart, when the same calls ran slower ({far} of {count} "
             "rows; see the run.py section).")
 
 
-def far_threshold(rows, busy=None):
-    """The cross-core latency above which a row is marked far: FAR times the run's fastest (of the
-    rows not marked busy, with busy: a disturbed moment can put the two CPUs on one core)."""
-    probed = [r["cross_core_ns"] for r in rows if math.isfinite(r.get("cross_core_ns") or math.nan)
-              and (busy is None or r.get("others_cpu", 0) < busy)]
-    return machine.FAR * min(probed) if probed else None
+def far_threshold(rows):
+    """The cross-core latency above which a row is marked far: FAR times the run's near latency,
+    the lower quartile of its rows' probes. (Not the fastest probe: at one moment the two CPUs
+    answered 14 ns apart, one core's two hardware threads, which made nearly every row far.)"""
+    probed = [r["cross_core_ns"] for r in rows if math.isfinite(r.get("cross_core_ns") or math.nan)]
+    if not probed:
+        return None
+    near = probed[0] if len(probed) == 1 else statistics.quantiles(probed, n=4, method="inclusive")[0]
+    return machine.FAR * near
 
 
 def table(header, lines):
@@ -270,16 +275,17 @@ def run_section(doc):
            "speed at the moments that row was measured." if probed else
            "%peak below is against the higher of the two."),
     ]
-    far_ns = far_threshold(doc["rows"], busy)
+    far_ns = far_threshold(doc["rows"])
     if far_ns is not None:
         start, end = peaks["cross_core_ns"]
         ours = [r for r in doc["rows"] if r["contender"] == "fusedrnn"]
-        far = sum(r.get("cross_core_ns", 0) > far_ns for r in ours)
+        far = sum(is_far(r, far_ns) for r in ours)
         out += [f"- latency between two cores (`fusedrnn._core.cross_core_latency_ns`, half a round trip between "
                 f"the team's two threads): {num(start, 0)} ns at the start, {num(end, 0)} at the end; also timed among "
                 f"the contenders of every row ('cross-core ns then'). On a shared virtual machine the CPUs a process "
                 f"runs on are further apart at some moments than at others: rows whose probe answered above "
-                f"{num(far_ns, 0)} ns ({num(machine.FAR, 0)}x the run's fastest) are marked far, measured at such a "
+                f"{num(far_ns, 0)} ns ({num(machine.FAR, 0)}x the run's near latency, the lower quartile of its rows' "
+                f"probes) are marked far, measured at such a "
                 f"moment, when the same calls took up to 1.6x longer on a Zen 4 ({far} of {len(ours)} rows). "
                 + (f"A row measured so was measured again after {doc['timing']['far_retry_pause_s']} s, twice at "
                    "most; the rows still far stay in the tables (every contender of a row ran at the same moments)."
