@@ -335,9 +335,7 @@ def recurrent_backward(dy, dh_n, dc_n, saved, *, want_dx=True):
     if type(x) is not np.ndarray and _cuda_device.is_device_array(x):
         from . import _cuda_op
 
-        dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = _cuda_op.backward(dy, dh_n, dc_n, saved, info, want_dx)
-        dweights = dict(weight_ih=dw_ih, weight_hh=dw_hh, bias_ih=db_ih, bias_hh=db_hh, weight_hr=dw_hr)
-        return dx, dh0, dc0, dweights
+        return _gradients(*_cuda_op.backward(dy, dh_n, dc_n, saved, info, want_dx))
     T, B, _ = x.shape
     G = info.gates
     H, P, dtype = saved["weight_hh"].shape[0] // G, saved["weight_hh"].shape[1], x.dtype
@@ -345,12 +343,16 @@ def recurrent_backward(dy, dh_n, dc_n, saved, *, want_dx=True):
                  dh_n=args.checked(dh_n, "dh_n", (B, P), dtype, optional=True),
                  dc_n=args.checked(dc_n, "dc_n", (B, H), dtype, optional=True))
     _check_unchanged(saved)
-    dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = _core.backward(
+    return _gradients(*_core.backward(
         meta.cell, x, saved["weight_ih"], saved["weight_hh"], saved["weight_hr"], saved["recurrent_scale"],
         saved["lengths"], saved["mask"], meta.repeat_masked_output, meta.reverse,
         (saved["gates"], saved["h"], saved["c"], saved["m"]),
         want_db_ih=saved["bias_ih"] is not None, want_db_hh=saved["bias_hh"] is not None, want_dx=bool(want_dx),
-        **grads)
+        **grads))
+
+
+def _gradients(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr):
+    """A native backward's results (either backend) as recurrent_backward returns them."""
     return dx, dh0, dc0, dict(weight_ih=dw_ih, weight_hh=dw_hh, bias_ih=db_ih, bias_hh=db_hh, weight_hr=dw_hr)
 
 
