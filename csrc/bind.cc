@@ -346,6 +346,7 @@ PYBIND11_MODULE(_core, m) {
         py::arg("reverse"), py::arg("saved"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"), py::arg("want_db_ih"),
         py::arg("want_db_hh"), py::arg("want_dx") = true);
   fusedrnn::bind::def_cells(m);
+  fusedrnn::bind::def_array_cache(m);
 
   m.def(
       "gemm",
@@ -402,22 +403,6 @@ PYBIND11_MODULE(_core, m) {
         "The bf16 inference mode's kernel now: avx512bf16, avx512 or avx2 (widening in registers), or portable.");
   m.def("bf16_native", &fusedrnn::cpu::bf16_native,
         "Whether the bf16 inference mode runs on AVX512-BF16 here (else a portable loop, same results).");
-  m.def(
-      "set_array_cache",
-      [](int64_t limit, int64_t min_bytes, bool poison) { fusedrnn::bind::set_array_cache(limit, min_bytes, poison); },
-      py::arg("limit"), py::arg("min_bytes") = int64_t(1) << 20, py::arg("poison") = false,
-      "Keep at most `limit` bytes of freed output arrays' memory for the next ones of `min_bytes` or more "
-      "(0 frees it all); poison: fill a reused block with NaN first (for tests).");
-  m.def(
-      "array_cache_info",
-      [] {
-        const auto i = fusedrnn::bind::array_cache_info();
-        py::dict d;
-        d["kept_bytes"] = i.kept_bytes, d["kept_blocks"] = i.kept_blocks, d["limit"] = i.limit;
-        d["min_bytes"] = i.min_bytes, d["hits"] = i.hits, d["misses"] = i.misses, d["poison"] = i.poison;
-        return d;
-      },
-      "The output arrays' cache: bytes and blocks kept, its settings, and arrays served from it (hits) or not.");
   m.def(
       "cache_sizes",
       [] {

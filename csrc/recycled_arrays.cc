@@ -23,6 +23,7 @@ struct Cache {
   int64_t kept_bytes = 0;
   int64_t limit = int64_t(1) << 30;  // 1 GiB: a few layers' steps of the largest benchmarked sizes
   int64_t hits = 0, misses = 0;
+  // (Tests) a reused block is filled with NaN first: an output a kernel leaves partly unwritten shows.
   bool poison = false;
 
   // Frees the oldest kept blocks until they total at most `limit`. (With the mutex held.)
@@ -94,25 +95,37 @@ py::capsule recycled_block(int64_t bytes, void** data) {
   }
 }
 
-void set_array_cache(int64_t limit, int64_t min_size, bool poison) {
-  if (limit < 0 || min_size < 0) {
-    throw py::value_error("the array cache's limit and minimum size must be at least 0, got " + std::to_string(limit) +
-                          " and " + std::to_string(min_size));
-  }
-  Cache& c = cache();
-  std::lock_guard<std::mutex> lock(c.mutex);
-  c.limit = limit;
-  c.poison = poison;
-  min_bytes = min_size;
-  c.trim();
-}
-
-ArrayCacheInfo array_cache_info() {
-  Cache& c = cache();
-  std::lock_guard<std::mutex> lock(c.mutex);
-  return {c.kept_bytes, static_cast<int64_t>(c.kept.size()), c.limit, min_bytes, c.hits, c.misses, c.poison};
-}
-
 int64_t array_cache_min_bytes() { return min_bytes; }
+
+void def_array_cache(py::module_& m) {
+  m.def(
+      "set_array_cache",
+      [](int64_t limit, int64_t min_size, bool poison) {
+        if (limit < 0 || min_size < 0) {
+          throw py::value_error("the array cache's limit and minimum size must be at least 0, got " +
+                                std::to_string(limit) + " and " + std::to_string(min_size));
+        }
+        Cache& c = cache();
+        std::lock_guard<std::mutex> lock(c.mutex);
+        c.limit = limit;
+        c.poison = poison;
+        min_bytes = min_size;
+        c.trim();
+      },
+      py::arg("limit"), py::arg("min_bytes") = int64_t(1) << 20, py::arg("poison") = false,
+      "Keep at most `limit` bytes of freed output arrays' memory for the next ones of `min_bytes` or more "
+      "(0 frees it all); poison: fill a reused block with NaN first (for tests).");
+  m.def(
+      "array_cache_info",
+      [] {
+        Cache& c = cache();
+        std::lock_guard<std::mutex> lock(c.mutex);
+        py::dict d;
+        d["kept_bytes"] = c.kept_bytes, d["kept_blocks"] = c.kept.size(), d["limit"] = c.limit;
+        d["min_bytes"] = min_bytes.load(), d["hits"] = c.hits, d["misses"] = c.misses, d["poison"] = c.poison;
+        return d;
+      },
+      "The output arrays' cache: bytes and blocks kept, its settings, and arrays served from it (hits) or not.");
+}
 
 }  // namespace fusedrnn::bind

@@ -10,11 +10,12 @@
 // memory.
 //
 // Bounded: the blocks kept while no array uses them total at most `limit` bytes (the oldest go
-// first); arrays below `min_bytes` come from the ordinary allocator. set_array_cache(0, ...)
+// first); arrays below `min_bytes` come from the ordinary allocator. _core.set_array_cache(0)
 // frees every kept block.
 #pragma once
 
 #include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
 
 #include <cstdint>
 #include <vector>
@@ -23,25 +24,15 @@ namespace fusedrnn::bind {
 
 namespace py = pybind11;
 
-struct ArrayCacheInfo {
-  int64_t kept_bytes;  // in blocks no array uses
-  int64_t kept_blocks;
-  int64_t limit, min_bytes;
-  int64_t hits;        // arrays given a kept block
-  int64_t misses;      // arrays at or above min_bytes given a new one
-  bool poison;
-};
-
 // The memory of a new array of `bytes` (64-byte aligned, uninitialised) and the capsule that
 // gives it back when the array is freed. Throws std::bad_alloc (MemoryError) when none is left.
 py::capsule recycled_block(int64_t bytes, void** data);
 
-// Arrays smaller than min_bytes bypass the cache. poison (for tests): a kept block is filled with
-// NaN bytes before it is handed out again, so a kernel that leaves part of an output unwritten
-// shows it. Raises ValueError for a negative size.
-void set_array_cache(int64_t limit, int64_t min_bytes, bool poison);
-ArrayCacheInfo array_cache_info();
+// Arrays smaller than this bypass the cache.
 int64_t array_cache_min_bytes();
+
+// _core.set_array_cache and _core.array_cache_info, its settings and state for Python.
+void def_array_cache(py::module_& m);
 
 // A new C-contiguous array of `shape`, its memory from the cache when it is big enough.
 template <class T>
