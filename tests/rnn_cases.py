@@ -39,6 +39,17 @@ def make_problem(rng, cell, T, B, I, H, dtype=np.float64, random_state=True, bia
     return dict(x=x, states=states, weights=weights)
 
 
+def make_weights(rng, cell, I, H, dtype=np.float32, proj=0):
+    """One layer's weights as the uniform op's dict (with ``weight_hr`` (proj, H) when proj),
+    uniform in +-0.3."""
+    G, P = GATES[cell], proj or H
+    w = dict(weight_ih=rng.uniform(-0.3, 0.3, (G * H, I)), weight_hh=rng.uniform(-0.3, 0.3, (G * H, P)),
+             bias_ih=rng.uniform(-0.3, 0.3, G * H), bias_hh=rng.uniform(-0.3, 0.3, G * H))
+    if proj:
+        w["weight_hr"] = rng.uniform(-0.3, 0.3, (P, H))
+    return {k: v.astype(dtype) for k, v in w.items()}
+
+
 def make_lengths(rng, T, B):
     """Variable lengths in [0, T]; with B >= 3 both extremes (T and 0) are present."""
     lengths = rng.integers(0, T + 1, size=B)

@@ -18,16 +18,7 @@ import fusedrnn.keras as fk
 from fusedrnn import functional as F
 from fusedrnn import nn, optim
 
-GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3, "gru_reset_before": 3}
-
-
-def make_weights(rng, cell, I, H, dtype=np.float32, proj=0):
-    G, P = GATES[cell], proj or H
-    w = dict(weight_ih=rng.uniform(-0.3, 0.3, (G * H, I)), weight_hh=rng.uniform(-0.3, 0.3, (G * H, P)),
-             bias_ih=rng.uniform(-0.3, 0.3, G * H), bias_hh=rng.uniform(-0.3, 0.3, G * H))
-    if proj:
-        w["weight_hr"] = rng.uniform(-0.3, 0.3, (P, H))
-    return {k: v.astype(dtype) for k, v in w.items()}
+from rnn_cases import GATES, make_weights
 
 
 def run(cell, x, weights, **options):

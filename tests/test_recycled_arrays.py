@@ -13,7 +13,7 @@ import pytest
 import fusedrnn
 from fusedrnn import _core
 from fusedrnn import functional as F
-from rnn_cases import CELLS, GATES
+from rnn_cases import CELLS, GATES, make_weights
 
 MiB = 1 << 20
 
@@ -26,15 +26,6 @@ def cache():
     _core.set_array_cache(before["limit"], before["min_bytes"], False)
     yield
     _core.set_array_cache(before["limit"], before["min_bytes"], before["poison"])
-
-
-def weights_for(rng, cell, I, H, proj=0, dtype=np.float32):
-    G, P, k = GATES[cell], proj or H, 1 / np.sqrt(H)
-    w = dict(weight_ih=rng.uniform(-k, k, (G * H, I)), weight_hh=rng.uniform(-k, k, (G * H, P)),
-             bias_ih=rng.uniform(-k, k, G * H), bias_hh=rng.uniform(-k, k, G * H))
-    if proj:
-        w["weight_hr"] = rng.uniform(-k, k, (P, H))
-    return {name: v.astype(dtype) for name, v in w.items()}
 
 
 def training_step(cell, x, weights, want_dx=True, **options):
@@ -63,7 +54,7 @@ def assert_same(got, expected):
 def test_a_training_step_reuses_the_memory_of_the_last_ones_outputs(rng, cache):
     T, B, H = 20, 16, 256   # the saved gates 1.25 MiB, dweight_ih and dweight_hh 1 MiB
     x = rng.standard_normal((T, B, H)).astype(np.float32)
-    weights = weights_for(rng, "lstm", H, H)
+    weights = make_weights(rng, "lstm", H, H)
     first = training_step("lstm", x, weights)
     gc.collect()
     kept = fusedrnn.array_cache_info()
@@ -104,7 +95,7 @@ def test_every_output_is_written_in_full_over_reused_memory(cell, options, dtype
     if options.pop("recurrent_scale", False):
         options["recurrent_scale"] = rng.choice([0.0, 2.0], (B, H)).astype(dtype)
     x = rng.standard_normal((T, B, I)).astype(dtype)
-    weights = weights_for(rng, cell, I, H, proj, dtype)
+    weights = make_weights(rng, cell, I, H, dtype, proj)
     limit = _core.array_cache_info()["limit"]
     _core.set_array_cache(0, 0, False)                # nothing reused: the expected arrays
     expected = training_step(cell, x, weights, **options)
@@ -118,7 +109,7 @@ def test_every_output_is_written_in_full_over_reused_memory(cell, options, dtype
 
 def test_an_array_in_use_is_never_handed_out_again(rng, cache):
     T, B, H = 70, 32, 128   # y 1.1 MiB
-    weights = weights_for(rng, "gru", H, H)
+    weights = make_weights(rng, "gru", H, H)
     h0 = np.zeros((B, H), np.float32)
     x = rng.standard_normal((T, B, H)).astype(np.float32)
     y1 = F.recurrent_forward("gru", x, h0, None, weights, training=False)[0]
@@ -132,7 +123,7 @@ def test_an_array_in_use_is_never_handed_out_again(rng, cache):
 
 def outputs_of(rng, steps, B=64, H=256):
     """A forward's y of `steps` steps: steps * 64 KiB of float32 (h_n, 64 KiB, bypasses the cache)."""
-    weights = weights_for(rng, "rnn_tanh", 4, H)
+    weights = make_weights(rng, "rnn_tanh", 4, H)
     x = rng.standard_normal((steps, B, 4)).astype(np.float32)
     return F.recurrent_forward("rnn_tanh", x, None, None, weights, training=False)[0]
 
