@@ -265,15 +265,16 @@ def measure(fns, timing, attempts=3, probe_threads=None, probe_bytes=None):
         share = others_share(a, cpu_snapshot())
         fma = statistics.median(rates["fma_gflops"]) if "fma_gflops" in rates else None
         slowed = fma is not None and RUN_FMA_PEAK is not None and fma < machine.SLOWED * RUN_FMA_PEAK
+        quiet = share < BUSY and not slowed
         cross_core = statistics.median(rates["cross_core_ns"]) if rates.get("cross_core_ns") else math.nan
         # (Not from a disturbed attempt: the two CPUs were once one core's two hardware threads,
         # 14 ns apart with the FMA loop at half speed.)
-        if math.isfinite(cross_core) and share < BUSY and not slowed:
+        if math.isfinite(cross_core) and quiet:
             RUN_NEAR_NS = cross_core if RUN_NEAR_NS is None else min(RUN_NEAR_NS, cross_core)
         far = math.isfinite(cross_core) and RUN_NEAR_NS is not None and cross_core > machine.FAR * RUN_NEAR_NS
-        if share < BUSY and not slowed and (not far or attempt + 1 == attempts):
-            break
-        if share < BUSY and not slowed:
+        if quiet:
+            if not far or attempt + 1 == attempts:
+                break
             print(f"  (the cores were far apart: {cross_core:.0f} ns, {cross_core / RUN_NEAR_NS:.1f}x the run's "
                   "nearest: retrying)", flush=True)
             time.sleep(FAR_PAUSE_S)
