@@ -417,6 +417,26 @@ PYBIND11_MODULE(_core, m) {
       [](int64_t l1d, int64_t l2, int64_t l3) { fusedrnn::cpu::set_cache_sizes(l1d, l2, l3); },
       py::arg("l1d"), py::arg("l2"), py::arg("l3"),
       "Plan for these cache sizes instead of the detected ones (0, 0, 0 restores them). For tests.");
+  m.def(
+      "_set_team_split",
+      [](const std::string& split) {
+        using fusedrnn::cpu::TeamSplit;
+        const TeamSplit setting = split == "rule"    ? TeamSplit::kRule
+                                  : split == "units" ? TeamSplit::kUnits
+                                  : split == "rows"  ? TeamSplit::kRows
+                                                     : throw py::value_error("split must be 'rule', 'units' or 'rows'");
+        fusedrnn::cpu::team_split_setting().store(static_cast<int>(setting));
+      },
+      py::arg("split"),
+      "How the CPU teams split a step's work: 'rule' (the default: by batch rows for layers whose "
+      "recurrent weights fit in L2, else by units), or always 'units' or 'rows'. For tests.");
+  m.def(
+      "_forward_team",
+      [](const std::string& cell, int64_t batch, int64_t hidden) {
+        return fusedrnn::cpu::forward_team(fusedrnn::bind::parse_cell(cell), batch, hidden);
+      },
+      py::arg("cell"), py::arg("batch"), py::arg("hidden"),
+      "(threads, splits the batch) of forward's team for a float32 layer of this size. For tests.");
   m.def("cpu_vendor", &fusedrnn::cpu::cpu_vendor, "The CPU's vendor string (cpuid), e.g. GenuineIntel.");
   m.def(
       "gemm_blocking",

@@ -47,6 +47,29 @@ FUSEDRNN_INLINE void add_to_bias_sum(T* db, V gradient, int64_t n) {
   if (db) (V::load(db, n) + gradient).store(db, n);
 }
 
+// The bias gradients' sums after the loop, when the team split the batch (a unit's terms then come
+// from every thread): the terms add_to_bias_sum adds in the loop, in its order (steps as the loop
+// takes them, then rows), so that the sums are bitwise the same either way. db_h (kSplitGradient):
+// the gates before the last from dgx, the last from dgh_last.
+template <class T>
+void sum_bias_gradients(const Schedule& sch, int64_t steps, int64_t B, int64_t H, int G, const T* dgx,
+                        const T* dgh_last, T* db_x, T* db_h) {
+  const int64_t GH = G * H;
+  for (int64_t s = steps - 1; s >= 0; --s) {
+    const int64_t t = sch.row(s);
+    for (int64_t b = 0; b < B; ++b) {
+      if (!sch.active(t, b)) continue;  // (the loop adds nothing for them)
+      const T* gx = dgx + (t * B + b) * GH;
+      for (int64_t i = 0; i < GH; ++i) db_x[i] += gx[i];
+      if (db_h) {
+        for (int64_t i = 0; i < GH - H; ++i) db_h[i] += gx[i];
+        const T* gh_last = dgh_last + (t * B + b) * H;
+        for (int64_t i = 0; i < H; ++i) db_h[GH - H + i] += gh_last[i];
+      }
+    }
+  }
+}
+
 // Gradient of the state dims p0..p0+width of sequence b at step s, from dy, the carry and the
 // recurrent product `rec`; under a projection it is kept for dW_hr and for the units' dm.
 template <class T>
@@ -217,12 +240,22 @@ void backward_layer(const BackwardArgs<T>& a) {
   if (bias) std::fill_n(db_sums.get(), 2 * GH, T(0));
   T* db_x = bias ? db_sums.get() : nullptr;
   T* db_h = bias && Cell::kSplitGradient ? db_sums.get() + GH : nullptr;
-  const BackwardState<T> st{dgx, dgh_last, dh_carry.get(), dc_carry.get(), dh_step.get(), dh_all, db_x, db_h};
+
+  // The team, as forward's: it splits the batch when every thread can keep all the recurrent
+  // weights in its L2 (BatchRows), else the state dims (or units).
+  const int64_t weights = P * G * H + (projected ? H * P : 0);
+  const int64_t chunks = std::max(ceil_div(P, NR), projected || Cell::kTwoPhase ? ceil_div(H, NR) : 0);  // (below)
+  const TeamPlan team = plan_team(a, chunks, weights, int64_t(sizeof(T)));
+  const int threads = team.threads;
+  const bool by_rows = team.by_rows;
+  // (Split by rows, the loop leaves the bias sums to sum_bias_gradients.)
+  const BackwardState<T> st{dgx, dgh_last, dh_carry.get(), dc_carry.get(), dh_step.get(), dh_all,
+                            by_rows ? nullptr : db_x, by_rows ? nullptr : db_h};
 
   // State dims in chunks (units when there is no projection), each with its columns of W_hh
   // (K = the rows reading h); under a projection, units in chunks with their columns of W_hr
   // (K = P); a two-phase cell's units with their columns of W_hn (K = H).
-  const Chunks<T> dims(P), units(projected || Cell::kTwoPhase ? H : 0);
+  const Chunks<T> dims(P, by_rows), units(projected || Cell::kTwoPhase ? H : 0, by_rows);
   const int64_t hh_size = packed_b_size<T>(KH, NR), hr_size = packed_b_size<T>(P, NR);
   const int64_t hn_size = packed_b_size<T>(H, NR);
   // (In the calling thread's workspace, cpu/buffer.h: the slots of forward's packed matrices,
@@ -230,8 +263,6 @@ void backward_layer(const BackwardArgs<T>& a) {
   T* const packed_hh = workspace<T>(kPackedSlots + 0, dims.count * hh_size);
   T* const packed_hr = workspace<T>(kPackedSlots + 1, projected ? units.count * hr_size : 0);
   T* const packed_hn = workspace<T>(kPackedSlots + 2, Cell::kTwoPhase ? units.count * hn_size : 0);
-  const int64_t weights = P * G * H + (projected ? H * P : 0);
-  const int threads = team_for(std::max(dims.count, units.count), 2 * B * weights, weights * int64_t(sizeof(T)));
   const int64_t group_dims = chunk_group(B, dims.count, threads, 1), group_units = chunk_group(B, units.count, threads, 1);
   const int64_t rec_size = std::min(B, kRowBlock) * std::max(group_dims, group_units) * NR;
   Buffer<T> scratch(threads * rec_size);
@@ -251,6 +282,8 @@ void backward_layer(const BackwardArgs<T>& a) {
       pack_chunks(units, H, 1, H, a.w_hh + (G - 1) * H * P, P, [](int, int64_t u) { return u; },
                   packed_hn, hn_size);
     }
+    if (by_rows) step_end.wait();  // (every thread reads every chunk's packed weights)
+    const BatchRows my_rows = by_rows ? rows_of_this_thread(team.work) : BatchRows{0, B};
     T* rec = scratch.get() + thread_id() * rec_size;
     for (int64_t s = steps - 1; s >= 0; --s) {
       T* dg_cur = step_gradient(s);
@@ -258,7 +291,8 @@ void backward_layer(const BackwardArgs<T>& a) {
       const T* dg_next = s + 1 < steps ? step_gradient(s + 1) : nullptr;
       // Rows of sequences that took neither step s+1 (dG_{s+1} is zero) nor s get no products.
       const int64_t taking_next = s + 1 < steps ? active_rows[sch.row(s + 1)] : 0, taking = active_rows[sch.row(s)];
-      for_each_block(dims, P, B, taking_next, NR, PackedProduct<T>{KH, dg_next, GH, packed_hh, hh_size}, group_dims, rec,
+      for_each_block(dims, P, my_rows, taking_next, NR, PackedProduct<T>{KH, dg_next, GH, packed_hh, hh_size}, group_dims,
+                     rec,
                      [&](int64_t p0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
         run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
           using V = Vec<T, decltype(bytes)::value>;
@@ -272,9 +306,11 @@ void backward_layer(const BackwardArgs<T>& a) {
         });
       });
       if (projected) {
-        // dm = dh W_hr needs every state dim's gradient: a second barrier and a second GEMM.
-        step_end.wait();
-        for_each_block(units, H, B, taking, NR, PackedProduct<T>{P, dh_step.get(), P, packed_hr, hr_size}, group_units,
+        // dm = dh W_hr needs every state dim's gradient: a second barrier (none when the team splits
+        // the batch: a thread's rows need only their own) and a second GEMM.
+        if (!by_rows) step_end.wait();
+        for_each_block(units, H, my_rows, taking, NR, PackedProduct<T>{P, dh_step.get(), P, packed_hr, hr_size},
+                       group_units,
                        rec, [&](int64_t u0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
           run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
             using V = Vec<T, decltype(bytes)::value>;
@@ -283,9 +319,9 @@ void backward_layer(const BackwardArgs<T>& a) {
         });
       }
       if constexpr (Cell::kTwoPhase) {
-        // d(r*h) = da_n W_hn needs every unit's da_n: a second barrier and a second GEMM.
-        step_end.wait();
-        for_each_block(units, H, B, taking, NR, PackedProduct<T>{H, dg_cur + (G - 1) * H, GH, packed_hn, hn_size},
+        // d(r*h) = da_n W_hn needs every unit's da_n: a second barrier (as above) and a second GEMM.
+        if (!by_rows) step_end.wait();
+        for_each_block(units, H, my_rows, taking, NR, PackedProduct<T>{H, dg_cur + (G - 1) * H, GH, packed_hn, hn_size},
                        group_units, rec,
                        [&](int64_t u0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
           run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
@@ -294,12 +330,13 @@ void backward_layer(const BackwardArgs<T>& a) {
           });
         });
       }
-      step_end.wait();
+      if (!by_rows) step_end.wait();
     }
     // The gradient of the initial state: what step 0 sends back through W_hh, plus the carry.
     const T* dg_first = steps > 0 ? step_gradient(0) : nullptr;
     const int64_t taking_first = steps > 0 ? active_rows[sch.row(0)] : 0;
-    for_each_block(dims, P, B, taking_first, NR, PackedProduct<T>{KH, dg_first, GH, packed_hh, hh_size}, group_dims, rec,
+    for_each_block(dims, P, my_rows, taking_first, NR, PackedProduct<T>{KH, dg_first, GH, packed_hh, hh_size}, group_dims,
+                   rec,
                    [&](int64_t p0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
       for (int64_t b = b0; b < b0 + rows; ++b) {
         for (int64_t w = 0; w < width; ++w) {
@@ -310,6 +347,7 @@ void backward_layer(const BackwardArgs<T>& a) {
     });
   }
   if constexpr (Cell::kHasCell) std::copy_n(dc_carry.get(), B * H, a.dc0);
+  if (by_rows && bias) sum_bias_gradients(sch, steps, B, H, G, dgx, dgh_last, db_x, db_h);
 
   // Merged GEMMs over the T*B rows. The input state of time row t is saved_h[t + reverse].
   int64_t rows = steps * B;

@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <numeric>
 #include <thread>
 #include <type_traits>
 #include <vector>
@@ -28,11 +29,13 @@
 #endif
 
 #include "cpu/buffer.h"
+#include "cpu/cpu_caches.h"
 #include "cpu/gemm.h"
 #include "cpu/gemm_bf16.h"
 #include "cpu/layer.h"
 #include "cpu/math.h"
 #include "cpu/simd.h"
+#include "schedule.h"
 
 namespace fusedrnn::cpu {
 
@@ -86,18 +89,30 @@ void copy_or_zero(T* dst, const T* src, int64_t n) {
 }
 
 // How a dimension (hidden units, or state dims under a projection) is cut among the team:
-// chunks of one GEMM panel width, each thread a contiguous run of chunks.
+// chunks of one GEMM panel width, each thread a contiguous run of chunks. When the team splits
+// the batch instead (BatchRows), each thread computes every chunk, but still packs only its run.
 template <class T>
 struct Chunks {
   int64_t count;
+  bool every_thread_all;
 
-  explicit Chunks(int64_t n) : count(ceil_div(n, kPanel<T>)) {}
+  explicit Chunks(int64_t n, bool by_rows = false) : count(ceil_div(n, kPanel<T>)), every_thread_all(by_rows) {}
 
-  // This thread's chunks [first, last), for the team it actually got.
-  void mine(int64_t* first, int64_t* last) const {
+  // The chunks [first, last) this thread packs, for the team it actually got.
+  void packed_by_me(int64_t* first, int64_t* last) const {
     const int64_t tid = thread_id(), team = team_size();
     *first = count * tid / team;
     *last = count * (tid + 1) / team;
+  }
+
+  // The chunks [first, last) this thread computes in the time loop.
+  void mine(int64_t* first, int64_t* last) const {
+    if (every_thread_all) {
+      *first = 0;
+      *last = count;
+    } else {
+      packed_by_me(first, last);
+    }
   }
 };
 
@@ -116,6 +131,70 @@ int team_for(int64_t chunks, int64_t step_flops, int64_t weight_bytes) {
   return static_cast<int>(std::min<int64_t>({max_threads(), chunks, useful}));
 }
 
+// The batch rows [first, last) a thread computes in the time loop: all of them when the team
+// splits the units (Chunks), its own run when it splits the batch.
+//
+// Why split the batch: a step's state crosses between cores when the team splits the units. Each
+// thread writes its units' lines of h, the others read every line in the next step's products,
+// and a store to a line another core has read waits for that core's copy to be invalidated (tens
+// to hundreds of ns; the host sometimes keeps the two CPUs of a virtual machine further apart).
+// A forward at T=100, B=64, H=128 (RNN, Zen 4, 2 threads) spent 43% of its time in the pointwise
+// step, 2.4x as much per unit as one thread alone, and 2.3x less without the stores of h. With
+// the batch split, each thread's rows depend on nothing the others compute: no state crosses, and
+// no barrier ends a step. Each thread then reads all of W_hh every step, so the split is for
+// layers whose packed recurrent weights fit in a core's L2, with rows enough per thread for the
+// GEMM (plan_team). Measured against the split by units (Zen 4, 2 threads, T=100, B=64, I=H):
+// forward 0.85 (RNN H=128), 0.95 (LSTM H=128), 0.93 (GRU H=128); forward and backward 0.95, 0.98,
+// 0.98; W_hh of 1 MiB, the whole L2 (LSTM H=256, RNN H=512): 0.94-0.98; and while the host kept
+// the two CPUs further apart (160 ns), 0.69 (RNN H=256 forward).
+struct BatchRows {
+  int64_t first, last;
+};
+
+// Rows per thread below which the team splits the units. Measured (as above, H=128, I=32): with 12
+// or 16 rows a thread, forward and backward took 1.00-1.05x the time split by units (the
+// backward's products, of that many rows, run slower), with 24 or 32, 0.95-0.99x.
+constexpr int64_t kMinRowsPerThread = 24;
+
+// The team of a layer's time loop.
+struct TeamPlan {
+  int threads;
+  bool by_rows;
+  std::vector<int64_t> work;  // by rows: the steps rows 0..b-1 take, summed, [B + 1]
+};
+
+// chunks: how many chunks the split by units cuts; weights: the recurrent weights' count (every
+// product of a step). Sized to a step's work (team_for), the team splits the batch when every
+// thread keeps all the packed weights in its L2, with kMinRowsPerThread rows or more.
+template <class Args>
+TeamPlan plan_team(const Args& a, int64_t chunks, int64_t weights, int64_t item_bytes) {
+  const int64_t B = a.B, step_flops = 2 * B * weights, weight_bytes = weights * item_bytes;
+  const auto setting = static_cast<TeamSplit>(team_split_setting().load(std::memory_order_relaxed));
+  const int64_t row_runs = setting == TeamSplit::kRows ? B : B / kMinRowsPerThread;
+  const int by_rows_threads = team_for(row_runs, step_flops, weight_bytes);
+  const bool by_rows = by_rows_threads > 1 && setting != TeamSplit::kUnits &&
+                       (setting == TeamSplit::kRows || weight_bytes <= cache_sizes().l2);
+  TeamPlan plan{by_rows ? by_rows_threads : team_for(chunks, step_flops, weight_bytes), by_rows, {}};
+  if (by_rows) {
+    const std::vector<int64_t> taken = steps_taken(a);
+    plan.work.assign(B + 1, 0);
+    std::partial_sum(taken.begin(), taken.end(), plan.work.begin() + 1);
+  }
+  return plan;
+}
+
+// This thread's rows when the team splits the batch, balanced by the steps they take (the rows of
+// a PackedSequence take fewer and fewer): `work` holds each row's step count summed, [B + 1].
+BatchRows rows_of_this_thread(const std::vector<int64_t>& work) {
+  const int64_t B = static_cast<int64_t>(work.size()) - 1, tid = thread_id(), team = team_size();
+  const auto boundary = [&](int64_t k) {
+    if (k == team) return B;
+    const int64_t target = (work[B] * k + team - 1) / team;
+    return std::clamp<int64_t>(std::lower_bound(work.begin(), work.end(), target) - work.begin(), 0, B);
+  };
+  return {boundary(tid), boundary(tid + 1)};
+}
+
 // Packs, for each of `chunks` chunks, the K x (groups*NR) matrix whose column g*NR + w is
 // src[offset(g, unit) + k * k_stride] for unit = chunk*NR + w < n (zero past n); the chunks
 // are laid out one after another, `size` elements apart. Each thread packs only its own chunks.
@@ -125,7 +204,7 @@ void pack_chunks(const Chunks<T>& chunks, int64_t n, int groups, int64_t K, cons
                  int64_t k_stride, Offset offset, Packed* dst, int64_t size) {
   constexpr int64_t NR = kPanel<T>;
   int64_t first, last;
-  chunks.mine(&first, &last);
+  chunks.packed_by_me(&first, &last);
   std::vector<int64_t> col_offset(groups * NR);
   for (int64_t c = first; c < last; ++c) {
     for (int g = 0; g < groups; ++g) {
@@ -148,35 +227,36 @@ void pack_chunks(const Chunks<T>& chunks, int64_t n, int groups, int64_t K, cons
 template <class T>
 struct PackedProduct {
   int64_t K;
-  const T* A;  // [B, K] row stride lda, or null for zeros
+  const T* A;  // [B, K] row stride lda, or null for zeros; its first row is batch row row0
   int64_t lda;
   const T* packed;
   int64_t packed_size;  // elements per chunk
+  int64_t row0 = 0;
 
   void operator()(int64_t b0, int64_t rows, int64_t c, int64_t ld, T* block) const {
     if (A) {
-      gemm_packed_b<T>(rows, ld, K, A + b0 * lda, lda, packed + c * packed_size, block, ld, false);
+      gemm_packed_b<T>(rows, ld, K, A + (b0 - row0) * lda, lda, packed + c * packed_size, block, ld, false);
     } else {
       std::fill_n(block, rows * ld, T(0));
     }
   }
 };
 
-// The product reading A's first `rows` rows from a copy in the calling thread's workspace when
-// they lie a multiple of 4 KiB apart (gemm.h's unaliased_row_stride): copied once for all the
-// step's GEMM calls (for_each_block), which would otherwise each copy them. The other products
-// read no rows of their own (bf16 pairs, or one row) and are used as they are.
+// The product reading A's rows [r0, r1) from a copy in the calling thread's workspace when they
+// lie a multiple of 4 KiB apart (gemm.h's unaliased_row_stride): copied once for all the step's
+// GEMM calls (for_each_block), which would otherwise each copy them. The other products read no
+// rows of their own (bf16 pairs, or one row) and are used as they are.
 template <class Product>
-const Product& rows_apart(const Product& product, int64_t) {
+const Product& rows_apart(const Product& product, int64_t, int64_t) {
   return product;
 }
 template <class T>
-PackedProduct<T> rows_apart(const PackedProduct<T>& product, int64_t rows) {
-  const int64_t ld = product.A ? unaliased_row_stride<T>(rows, product.lda, product.K) : 0;
+PackedProduct<T> rows_apart(const PackedProduct<T>& product, int64_t r0, int64_t r1) {
+  const int64_t rows = r1 - r0, ld = product.A && rows > 0 ? unaliased_row_stride<T>(rows, product.lda, product.K) : 0;
   if (ld == 0) return product;
   T* copy = workspace<T>(kRowsApartSlot, rows * ld);
-  for (int64_t i = 0; i < rows; ++i) std::copy_n(product.A + i * product.lda, product.K, copy + i * ld);
-  return {product.K, copy, ld, product.packed, product.packed_size};
+  for (int64_t i = 0; i < rows; ++i) std::copy_n(product.A + (r0 + i) * product.lda, product.K, copy + i * ld);
+  return {product.K, copy, ld, product.packed, product.packed_size, r0};
 }
 
 // The same with the weights in bfloat16 (the opt-in inference mode, cpu/gemm_bf16.h): A as rows
@@ -261,7 +341,7 @@ void gather_kept_rows(const T* src, int64_t ld, int64_t width, int64_t steps, in
   }
 }
 
-// For each block of batch rows and each run of up to `group` of this thread's chunks: one
+// For each block of this thread's batch rows and each run of up to `group` of its chunks: one
 // product (above) gives the block, then body(chunk's first unit, its width, b0, rows, its
 // columns of block, block's row stride).
 // Runs of several chunks pay the GEMM's per-call cost once and let it use its widest tiles;
@@ -270,16 +350,17 @@ void gather_kept_rows(const T* src, int64_t ld, int64_t width, int64_t steps, in
 // step, whose bodies do not read it or read it as zero) get zeros, which cost next to nothing.
 // Rows that share an L1 set are copied apart first, once for the whole step (rows_apart).
 template <class T, class Product, class Body>
-void for_each_block(const Chunks<T>& chunks, int64_t n, int64_t B, int64_t computed, int64_t cols,
+void for_each_block(const Chunks<T>& chunks, int64_t n, BatchRows mine, int64_t computed, int64_t cols,
                     const Product& step_product, int64_t group, T* rec, Body body) {
   constexpr int64_t NR = kPanel<T>;
-  const auto product = rows_apart(step_product, computed);
+  const auto product = rows_apart(step_product, mine.first, std::clamp(computed, mine.first, mine.last));
   int64_t first, last;
   chunks.mine(&first, &last);
   for (int64_t c = first; c < last; c += group) {
     const int64_t count = std::min(group, last - c), ld = count * cols;
-    for (int64_t b0 = 0; b0 < B; b0 += kRowBlock) {
-      const int64_t rows = std::min(kRowBlock, B - b0), with_product = std::clamp<int64_t>(computed - b0, 0, rows);
+    for (int64_t b0 = mine.first; b0 < mine.last; b0 += kRowBlock) {
+      const int64_t rows = std::min(kRowBlock, mine.last - b0);
+      const int64_t with_product = std::clamp<int64_t>(computed - b0, 0, rows);
       if (with_product > 0) product(b0, with_product, c, ld, rec);
       std::fill(rec + with_product * ld, rec + rows * ld, T(0));
       for (int64_t j = 0; j < count; ++j) {

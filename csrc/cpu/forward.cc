@@ -22,11 +22,11 @@
 #include <algorithm>
 #include <numeric>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "cpu/batch_order.h"
 #include "cpu/buffer.h"
-#include "cpu/cpu_caches.h"
 #include "cpu/driver.h"
 #include "cpu/layer.h"
 #include "cpu/packed_weights.h"
@@ -82,23 +82,31 @@ struct InputProjections {
   int64_t steps;  // per block
   int64_t rows;   // per GEMM call
 
-  // cols_: the most columns (G per unit) a thread of the planned team owns.
-  InputProjections(int64_t B_, int64_t I_, int64_t cols_, int64_t all_steps, int team, int64_t l2)
+  // rows_: the most batch rows, cols_ the most columns (G per unit) a thread of the planned team
+  // computes.
+  InputProjections(int64_t B_, int64_t I_, int64_t rows_, int64_t cols_, int64_t all_steps, int team, int64_t l2)
       : B(B_), I(I_),
         blocked(I_ * cols_ * int64_t(sizeof(T)) <= 2 * l2 && (team > 1 || max_threads() == 1)),
-        steps(std::clamp<int64_t>(l2 / 2 / std::max<int64_t>(1, B_ * cols_ * int64_t(sizeof(T))), 1, all_steps)),
+        steps(std::clamp<int64_t>(l2 / 2 / std::max<int64_t>(1, rows_ * cols_ * int64_t(sizeof(T))), 1, all_steps)),
         rows(std::max<int64_t>(12, l2 / 8 / std::max<int64_t>(1, I_ * int64_t(sizeof(T))) / 12 * 12)) {}
 
-  // xp = the count*B rows of x times this thread's packed W_ih chunks (x_cols columns), of each
-  // step j only its first kept[j] rows (the sequences taking it: nothing reads the others').
-  void project(int64_t count, const T* x, const T* packed, int64_t x_cols, T* xp, const int64_t* kept) const {
+  // xp = the count steps' rows `mine` of x times this thread's packed W_ih chunks (x_cols
+  // columns), step j's row b at xp row j * (mine.last - mine.first) + b - mine.first; of each step
+  // only the rows below kept[j] (the sequences taking it: nothing reads the others').
+  void project(int64_t count, const T* x, const T* packed, int64_t x_cols, T* xp, const int64_t* kept,
+               BatchRows mine) const {
+    const int64_t own = mine.last - mine.first;
     for (int64_t j = 0; j < count;) {
-      // A run of steps that keep every row is one range of rows, a step that keeps fewer its own.
+      // A run of steps that keep every row is one range of rows (when this thread has them all), a
+      // step that keeps fewer its own.
       int64_t next = j;
-      while (next < count && kept[next] == B) ++next;
-      const int64_t begin = j * B, end = next > j ? next * B : j * B + kept[j];
+      while (own == B && next < count && kept[next] == B) ++next;
+      const int64_t begin = j * own;
+      const int64_t end = next > j ? next * own : j * own + std::clamp(kept[j] - mine.first, int64_t(0), own);
+      const T* x_first = x + (j * B + mine.first) * I;  // (rows of x run on with the next step's when own == B)
       for (int64_t r0 = begin; r0 < end; r0 += rows) {
-        gemm_packed_b<T>(std::min(rows, end - r0), x_cols, I, x + r0 * I, I, packed, xp + r0 * x_cols, x_cols, false);
+        gemm_packed_b<T>(std::min(rows, end - r0), x_cols, I, x_first + (r0 - begin) * I, I, packed, xp + r0 * x_cols,
+                         x_cols, false);
       }
       j = next > j ? next : j + 1;
     }
@@ -127,6 +135,16 @@ struct PackedMatrix {
     if (cache && pack && data) cache->set_ready(slot);
   }
 };
+
+// The team of forward's time loop (cpu/driver.h's plan_team): the chunks it cuts are those of the
+// units, or under a projection of the state dims if more; every step's products read W_hh and W_hr.
+template <class T>
+TeamPlan forward_team_plan(const ForwardArgs<T>& a, int G) {
+  constexpr int64_t NR = kPanel<T>;
+  const bool projected = a.w_hr != nullptr;
+  const int64_t chunks = std::max(ceil_div(a.H, NR), projected ? ceil_div(a.P, NR) : 0);
+  return plan_team(a, chunks, a.P * G * a.H + (projected ? a.H * a.P : 0), int64_t(sizeof(T)));
+}
 
 // The pointwise half of a forward step for one sequence and one chunk of hidden units.
 template <class Cell, class T>
@@ -274,10 +292,18 @@ void forward_layer(const ForwardArgs<T>& a, PackedWeights* cache) {
     if constexpr (Cell::kHasCell) std::copy_n(c_state.get(), B * H, a.saved_c + sch.initial_slot() * B * H);
   }
 
+  // The team: sized to a step's work; it splits the batch when every thread can keep all the
+  // recurrent weights in its L2 (BatchRows), else the units.
+  // (The same team with bf16 weights: halving the count there ran small layers on one thread,
+  // 1.6x slower than on two.)
+  const TeamPlan team = forward_team_plan(a, G);
+  const int threads = team.threads;
+  const bool by_rows = team.by_rows;
+
   // Hidden units in chunks (the first gates of a chunk: one panel each); a two-phase cell's
   // last gate in chunks of its own; under a projection, the output dims in chunks too (one
   // panel each: rows of W_hr).
-  const Chunks<T> units(H), dims(projected ? P : 0);
+  const Chunks<T> units(H, by_rows), dims(projected ? P : 0, by_rows);
   const int64_t cols = kFirstGates * NR;
   const int64_t hh_size = packed_b_size<T>(P, cols), panel_size = packed_b_size<T>(H, NR);
   // bfloat16 recurrent weights (the opt-in inference mode; the caller checks that the cell has
@@ -297,15 +323,13 @@ void forward_layer(const ForwardArgs<T>& a, PackedWeights* cache) {
   if constexpr (kBf16Capable) {
     if (bf16) pack_a_bf16(B, P, h_state.get(), P, h_pairs.get());
   }
-  // (The same team with bf16 weights: halving the count there ran small layers on one thread,
-  // 1.6x slower than on two.)
-  const int64_t weights = P * G * H + (projected ? H * P : 0);
-  const int threads = team_for(std::max(units.count, dims.count), 2 * B * weights, weights * int64_t(sizeof(T)));
   const int64_t group_first = chunk_group(B, units.count, threads, kFirstGates);
   const int64_t group_units = chunk_group(B, units.count, threads, 1), group_dims = chunk_group(B, dims.count, threads, 1);
   const int64_t rec_size = std::min(B, kRowBlock) * std::max({group_first * cols, group_units * NR, group_dims * NR});
   Buffer<T> scratch(threads * rec_size);
-  InputProjections<T> inputs(B, I, G * NR * ceil_div(units.count, threads), steps, threads, cache_sizes().l2);
+  InputProjections<T> inputs(B, I, by_rows ? ceil_div(B, threads) : B,
+                             G * NR * (by_rows ? units.count : ceil_div(units.count, threads)), steps, threads,
+                             cache_sizes().l2);
   // A call whose projections take one GEMM call a thread (a few rows: a generation step) computes
   // them from the threads' packed chunks of W_ih: each thread packs its own share (or finds it in
   // the cache) rather than one thread packing all of W_ih inside the merged GEMM. The choice does
@@ -364,20 +388,22 @@ void forward_layer(const ForwardArgs<T>& a, PackedWeights* cache) {
       pack_chunks(units, H, G, I, a.w_ih, 1, [&](int g, int64_t u) { return (g * H + u) * I; }, packed_ih.get(),
                   ih_size);
     }
+    if (by_rows) step_end.wait();  // (every thread reads every chunk's packed weights)
+    const BatchRows my_rows = by_rows ? rows_of_this_thread(team.work) : BatchRows{0, B};
     T* rec = scratch.get() + thread_id() * rec_size;
     int64_t first, last;
     units.mine(&first, &last);
-    const int64_t x_cols = (last - first) * G * NR;
-    // (Sized by the columns this thread owns in the team it got, which may be smaller than
-    // planned, e.g. inside another parallel region.)
-    Buffer<T> xp_block(inputs.blocked ? inputs.steps * B * x_cols : 0);
+    const int64_t x_cols = (last - first) * G * NR, own_rows = my_rows.last - my_rows.first;
+    // (Sized by the columns and rows this thread owns in the team it got, which may be smaller
+    // than planned, e.g. inside another parallel region.)
+    Buffer<T> xp_block(inputs.blocked ? inputs.steps * own_rows * x_cols : 0);
     T* xp = xp_block.get();
     int64_t t_first = 0;  // the time row of xp's first rows
     // The input projections for the step of time row t, sequence b, and the chunk of unit u0:
     // gate g of unit u0+w at [g*x_stride + w].
     const int64_t x_stride = inputs.blocked ? NR : H;
     const auto x_row = [&](int64_t t, int64_t b, int64_t u0) {
-      return inputs.blocked ? xp + ((t - t_first) * B + b) * x_cols + (u0 / NR - first) * G * NR
+      return inputs.blocked ? xp + ((t - t_first) * own_rows + b - my_rows.first) * x_cols + (u0 / NR - first) * G * NR
                             : xp_merged + (first_row[t] + b) * GH + u0;
     };
     for (int64_t s = 0; s < steps; ++s) {
@@ -388,7 +414,7 @@ void forward_layer(const ForwardArgs<T>& a, PackedWeights* cache) {
           row_times_chunks(I, a.x, a.w_ih, H, G, first, last - first, xp);
         } else {
           inputs.project(count, a.x + t_first * B * I, packed_ih.get() + first * ih_size, x_cols, xp,
-                         active_rows.data() + t_first);
+                         active_rows.data() + t_first, my_rows);
         }
       }
       const int64_t taking = active_rows[sch.row(s)];  // the products leave out the rows after these
@@ -421,21 +447,22 @@ void forward_layer(const ForwardArgs<T>& a, PackedWeights* cache) {
       if (bf16) {
         if constexpr (kBf16Capable) {
           const uint32_t* pairs_prev = h_pairs.get() + (s & 1) * B * pairs;
-          for_each_block(units, H, B, taking, cols, Bf16Product{P, pairs_prev, packed_hh_bf16.get(), hh_bf16_size},
-                         group_first, rec, cell_rows);
+          for_each_block(units, H, my_rows, taking, cols,
+                         Bf16Product{P, pairs_prev, packed_hh_bf16.get(), hh_bf16_size}, group_first, rec, cell_rows);
         }
       } else if (in_place) {
-        for_each_block(units, H, B, taking, cols, InPlaceProduct<T>{P, product_prev, a.w_hh, H, kFirstGates}, group_first, rec,
-                       cell_rows);
+        for_each_block(units, H, my_rows, taking, cols, InPlaceProduct<T>{P, product_prev, a.w_hh, H, kFirstGates},
+                       group_first, rec, cell_rows);
       } else {
-        for_each_block(units, H, B, taking, cols, PackedProduct<T>{P, product_prev, P, packed_hh.get(), hh_size}, group_first,
-                       rec, cell_rows);
+        for_each_block(units, H, my_rows, taking, cols, PackedProduct<T>{P, product_prev, P, packed_hh.get(), hh_size},
+                       group_first, rec, cell_rows);
       }
       if constexpr (Cell::kTwoPhase) {
-        // The last gate's product reads every unit's r*h: a second barrier, and a second GEMM.
-        step_end.wait();
-        for_each_block(units, H, B, taking, NR, PackedProduct<T>{H, rh_step.get(), H, packed_hn.get(), panel_size}, group_units,
-                       rec, [&](int64_t u0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
+        // The last gate's product reads every unit's r*h: a second barrier (none when the team splits
+        // the batch: a thread's rows need only their own), and a second GEMM.
+        if (!by_rows) step_end.wait();
+        for_each_block(units, H, my_rows, taking, NR, PackedProduct<T>{H, rh_step.get(), H, packed_hn.get(), panel_size},
+                       group_units, rec, [&](int64_t u0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
           run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
             using V = Vec<T, decltype(bytes)::value>;
             for (int64_t b = b0; b < b0 + rows; ++b) {
@@ -447,10 +474,10 @@ void forward_layer(const ForwardArgs<T>& a, PackedWeights* cache) {
         });
       }
       if (projected) {
-        // h_next = m W_hr^T needs every unit's m: a second barrier, and a second GEMM.
-        step_end.wait();
-        for_each_block(dims, P, B, taking, NR, PackedProduct<T>{H, m_step.get(), H, packed_hr.get(), panel_size}, group_dims,
-                       rec, [&](int64_t p0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
+        // h_next = m W_hr^T needs every unit's m: a second barrier (as above), and a second GEMM.
+        if (!by_rows) step_end.wait();
+        for_each_block(dims, P, my_rows, taking, NR, PackedProduct<T>{H, m_step.get(), H, packed_hr.get(), panel_size},
+                       group_dims, rec, [&](int64_t p0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
           run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
             using V = Vec<T, decltype(bytes)::value>;
             for (int64_t b = b0; b < b0 + rows; ++b) {
@@ -460,7 +487,7 @@ void forward_layer(const ForwardArgs<T>& a, PackedWeights* cache) {
           });
         });
       }
-      step_end.wait();
+      if (!by_rows) step_end.wait();
     }
   }
 
@@ -505,6 +532,15 @@ void forward(CellKind cell, const ForwardArgs<T>& args) {
   a.c_n = in_order.out(a.c_n, 1, a.H);
   forward_in_given_order(cell, a);
   in_order.finish();
+}
+
+std::pair<int, bool> forward_team(CellKind cell, int64_t B, int64_t H) {
+  ForwardArgs<float> a{};
+  a.T_ = 1;
+  a.B = B;
+  a.H = a.P = H;
+  const TeamPlan team = forward_team_plan(a, cell_info(cell).gates);
+  return {team.threads, team.by_rows};
 }
 
 template void forward<float>(CellKind, const ForwardArgs<float>&);
