@@ -67,27 +67,32 @@ def run_backend(args):
                 model.fit(data, y, batch_size=args.batch, epochs=1, verbose=0)
                 model.predict(data, batch_size=args.batch, verbose=0)
                 models[fused] = model
-            times = {(fused, what): [] for fused in (False, True) for what in ("fit", "predict")}
-            probes = []   # the cross-core probe after each round (see machine.FAR)
-            for _ in range(args.repeats):
-                for fused in (False, True):
-                    (fk.enable if fused else fk.disable)()
-                    for what in ("fit", "predict"):
-                        start = time.perf_counter()
-                        if what == "fit":
-                            models[fused].fit(data, y, batch_size=args.batch, epochs=1, verbose=0, shuffle=False)
-                        else:
-                            models[fused].predict(data, batch_size=args.batch, verbose=0)
-                        times[fused, what].append(time.perf_counter() - start)
-                probes.append(machine.cross_core_ns())
-            fk.disable()
-            cross_core = None if None in probes else statistics.median(probes)
+
+            def timed_rounds():
+                """({(fused, call): [s, ...]}, the median cross-core probe taken after each round)."""
+                times = {(fused, what): [] for fused in (False, True) for what in ("fit", "predict")}
+                probes = []   # (see machine.FAR)
+                for _ in range(args.repeats):
+                    for fused in (False, True):
+                        (fk.enable if fused else fk.disable)()
+                        for what in ("fit", "predict"):
+                            start = time.perf_counter()
+                            if what == "fit":
+                                models[fused].fit(data, y, batch_size=args.batch, epochs=1, verbose=0, shuffle=False)
+                            else:
+                                models[fused].predict(data, batch_size=args.batch, verbose=0)
+                            times[fused, what].append(time.perf_counter() - start)
+                    probes.append(machine.cross_core_ns())
+                fk.disable()
+                return times, None if None in probes else statistics.median(probes)
+
+            times, cross_core, retries = machine.measure_near(timed_rounds, args.near_ns)
             for what in ("fit", "predict"):
                 stock, fused = times[False, what], times[True, what]
                 rows.append(dict(backend=keras.backend.backend(), cell=cell, units=units, inputs=inputs, what=what,
                                  stock_median=statistics.median(stock), stock_min=min(stock),
                                  fused_median=statistics.median(fused), fused_min=min(fused),
-                                 cross_core_ns=cross_core))
+                                 cross_core_ns=cross_core, retries=retries))
             print(json.dumps(rows[-2]), json.dumps(rows[-1]), sep="\n", flush=True)
     return rows
 
@@ -109,6 +114,7 @@ def main():
     parser.add_argument("--save", action="store_true",
                         help="write the rows as this CPU's results, bench/results/<cpu>/keras3_dropin.json")
     parser.add_argument("--run-backend", help=argparse.SUPPRESS)
+    parser.add_argument("--near-ns", type=float, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
         args.units, args.masked_units, args.steps, args.samples, args.batch, args.repeats = [16], [16], 10, 32, 16, 1
@@ -120,10 +126,13 @@ def main():
 
     # The FMA loop's peak bounds every call: the report compares it with the speed a target needs.
     peak = max(_core.fma_peak_gflops(args.threads) for _ in range(3))
+    # A configuration measured while the cores were displaced from this is measured again.
+    near = machine.near_latency(args.threads)
     saved = dict(date=datetime.datetime.now().isoformat(timespec="seconds"),
                  command="python bench/keras3_dropin.py " + " ".join(sys.argv[1:]), cpu=machine.cpu_model(),
                  threads=args.threads, B=args.batch, T=args.steps, I=args.features, samples=args.samples,
-                 repeats=args.repeats, fma_peak_gflops=peak, rows=[])
+                 repeats=args.repeats, fma_peak_gflops=peak, near_cross_core_ns=near,
+                 displaced_pause_s=machine.DISPLACED_PAUSE_S, rows=[])
     print(f"{saved['cpu']}, {args.threads} threads; B={args.batch}, T={args.steps}, I={args.features}, "
           f"{args.samples} samples per call, median of {args.repeats} (min); FMA peak {peak:.0f} GFLOP/s\n")
     print("| backend | layer | units | input | call | Keras (s) | enable() (s) | Keras / enable() |")
@@ -134,6 +143,8 @@ def main():
                    "--batch", str(args.batch), "--steps", str(args.steps),
                    "--features", str(args.features), "--samples", str(args.samples),
                    "--repeats", str(args.repeats), "--threads", str(args.threads)]
+        if near is not None:
+            command += ["--near-ns", str(near)]
         env = dict(os.environ, KERAS_BACKEND=backend, OMP_NUM_THREADS=str(args.threads))
         result = subprocess.run(command, capture_output=True, text=True, env=env)
         if result.returncode != 0:

@@ -10,6 +10,7 @@ import math
 import os
 import platform
 import re
+import time
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -56,3 +57,43 @@ def cross_core_ns():
     from fusedrnn import _core
     ns = _core.cross_core_latency_ns(CROSS_CORE_ROUNDS)
     return ns if math.isfinite(ns) else None
+
+
+# A measurement whose cross-core probe answered displaced from the run's near latency (more than
+# FAR times it: the CPUs further apart; less than 1/FAR of it: one core's two hardware threads,
+# where the FMA loop runs at half speed) is taken again after this pause, twice at most.
+DISPLACED_PAUSE_S = 3
+
+
+def near_latency(threads, tries=5):
+    """The cross-core latency (ns) of an undisturbed moment: the lowest of a few probes taken while
+    the FMA loop scaled with the threads (not one core's two hardware threads, which answer sooner
+    and would make every later moment look displaced). None with one thread."""
+    from fusedrnn import _core
+    best = None
+    for _ in range(tries):
+        ns = cross_core_ns()
+        if ns is None:
+            return None
+        scaled = _core.fma_peak_gflops(threads) >= 0.75 * threads * _core.fma_peak_gflops(1)
+        if scaled and (best is None or ns < best):
+            best = ns
+    return best
+
+
+def displaced(ns, near):
+    """Whether a probe's answer (ns) is displaced from the near latency (see DISPLACED_PAUSE_S)."""
+    return ns is not None and near is not None and not near / FAR <= ns <= FAR * near
+
+
+def measure_near(measure, near, attempts=3):
+    """measure() -> (result, the median cross-core probe of its moments); measured again after a
+    pause while that probe was displaced from `near`, twice at most (a displaced moment slows the
+    contenders unequally). Returns (result, probe, retries)."""
+    for attempt in range(attempts):
+        result, ns = measure()
+        if not displaced(ns, near) or attempt + 1 == attempts:
+            return result, ns, attempt
+        print(f"  (the cores answered {ns:.0f} ns apart, {near:.0f} at the run's start: measuring again)",
+              flush=True)
+        time.sleep(DISPLACED_PAUSE_S)

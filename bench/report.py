@@ -51,13 +51,19 @@ def is_far(row, far_ns):
     return far_ns is not None and (row.get("cross_core_ns") or 0) > far_ns
 
 
-def far_text(far_ns, far, count):
-    """The sentence under a drop-in table that explains its cross-core column."""
-    return (f"Cross-core ns then: the median of `fusedrnn._core.cross_core_latency_ns` timed after each round "
+def far_text(far_ns, far, count, doc):
+    """The sentences under a drop-in table that explain its cross-core column."""
+    text = (f"Cross-core ns then: the median of `fusedrnn._core.cross_core_latency_ns` timed after each round "
             f"of the row's calls; far (above {far_ns:.0f} ns, {machine.FAR:.0f}x the run's near latency, the lower "
             "quartile of its probes): measured while "
             f"the host kept this process's CPUs further apart, when the same calls ran slower ({far} of {count} "
             "rows; see the run.py section).")
+    if doc.get("near_cross_core_ns"):
+        retried = sum(bool(r.get("retries")) for r in doc.get("steps", doc.get("rows", [])))
+        text += (f" A row whose probe answered more than {machine.FAR:.0f}x from the latency at the run's start "
+                 f"({doc['near_cross_core_ns']:.0f} ns), further or nearer (one core's two hardware threads), was "
+                 f"measured again after {doc['displaced_pause_s']} s, twice at most ({retried} rows were).")
+    return text
 
 
 def far_threshold(rows):
@@ -512,7 +518,7 @@ def dropin_section(doc):
                   "compiled ours ms", "compiled x", "rest of the step ms"]
                  + (["cross-core ns then (eager / compiled)", "note"] if far_ns is not None else []), lines)
     if far_ns is not None:
-        out += ["", far_text(far_ns, sum(is_far(r, far_ns) for r in doc["steps"]), len(doc["steps"]))]
+        out += ["", far_text(far_ns, sum(is_far(r, far_ns) for r in doc["steps"]), len(doc["steps"]), doc)]
     out += ["", "Rest of the step: the same eager step with the RNN replaced by a pass-through (Adam still "
             "updating the RNN's parameters, with zero gradients), timed beside the pair: what a step costs "
             "besides the RNN layer, the same for both contenders."]
@@ -565,7 +571,7 @@ def keras3_section(doc):
                   "Keras GFLOP/s", "enable() GFLOP/s"]
                  + (["cross-core ns then", "note"] if far_ns is not None else []), lines)
     if far_ns is not None:
-        out += ["", far_text(far_ns, sum(is_far(r, far_ns) for r in doc["rows"]), len(doc["rows"]))]
+        out += ["", far_text(far_ns, sum(is_far(r, far_ns) for r in doc["rows"]), len(doc["rows"]), doc)]
     peak = doc.get("fma_peak_gflops")
     out += ["", "#### Issue #16 targets", ""]
     if peak:

@@ -103,8 +103,8 @@ def generation_loop(model, steps):
 
 
 def time_pair(fns, min_calls, min_seconds):
-    """Interleaved calls of each function; median and min seconds of each, and under "cross_core"
-    the median of the cross-core probe taken after each round (None with one thread)."""
+    """Interleaved calls of each function: ({name: (median, min seconds)}, the median of the
+    cross-core probe taken after each round (None with one thread))."""
     for fn in fns.values():
         fn()
         fn()
@@ -117,9 +117,8 @@ def time_pair(fns, min_calls, min_seconds):
             fn()
             times[name].append(time.perf_counter() - t0)
         probes.append(machine.cross_core_ns())
-    result = {name: (statistics.median(t), min(t)) for name, t in times.items()}
-    result["cross_core"] = None if None in probes else statistics.median(probes)
-    return result
+    return ({name: (statistics.median(t), min(t)) for name, t in times.items()},
+            None if None in probes else statistics.median(probes))
 
 
 def pair(cell, hidden, seed=0):
@@ -241,13 +240,15 @@ def main():
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     min_calls, min_seconds = (3, 0.3) if args.quick else (7, 1.0)
+    near = machine.near_latency(threads)
     cells, batches = args.cells.split(","), [int(b) for b in args.batch.split(",")]
     hiddens, inputs = [int(h) for h in args.hidden.split(",")], args.inputs.split(",")
     T = args.steps
     result = dict(date=datetime.datetime.now().isoformat(timespec="seconds"),
                   command="python bench/torch_dropin.py " + " ".join(sys.argv[1:]), cpu=machine.cpu_model(),
                   cpus=os.cpu_count(), threads=threads, torch=torch.__version__, fusedrnn=fusedrnn.__version__,
-                  T=T, vocab=VOCAB, generate=args.generate, steps=[], overhead=[])
+                  T=T, vocab=VOCAB, generate=args.generate, near_cross_core_ns=near,
+                  displaced_pause_s=machine.DISPLACED_PAUSE_S, steps=[], overhead=[])
 
     print(f"{result['cpu']}, {os.cpu_count()} cpus | threads {threads} | torch {torch.__version__} | "
           f"fusedrnn {fusedrnn.__version__} | T={T}, I=H, vocab {VOCAB}")
@@ -286,13 +287,14 @@ def main():
                             steps[name] = training_step(run, optimizer, tokens, targets, given)
                         if not compile_:  # (timed with the eager pair; the compiled row after it reuses it)
                             steps["rest"] = rest_of_step(theirs, tokens, targets, given)
-                        timed = time_pair(steps, min_calls, min_seconds)
+                        timed, cross_core, retries = machine.measure_near(
+                            lambda: time_pair(steps, min_calls, min_seconds), near)
                         if not compile_:
                             rest_ms = timed["rest"][0] * 1e3
                         row = dict(cell=cell, B=B, H=H, input=kind, compiled=compile_,
                                    torch_ms=timed["torch"][0] * 1e3, ours_ms=timed["ours"][0] * 1e3,
                                    torch_min_ms=timed["torch"][1] * 1e3, ours_min_ms=timed["ours"][1] * 1e3,
-                                   rest_ms=rest_ms, cross_core_ns=timed["cross_core"])
+                                   rest_ms=rest_ms, cross_core_ns=cross_core, retries=retries)
                         result["steps"].append(row)
                         print(f"| {cell} | {B} | {H} | {kind} | {'yes' if compile_ else 'no'} | "
                               f"{row['torch_ms']:.2f} | {row['ours_ms']:.2f} | "
@@ -301,12 +303,12 @@ def main():
             theirs, ours = pair(cell, H)
             theirs.eval()
             ours.eval()
-            timed = time_pair({"torch": generation_loop(theirs, args.generate),
-                               "ours": generation_loop(ours, args.generate)}, min_calls, min_seconds)
+            loops = {"torch": generation_loop(theirs, args.generate), "ours": generation_loop(ours, args.generate)}
+            timed, cross_core, retries = machine.measure_near(lambda: time_pair(loops, min_calls, min_seconds), near)
             row = dict(cell=cell, B=1, H=H, input=f"generate {args.generate} steps", compiled=False,
                        torch_ms=timed["torch"][0] * 1e3, ours_ms=timed["ours"][0] * 1e3,
                        torch_min_ms=timed["torch"][1] * 1e3, ours_min_ms=timed["ours"][1] * 1e3,
-                       cross_core_ns=timed["cross_core"])
+                       cross_core_ns=cross_core, retries=retries)
             result["steps"].append(row)
             print(f"| {cell} | 1 | {H} | {row['input']} | no | {row['torch_ms']:.2f} | {row['ours_ms']:.2f} | "
                   f"{row['torch_ms'] / row['ours_ms']:.2f} |", flush=True)
