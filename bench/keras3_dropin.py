@@ -50,6 +50,7 @@ def run_backend(args):
     x_padded = np.where(np.arange(args.steps)[None, :, None] < lengths[:, None, None], x, 0).astype("float32")
     configurations = [(units, "full") for units in args.units] + [(units, "masked") for units in args.masked_units]
     rows = []
+    near = machine.NearLatency(args.threads, known=args.near_ns)
     for cell in args.cells:
         for units, inputs in configurations:
             data = x if inputs == "full" else x_padded
@@ -86,7 +87,7 @@ def run_backend(args):
                 fk.disable()
                 return times, None if None in probes else statistics.median(probes)
 
-            times, cross_core, retries = machine.measure_near(timed_rounds, args.near_ns)
+            times, cross_core, retries = machine.measure_near(timed_rounds, near)
             for what in ("fit", "predict"):
                 stock, fused = times[False, what], times[True, what]
                 rows.append(dict(backend=keras.backend.backend(), cell=cell, units=units, inputs=inputs, what=what,
@@ -127,11 +128,11 @@ def main():
     # The FMA loop's peak bounds every call: the report compares it with the speed a target needs.
     peak = max(_core.fma_peak_gflops(args.threads) for _ in range(3))
     # A configuration measured while the cores were displaced from this is measured again.
-    near = machine.near_latency(args.threads)
+    near = machine.NearLatency(args.threads)
     saved = dict(date=datetime.datetime.now().isoformat(timespec="seconds"),
                  command="python bench/keras3_dropin.py " + " ".join(sys.argv[1:]), cpu=machine.cpu_model(),
                  threads=args.threads, B=args.batch, T=args.steps, I=args.features, samples=args.samples,
-                 repeats=args.repeats, fma_peak_gflops=peak, near_cross_core_ns=near,
+                 repeats=args.repeats, fma_peak_gflops=peak, near_cross_core_ns=near.ns,
                  displaced_pause_s=machine.DISPLACED_PAUSE_S, rows=[])
     print(f"{saved['cpu']}, {args.threads} threads; B={args.batch}, T={args.steps}, I={args.features}, "
           f"{args.samples} samples per call, median of {args.repeats} (min); FMA peak {peak:.0f} GFLOP/s\n")
@@ -143,8 +144,8 @@ def main():
                    "--batch", str(args.batch), "--steps", str(args.steps),
                    "--features", str(args.features), "--samples", str(args.samples),
                    "--repeats", str(args.repeats), "--threads", str(args.threads)]
-        if near is not None:
-            command += ["--near-ns", str(near)]
+        if near.ns is not None:
+            command += ["--near-ns", str(near.ns)]
         env = dict(os.environ, KERAS_BACKEND=backend, OMP_NUM_THREADS=str(args.threads))
         result = subprocess.run(command, capture_output=True, text=True, env=env)
         if result.returncode != 0:

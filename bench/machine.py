@@ -65,35 +65,45 @@ def cross_core_ns():
 DISPLACED_PAUSE_S = 3
 
 
-def near_latency(threads, tries=5):
-    """The cross-core latency (ns) of an undisturbed moment: the lowest of a few probes taken while
-    the FMA loop scaled with the threads (not one core's two hardware threads, which answer sooner
-    and would make every later moment look displaced). None with one thread."""
-    from fusedrnn import _core
-    best = None
-    for _ in range(tries):
-        ns = cross_core_ns()
-        if ns is None:
-            return None
-        scaled = _core.fma_peak_gflops(threads) >= 0.75 * threads * _core.fma_peak_gflops(1)
-        if scaled and (best is None or ns < best):
-            best = ns
-    return best
+class NearLatency:
+    """The cross-core latency (ns) of the run's undisturbed moments, the reference a displaced
+    moment is told from. Taken at the start from a few probes while the FMA loop scaled with the
+    threads (one core's two hardware threads answer sooner, with the loop at half speed, and would
+    make every later moment look displaced); lowered during the run by any nearer probe taken while
+    the loop scaled (the start may have been a far moment). ns is None with one thread."""
 
+    def __init__(self, threads, known=None, tries=5):
+        self.threads = threads
+        self.ns = known  # (one taken by a parent process: no probes then)
+        for _ in range(0 if known else tries):
+            ns = cross_core_ns()
+            if ns is None:
+                return
+            if (self.ns is None or ns < self.ns) and self.scaled():
+                self.ns = ns
 
-def displaced(ns, near):
-    """Whether a probe's answer (ns) is displaced from the near latency (see DISPLACED_PAUSE_S)."""
-    return ns is not None and near is not None and not near / FAR <= ns <= FAR * near
+    def scaled(self):
+        from fusedrnn import _core
+        return _core.fma_peak_gflops(self.threads) >= 0.75 * self.threads * _core.fma_peak_gflops(1)
+
+    def displaced(self, ns):
+        """Whether a probe's answer (ns) is displaced from the near latency (see DISPLACED_PAUSE_S);
+        a nearer one taken while the FMA loop scales becomes the near latency instead."""
+        if ns is None or self.ns is None or ns <= FAR * self.ns and ns >= self.ns / FAR:
+            return False
+        if ns < self.ns and self.scaled():
+            self.ns = ns
+            return False
+        return True
 
 
 def measure_near(measure, near, attempts=3):
     """measure() -> (result, the median cross-core probe of its moments); measured again after a
-    pause while that probe was displaced from `near`, twice at most (a displaced moment slows the
-    contenders unequally). Returns (result, probe, retries)."""
+    pause while that probe was displaced from the NearLatency `near`, twice at most (a displaced
+    moment slows the contenders unequally). Returns (result, probe, retries)."""
     for attempt in range(attempts):
         result, ns = measure()
-        if not displaced(ns, near) or attempt + 1 == attempts:
+        if not near.displaced(ns) or attempt + 1 == attempts:
             return result, ns, attempt
-        print(f"  (the cores answered {ns:.0f} ns apart, {near:.0f} at the run's start: measuring again)",
-              flush=True)
+        print(f"  (the cores answered {ns:.0f} ns apart, {near.ns:.0f} usually: measuring again)", flush=True)
         time.sleep(DISPLACED_PAUSE_S)
