@@ -3,9 +3,11 @@
 //
 // Backward (reverse time), per step: the recurrent product dh += dG_{s+1} W_hh for the thread's
 // own units (a column slice of W_hh, packed once, L2-resident), fused with the cell's pointwise
-// backward that yields dG_s; one barrier per step. After the loop, merged GEMMs with K = T*B give
-// dW_ih = dGx^T x, dW_hh = dGh^T h_prev and dx = dGx W_ih; the bias gradients are summed in the
-// loop, by the thread that owns each unit (add_to_bias_sum).
+// backward that yields dG_s; one barrier per step. A small layer's team splits the batch instead,
+// each thread all the units of its own rows, with no barrier (cpu/driver.h's BatchRows). After
+// the loop, merged GEMMs with K = T*B give dW_ih = dGx^T x, dW_hh = dGh^T h_prev and
+// dx = dGx W_ih; the bias gradients are summed in the loop by the thread that owns each unit
+// (add_to_bias_sum), or after it when the team split the batch (sum_bias_gradients).
 // Which steps ran and where their states were saved: schedule.h.
 //
 // Gradient contract: outputs are overwritten (=); the Python layer accumulates (+=).
@@ -291,9 +293,8 @@ void backward_layer(const BackwardArgs<T>& a) {
       const T* dg_next = s + 1 < steps ? step_gradient(s + 1) : nullptr;
       // Rows of sequences that took neither step s+1 (dG_{s+1} is zero) nor s get no products.
       const int64_t taking_next = s + 1 < steps ? active_rows[sch.row(s + 1)] : 0, taking = active_rows[sch.row(s)];
-      for_each_block(dims, P, my_rows, taking_next, NR, PackedProduct<T>{KH, dg_next, GH, packed_hh, hh_size}, group_dims,
-                     rec,
-                     [&](int64_t p0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
+      for_each_block(dims, P, my_rows, taking_next, NR, PackedProduct<T>{KH, dg_next, GH, packed_hh, hh_size},
+                     group_dims, rec, [&](int64_t p0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
         run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
           using V = Vec<T, decltype(bytes)::value>;
           for (int64_t b = b0; b < b0 + rows; ++b) {
@@ -310,8 +311,8 @@ void backward_layer(const BackwardArgs<T>& a) {
         // the batch: a thread's rows need only their own) and a second GEMM.
         if (!by_rows) step_end.wait();
         for_each_block(units, H, my_rows, taking, NR, PackedProduct<T>{P, dh_step.get(), P, packed_hr, hr_size},
-                       group_units,
-                       rec, [&](int64_t u0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
+                       group_units, rec,
+                       [&](int64_t u0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
           run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
             using V = Vec<T, decltype(bytes)::value>;
             for (int64_t b = b0; b < b0 + rows; ++b) step.template row<V>(s, b, u0, width, block + (b - b0) * ld, dg_cur);
@@ -335,9 +336,8 @@ void backward_layer(const BackwardArgs<T>& a) {
     // The gradient of the initial state: what step 0 sends back through W_hh, plus the carry.
     const T* dg_first = steps > 0 ? step_gradient(0) : nullptr;
     const int64_t taking_first = steps > 0 ? active_rows[sch.row(0)] : 0;
-    for_each_block(dims, P, my_rows, taking_first, NR, PackedProduct<T>{KH, dg_first, GH, packed_hh, hh_size}, group_dims,
-                   rec,
-                   [&](int64_t p0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
+    for_each_block(dims, P, my_rows, taking_first, NR, PackedProduct<T>{KH, dg_first, GH, packed_hh, hh_size},
+                   group_dims, rec, [&](int64_t p0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
       for (int64_t b = b0; b < b0 + rows; ++b) {
         for (int64_t w = 0; w < width; ++w) {
           const T scale = a.recurrent_scale ? a.recurrent_scale[b * P + p0 + w] : T(1);

@@ -1,12 +1,14 @@
 // The CPU time-loop driver's shared parts: one driver for every cell (csrc/cells/*.h supply the
 // pointwise math), its forward loop in cpu/forward.cc and its backward loop in cpu/backward.cc.
 //
-// Both loops run one OpenMP team over the whole time loop, one barrier per step (StepBarrier). A
-// dimension (hidden units, or state dims under a projection) is cut into chunks of one GEMM panel
-// width, each thread owning a contiguous run of them (Chunks), in a team sized to the work of a
-// step (team_for). Each thread packs its chunks' slice of the recurrent weights once per call
-// (pack_chunks), so that it stays in its core's L2 for all T steps, and each step multiplies it
-// block by block, handing each block to the cell's pointwise code while it is still in L1
+// Both loops run one OpenMP team over the whole time loop, sized to the work of a step (team_for).
+// A dimension (hidden units, or state dims under a projection) is cut into chunks of one GEMM panel
+// width (Chunks). A large layer's team splits the chunks, each thread owning a contiguous run, and
+// meets at a barrier every step (StepBarrier); a small layer's team splits the batch, each thread
+// computing every chunk of its own rows, with no barrier in the loop (BatchRows, plan_team). The
+// team packs the recurrent weights once per call (pack_chunks), each thread its run of chunks, so
+// that the weights a thread multiplies stay in its core's L2 for all T steps; each step multiplies
+// them block by block, handing each block to the cell's pointwise code while it is still in L1
 // (for_each_block).
 //
 // The pointwise code (cells on Vec<T>: 4 to 16 units at once) is compiled three times, for

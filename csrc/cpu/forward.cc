@@ -7,15 +7,18 @@
 //      time loop, so that they stay in its caches until the pointwise step reads them; one
 //      merged GEMM over all T*B rows before the loop when W_ih is large (InputProjections).
 //   2. One OpenMP team spans the whole time loop. Hidden units are cut into chunks of one GEMM
-//      panel width (kPanel units); each thread owns a contiguous run of chunks and computes ALL
-//      gates of its units, so it applies the cell right after its recurrent GEMM block, while
-//      the values are still in L1. It packs its slice of W_hh once per call with the gates of a
-//      chunk interleaved panel by panel, so the slice stays in its core's L2 for all T steps.
-//      The state is double-buffered: step s reads buffer s&1 and writes the other, so one
-//      barrier per step is enough.
+//      panel width (kPanel units), packed once per call with the gates of a chunk interleaved
+//      panel by panel; a thread computes ALL gates of a chunk, so it applies the cell right after
+//      its recurrent GEMM block, while the values are still in L1. A large layer's team splits
+//      the chunks: each thread owns a contiguous run, whose slice of W_hh stays in its core's L2
+//      for all T steps; the state is double-buffered (step s reads buffer s&1 and writes the
+//      other), so one barrier per step is enough. A small layer's team splits the batch: each
+//      thread computes every chunk for its own rows, which need nothing from the others, so the
+//      threads meet only once the weights are packed (cpu/driver.h's BatchRows says why).
 //   3. Training saves the cell's post-activation values and every state; inference saves nothing.
 //   A projection (LSTM proj_size) or a two-phase cell (reset-before-product GRU) adds a second
-//   GEMM and barrier per step: it needs a value every unit gives first.
+//   GEMM per step, and a second barrier when the team splits the units: it needs a value every
+//   unit gives first.
 // Which steps run and where their states are saved: schedule.h.
 //
 // Gradient contract: outputs are overwritten (=); the Python layer accumulates (+=).
@@ -461,8 +464,9 @@ void forward_layer(const ForwardArgs<T>& a, PackedWeights* cache) {
         // The last gate's product reads every unit's r*h: a second barrier (none when the team splits
         // the batch: a thread's rows need only their own), and a second GEMM.
         if (!by_rows) step_end.wait();
-        for_each_block(units, H, my_rows, taking, NR, PackedProduct<T>{H, rh_step.get(), H, packed_hn.get(), panel_size},
-                       group_units, rec, [&](int64_t u0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
+        for_each_block(units, H, my_rows, taking, NR,
+                       PackedProduct<T>{H, rh_step.get(), H, packed_hn.get(), panel_size}, group_units, rec,
+                       [&](int64_t u0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
           run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
             using V = Vec<T, decltype(bytes)::value>;
             for (int64_t b = b0; b < b0 + rows; ++b) {
