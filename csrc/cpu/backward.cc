@@ -94,7 +94,8 @@ void gather_state_gradient(const BackwardArgs<T>& a, const Schedule& sch, const 
   }
 }
 
-// The pointwise half of a backward step for one sequence and one chunk of hidden units.
+// The pointwise half of a backward step for one sequence and a chunk of hidden units (or a run of
+// chunks: nothing here is laid out chunk by chunk).
 template <class Cell, class T>
 struct BackwardStep {
   static constexpr int G = Cell::kGates;
@@ -140,12 +141,12 @@ struct BackwardStep {
     const int64_t prev_at = (sch.prev_slot(t) * B + b) * H + u0, new_at = (sch.new_slot(t) * B + b) * H + u0;
     if (s > 0) {  // the next step (backward walks down) reads these rows of row(s-1) and writes dgx
       const int64_t t_next = sch.row(s - 1);
-      prefetch_lines(a.saved_gates + (t_next * B + b) * S * H + u0, S, H);
-      if (dy_row) prefetch_lines(a.dy + (t_next * B + b) * H + u0, 1, 0);
-      if (!projected) prefetch_lines(a.saved_h + (sch.prev_slot(t_next) * B + b) * H + u0, 1, 0);
-      if (Cell::kHasCell) prefetch_lines(a.saved_c + (sch.prev_slot(t_next) * B + b) * H + u0, 1, 0);
-      prefetch_lines<1>(st.dgx + (t_next * B + b) * GH + u0, G, H);
-      if (Cell::kSplitGradient) prefetch_lines<1>(st.dgh_last + (t_next * B + b) * H + u0, 1, 0);
+      prefetch_lines(a.saved_gates + (t_next * B + b) * S * H + u0, S, H, width);
+      if (dy_row) prefetch_lines(a.dy + (t_next * B + b) * H + u0, 1, 0, width);
+      if (!projected) prefetch_lines(a.saved_h + (sch.prev_slot(t_next) * B + b) * H + u0, 1, 0, width);
+      if (Cell::kHasCell) prefetch_lines(a.saved_c + (sch.prev_slot(t_next) * B + b) * H + u0, 1, 0, width);
+      prefetch_lines<1>(st.dgx + (t_next * B + b) * GH + u0, G, H, width);
+      if (Cell::kSplitGradient) prefetch_lines<1>(st.dgh_last + (t_next * B + b) * H + u0, 1, 0, width);
     }
     for_each_vector<V, T>(width, [&](int64_t w, int64_t n) FUSEDRNN_INLINE_LAMBDA {
       V saved[S > 0 ? S : 1], gx[G], gh[G];
@@ -294,7 +295,8 @@ void backward_layer(const BackwardArgs<T>& a) {
       // Rows of sequences that took neither step s+1 (dG_{s+1} is zero) nor s get no products.
       const int64_t taking_next = s + 1 < steps ? active_rows[sch.row(s + 1)] : 0, taking = active_rows[sch.row(s)];
       for_each_block(dims, P, my_rows, taking_next, NR, PackedProduct<T>{KH, dg_next, GH, packed_hh, hh_size},
-                     group_dims, rec, [&](int64_t p0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
+                     group_dims, rec, /*whole_runs=*/true,
+                     [&](int64_t p0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
         run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
           using V = Vec<T, decltype(bytes)::value>;
           for (int64_t b = b0; b < b0 + rows; ++b) {
@@ -311,7 +313,7 @@ void backward_layer(const BackwardArgs<T>& a) {
         // the batch: a thread's rows need only their own) and a second GEMM.
         if (!by_rows) step_end.wait();
         for_each_block(units, H, my_rows, taking, NR, PackedProduct<T>{P, dh_step.get(), P, packed_hr, hr_size},
-                       group_units, rec,
+                       group_units, rec, /*whole_runs=*/true,
                        [&](int64_t u0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
           run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
             using V = Vec<T, decltype(bytes)::value>;
@@ -323,7 +325,7 @@ void backward_layer(const BackwardArgs<T>& a) {
         // d(r*h) = da_n W_hn needs every unit's da_n: a second barrier (as above) and a second GEMM.
         if (!by_rows) step_end.wait();
         for_each_block(units, H, my_rows, taking, NR, PackedProduct<T>{H, dg_cur + (G - 1) * H, GH, packed_hn, hn_size},
-                       group_units, rec,
+                       group_units, rec, /*whole_runs=*/true,
                        [&](int64_t u0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
           run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
             using V = Vec<T, decltype(bytes)::value>;
@@ -337,7 +339,8 @@ void backward_layer(const BackwardArgs<T>& a) {
     const T* dg_first = steps > 0 ? step_gradient(0) : nullptr;
     const int64_t taking_first = steps > 0 ? active_rows[sch.row(0)] : 0;
     for_each_block(dims, P, my_rows, taking_first, NR, PackedProduct<T>{KH, dg_first, GH, packed_hh, hh_size},
-                   group_dims, rec, [&](int64_t p0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
+                   group_dims, rec, /*whole_runs=*/true,
+                   [&](int64_t p0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
       for (int64_t b = b0; b < b0 + rows; ++b) {
         for (int64_t w = 0; w < width; ++w) {
           const T scale = a.recurrent_scale ? a.recurrent_scale[b * P + p0 + w] : T(1);

@@ -351,9 +351,15 @@ void gather_kept_rows(const T* src, int64_t ld, int64_t width, int64_t steps, in
 // Only the first `computed` rows get the product; the others (sequences that do not take this
 // step, whose bodies do not read it or read it as zero) get zeros, which cost next to nothing.
 // Rows that share an L1 set are copied apart first, once for the whole step (rows_apart).
+// whole_runs (taken with one panel a chunk, cols == kPanel: a run's columns are then its units
+// in order): body gets a run's chunks in one call, width up to group * kPanel, for bodies whose
+// other values lie unit by unit too. A float chunk is one AVX-512 vector, and a call per chunk
+// and row spent about as long setting up as computing in an RNN's step: calls per run made an
+// RNN layer (T=100, B=64, H=128, 2 threads, Zen 4) 1.20x faster in inference and its backward
+// 1.14x, 1.04x at H=256; LSTM and GRU, whose chunks carry 3-4 gates, within the noise.
 template <class T, class Product, class Body>
 void for_each_block(const Chunks<T>& chunks, int64_t n, BatchRows mine, int64_t computed, int64_t cols,
-                    const Product& step_product, int64_t group, T* rec, Body body) {
+                    const Product& step_product, int64_t group, T* rec, bool whole_runs, Body body) {
   constexpr int64_t NR = kPanel<T>;
   const auto product = rows_apart(step_product, mine.first, std::clamp(computed, mine.first, mine.last));
   int64_t first, last;
@@ -365,6 +371,10 @@ void for_each_block(const Chunks<T>& chunks, int64_t n, BatchRows mine, int64_t 
       const int64_t with_product = std::clamp<int64_t>(computed - b0, 0, rows);
       if (with_product > 0) product(b0, with_product, c, ld, rec);
       std::fill(rec + with_product * ld, rec + rows * ld, T(0));
+      if (whole_runs && cols == NR) {
+        body(c * NR, std::min(count * NR, n - c * NR), b0, rows, rec, ld);
+        continue;
+      }
       for (int64_t j = 0; j < count; ++j) {
         const int64_t u0 = (c + j) * NR;
         body(u0, std::min(NR, n - u0), b0, rows, rec + j * cols, ld);
@@ -460,21 +470,28 @@ class StepBarrier {
 // the next step's rows cut the pointwise part of the backward (dgx) by 10-30% for RNN, LSTM and
 // GRU, and of a training forward (the saved values, y) by 18% for the RNN and 20% for the LSTM;
 // at H=512 it was unchanged to 7% faster.)
+// Each of the count rows is `width` values long (a chunk's, or a run of chunks').
 template <int kWrite = 0, class T>
-FUSEDRNN_INLINE void prefetch_lines(const T* p, int count, int64_t stride) {
-  for (int i = 0; i < count; ++i) __builtin_prefetch(p + i * stride, kWrite);
+FUSEDRNN_INLINE void prefetch_lines(const T* p, int count, int64_t stride, int64_t width) {
+  constexpr int64_t kLine = 64 / int64_t(sizeof(T));
+  for (int i = 0; i < count; ++i) {
+    __builtin_prefetch(p + i * stride, kWrite);
+    for (int64_t w = kLine; w < width; w += kLine) __builtin_prefetch(p + i * stride + w, kWrite);
+  }
 }
 
-// Calls body(w, n) for the V-wide pieces (n lanes each) of a chunk's first `width` values. A
-// whole chunk (width == kPanel: every chunk but a ragged last one) passes n as a constant, so
-// that its loads and stores compile to single vector moves, not length-checked copies.
+// Calls body(w, n) for the V-wide pieces (n lanes each) of the first `width` values of a chunk or
+// a run of chunks. Whole vectors pass n as a constant, so that their loads and stores compile to
+// single vector moves, not length-checked copies; only a ragged end (a layer's last chunk) does not.
 template <class V, class T, class Body>
 FUSEDRNN_INLINE void for_each_vector(int64_t width, Body body) {
-  if (width == kPanel<T>) {
+  if (width == kPanel<T>) {  // (a chunk: a loop the compiler unrolls)
     for (int64_t w = 0; w < kPanel<T>; w += V::kLanes) body(w, V::kLanes);
-  } else {
-    for (int64_t w = 0; w < width; w += V::kLanes) body(w, std::min<int64_t>(V::kLanes, width - w));
+    return;
   }
+  int64_t w = 0;
+  for (; w + V::kLanes <= width; w += V::kLanes) body(w, V::kLanes);
+  if (w < width) body(w, width - w);
 }
 
 }  // namespace

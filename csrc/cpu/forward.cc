@@ -52,8 +52,8 @@ FUSEDRNN_INLINE void publish_state(const ForwardArgs<T>& a, const Schedule& sch,
   T* saved = a.saved_h ? a.saved_h + (sch.new_slot(t) * B + b) * P + p0 : nullptr;
   if (s + 1 < a.T_) {  // the next step writes these rows
     const int64_t t_next = sch.row(s + 1);
-    prefetch_lines<1>(a.y + (t_next * B + b) * P + p0, 1, 0);
-    if (saved) prefetch_lines<1>(a.saved_h + (sch.new_slot(t_next) * B + b) * P + p0, 1, 0);
+    prefetch_lines<1>(a.y + (t_next * B + b) * P + p0, 1, 0, width);
+    if (saved) prefetch_lines<1>(a.saved_h + (sch.new_slot(t_next) * B + b) * P + p0, 1, 0, width);
   }
   for_each_vector<V, T>(width, [&](int64_t w, int64_t n) FUSEDRNN_INLINE_LAMBDA {
     const V h = V::load((active ? h_next : h_prev) + at + w, n);
@@ -211,9 +211,9 @@ struct ForwardStep {
     }
     if (training && s + 1 < a.T_) {  // the next step writes these rows
       const int64_t t_next = sch.row(s + 1);
-      prefetch_lines<1>(a.saved_gates + (t_next * B + b) * S * H + u0, S, H);
-      if (saved_c) prefetch_lines<1>(a.saved_c + (sch.new_slot(t_next) * B + b) * H + u0, 1, 0);
-      if (saved_m) prefetch_lines<1>(a.saved_m + (t_next * B + b) * H + u0, 1, 0);
+      prefetch_lines<1>(a.saved_gates + (t_next * B + b) * S * H + u0, S, H, width);
+      if (saved_c) prefetch_lines<1>(a.saved_c + (sch.new_slot(t_next) * B + b) * H + u0, 1, 0, width);
+      if (saved_m) prefetch_lines<1>(a.saved_m + (t_next * B + b) * H + u0, 1, 0, width);
     }
     const T* x_bias = b_ih + u0;
     const T* bias = b_hh + u0;
@@ -361,6 +361,9 @@ void forward_layer(const ForwardArgs<T>& a, PackedWeights* cache) {
     gemm<T>(steps * B, GH, I, a.x, I, 1, a.w_ih, 1, I, xp_merged, GH, /*accumulate=*/false);
   }
   const ForwardStep<Cell, T> step{a, sch, b_ih.get(), b_hh.get(), rz_step.get(), rh_step.get()};
+  // An RNN's chunks have one gate, so a run of them lies unit by unit everywhere (its blocked
+  // projections too): for_each_block passes cell_rows whole runs.
+  constexpr bool kOneGate = kFirstGates == 1;
   const Isa isa = current_isa();
 
   StepBarrier step_end(threads);
@@ -451,14 +454,15 @@ void forward_layer(const ForwardArgs<T>& a, PackedWeights* cache) {
         if constexpr (kBf16Capable) {
           const uint32_t* pairs_prev = h_pairs.get() + (s & 1) * B * pairs;
           for_each_block(units, H, my_rows, taking, cols,
-                         Bf16Product{P, pairs_prev, packed_hh_bf16.get(), hh_bf16_size}, group_first, rec, cell_rows);
+                         Bf16Product{P, pairs_prev, packed_hh_bf16.get(), hh_bf16_size}, group_first, rec, kOneGate,
+                         cell_rows);
         }
       } else if (in_place) {
         for_each_block(units, H, my_rows, taking, cols, InPlaceProduct<T>{P, product_prev, a.w_hh, H, kFirstGates},
-                       group_first, rec, cell_rows);
+                       group_first, rec, kOneGate, cell_rows);
       } else {
         for_each_block(units, H, my_rows, taking, cols, PackedProduct<T>{P, product_prev, P, packed_hh.get(), hh_size},
-                       group_first, rec, cell_rows);
+                       group_first, rec, kOneGate, cell_rows);
       }
       if constexpr (Cell::kTwoPhase) {
         // The last gate's product reads every unit's r*h: a second barrier (none when the team splits
@@ -466,6 +470,7 @@ void forward_layer(const ForwardArgs<T>& a, PackedWeights* cache) {
         if (!by_rows) step_end.wait();
         for_each_block(units, H, my_rows, taking, NR,
                        PackedProduct<T>{H, rh_step.get(), H, packed_hn.get(), panel_size}, group_units, rec,
+                       /*whole_runs=*/false,  // (blocked projections lie chunk by chunk, G gates each)
                        [&](int64_t u0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
           run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
             using V = Vec<T, decltype(bytes)::value>;
@@ -481,7 +486,8 @@ void forward_layer(const ForwardArgs<T>& a, PackedWeights* cache) {
         // h_next = m W_hr^T needs every unit's m: a second barrier (as above), and a second GEMM.
         if (!by_rows) step_end.wait();
         for_each_block(dims, P, my_rows, taking, NR, PackedProduct<T>{H, m_step.get(), H, packed_hr.get(), panel_size},
-                       group_dims, rec, [&](int64_t p0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
+                       group_dims, rec, /*whole_runs=*/true,
+                     [&](int64_t p0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
           run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
             using V = Vec<T, decltype(bytes)::value>;
             for (int64_t b = b0; b < b0 + rows; ++b) {
