@@ -75,25 +75,36 @@ class NearLatency:
     def __init__(self, threads, known=None, tries=5):
         self.threads = threads
         self.ns = known  # (one taken by a parent process: no probes then)
-        for _ in range(0 if known else tries):
-            ns = cross_core_ns()
-            if ns is None:
-                return
-            if (self.ns is None or ns < self.ns) and self.scaled():
+        if known or cross_core_ns() is None:
+            return
+        for _ in range(tries):
+            ns = self.scaled_probe()
+            if ns is not None and (self.ns is None or ns < self.ns):
                 self.ns = ns
 
     def scaled(self):
         from fusedrnn import _core
         return _core.fma_peak_gflops(self.threads) >= 0.75 * self.threads * _core.fma_peak_gflops(1)
 
+    def scaled_probe(self):
+        """A probe taken between two runs of the FMA loop that both scaled with the threads, or None.
+        The host moves the threads between moments: a probe checked by one run only, after it, once
+        answered 14 ns (one core's two hardware threads) and made every later moment look far."""
+        if not self.scaled():
+            return None
+        ns = cross_core_ns()
+        return ns if ns is not None and self.scaled() else None
+
     def displaced(self, ns):
-        """Whether a probe's answer (ns) is displaced from the near latency (see DISPLACED_PAUSE_S);
-        a nearer one taken while the FMA loop scales becomes the near latency instead."""
+        """Whether a probe's answer (ns) is displaced from the near latency (see DISPLACED_PAUSE_S).
+        Below it, a fresh probe between scaling FMA runs that is nearer too becomes the near latency."""
         if ns is None or self.ns is None or ns <= FAR * self.ns and ns >= self.ns / FAR:
             return False
-        if ns < self.ns and self.scaled():
-            self.ns = ns
-            return False
+        if ns < self.ns:
+            fresh = self.scaled_probe()
+            if fresh is not None and fresh < self.ns:
+                self.ns = fresh
+                return ns > FAR * fresh or ns < fresh / FAR
         return True
 
 

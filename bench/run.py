@@ -641,9 +641,11 @@ def main(argv=None):
     cross_core = [cross_core_ns(threads)]
     scaled = fma_n >= 0.8 * threads * fma_1
     if cross_core[0] is not None:
-        if scaled:   # (the far retries' first reference; not from a moment the cores were shared)
-            RUN_NEAR_NS = cross_core[0]
-        print(f"Latency between two cores: {cross_core[0]:.0f} ns")
+        # The far retries' first reference: probes between FMA runs that scaled (machine.NearLatency),
+        # not one from a moment the cores were shared or were one core's two hardware threads.
+        RUN_NEAR_NS = machine.NearLatency(threads, tries=3).ns
+        print(f"Latency between two cores: {cross_core[0]:.0f} ns"
+              + (f" (the run's near reference: {RUN_NEAR_NS:.0f} ns)" if RUN_NEAR_NS else ""))
     if not scaled:
         print(f"warning: the FMA peak scales only {fma_n / fma_1:.2f}x from 1 to {threads} threads: "
               "cores are busy")
