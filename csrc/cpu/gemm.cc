@@ -207,13 +207,22 @@ template <class T>
 void pack_b_strided(int64_t kc, int64_t nc, const T* B, int64_t b_rs, int64_t b_cs, T* dst) {
     constexpr int64_t P = kPanel<T>;
     const TransposeRows16Fn transpose = b_rs == 1 ? panel_transpose<T>() : nullptr;
-    for (int64_t j0 = 0; j0 < nc; j0 += P, dst += kc * P) {
+    int64_t j_first = 0;
+    if (b_cs == 1) {
+        // Row-major B (the backward's x and h for the weight gradients): row k by row k, each read
+        // once, in order, a line to each full panel. Panel by panel, each row was read a line at a
+        // time, a row apart, and the loads waited on memory (gemm_kernels.h's pack_a: measured).
+        j_first = nc / P * P;
+        for (int64_t k = 0; k < kc; ++k) {
+            for (int64_t j0 = 0; j0 < j_first; j0 += P) {
+                std::memcpy(dst + j0 * kc + k * P, B + k * b_rs + j0, sizeof(T) * P);
+            }
+        }
+    }
+    dst += j_first * kc;
+    for (int64_t j0 = j_first; j0 < nc; j0 += P, dst += kc * P) {
         const int64_t cols = min64(P, nc - j0);
         const T* src = B + j0 * b_cs;
-        if (b_cs == 1 && cols == P) {
-            pack_row_major_panel(kc, src, b_rs, dst);
-            continue;
-        }
         int64_t k_done = 0;
         if (transpose && cols == P) {
             // Column-major B (a transposed weight matrix, W_ih^T).
