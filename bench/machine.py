@@ -69,8 +69,8 @@ class NearLatency:
     """The cross-core latency (ns) of the run's undisturbed moments, the reference a displaced
     moment is told from. Taken at the start from a few probes while the FMA loop scaled with the
     threads (one core's two hardware threads answer sooner, with the loop at half speed, and would
-    make every later moment look displaced); lowered during the run by any nearer probe taken while
-    the loop scaled (the start may have been a far moment). ns is None with one thread."""
+    make every later moment look displaced: scaled_probe); lowered during the run by a nearer such
+    probe (the start may have been a far moment). ns is None with one thread."""
 
     def __init__(self, threads, known=None, tries=5):
         self.threads = threads

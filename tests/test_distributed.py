@@ -49,17 +49,14 @@ def rank_results(out_dir, scenario, processes):
     return results[0]
 
 
-@pytest.fixture
-def single_thread():
-    previous = fusedrnn.get_num_threads()
-    fusedrnn.set_num_threads(1)
-    yield
-    fusedrnn.set_num_threads(previous)
+# conftest.py's `threads` fixture, at one value.
+single_thread = pytest.mark.parametrize("threads", [1], indirect=True)
 
 
+@single_thread
 @pytest.mark.parametrize("processes", [2, 3])
 @pytest.mark.parametrize("overlap", [False, True], ids=["after_backward", "overlapped"])
-def test_nn_training_matches_one_process(tmp_path, processes, overlap, single_thread):
+def test_nn_training_matches_one_process(tmp_path, processes, overlap, threads):
     run = launch(processes, "nn", tmp_path, *(["--overlap"] if overlap else []))
     assert run.returncode == 0, run.stderr[-3000:]
     result = rank_results(tmp_path, "nn", processes)
@@ -73,8 +70,9 @@ def test_nn_training_matches_one_process(tmp_path, processes, overlap, single_th
             assert not np.allclose(value, untrained[name].data), f"{name} did not train"
 
 
+@single_thread
 @pytest.mark.parametrize("processes", [2, 3])
-def test_keras_fit_matches_one_process(tmp_path, processes, single_thread):
+def test_keras_fit_matches_one_process(tmp_path, processes, threads):
     run = launch(processes, "keras", tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     result = rank_results(tmp_path, "keras", processes)

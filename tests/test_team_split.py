@@ -16,12 +16,8 @@ from fusedrnn import functional as F
 import rnn_cases
 
 
-@pytest.fixture
-def two_threads():
-    original = fusedrnn.get_num_threads()
-    fusedrnn.set_num_threads(2)
-    yield
-    fusedrnn.set_num_threads(original)
+# conftest.py's `threads` fixture, at one value.
+two_threads = pytest.mark.parametrize("threads", [2], indirect=True)
 
 
 @pytest.fixture
@@ -66,9 +62,10 @@ def options_for(rng, T, B, H, options, dtype):
     return options
 
 
+@two_threads
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("cell", rnn_cases.CELLS)
-def test_split_by_rows_and_by_units_give_the_same_bits(cell, dtype, rng, two_threads, restore_split):
+def test_split_by_rows_and_by_units_give_the_same_bits(cell, dtype, rng, threads, restore_split):
     for T, B, I, H, spec in CASES:
         problem = rnn_cases.astype(rnn_cases.make_problem(rng, cell, T, B, I, H), dtype)
         x, (h0, *c), weights = problem["x"], problem["states"], dict(zip(rnn_cases.WEIGHT_NAMES, problem["weights"]))
@@ -89,7 +86,8 @@ def test_split_by_rows_and_by_units_give_the_same_bits(cell, dtype, rng, two_thr
                 assert (got is None and want is None) or np.array_equal(got, want), (T, B, I, H, spec, split)
 
 
-def test_a_projection_splits_by_rows_with_the_same_bits(rng, two_threads, restore_split):
+@two_threads
+def test_a_projection_splits_by_rows_with_the_same_bits(rng, threads, restore_split):
     T, B, I, H, P = 6, 28, 9, 24, 10
     weights = rnn_cases.make_weights(rng, "lstm", I, H, proj=P)
     x = rng.standard_normal((T, B, I)).astype(np.float32)
@@ -106,8 +104,9 @@ def test_a_projection_splits_by_rows_with_the_same_bits(rng, two_threads, restor
         assert (got is None and want is None) or np.array_equal(got, want)
 
 
+@two_threads
 @pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])
-def test_bf16_weights_split_by_rows_with_the_same_bits(cell, rng, two_threads, restore_split):
+def test_bf16_weights_split_by_rows_with_the_same_bits(cell, rng, threads, restore_split):
     T, B, I, H = 5, 27, 12, 40
     weights = rnn_cases.make_weights(rng, cell, I, H)
     x = rng.standard_normal((T, B, I)).astype(np.float32)
@@ -121,7 +120,8 @@ def test_bf16_weights_split_by_rows_with_the_same_bits(cell, rng, two_threads, r
         assert (got is None and want is None) or np.array_equal(got, want)
 
 
-def test_the_rule_splits_the_batch_where_the_weights_fit_in_l2(two_threads, restore_split):
+@two_threads
+def test_the_rule_splits_the_batch_where_the_weights_fit_in_l2(threads, restore_split):
     # LSTM, H = 128: W_hh is 128 x 512 floats, 256 KiB.
     _core._set_cache_sizes(32 << 10, 256 << 10, 0)
     assert _core._forward_team("lstm", 64, 128) == (2, True)
@@ -140,11 +140,7 @@ def test_the_rule_splits_the_batch_where_the_weights_fit_in_l2(two_threads, rest
         _core._set_team_split("columns")
 
 
-def test_one_thread_never_splits(restore_split):
-    original = fusedrnn.get_num_threads()
-    fusedrnn.set_num_threads(1)
-    try:
-        _core._set_team_split("rows")
-        assert _core._forward_team("gru", 64, 32) == (1, False)
-    finally:
-        fusedrnn.set_num_threads(original)
+@pytest.mark.parametrize("threads", [1], indirect=True)
+def test_one_thread_never_splits(threads, restore_split):
+    _core._set_team_split("rows")
+    assert _core._forward_team("gru", 64, 32) == (1, False)

@@ -149,7 +149,8 @@ TeamPlan forward_team_plan(const ForwardArgs<T>& a, int G) {
   return plan_team(a, chunks, a.P * G * a.H + (projected ? a.H * a.P : 0), int64_t(sizeof(T)));
 }
 
-// The pointwise half of a forward step for one sequence and one chunk of hidden units.
+// The pointwise half of a forward step for one sequence and one chunk of hidden units (a run of
+// chunks for a one-gate cell, whose values then lie unit by unit: forward_layer's kOneGate).
 template <class Cell, class T>
 struct ForwardStep {
   static constexpr int G = Cell::kGates;
@@ -364,6 +365,7 @@ void forward_layer(const ForwardArgs<T>& a, PackedWeights* cache) {
   // An RNN's chunks have one gate, so a run of them lies unit by unit everywhere (its blocked
   // projections too): for_each_block passes cell_rows whole runs.
   constexpr bool kOneGate = kFirstGates == 1;
+  static_assert(!kOneGate || Cell::kActivated == 0, "ForwardStep::row's act holds one chunk, not a run");
   const Isa isa = current_isa();
 
   StepBarrier step_end(threads);
@@ -487,7 +489,7 @@ void forward_layer(const ForwardArgs<T>& a, PackedWeights* cache) {
         if (!by_rows) step_end.wait();
         for_each_block(dims, P, my_rows, taking, NR, PackedProduct<T>{H, m_step.get(), H, packed_hr.get(), panel_size},
                        group_dims, rec, /*whole_runs=*/true,
-                     [&](int64_t p0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
+                       [&](int64_t p0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
           run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
             using V = Vec<T, decltype(bytes)::value>;
             for (int64_t b = b0; b < b0 + rows; ++b) {
