@@ -192,6 +192,33 @@ def test_gemm_is_deterministic(isa, dtype):
     np.testing.assert_array_equal(_core.gemm_packed(a, b), _core.gemm_packed(a, b))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_long_k_gives_the_same_bits_with_any_thread_count(isa, dtype):
+    # A deep K next to a small result (the weight gradients' shape) is summed as two halves of K
+    # (gemm.cc's sums_halves_of_k), by half the threads each: one, two and three threads must give
+    # the same bits, in place too, and the product itself (odd K: unequal halves; A transposed).
+    import fusedrnn
+    rng = np.random.default_rng(6)
+    original = fusedrnn.get_num_threads()
+    try:
+        for m, n, k in [(16, 16, 129), (128, 160, 2001), (40, 33, 1500)]:
+            a, b = random(rng, (k, m), dtype).T, random(rng, (k, n), dtype)
+            c0 = random(rng, (m, n), dtype)
+            results = []
+            for count in (1, 2, 3):
+                fusedrnn.set_num_threads(count)
+                c = c0.copy()
+                _core.gemm(a, b, c)
+                results.append((_core.gemm(a, b), c))
+            assert_product(results[0][0], a, b)
+            assert_product(results[0][1], a, b, c0.astype(np.float64))
+            for product, accumulated in results[1:]:
+                np.testing.assert_array_equal(product, results[0][0])
+                np.testing.assert_array_equal(accumulated, results[0][1])
+    finally:
+        fusedrnn.set_num_threads(original)
+
+
 def test_isa_selection_rejects_unknown_names():
     original = _core.isa_selected()
     assert original in ISAS
