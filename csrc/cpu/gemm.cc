@@ -480,16 +480,25 @@ void gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t a_rs, int64_t a_c
         // The first half into C, the second into a buffer of its own, added to C after.
         const int64_t half = K / 2;
         std::unique_ptr<T[]> second(new T[M * N]);
-        const auto run_half = [&](int parts, int part, int which) {
-            if (which == 0) {
-                run_part(parts, part, 0, half, C, ldc, accumulate);
+        // Thread tid of a team: the first half's threads, then the second's; one thread takes both.
+        const auto compute_halves = [&](int team, int tid) {
+            const auto first_half = [&](int parts, int part) { run_part(parts, part, 0, half, C, ldc, accumulate); };
+            const auto second_half = [&](int parts, int part) { run_part(parts, part, half, K, second.get(), N, false); };
+            if (team == 1) {
+                first_half(1, 0);
+                second_half(1, 0);
+                return;
+            }
+            const int first = (team + 1) / 2;
+            if (tid < first) {
+                first_half(first, tid);
             } else {
-                run_part(parts, part, half, K, second.get(), N, false);
+                second_half(team - first, tid - first);
             }
         };
-        const auto add_second = [&](int parts, int part) {
+        const auto add_second = [&](int team, int tid) {
             int64_t i0, i1;
-            split_range(M, 1, parts, part, &i0, &i1);
+            split_range(M, 1, team, tid, &i0, &i1);
             for (int64_t i = i0; i < i1; ++i) {
                 for (int64_t j = 0; j < N; ++j) C[i * ldc + j] += second[i * N + j];
             }
@@ -499,25 +508,14 @@ void gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t a_rs, int64_t a_c
 #pragma omp parallel num_threads(threads)
             {
                 const int team = omp_get_num_threads(), tid = omp_get_thread_num();
-                if (team == 1) {
-                    run_half(1, 0, 0);
-                    run_half(1, 0, 1);
-                } else {
-                    const int first = (team + 1) / 2;  // the first half's threads, then the second's
-                    if (tid < first) {
-                        run_half(first, tid, 0);
-                    } else {
-                        run_half(team - first, tid - first, 1);
-                    }
-                }
+                compute_halves(team, tid);
 #pragma omp barrier
                 add_second(team, tid);
             }
             return;
         }
 #endif
-        run_half(1, 0, 0);
-        run_half(1, 0, 1);
+        compute_halves(1, 0);
         add_second(1, 0);
         return;
     }
