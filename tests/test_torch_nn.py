@@ -110,10 +110,12 @@ def assert_parity(oracle, fused, x, hx, lengths, form, dtype, rng, monkeypatch, 
     monkeypatch.setattr(fnn, "recurrent", spy)
     actual, actual_grads, cotangents = run(fused, x, hx, lengths, form, dtype, rng=rng, device=device)
     monkeypatch.undo()
-    # Every layer and direction ran in the kernels, the reverse ones reversed, packed with lengths.
+    # Every layer and direction ran in the kernels, the reverse ones reversed, packed with lengths
+    # (unless every sequence has the same length: the packed rows are then the padded batch's).
     D = 2 if fused.bidirectional else 1
     cell = dict(RNN_TANH="rnn_tanh", RNN_RELU="rnn_relu", LSTM="lstm", GRU="gru")[fused.mode]
-    assert calls == [(cell, bool(d), form != "padded") for _ in range(fused.num_layers) for d in range(D)]
+    with_lengths = form != "padded" and len(set(np.asarray(lengths).tolist())) > 1
+    assert calls == [(cell, bool(d), with_lengths) for _ in range(fused.num_layers) for d in range(D)]
     with one_torch_thread():
         expected, expected_grads, _ = run(oracle, x, hx, lengths, form, torch.float64, cotangents)
     np_dtype = np.float32 if dtype == torch.float32 else np.float64
@@ -148,6 +150,19 @@ def test_outputs_states_and_gradients_match_torch_nn(rng, monkeypatch, mode, num
         lengths = np.sort(lengths)[::-1].copy()
     hx = states_of(oracle, rng) if with_hx else None
     assert_parity(oracle, fused, x, hx, lengths, form, DTYPES[dtype], rng, monkeypatch)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("form", INPUTS[1:])
+@pytest.mark.parametrize("batch", (1, B))
+def test_packed_sequences_that_all_take_every_step_run_as_the_padded_batch(rng, monkeypatch, mode, form, batch):
+    """A PackedSequence whose sequences all take all T steps (a batch of one always does) holds the
+    padded batch's rows in order: the kernels run it without lengths (assert_parity checks), with
+    torch.nn's results."""
+    oracle, fused = modules(mode, torch.float64, int(rng.integers(2**31)), num_layers=2, bidirectional=True)
+    x = rng.standard_normal((T, batch, I))
+    hx = states_of(oracle, rng, batch=batch)
+    assert_parity(oracle, fused, x, hx, np.full(batch, T), form, torch.float64, rng, monkeypatch)
 
 
 @pytest.mark.parametrize("mode", MODES)

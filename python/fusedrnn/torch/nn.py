@@ -285,20 +285,28 @@ class _Fused:
             T = batch_sizes.shape[0]
             # (B from a shape where there is one: batch_sizes[0] is a value, which a torch.compile
             # graph holds only as a symbolic size under capture_scalar_outputs, else breaks there.)
+            symbolic_b = False  # (a symbolic size of a value, which no test may branch on in a graph)
             if sorted_indices is None and hx is not None and torch.compiler.is_compiling():
                 B = states[0].shape[1]
                 torch._assert_async(batch_sizes[0] == B, "hx's batch size differs from the PackedSequence's")
             elif sorted_indices is None:
                 B = int(batch_sizes[0])
+                symbolic_b = torch.compiler.is_compiling()
             else:
                 B = sorted_indices.shape[0]
                 if not torch.compiler.is_compiling() and B != int(batch_sizes[0]):
                     # (A PackedSequence built by hand: rows of a larger batch would overlap.)
                     raise ValueError(f"the PackedSequence's sorted_indices has {B} entries but its batch_sizes[0] "
                                      f"is {int(batch_sizes[0])}: they must both be the batch size")
-            lengths, rows = _packed_rows(batch_sizes, B, data.shape[0])
-            rows = rows.to(data.device)
-            x = data.new_zeros((T * B, data.shape[-1])).index_copy(0, rows, data).view(T, B, -1)
+            if not symbolic_b and data.shape[0] == T * B:
+                # Every sequence takes all T steps (a batch of one always does): the packed rows are
+                # the padded batch's, in order, and the layer needs no lengths, nor the copies.
+                lengths = rows = None
+                x = data.reshape(T, B, -1)
+            else:
+                lengths, rows = _packed_rows(batch_sizes, B, data.shape[0])
+                rows = rows.to(data.device)
+                x = data.new_zeros((T * B, data.shape[-1])).index_copy(0, rows, data).view(T, B, -1)
             is_batched = True
             if hx is not None:
                 states = tuple(_permute(s, sorted_indices) for s in states)
@@ -349,7 +357,8 @@ class _Fused:
         hidden = [_permute(_stacked(h_n, torch.stack), unsorted_indices)]
         if is_lstm:
             hidden.append(_permute(_stacked(c_n, torch.stack), unsorted_indices))
-        output = PackedSequence(x.reshape(T * B, -1).index_select(0, rows), batch_sizes, sorted_indices,
+        output = x.reshape(T * B, -1)
+        output = PackedSequence(output if rows is None else output.index_select(0, rows), batch_sizes, sorted_indices,
                                 unsorted_indices)
         return output, (tuple(hidden) if is_lstm else hidden[0])
 
