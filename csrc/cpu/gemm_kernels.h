@@ -260,7 +260,7 @@ void pack_a(int64_t M, int64_t K, const typename V::T* A, int64_t a_rs, int64_t 
         // column, each slab took a piece of a line (kRows values, less than one line) at every
         // column, so each line was written in two or three visits, as many lines at once as
         // there are slabs. So columns go in groups of kGroup: each slab takes its rows of the
-        // group, kGroup * kRows values (3 to 12 whole lines with the AVX2 and AVX-512 tiles), in
+        // group, kGroup * kRows values (3 to 12 lines' worth with the AVX2 and AVX-512 tiles), in
         // one visit, while the group's columns stay in L1. Measured against the column order
         // (Zen 4, 2 threads, K = 6400, M x N = the weight gradients' 512 x 32 .. 2048 x 512):
         // 1.01-1.2x, the most where N is small; groups of 4, 16 or 32 columns gained less.
