@@ -285,7 +285,7 @@ class _Fused:
             T = batch_sizes.shape[0]
             # (B from a shape where there is one: batch_sizes[0] is a value, which a torch.compile
             # graph holds only as a symbolic size under capture_scalar_outputs, else breaks there.)
-            symbolic_b = False  # (a symbolic size of a value, which no test may branch on in a graph)
+            symbolic_b = False  # (B a symbolic size of a value: inside a graph no `if` may branch on it)
             if sorted_indices is None and hx is not None and torch.compiler.is_compiling():
                 B = states[0].shape[1]
                 torch._assert_async(batch_sizes[0] == B, "hx's batch size differs from the PackedSequence's")
