@@ -144,3 +144,29 @@ def test_the_rule_splits_the_batch_where_the_weights_fit_in_l2(threads, restore_
 def test_one_thread_never_splits(threads, restore_split):
     _core._set_team_split("rows")
     assert _core._forward_team("gru", 64, 32) == (1, False)
+
+
+# cpu/driver.h's chunk_group: a thread's chunks of units go to the GEMM a few at a time, as many as
+# keep its block in half of L1. An L1 of 1 KiB forces two chunks a call, one of 1 MiB the whole run;
+# every result must be bitwise the same either way (each value's products sum over the same k in
+# the same order). H = 100 and 70: several chunks, the last one ragged, for both element sizes.
+@two_threads
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cell", rnn_cases.CELLS)
+def test_any_number_of_chunks_a_gemm_call_gives_the_same_bits(cell, dtype, rng, threads, restore_split):
+    caches = _core.cache_sizes()
+    for T, B, I, H, spec in [(5, 40, 7, 100, {}), (6, 50, 5, 70, {"lengths": "random", "reverse": True})]:
+        problem = rnn_cases.astype(rnn_cases.make_problem(rng, cell, T, B, I, H), dtype)
+        x, (h0, *c), weights = problem["x"], problem["states"], dict(zip(rnn_cases.WEIGHT_NAMES, problem["weights"]))
+        c0 = c[0] if c else None
+        options = options_for(rng, T, B, H, spec, dtype)
+        dy = rng.standard_normal((T, B, H)).astype(dtype)
+        dh_n, dc_n = rng.standard_normal((2, B, H)).astype(dtype)
+        for split in ("units", "rows"):
+            _core._set_team_split(split)
+            results = {}
+            for l1d in (1 << 10, 1 << 20):
+                _core._set_cache_sizes(l1d, caches["l2"], caches["l3_per_core"])
+                results[l1d] = run_layer(cell, x, h0, c0, weights, dy, dh_n, dc_n, **options)
+            for got, want in zip(results[1 << 10], results[1 << 20]):
+                assert (got is None and want is None) or np.array_equal(got, want), (T, B, I, H, split)
