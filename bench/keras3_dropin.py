@@ -28,6 +28,7 @@ import time
 import machine  # bench/machine.py
 
 CELLS = ("simplernn", "lstm", "gru")
+MAX_ROUNDS = 15
 
 
 def run_backend(args):
@@ -73,7 +74,11 @@ def run_backend(args):
                 """({(fused, call): [s, ...]}, the median cross-core probe taken after each round)."""
                 times = {(fused, what): [] for fused in (False, True) for what in ("fit", "predict")}
                 probes = []   # (see machine.FAR)
-                for _ in range(args.repeats):
+                # At least `repeats` rounds and `seconds` of them: a small model's calls (20-50 ms)
+                # get a dozen rounds, where three left its median to the host's moments of noise.
+                start = time.perf_counter()
+                while len(probes) < args.repeats or (time.perf_counter() - start < args.seconds
+                                                     and len(probes) < MAX_ROUNDS):
                     for fused in (False, True):
                         (fk.enable if fused else fk.disable)()
                         for what in ("fit", "predict"):
@@ -93,7 +98,7 @@ def run_backend(args):
                 rows.append(dict(backend=keras.backend.backend(), cell=cell, units=units, inputs=inputs, what=what,
                                  stock_median=statistics.median(stock), stock_min=min(stock),
                                  fused_median=statistics.median(fused), fused_min=min(fused),
-                                 cross_core_ns=cross_core, retries=retries))
+                                 rounds=len(stock), cross_core_ns=cross_core, retries=retries))
             print(json.dumps(rows[-2]), json.dumps(rows[-1]), sep="\n", flush=True)
     return rows
 
@@ -109,7 +114,9 @@ def main():
     parser.add_argument("--steps", type=int, default=100, help="T")
     parser.add_argument("--features", type=int, default=32, help="I")
     parser.add_argument("--samples", type=int, default=256, help="per fit/predict call (an epoch)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of calls per configuration, at least")
+    parser.add_argument("--seconds", type=float, default=4.0,
+                        help=f"more rounds (up to {MAX_ROUNDS}) until a configuration's rounds take this long")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--quick", action="store_true", help="a small smoke run")
     parser.add_argument("--save", action="store_true",
@@ -119,6 +126,7 @@ def main():
     args = parser.parse_args()
     if args.quick:
         args.units, args.masked_units, args.steps, args.samples, args.batch, args.repeats = [16], [16], 10, 32, 16, 1
+        args.seconds = 0.0
     if args.run_backend:
         run_backend(args)
         return
@@ -132,10 +140,10 @@ def main():
     saved = dict(date=datetime.datetime.now().isoformat(timespec="seconds"),
                  command="python bench/keras3_dropin.py " + " ".join(sys.argv[1:]), cpu=machine.cpu_model(),
                  threads=args.threads, B=args.batch, T=args.steps, I=args.features, samples=args.samples,
-                 repeats=args.repeats, fma_peak_gflops=peak, near_cross_core_ns=near.ns,
-                 displaced_pause_s=machine.DISPLACED_PAUSE_S, rows=[])
+                 repeats=args.repeats, seconds=args.seconds, max_rounds=MAX_ROUNDS, fma_peak_gflops=peak,
+                 near_cross_core_ns=near.ns, displaced_pause_s=machine.DISPLACED_PAUSE_S, rows=[])
     print(f"{saved['cpu']}, {args.threads} threads; B={args.batch}, T={args.steps}, I={args.features}, "
-          f"{args.samples} samples per call, median of {args.repeats} (min); FMA peak {peak:.0f} GFLOP/s\n")
+          f"{args.samples} samples per call, median of {args.repeats}+ rounds (min); FMA peak {peak:.0f} GFLOP/s\n")
     print("| backend | layer | units | input | call | Keras (s) | enable() (s) | Keras / enable() |")
     print("|---|---|---:|---|---|---:|---:|---:|")
     for backend in args.backends:
@@ -143,7 +151,7 @@ def main():
                    "--units", *map(str, args.units), "--masked-units", *map(str, args.masked_units),
                    "--batch", str(args.batch), "--steps", str(args.steps),
                    "--features", str(args.features), "--samples", str(args.samples),
-                   "--repeats", str(args.repeats), "--threads", str(args.threads)]
+                   "--repeats", str(args.repeats), "--seconds", str(args.seconds), "--threads", str(args.threads)]
         if near.ns is not None:
             command += ["--near-ns", str(near.ns)]
         env = dict(os.environ, KERAS_BACKEND=backend, OMP_NUM_THREADS=str(args.threads))

@@ -548,13 +548,21 @@ def dropin_section(doc):
     return out
 
 
+def keras3_rounds(doc):
+    """How many calls each median is of (files from before --seconds: a fixed count)."""
+    if "seconds" not in doc:
+        return f"median of {doc['repeats']} calls"
+    return (f"median of {doc['repeats']} or more calls (rounds of the four calls, interleaved, until they "
+            f"took {doc['seconds']:g} s, at most {doc['max_rounds']}; each row's count in the JSON)")
+
+
 def keras3_section(doc):
     """The report of one `keras3_dropin.py --save` file (bench/results/<cpu>/keras3_dropin.json)."""
     out = ["### Keras 3: stock layers against `fusedrnn.keras3.enable()` (`bench/keras3_dropin.py`)", "",
            f"Measured {doc['date']} with `{doc['command']}`: {doc['threads']} threads. Input(T, I) -> "
            f"SimpleRNN/LSTM/GRU(units) -> Dense(1), B = {doc['B']}, T = {doc['T']}, I = {doc['I']}; fit = one "
-           f"epoch of {doc['samples']} samples (Adam, MSE), predict of the same; median of {doc['repeats']} "
-           "calls, x = stock / fused. Masked input: a Masking layer in front and sequences of lengths in "
+           f"epoch of {doc['samples']} samples (Adam, MSE), predict of the same; {keras3_rounds(doc)}, "
+           "x = stock / fused. Masked input: a Masking layer in front and sequences of lengths in "
            "[T/2, T], in no order, padded with zeros.", ""]
     out += ["GFLOP: the recurrent layer's products in one call, 2*T*(I+units)*G*units a sample, 3x that in "
             "fit (forward and backward), padding included; GFLOP/s of each contender = GFLOP / its time.", ""]
