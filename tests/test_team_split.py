@@ -62,24 +62,29 @@ def options_for(rng, T, B, H, options, dtype):
     return options
 
 
+def layer_case(rng, cell, dtype, T, B, I, H, spec):
+    """((x, h0, c0, weights, dy, dh_n, dc_n), options) of a CASES entry, for run_layer."""
+    problem = rnn_cases.astype(rnn_cases.make_problem(rng, cell, T, B, I, H), dtype)
+    x, (h0, *c), weights = problem["x"], problem["states"], dict(zip(rnn_cases.WEIGHT_NAMES, problem["weights"]))
+    options = options_for(rng, T, B, H, spec, dtype)
+    dy = rng.standard_normal((T, B, H)).astype(dtype)
+    dh_n, dc_n = rng.standard_normal((2, B, H)).astype(dtype)
+    return (x, h0, c[0] if c else None, weights, dy, dh_n, dc_n), options
+
+
 @two_threads
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("cell", rnn_cases.CELLS)
 def test_split_by_rows_and_by_units_give_the_same_bits(cell, dtype, rng, threads, restore_split):
     for T, B, I, H, spec in CASES:
-        problem = rnn_cases.astype(rnn_cases.make_problem(rng, cell, T, B, I, H), dtype)
-        x, (h0, *c), weights = problem["x"], problem["states"], dict(zip(rnn_cases.WEIGHT_NAMES, problem["weights"]))
-        c0 = c[0] if c else None
-        options = options_for(rng, T, B, H, spec, dtype)
-        dy = rng.standard_normal((T, B, H)).astype(dtype)
-        dh_n, dc_n = rng.standard_normal((2, B, H)).astype(dtype)
+        layer, options = layer_case(rng, cell, dtype, T, B, I, H, spec)
         results = {}
         for split in ("units", "rows"):
             _core._set_team_split(split)
-            results[split] = run_layer(cell, x, h0, c0, weights, dy, dh_n, dc_n, **options)
+            results[split] = run_layer(cell, *layer, **options)
         _core._set_team_split("rule")
         fusedrnn.set_num_threads(1)
-        results["one thread"] = run_layer(cell, x, h0, c0, weights, dy, dh_n, dc_n, **options)
+        results["one thread"] = run_layer(cell, *layer, **options)
         fusedrnn.set_num_threads(2)
         for split in ("rows", "one thread"):
             for got, want in zip(results[split], results["units"]):
@@ -156,17 +161,12 @@ def test_one_thread_never_splits(threads, restore_split):
 def test_any_number_of_chunks_a_gemm_call_gives_the_same_bits(cell, dtype, rng, threads, restore_split):
     caches = _core.cache_sizes()
     for T, B, I, H, spec in [(5, 40, 7, 100, {}), (6, 50, 5, 70, {"lengths": "random", "reverse": True})]:
-        problem = rnn_cases.astype(rnn_cases.make_problem(rng, cell, T, B, I, H), dtype)
-        x, (h0, *c), weights = problem["x"], problem["states"], dict(zip(rnn_cases.WEIGHT_NAMES, problem["weights"]))
-        c0 = c[0] if c else None
-        options = options_for(rng, T, B, H, spec, dtype)
-        dy = rng.standard_normal((T, B, H)).astype(dtype)
-        dh_n, dc_n = rng.standard_normal((2, B, H)).astype(dtype)
+        layer, options = layer_case(rng, cell, dtype, T, B, I, H, spec)
         for split in ("units", "rows"):
             _core._set_team_split(split)
             results = {}
             for l1d in (1 << 10, 1 << 20):
                 _core._set_cache_sizes(l1d, caches["l2"], caches["l3_per_core"])
-                results[l1d] = run_layer(cell, x, h0, c0, weights, dy, dh_n, dc_n, **options)
+                results[l1d] = run_layer(cell, *layer, **options)
             for got, want in zip(results[1 << 10], results[1 << 20]):
                 assert (got is None and want is None) or np.array_equal(got, want), (T, B, I, H, split)
