@@ -266,9 +266,8 @@ void backward_layer(const BackwardArgs<T>& a) {
   T* const packed_hh = workspace<T>(kPackedSlots + 0, dims.count * hh_size);
   T* const packed_hr = workspace<T>(kPackedSlots + 1, projected ? units.count * hr_size : 0);
   T* const packed_hn = workspace<T>(kPackedSlots + 2, Cell::kTwoPhase ? units.count * hn_size : 0);
-  const int64_t thread_rows = by_rows ? ceil_div(B, threads) : B;
-  const int64_t group_dims = chunk_group<T>(B, thread_rows, dims.count, threads, 1);
-  const int64_t group_units = chunk_group<T>(B, thread_rows, units.count, threads, 1);
+  const int64_t group_dims = chunk_group<T>(B, team, dims.count, 1);
+  const int64_t group_units = chunk_group<T>(B, team, units.count, 1);
   const int64_t rec_size = std::min(B, kRowBlock) * std::max(group_dims, group_units) * NR;
   Buffer<T> scratch(threads * rec_size);
   const BackwardStep<Cell, T> step{a, sch, st};

@@ -163,6 +163,10 @@ struct TeamPlan {
   int threads;
   bool by_rows;
   std::vector<int64_t> work;  // by rows: the steps rows 0..b-1 take, summed, [B + 1]
+
+  // The batch rows a thread computes of B: all of them when the team splits the units, its share
+  // when it splits the batch (an even share: rows_of_this_thread balances the steps they take).
+  int64_t rows_each(int64_t B) const { return by_rows ? ceil_div(B, threads) : B; }
 };
 
 // chunks: how many chunks the split by units cuts; weights: the recurrent weights' count (every
@@ -390,14 +394,12 @@ void for_each_block(const Chunks<T>& chunks, int64_t n, BatchRows mine, int64_t 
 // (B=64, 2 threads, Zen 4) made 8 calls of two chunks at H=256. Runs of 8 chunks (by rows, 32 a
 // thread) or 4 (by units, 64 rows) ran an RNN layer's inference 1.03-1.22x faster and its training
 // 1.02-1.09x, H=128 to 1024; LSTM and GRU (one-panel chunks in their backward only) within noise.
-// rows: the most batch rows of the block a thread computes (its share when the team splits the
-// batch).
 template <class T>
-int64_t chunk_group(int64_t B, int64_t rows, int64_t chunks, int threads, int64_t panels_per_chunk) {
-  if (B <= 8) return std::max<int64_t>(1, ceil_div(chunks, threads));
+int64_t chunk_group(int64_t B, const TeamPlan& team, int64_t chunks, int64_t panels_per_chunk) {
+  if (B <= 8) return std::max<int64_t>(1, ceil_div(chunks, team.threads));
   if (panels_per_chunk > 1) return 1;
   const int64_t block_row = kPanel<T> * int64_t(sizeof(T));
-  return std::max<int64_t>(2, cache_sizes().l1d / 2 / (std::min(rows, kRowBlock) * block_row));
+  return std::max<int64_t>(2, cache_sizes().l1d / 2 / (std::min(team.rows_each(B), kRowBlock) * block_row));
 }
 
 // One round of a spin-wait: tells the core that this thread only waits (its sibling hyperthread,

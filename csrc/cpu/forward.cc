@@ -327,13 +327,12 @@ void forward_layer(const ForwardArgs<T>& a, PackedWeights* cache) {
   if constexpr (kBf16Capable) {
     if (bf16) pack_a_bf16(B, P, h_state.get(), P, h_pairs.get());
   }
-  const int64_t thread_rows = by_rows ? ceil_div(B, threads) : B;
-  const int64_t group_first = chunk_group<T>(B, thread_rows, units.count, threads, kFirstGates);
-  const int64_t group_units = chunk_group<T>(B, thread_rows, units.count, threads, 1);
-  const int64_t group_dims = chunk_group<T>(B, thread_rows, dims.count, threads, 1);
+  const int64_t group_first = chunk_group<T>(B, team, units.count, kFirstGates);
+  const int64_t group_units = chunk_group<T>(B, team, units.count, 1);
+  const int64_t group_dims = chunk_group<T>(B, team, dims.count, 1);
   const int64_t rec_size = std::min(B, kRowBlock) * std::max({group_first * cols, group_units * NR, group_dims * NR});
   Buffer<T> scratch(threads * rec_size);
-  InputProjections<T> inputs(B, I, thread_rows,
+  InputProjections<T> inputs(B, I, team.rows_each(B),
                              G * NR * (by_rows ? units.count : ceil_div(units.count, threads)), steps, threads,
                              cache_sizes().l2);
   // A call whose projections take one GEMM call a thread (a few rows: a generation step) computes

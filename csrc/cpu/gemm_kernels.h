@@ -269,7 +269,9 @@ void pack_a(int64_t M, int64_t K, const typename V::T* A, int64_t a_rs, int64_t 
             const int64_t kn = K - k0 < kGroup ? K - k0 : kGroup;
             for (int64_t i0 = 0; i0 < full_rows; i0 += kRows) {
                 T* slab = dst + i0 * K + k0 * kRows;
-                for (int64_t k = 0; k < kn; ++k) std::memcpy(slab + k * kRows, A + (k0 + k) * a_cs + i0, sizeof(T) * kRows);
+                for (int64_t k = 0; k < kn; ++k) {
+                    std::memcpy(slab + k * kRows, A + (k0 + k) * a_cs + i0, sizeof(T) * kRows);
+                }
             }
             for (int64_t k = k0; k < k0 + kn; ++k)
                 for (int64_t i = 0; i < m; ++i) dst[full_rows * K + k * m + i] = A[k * a_cs + full_rows + i];
