@@ -75,19 +75,20 @@ def run_backend(args):
                 times = {(fused, what): [] for fused in (False, True) for what in ("fit", "predict")}
                 probes = []   # (see machine.FAR)
                 # At least `repeats` rounds and `seconds` of them: a small model's calls (20-50 ms)
-                # get a dozen rounds, where three left its median to the host's moments of noise.
+                # get a dozen rounds, where three left its median to the host's moments of noise; a
+                # large model's (a stock LSTM(512) fit takes 9-11 s) keep `repeats`.
                 start = time.perf_counter()
                 while len(probes) < args.repeats or (time.perf_counter() - start < args.seconds
                                                      and len(probes) < MAX_ROUNDS):
                     for fused in (False, True):
                         (fk.enable if fused else fk.disable)()
                         for what in ("fit", "predict"):
-                            start = time.perf_counter()
+                            began = time.perf_counter()
                             if what == "fit":
                                 models[fused].fit(data, y, batch_size=args.batch, epochs=1, verbose=0, shuffle=False)
                             else:
                                 models[fused].predict(data, batch_size=args.batch, verbose=0)
-                            times[fused, what].append(time.perf_counter() - start)
+                            times[fused, what].append(time.perf_counter() - began)
                     probes.append(machine.cross_core_ns())
                 fk.disable()
                 return times, None if None in probes else statistics.median(probes)
@@ -115,7 +116,7 @@ def main():
     parser.add_argument("--features", type=int, default=32, help="I")
     parser.add_argument("--samples", type=int, default=256, help="per fit/predict call (an epoch)")
     parser.add_argument("--repeats", type=int, default=3, help="rounds of calls per configuration, at least")
-    parser.add_argument("--seconds", type=float, default=4.0,
+    parser.add_argument("--seconds", type=float, default=10.0,
                         help=f"more rounds (up to {MAX_ROUNDS}) until a configuration's rounds take this long")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--quick", action="store_true", help="a small smoke run")
