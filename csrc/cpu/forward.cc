@@ -12,9 +12,10 @@
 //      its recurrent GEMM block, while the values are still in L1. A large layer's team splits
 //      the chunks: each thread owns a contiguous run, whose slice of W_hh stays in its core's L2
 //      for all T steps; the state is double-buffered (step s reads buffer s&1 and writes the
-//      other; in inference without masks, its rows of y), so one barrier per step is enough. A small layer's team splits the batch: each
-//      thread computes every chunk for its own rows, which need nothing from the others, so the
-//      threads meet only once the weights are packed (cpu/driver.h's BatchRows says why).
+//      other; in inference without masks, its rows of y), so one barrier per step is enough. A
+//      small layer's team splits the batch: each thread computes every chunk for its own rows,
+//      which need nothing from the others, so the threads meet only once the weights are packed
+//      (cpu/driver.h's BatchRows says why).
 //   3. Training saves the cell's post-activation values and every state; inference saves nothing.
 //   A projection (LSTM proj_size) or a two-phase cell (reset-before-product GRU) adds a second
 //   GEMM per step, and a second barrier when the team splits the units: it needs a value every
@@ -40,7 +41,8 @@ namespace fusedrnn::cpu {
 namespace {
 
 // Fetches, for writing, the output row of sequence b, dims p0..p0+width, that the next step writes
-// (without it the stores waited on memory: an RNN layer, B=64, H=256, ran 0.93-0.94x as fast on a Zen 4).
+// (without it the stores waited on memory: an RNN layer, B=64, H=256, ran 0.93-0.94x as fast on a
+// Zen 4).
 template <class T>
 FUSEDRNN_INLINE void prefetch_next_output(const ForwardArgs<T>& a, const Schedule& sch, int64_t s, int64_t b,
                                           int64_t p0, int64_t width) {
