@@ -434,12 +434,14 @@ def test_repeated_runs_are_bitwise_identical(validating, rng, cell):
 # Inference on sequences that all take every step keeps each step's state in its row of y and reads
 # it there (state_in_y in csrc/cpu/forward.cc); training, and a call with lengths (all T here),
 # keep it in a double buffer and copy it to y. The same values either way, bit for bit: across a
-# row block (B = 70), a ragged unit chunk, both directions and both team splits.
+# row block (B = 70), a ragged unit chunk, both directions and both team splits (two threads, so
+# that the splits differ).
+@pytest.mark.parametrize("threads", [2], indirect=True)
 @pytest.mark.parametrize("split", ["rows", "units"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("cell", CELLS)
-def test_state_in_the_output_rows_gives_the_same_bits(validating, rng, cell, dtype, reverse, split):
+def test_state_in_the_output_rows_gives_the_same_bits(validating, rng, threads, cell, dtype, reverse, split):
     T, B, I, H = 5, 70, 9, 40
     problem = make_problem(rng, cell, T, B, I, H, dtype)
     _core._set_team_split(split)
