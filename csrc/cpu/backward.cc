@@ -52,23 +52,35 @@ FUSEDRNN_INLINE void add_to_bias_sum(T* db, V gradient, int64_t n) {
 // The bias gradients' sums after the loop, when the team split the batch (a unit's terms then come
 // from every thread): the terms add_to_bias_sum adds in the loop, in its order (steps as the loop
 // takes them, then rows), so that the sums are bitwise the same either way. db_h (kSplitGradient):
-// the gates before the last from dgx, the last from dgh_last.
+// the gates before the last from dgx, the last from dgh_last. The team splits the columns (each
+// column's order stays), compiled for the CPU's vector width: one thread with SSE2 took 3% of a
+// GRU layer's training call (B=64, I=32, H=128, Zen 4) while the other core waited.
 template <class T>
 void sum_bias_gradients(const Schedule& sch, int64_t steps, int64_t B, int64_t H, int G, const T* dgx,
-                        const T* dgh_last, T* db_x, T* db_h) {
+                        const T* dgh_last, T* db_x, T* db_h, int threads) {
   const int64_t GH = G * H;
-  for (int64_t s = steps - 1; s >= 0; --s) {
-    const int64_t t = sch.row(s);
-    for (int64_t b = 0; b < B; ++b) {
-      if (!sch.active(t, b)) continue;  // (the loop adds nothing for them)
-      const T* gx = dgx + (t * B + b) * GH;
-      for (int64_t i = 0; i < GH; ++i) db_x[i] += gx[i];
-      if (db_h) {
-        for (int64_t i = 0; i < GH - H; ++i) db_h[i] += gx[i];
-        const T* gh_last = dgh_last + (t * B + b) * H;
-        for (int64_t i = 0; i < H; ++i) db_h[GH - H + i] += gh_last[i];
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads)
+#endif
+  {
+    const int64_t share = ceil_div(ceil_div(GH, kPanel<T>), team_size()) * kPanel<T>;
+    const int64_t i0 = std::min(GH, thread_id() * share), i1 = std::min(GH, i0 + share);
+    const int64_t x_end = std::min(i1, GH - H), h_begin = std::max(i0, GH - H);
+    run_for_isa(current_isa(), [&](auto) FUSEDRNN_INLINE_LAMBDA {
+      for (int64_t s = steps - 1; s >= 0; --s) {
+        const int64_t t = sch.row(s);
+        for (int64_t b = 0; b < B; ++b) {
+          if (!sch.active(t, b)) continue;  // (the loop adds nothing for them)
+          const T* gx = dgx + (t * B + b) * GH;
+          for (int64_t i = i0; i < i1; ++i) db_x[i] += gx[i];
+          if (db_h) {
+            for (int64_t i = i0; i < x_end; ++i) db_h[i] += gx[i];
+            const T* gh_last = dgh_last + (t * B + b) * H - (GH - H);
+            for (int64_t i = h_begin; i < i1; ++i) db_h[i] += gh_last[i];
+          }
+        }
       }
-    }
+    });
   }
 }
 
@@ -351,7 +363,7 @@ void backward_layer(const BackwardArgs<T>& a) {
     });
   }
   if constexpr (Cell::kHasCell) std::copy_n(dc_carry.get(), B * H, a.dc0);
-  if (by_rows && bias) sum_bias_gradients(sch, steps, B, H, G, dgx, dgh_last, db_x, db_h);
+  if (by_rows && bias) sum_bias_gradients(sch, steps, B, H, G, dgx, dgh_last, db_x, db_h, threads);
 
   // Merged GEMMs over the T*B rows. The input state of time row t is saved_h[t + reverse].
   int64_t rows = steps * B;
