@@ -251,6 +251,25 @@ def cpu_targets_table(doc):
                  lines)
 
 
+def cpu_misses_table(doc):
+    """Each configuration that misses an issue #17 target of run.py's, with the bound on it: what
+    the target needs (PyTorch's median / the threshold), the roofline (roofline_ms), ours, the
+    fraction of the roofline's speed ours reaches and the fraction the target needs."""
+    lines = []
+    for what, threshold, values in cpu_targets(doc):
+        for ratio, where, r in sorted((v for v in values if v[0] < threshold), key=lambda v: v[0]):
+            needed, bound, ours = r["torch_ms"] / threshold, r["roofline_ms"], r["median_ms"]
+            lines.append([what.split(",")[0], where, num(ratio), ms(needed), ms(bound), ms(ours),
+                          "" if bound is None else f"{100 * bound / ours:.0f}%",
+                          "" if bound is None else f"{100 * bound / needed:.0f}%"])
+    if not lines:
+        return []
+    return ["", "Each miss and its bound: needed = PyTorch's median / the threshold; roofline as above; "
+            "reached = roofline / ours, the fraction of the bound's speed ours runs at; needs = roofline / "
+            "needed, the fraction the target asks for (above 100%: no kernel meets it here).", ""] + table(
+        ["target", "where", "x PyTorch", "needed ms", "roofline ms", "ours ms", "reached", "needs"], lines)
+
+
 def run_section(doc):
     """The report of one `run.py --save` file (bench/results/<cpu>/run.json)."""
     m, peaks, n = doc["machine"], doc["peaks"], doc["threads"]
@@ -345,6 +364,7 @@ def run_section(doc):
             "this machine; one that needs 80-100% is out of reach in practice, the pointwise math being left out.",
             ""]
     out += cpu_targets_table(doc)
+    out += cpu_misses_table(doc)
     out += ["", "### Issue #5 targets (the earlier issue's thresholds)", ""] + targets_table(targets(doc))
     out += ["", "Measurements marked busy below are left out of these tables."]
 
