@@ -345,20 +345,29 @@ def test_every_kernel_set_and_thread_count(validating, rng, isa, threads, cell, 
     assert_results_close(cell, dtype, ((y, final_states), grads), expected)
 
 
-# H and I of 4 KiB of values: every row of the products' left operands (h, x, the backward's gate
-# gradients) lies a multiple of 4 KiB from the next, in one L1 set, and the step's products (driver.h's
-# rows_apart) or the GEMMs themselves copy or pack them further apart (cpu/gemm.cc's rows_share_l1_set);
-# B = 13 is a full tile of rows and one more.
+# H and I of 4 KiB of values: every row of the products' left operands (h, x) lies a multiple of
+# 4 KiB from the next, in one L1 set, and the step's products (driver.h's rows_apart) or the GEMMs
+# themselves copy or pack them further apart (cpu/gemm.cc's rows_share_l1_set); the backward's gate
+# gradients are laid out a cache line further apart instead (backward.cc's gate_gradient_stride).
+# B = 13 is a full tile of rows and one more. "few steps": two sequences take steps, so that the
+# backward's GEMMs gather the rows that took one (in that stride), and the team splits the batch,
+# so that the bias gradients are summed after the loop (from rows in that stride too).
+@pytest.mark.parametrize("steps", ["every step", "few steps"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("cell", CELLS)
-def test_rows_4_kib_apart(validating, rng, isa, threads, cell, dtype):
+def test_rows_4_kib_apart(validating, rng, isa, threads, cell, dtype, steps):
     H = 4096 // np.dtype(dtype).itemsize
     T, B, I = 2, 13, H
     problem = make_problem(rng, cell, T, B, I, H, dtype)
-    y, final_states, saved = forward(validating, cell, problem, None, reverse=False)
-    dy, d_final_states = make_cotangents(rng, y, final_states)
-    grads = backward(validating, cell, dy, d_final_states, saved)
-    expected = reference_results(cell, problem, None, False, dy, d_final_states)
+    lengths = None if steps == "every step" else np.array([0, T, 0, 1] + [0] * (B - 4))
+    _core._set_team_split("units" if lengths is None else "rows")
+    try:
+        y, final_states, saved = forward(validating, cell, problem, lengths, reverse=False)
+        dy, d_final_states = make_cotangents(rng, y, final_states)
+        grads = backward(validating, cell, dy, d_final_states, saved)
+    finally:
+        _core._set_team_split("rule")
+    expected = reference_results(cell, problem, lengths, False, dy, d_final_states)
     assert_results_close(cell, dtype, ((y, final_states), grads), expected)
 
 

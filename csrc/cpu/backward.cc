@@ -29,7 +29,8 @@ namespace {
 // Backward buffers shared by the team.
 template <class T>
 struct BackwardState {
-  T* dgx;       // [T, B, G*H] gradient of x W_ih^T + b_ih, time order
+  T* dgx;       // [T, B, G*H] gradient of x W_ih^T + b_ih, time order, rows dg_stride apart
+  int64_t dg_stride;  // the row stride of dgx and of dg_step (gate_gradient_stride)
   T* dgh_last;  // [T, B, H] kSplitGradient only: the last gate's gradient of h W_hh^T + b_hh (the
                 //   other gates' equal dgx's), else null
   T* dh_carry;  // [B, P] gradient reaching the state besides the recurrent product
@@ -39,6 +40,16 @@ struct BackwardState {
   T* db_x;      // [G*H] sum of dgx over all steps and sequences (b_ih's gradient), or null
   T* db_h;      // [G*H] the same of dgh (b_hh's) when kSplitGradient, else null
 };
+
+// The row stride of the gate gradients (dgx, dg_step): G*H, or one cache line more when rows G*H
+// apart would fall a multiple of 4 KiB apart, in one L1 set (gemm.cc's rows_share_l1_set). The
+// rows are A of the loop's recurrent products and of the merged dx GEMM, which would otherwise copy
+// them further apart first (driver.h's rows_apart, gemm.cc's pack_a).
+template <class T>
+int64_t gate_gradient_stride(int64_t GH) {
+  const int64_t apart = unaliased_row_stride<T>(2, GH, GH);
+  return apart > 0 ? apart : GH;
+}
 
 // Adds a gate gradient into its bias gradient's sum (db: one of BackwardState's, or null). The
 // thread that owns a unit adds all of its (step, sequence) terms, in the same order whatever the
@@ -80,7 +91,7 @@ FUSEDRNN_INLINE void sum_columns(const Schedule& sch, int64_t steps, int64_t B, 
 // row into db in memory took 3% of a GRU layer's training call (B=64, I=32, H=128, Zen 4) while
 // the other core waited; the team made the call 1.03x faster, the registers 1.01-1.03x more.
 template <class T>
-void sum_bias_gradients(const Schedule& sch, int64_t steps, int64_t B, int64_t H, int G, const T* dgx,
+void sum_bias_gradients(const Schedule& sch, int64_t steps, int64_t B, int64_t H, int G, const T* dgx, int64_t ld,
                         const T* dgh_last, T* db_x, T* db_h, int threads) {
   const int64_t GH = G * H;
 #ifdef _OPENMP
@@ -91,10 +102,10 @@ void sum_bias_gradients(const Schedule& sch, int64_t steps, int64_t B, int64_t H
     const int64_t i0 = std::min(GH, thread_id() * share), i1 = std::min(GH, i0 + share);
     run_for_isa(current_isa(), [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
       using V = Vec<T, decltype(bytes)::value>;
-      sum_columns<V>(sch, steps, B, dgx + i0, GH, i1 - i0, db_x + i0);
+      sum_columns<V>(sch, steps, B, dgx + i0, ld, i1 - i0, db_x + i0);
       if (db_h) {
         const int64_t x_end = std::max(i0, std::min(i1, GH - H)), h_begin = std::min(i1, std::max(i0, GH - H));
-        sum_columns<V>(sch, steps, B, dgx + i0, GH, x_end - i0, db_h + i0);
+        sum_columns<V>(sch, steps, B, dgx + i0, ld, x_end - i0, db_h + i0);
         if (h_begin < i1) {
           sum_columns<V>(sch, steps, B, dgh_last + (h_begin - (GH - H)), H, i1 - h_begin, db_h + h_begin);
         }
@@ -146,12 +157,12 @@ struct BackwardStep {
   // Two-phase cells: this is their first backward phase (n and z); reset_row finishes r.
   template <class V>
   FUSEDRNN_INLINE void row(int64_t s, int64_t b, int64_t u0, int64_t width, const T* rec, T* dg_step) const {
-    const int64_t B = a.B, H = a.H, GH = G * H, at = b * H + u0, t = sch.row(s);
+    const int64_t B = a.B, H = a.H, at = b * H + u0, t = sch.row(s);
     const bool projected = a.w_hr != nullptr;
     const T* dy_row = a.dy && !projected ? a.dy + (t * B + b) * H + u0 : nullptr;
-    T* dgx_row = st.dgx + (t * B + b) * GH + u0;
+    T* dgx_row = st.dgx + (t * B + b) * st.dg_stride + u0;
     T* dgh_last_row = Cell::kSplitGradient ? st.dgh_last + (t * B + b) * H + u0 : nullptr;
-    T* dg_step_row = kStepCopy ? dg_step + b * GH + u0 : nullptr;
+    T* dg_step_row = kStepCopy ? dg_step + b * st.dg_stride + u0 : nullptr;
     // Under recurrent dropout rec is the gradient of h * scale: scaled once more, it is h's.
     const T* scale = a.recurrent_scale ? a.recurrent_scale + at : nullptr;
     if (!sch.active(t, b)) {  // masked: the state was carried, so is its gradient
@@ -176,7 +187,7 @@ struct BackwardStep {
       if (dy_row) prefetch_lines(a.dy + (t_next * B + b) * H + u0, 1, 0, width);
       if (!projected) prefetch_lines(a.saved_h + (sch.prev_slot(t_next) * B + b) * H + u0, 1, 0, width);
       if (Cell::kHasCell) prefetch_lines(a.saved_c + (sch.prev_slot(t_next) * B + b) * H + u0, 1, 0, width);
-      prefetch_lines<1>(st.dgx + (t_next * B + b) * GH + u0, G, H, width);
+      prefetch_lines<1>(st.dgx + (t_next * B + b) * st.dg_stride + u0, G, H, width);
       if (Cell::kSplitGradient) prefetch_lines<1>(st.dgh_last + (t_next * B + b) * H + u0, 1, 0, width);
     }
     for_each_vector<V, T>(width, [&](int64_t w, int64_t n) FUSEDRNN_INLINE_LAMBDA {
@@ -220,7 +231,7 @@ struct BackwardStep {
   // the rest of the previous state's gradient.
   template <class V>
   FUSEDRNN_INLINE void reset_row(int64_t s, int64_t b, int64_t u0, int64_t width, const T* rec) const {
-    const int64_t B = a.B, H = a.H, GH = G * H, at = b * H + u0, t = sch.row(s);
+    const int64_t B = a.B, H = a.H, at = b * H + u0, t = sch.row(s);
     if (!sch.active(t, b)) return;  // row() zeroed its gradients and carried the state's
     const T* saved_row = a.saved_gates + (t * B + b) * S * H + u0;
     const int64_t prev_at = (sch.prev_slot(t) * B + b) * H + u0;
@@ -234,7 +245,7 @@ struct BackwardStep {
       State<V> d_product{};
       Cell::reset_backward(saved, State<V>{h_product, V()}, V::load(rec + w), dg, d_product);
       if (scale) d_product.h = d_product.h * V::load(scale + w, n);
-      dg[0].store(st.dgx + (t * B + b) * GH + u0 + w, n);
+      dg[0].store(st.dgx + (t * B + b) * st.dg_stride + u0 + w, n);
       add_to_bias_sum(st.db_x ? st.db_x + u0 + w : nullptr, dg[0], n);
       (V::load(st.dh_carry + at + w, n) + d_product.h).store(st.dh_carry + at + w, n);
     });
@@ -254,14 +265,15 @@ void backward_layer(const BackwardArgs<T>& a) {
   const Schedule sch(a, first_steps.data());
   const std::vector<int64_t> active_rows = active_prefix_rows(a);
 
-  T* dgx = workspace<T>(0, steps * B * GH);
+  const int64_t dg_stride = gate_gradient_stride<T>(GH);
+  T* dgx = workspace<T>(0, steps * B * dg_stride);
   T* dgh_last = Cell::kSplitGradient ? workspace<T>(1, steps * B * H) : nullptr;
   // With kStepCopy, dgh of the step just done and of the one before, in step order: the recurrent
   // product reads one while the team writes the other. Otherwise step s's dgh is dgx's row.
   constexpr bool kStepCopy = BackwardStep<Cell, T>::kStepCopy;
-  Buffer<T> dg_step(kStepCopy ? 2 * B * GH : 0);
+  Buffer<T> dg_step(kStepCopy ? 2 * B * dg_stride : 0);
   const auto step_gradient = [&](int64_t s) {
-    return kStepCopy ? dg_step.get() + (s & 1) * B * GH : dgx + sch.row(s) * B * GH;
+    return kStepCopy ? dg_step.get() + (s & 1) * B * dg_stride : dgx + sch.row(s) * B * dg_stride;
   };
   Buffer<T> dh_carry(B * P), dc_carry(Cell::kHasCell ? B * H : 0);
   Buffer<T> dh_step(projected ? B * P : 0);
@@ -283,7 +295,7 @@ void backward_layer(const BackwardArgs<T>& a) {
   const int threads = team.threads;
   const bool by_rows = team.by_rows;
   // (Split by rows, the loop leaves the bias sums to sum_bias_gradients.)
-  const BackwardState<T> st{dgx, dgh_last, dh_carry.get(), dc_carry.get(), dh_step.get(), dh_all,
+  const BackwardState<T> st{dgx, dg_stride, dgh_last, dh_carry.get(), dc_carry.get(), dh_step.get(), dh_all,
                             by_rows ? nullptr : db_x, by_rows ? nullptr : db_h};
 
   // State dims in chunks (units when there is no projection), each with its columns of W_hh
@@ -326,7 +338,7 @@ void backward_layer(const BackwardArgs<T>& a) {
       const T* dg_next = s + 1 < steps ? step_gradient(s + 1) : nullptr;
       // Rows of sequences that took neither step s+1 (dG_{s+1} is zero) nor s get no products.
       const int64_t taking_next = s + 1 < steps ? active_rows[sch.row(s + 1)] : 0, taking = active_rows[sch.row(s)];
-      for_each_block(dims, P, my_rows, taking_next, NR, PackedProduct<T>{KH, dg_next, GH, packed_hh, hh_size},
+      for_each_block(dims, P, my_rows, taking_next, NR, PackedProduct<T>{KH, dg_next, dg_stride, packed_hh, hh_size},
                      group_dims, rec, /*whole_runs=*/true,
                      [&](int64_t p0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
         run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
@@ -356,7 +368,7 @@ void backward_layer(const BackwardArgs<T>& a) {
       if constexpr (Cell::kTwoPhase) {
         // d(r*h) = da_n W_hn needs every unit's da_n: a second barrier (as above) and a second GEMM.
         if (!by_rows) step_end.wait();
-        for_each_block(units, H, my_rows, taking, NR, PackedProduct<T>{H, dg_cur + (G - 1) * H, GH, packed_hn, hn_size},
+        for_each_block(units, H, my_rows, taking, NR, PackedProduct<T>{H, dg_cur + (G - 1) * H, dg_stride, packed_hn, hn_size},
                        group_units, rec, /*whole_runs=*/true,
                        [&](int64_t u0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
           run_for_isa(isa, [&](auto bytes) FUSEDRNN_INLINE_LAMBDA {
@@ -370,7 +382,7 @@ void backward_layer(const BackwardArgs<T>& a) {
     // The gradient of the initial state: what step 0 sends back through W_hh, plus the carry.
     const T* dg_first = steps > 0 ? step_gradient(0) : nullptr;
     const int64_t taking_first = steps > 0 ? active_rows[sch.row(0)] : 0;
-    for_each_block(dims, P, my_rows, taking_first, NR, PackedProduct<T>{KH, dg_first, GH, packed_hh, hh_size},
+    for_each_block(dims, P, my_rows, taking_first, NR, PackedProduct<T>{KH, dg_first, dg_stride, packed_hh, hh_size},
                    group_dims, rec, /*whole_runs=*/true,
                    [&](int64_t p0, int64_t width, int64_t b0, int64_t rows, T* block, int64_t ld) {
       for (int64_t b = b0; b < b0 + rows; ++b) {
@@ -382,7 +394,7 @@ void backward_layer(const BackwardArgs<T>& a) {
     });
   }
   if constexpr (Cell::kHasCell) std::copy_n(dc_carry.get(), B * H, a.dc0);
-  if (by_rows && bias) sum_bias_gradients(sch, steps, B, H, G, dgx, dgh_last, db_x, db_h, threads);
+  if (by_rows && bias) sum_bias_gradients(sch, steps, B, H, G, dgx, dg_stride, dgh_last, db_x, db_h, threads);
 
   // Merged GEMMs over the T*B rows. The input state of time row t is saved_h[t + reverse].
   int64_t rows = steps * B;
@@ -411,7 +423,7 @@ void backward_layer(const BackwardArgs<T>& a) {
     const auto gather = [&](const T* src, int64_t ld, int64_t width, T* dst) {
       gather_kept_rows(src, ld, width, steps, B, kept, dst);
     };
-    gather(st.dgx, GH, GH, st.dgx);
+    gather(st.dgx, dg_stride, dg_stride, st.dgx);  // (keeping the stride: padding and all)
     if constexpr (Cell::kSplitGradient) gather(st.dgh_last, H, H, st.dgh_last);
     if (projected) gather(st.dh_all, P, P, st.dh_all);
     T* x_kept = workspace<T>(kPackedSlots + 0, kept_rows * I);  // (the loop's packed weights are done with)
@@ -433,16 +445,16 @@ void backward_layer(const BackwardArgs<T>& a) {
     }
     rows = kept_rows;
   }
-  if (dx) gemm<T>(rows, I, GH, st.dgx, GH, 1, a.w_ih, I, 1, dx, I, false);
-  gemm<T>(GH, I, rows, st.dgx, 1, GH, x, I, 1, a.dw_ih, I, false);
+  if (dx) gemm<T>(rows, I, GH, st.dgx, dg_stride, 1, a.w_ih, I, 1, dx, I, false);
+  gemm<T>(GH, I, rows, st.dgx, 1, dg_stride, x, I, 1, a.dw_ih, I, false);
   if constexpr (Cell::kSplitGradient) {  // the last gate's rows from its own gradient
-    gemm<T>(KH - H, P, rows, st.dgx, 1, GH, h_prev, P, 1, a.dw_hh, P, false);
+    gemm<T>(KH - H, P, rows, st.dgx, 1, dg_stride, h_prev, P, 1, a.dw_hh, P, false);
     gemm<T>(H, P, rows, st.dgh_last, 1, H, h_prev, P, 1, a.dw_hh + (KH - H) * P, P, false);
   } else {
-    gemm<T>(KH, P, rows, st.dgx, 1, GH, h_prev, P, 1, a.dw_hh, P, false);
+    gemm<T>(KH, P, rows, st.dgx, 1, dg_stride, h_prev, P, 1, a.dw_hh, P, false);
   }
   if constexpr (Cell::kTwoPhase) {
-    gemm<T>(H, P, rows, st.dgx + KH, 1, GH, r_h, r_h_ld, 1, a.dw_hh + KH * P, P, false);
+    gemm<T>(H, P, rows, st.dgx + KH, 1, dg_stride, r_h, r_h_ld, 1, a.dw_hh + KH * P, P, false);
   }
   if (projected) gemm<T>(P, H, rows, st.dh_all, 1, P, m, H, 1, a.dw_hr, H, false);
   if (gathered && dx) {
