@@ -26,6 +26,7 @@
 #include "cpu/layer.h"
 #include "cpu/packed_weights.h"
 #include "cpu/math.h"
+#include "cpu/openmp_fork.h"
 #include "cpu/peak.h"
 #include "recurrence.h"
 
@@ -322,6 +323,7 @@ void openmp_set_threads(int threads) {
 PYBIND11_MODULE(_core, m) {
   m.doc() = "fusedrnn native kernels (see fusedrnn.functional for the documented API)";
   m.attr("__version__") = FUSEDRNN_VERSION;
+  fusedrnn::cpu::release_openmp_threads_before_fork();
 
   m.def("forward", &forward, py::arg("cell"), py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("w_ih"),
         py::arg("w_hh"), py::arg("w_hr"), py::arg("b_ih"), py::arg("b_hh"), py::arg("recurrent_scale"),

@@ -1,7 +1,9 @@
 """Robustness of the kernels: threads, saturation, long sequences, impossible sizes."""
 
 import os
+import select
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -69,6 +71,45 @@ def test_threads_running_layers_at_once_match_running_them_in_turn(rng):
     for got, want in zip(results, expected):
         for a, b in zip(got, want):
             assert (a is None and b is None) or np.array_equal(a, b)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_process_forked_after_a_team_ran_runs_its_own_teams(rng):
+    """GNU OpenMP's worker threads do not survive fork: without cpu/openmp_fork.h's handler, a
+    child forked after a team of two had run waited forever in its first team (a multiprocessing
+    worker's first layer). The child must finish, on two threads, with the parent's results."""
+    from fusedrnn import _core
+    T, B, I, H = 5, 8, 16, 64
+    problem = make_problem(rng, "lstm", T, B, I, H, np.float32)
+    original = fusedrnn.get_num_threads()
+    fusedrnn.set_num_threads(2)
+    try:
+        assert _core._forward_team("lstm", B, H)[0] == 2  # (the parent's call runs a team of two)
+        y, final_states, saved = forward(functional, "lstm", problem)
+        dy, d_final = make_cotangents(rng, y, final_states)
+        dx, _, d_weights = backward(functional, "lstm", dy, d_final, saved)
+        read, write = os.pipe()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # (Python 3.12+: fork of a threaded process)
+            pid = os.fork()
+        if pid == 0:  # the child: the same layer, on a team of two, then its verdict
+            try:
+                child_y, child_states, child_saved = forward(functional, "lstm", problem)
+                child_dx, _, child_weights = backward(functional, "lstm", dy, d_final, child_saved)
+                same = all(np.array_equal(a, b) for a, b in zip([child_y, child_dx, *child_weights], [y, dx, *d_weights]))
+                os.write(write, b"same" if same else b"different")
+            finally:
+                os._exit(0)
+        os.close(write)
+        ready, _, _ = select.select([read], [], [], 60)
+        verdict = os.read(read, 16) if ready else b""
+        if not ready:
+            os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        os.close(read)
+        assert verdict == b"same", "the forked child hung" if not ready else verdict
+    finally:
+        fusedrnn.set_num_threads(original)
 
 
 @pytest.mark.parametrize("extra_threads", [0, 1], ids=["as_many_threads_as_cpus", "one_more_than_cpus"])
