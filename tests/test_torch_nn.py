@@ -248,6 +248,37 @@ def test_other_devices_and_mixed_dtypes_take_torchs_own_path(monkeypatch):
         fnn.GRU(I, H)(torch.zeros(T, B, I, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("transform", ["vmap", "grad", "jacrev"])
+def test_torch_func_transforms_take_torchs_own_path(rng, monkeypatch, transform):
+    fail = lambda *args, **kwargs: pytest.fail("the kernels ran")  # noqa: E731
+    monkeypatch.setattr(fnn, "recurrent", fail)
+    monkeypatch.setattr(fnn.F, "recurrent_forward", fail)
+    plain, fused = modules("lstm", torch.float64, 11, num_layers=2, bidirectional=True)
+    x = torch.tensor(rng.standard_normal((T, B, I)))
+    if transform == "vmap":  # torch.nn's operators have no batching rule either: the same error
+        batches = torch.tensor(rng.standard_normal((3, T, B, I)))
+        for module in (plain, fused):
+            with torch.no_grad(), pytest.raises(RuntimeError, match="Batching rule not implemented for aten::lstm"):
+                torch.func.vmap(lambda xs, m=module: m(xs)[0])(batches)
+        return
+    if transform == "grad":  # every parameter's gradient, functionally
+        def gradients(module):
+            loss = lambda p: torch.func.functional_call(module, p, (x,))[0].square().sum()  # noqa: E731
+            return torch.func.grad(loss)(dict(module.named_parameters()))
+        got, want = gradients(fused), gradients(plain)
+        assert got.keys() == want.keys()
+        got, want = torch.stack([g.sum() for g in got.values()]), torch.stack([w.sum() for w in want.values()])
+    else:  # the output's Jacobian in the input
+        got, want = (torch.func.jacrev(lambda xs, m=m: m(xs)[0])(x) for m in (fused, plain))
+    assert torch.equal(got, want)
+
+
+def test_the_functional_op_refuses_torch_func_transforms(rng):
+    weights = {"weight_ih": torch.randn(4 * H, I), "weight_hh": torch.randn(4 * H, H)}
+    with pytest.raises(RuntimeError, match="torch.func"):
+        torch.func.vmap(lambda x: fr.recurrent("lstm", x, None, None, weights)[0])(torch.randn(2, T, B, I))
+
+
 @pytest.mark.parametrize("grad", [True, False])
 def test_wrong_sizes_raise_torchs_errors(rng, grad):
     torch.set_grad_enabled(grad)  # (without grad the call goes to the uniform op first: calls_without_a_graph)

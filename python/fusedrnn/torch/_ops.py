@@ -198,6 +198,20 @@ def _present(outputs, like, dtypes):
     return tuple(_empty(like, dtype) if t is None else t for t, dtype in zip(outputs, dtypes))
 
 
+# (None where torch has no such query: its transforms then cannot be told apart here.)
+_interpreter_stack = getattr(torch._C._functorch, "peek_interpreter_stack", lambda: None)
+
+
+def under_torch_func_transform():
+    """Whether a torch.func transform (vmap, grad, jacrev, ...) runs this call. The operators have
+    no batching rule, and their autograd cannot be transformed (custom autograd functions need a
+    separate setup_context for that): vmap failed on NumPy views of batched tensors, grad asked for
+    setup_context."""
+    # (Not asked while Dynamo traces: it cannot trace the query, and a compiled graph calls the
+    # operators anyway.)
+    return not torch.compiler.is_compiling() and _interpreter_stack() is not None
+
+
 def _use_threads():
     """The kernels run with fusedrnn.set_num_threads's count if the user set one, else PyTorch's."""
     wanted = fusedrnn._user_threads or torch.get_num_threads()

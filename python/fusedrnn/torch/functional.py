@@ -51,8 +51,13 @@ def recurrent(cell, x, h0, c0, weights, *, lengths=None, mask=None, masked_outpu
     place before the backward raises PyTorch's usual error. bfloat16 and float16 tensors compute
     in float32 and give results in their own dtype. CPU tensors, or CUDA tensors with fusedrnn's
     CUDA backend (every tensor on x's device). Threads, devices and streams: see
-    :mod:`fusedrnn.torch._ops`.
+    :mod:`fusedrnn.torch._ops`. Under a ``torch.func`` transform (``vmap``, ``grad``, ...) it
+    raises ``RuntimeError``: the operators cannot be transformed (the modules take torch.nn's own
+    path there).
     """
+    if _ops.under_torch_func_transform():
+        raise RuntimeError("fusedrnn.torch.recurrent cannot run under torch.func's transforms (vmap, grad, jacrev, ...); "
+                           "fusedrnn.torch.nn's modules take torch.nn's own path there")
     info = _ops._cell_info(cell)
     weights = args.checked_weights(weights)
     weight_ih, weight_hh, bias_ih, bias_hh, weight_hr = weights.values()  # in WEIGHT_NAMES' order

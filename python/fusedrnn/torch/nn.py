@@ -23,7 +23,10 @@ with the same arguments:
   backend, or not on the same device as the others;
 - a dtype other than float32 and float64 (bfloat16 and float16 included: PyTorch computes those
   itself), or parameters and states whose dtype differs from the input's (PyTorch then raises its
-  own error).
+  own error);
+- a call under a ``torch.func`` transform (``vmap``, ``grad``, ``jacrev``, ``functional_call``
+  inside one, ...): the fused operators have no batching rule and an autograd that the
+  transforms cannot see through.
 
 Double backward (a gradient of a gradient) is not supported on the fused path: the operators'
 backward is not itself differentiable, so ``backward(create_graph=True)`` through these modules
@@ -265,6 +268,8 @@ class _Fused:
         return output, (hidden[0] if c_n is None else tuple(hidden))
 
     def forward(self, input, hx=None):
+        if _ops.under_torch_func_transform():
+            return super().forward(input, hx)
         fast = self._forward_without_graph(input, hx)
         if fast is not None:
             return fast
