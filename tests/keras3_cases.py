@@ -313,6 +313,10 @@ def test_jax_grad_of_states_and_vmap(rng):
     mapped = jax.vmap(lambda xi: fused(xi)[0])(xs)
     np.testing.assert_allclose(mapped, np.stack([numpy(stock(xi)[0]) for xi in xs]), rtol=RTOL, atol=ATOL)
 
+    # Forward mode is not served (the kernels' gradient is a reverse-mode one): JAX's own error.
+    with pytest.raises(TypeError, match="custom_vjp"):
+        jax.jvp(lambda xi: fused(xi)[0], (x,), (np.ones_like(x),))
+
 
 # -- the JAX adapter's host calls (keras3/_jax_backend.host_call): jax.pure_callback's results, with
 # XLA's buffers handed to the callback as NumPy views instead of copies -----------------------------

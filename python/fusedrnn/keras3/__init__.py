@@ -20,7 +20,10 @@ every layer's input dropout run in the kernels).
 
 On JAX, a model that already compiled its ``fit``/``predict`` step keeps that step until it is
 compiled again: call ``enable()`` before the first ``fit``/``predict``, or ``compile()`` the model
-again after it.
+again after it. The fused layers take ``jax.jit``, ``jax.vmap`` and reverse-mode gradients
+(``jax.grad``, ``jax.jacrev``); forward mode (``jax.jvp``, ``jax.jacfwd``) raises JAX's
+``TypeError`` about a ``custom_vjp`` function, the kernels' gradient being a reverse-mode one:
+``disable()`` (Keras's own loop) for that.
 
 Needs Keras 3 with ``KERAS_BACKEND`` set to ``torch`` (and PyTorch) or ``jax`` (and JAX):
 ``pip install "fusedrnn[keras3]"``.
