@@ -19,6 +19,7 @@ import fusedrnn.torch as fr  # noqa: E402
 from fusedrnn.torch import nn as fnn  # noqa: E402
 from tolerances import INPUT_GRAD, OUTPUT, STATE, WEIGHT_GRAD, assert_close  # noqa: E402
 
+from torch.nn.utils import prune as torch_prune  # noqa: E402
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -359,6 +360,33 @@ def test_convert_leaves_user_subclasses_alone():
     assert type(model[0]) is Custom and type(model[1]) is fnn.RNN
 
 
+def test_convert_turns_parametrized_modules_too(rng):
+    """torch.nn.utils.parametrize moves a module into a class of its own over torch.nn's: convert
+    puts the same over fusedrnn's, and removing the parametrization leaves fusedrnn's class."""
+    class Custom(torch.nn.GRU):
+        pass
+
+    oracle, _ = modules("gru", torch.float64, 29)
+    fused, _ = modules("gru", torch.float64, 29)  # (a torch.nn.GRU for now)
+    custom = Custom(I, H, dtype=torch.float64)
+    for module in (oracle, fused, custom):
+        torch.nn.utils.parametrizations.weight_norm(module, "weight_hh_l0")
+        torch.nn.utils.parametrizations.orthogonal(module, "weight_ih_l0")
+    model = torch.nn.Sequential(fused, custom)
+    parameters = list(model.parameters())
+    fr.convert(model)
+    assert isinstance(fused, fnn.GRU) and torch.nn.utils.parametrize.is_parametrized(fused, "weight_hh_l0")
+    assert not isinstance(custom, fnn.GRU)
+    assert [id(p) for p in model.parameters()] == [id(p) for p in parameters]
+    x = torch.tensor(rng.standard_normal((T, B, I)))
+    assert_close(fused(x)[0].detach().numpy(), oracle(x)[0].detach().numpy(), np.float64, OUTPUT)
+    for module in (oracle, fused):
+        torch.nn.utils.parametrize.remove_parametrizations(module, "weight_hh_l0")
+        torch.nn.utils.parametrize.remove_parametrizations(module, "weight_ih_l0")
+    assert type(fused) is fnn.GRU
+    assert_close(fused(x)[0].detach().numpy(), oracle(x)[0].detach().numpy(), np.float64, OUTPUT)
+
+
 @pytest.fixture
 def allow_rnn():
     """Dynamo leaves torch.nn's recurrent modules (subclasses included) out of graphs unless told.
@@ -551,6 +579,63 @@ def test_the_weight_views_follow_every_change_of_the_parameters(rng, change):
         expected = torch.nn.RNN.forward(module, x)[0]
     assert_close(after.numpy(), expected.numpy(), np.float64 if change == "double" else np.float32, OUTPUT)
     assert torch.equal(after, first) == (change == "freeze")
+
+
+REPARAMETRIZATIONS = {
+    "orthogonal": lambda m: torch.nn.utils.parametrizations.orthogonal(m, "weight_hh_l0"),
+    "spectral_norm": lambda m: torch.nn.utils.parametrizations.spectral_norm(m, "weight_ih_l0"),
+    "weight_norm": lambda m: torch.nn.utils.parametrizations.weight_norm(m, "weight_hh_l0"),
+    "prune": lambda m: torch_prune.random_unstructured(m, "weight_hh_l0", amount=0.5),
+}
+
+
+@pytest.mark.parametrize("mode", ("lstm", "gru"))
+@pytest.mark.parametrize("how", sorted(REPARAMETRIZATIONS))
+@pytest.mark.parametrize("grad", [True, False])
+def test_reparametrized_weights_are_the_ones_computed_with(rng, mode, how, grad):
+    """A parametrized weight (torch.nn.utils.parametrize) is computed anew at each access and
+    pruning assigns one in a pre-hook: each call uses the weight as the module gives it then, and
+    its gradient reaches the parameters behind it, as in torch.nn."""
+    oracle, fused = modules(mode, torch.float64, 17)
+    for module in (oracle, fused):
+        torch.manual_seed(3)  # (spectral_norm's and pruning's random draws)
+        REPARAMETRIZATIONS[how](module)
+    x = torch.tensor(rng.standard_normal((T, B, I)))
+    for _ in range(2):  # (the second call after spectral_norm's power iteration moved its vectors)
+        with contextlib.nullcontext() if grad else torch.no_grad():
+            results = [module(x)[0] for module in (oracle, fused)]
+        assert_close(results[1].detach().numpy(), results[0].detach().numpy(), np.float64, OUTPUT)
+    if grad:
+        gradients = [torch.autograd.grad(y.sin().sum(), list(m.parameters())) for y, m in zip(results, (oracle, fused))]
+        for expected, got in zip(*gradients):
+            assert_close(got.numpy(), expected.numpy(), np.float64, WEIGHT_GRAD)
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_functional_call_computes_with_the_tensors_it_is_given(rng, grad):
+    """torch.func.functional_call swaps the module's parameters without __setattr__."""
+    oracle, fused = modules("lstm", torch.float64, 19)
+    replacements = {name: torch.tensor(rng.uniform(-0.5, 0.5, p.shape), requires_grad=grad)
+                    for name, p in oracle.named_parameters()}
+    x = torch.tensor(rng.standard_normal((T, B, I)))
+    for module in (oracle, fused):
+        module(x)  # (a call before, with the module's own parameters)
+    results = [torch.func.functional_call(module, replacements, (x,))[0] for module in (oracle, fused)]
+    assert_close(results[1].detach().numpy(), results[0].detach().numpy(), np.float64, OUTPUT)
+    assert_close(fused(x)[0].detach().numpy(), oracle(x)[0].detach().numpy(), np.float64, OUTPUT)  # (its own again)
+    if grad:
+        gradients = [torch.autograd.grad(y.sin().sum(), list(replacements.values())) for y in results]
+        for expected, got in zip(*gradients):
+            assert_close(got.numpy(), expected.numpy(), np.float64, WEIGHT_GRAD)
+
+
+def test_compiled_with_a_parametrized_weight_equals_torch_nn(rng, allow_rnn):
+    oracle, fused = modules("gru", torch.float64, 23)
+    for module in (oracle, fused):
+        torch.nn.utils.parametrizations.orthogonal(module, "weight_hh_l0")
+    x = torch.tensor(rng.standard_normal((T, B, I)))
+    compiled = torch.compile(fused, fullgraph=True)
+    assert_close(compiled(x)[0].detach().numpy(), oracle(x)[0].detach().numpy(), np.float64, OUTPUT)
 
 
 def test_moving_a_module_drops_the_kept_views_of_its_old_parameters(rng):

@@ -33,6 +33,11 @@ backward is not itself differentiable, so ``backward(create_graph=True)`` throug
 raises ``RuntimeError`` rather than leave the second-order terms out. Use the ``torch.nn`` modules
 for that.
 
+Each call computes with the weights as the module gives them then, as torch.nn's forward does:
+parametrized ones (``torch.nn.utils.parametrize``: ``orthogonal``, ``spectral_norm``,
+``weight_norm``) computed anew, pruned ones, and the tensors ``torch.func.functional_call`` puts in
+place; gradients reach the parameters behind them.
+
 Calls that need no gradient (``torch.no_grad()``, ``inference_mode``, or nothing that requires
 grad) on CPU tensors, not packed, not traced: each layer direction calls the uniform op
 (:func:`fusedrnn.functional.recurrent_forward`) on NumPy views of the tensors straight away,
@@ -64,6 +69,7 @@ import functools
 
 import numpy as np
 import torch
+from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence
 
 import fusedrnn.cuda
@@ -160,6 +166,19 @@ class _Fused:
         first = (layer * (2 if self.bidirectional else 1) + direction) * per_layer
         flat = self._flat_weights
         return {name: flat[i] for name, i in slots[first:first + per_layer]}
+
+    def _follow_replaced_weights(self):
+        # torch.nn's forward first brings _flat_weights up to date with the weights as the module
+        # gives them (_update_flat_weights): a parametrized weight (torch.nn.utils.parametrize:
+        # orthogonal, spectral_norm, weight_norm) is computed anew at each access, and
+        # torch.func.functional_call puts its tensors into _parameters without __setattr__. Its
+        # getattr of each name took 7 us a call; while every flat weight is still the parameter of
+        # its name (nothing shadows a parameter), it has nothing to do.
+        parameters = self._parameters
+        for name, weight in zip(self._flat_weights_names, self._flat_weights):
+            if parameters.get(name) is not weight:
+                self._update_flat_weights()
+                return
 
     def _apply(self, *args, **kwargs):
         # .to(), .double(), .cuda() ... replace the parameters: the packed copies of the old ones
@@ -270,6 +289,7 @@ class _Fused:
     def forward(self, input, hx=None):
         if _ops.under_torch_func_transform():
             return super().forward(input, hx)
+        self._follow_replaced_weights()
         fast = self._forward_without_graph(input, hx)
         if fast is not None:
             return fast
@@ -389,10 +409,19 @@ def convert(model):
 
     Each module keeps its attributes and its very ``Parameter`` objects (only its class changes),
     so an optimizer built before still updates them and the results are the same. Only modules of
-    exactly those classes are converted: a user's subclass of them keeps its own ``forward``.
+    exactly those classes are converted, parametrized ones included (``torch.nn.utils.parametrize``:
+    removing the parametrizations later leaves the fusedrnn class): a user's subclass of them keeps
+    its own ``forward``.
     """
     for module in model.modules():
-        fused = _FUSED.get(type(module))
+        cls = type(module)
+        fused = _FUSED.get(cls)
+        if fused is None and parametrize.is_parametrized(module) and len(cls.__bases__) == 1:
+            # parametrize moved the module into a class of its own over torch.nn's, holding a
+            # property per parametrized weight: the same class over ours.
+            fused_base = _FUSED.get(cls.__bases__[0])
+            if fused_base is not None:
+                fused = type(cls.__name__, (fused_base,), dict(vars(cls)))
         if fused is not None:
             module.__class__ = fused
     return model
