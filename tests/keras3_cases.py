@@ -32,6 +32,20 @@ ATOL = RTOL = 1e-5
 
 STOCK = {"SimpleRNN": keras.layers.SimpleRNN, "LSTM": keras.layers.LSTM, "GRU": keras.layers.GRU}
 FUSED = {"SimpleRNN": fl.SimpleRNN, "LSTM": fl.LSTM, "GRU": fl.GRU}
+# The generic RNN layer of one of those cells: "RNN(LSTMCell)" and so on.
+_LAYER_OPTIONS = {"return_sequences", "return_state", "go_backwards", "stateful", "unroll", "zero_output_for_mask"}
+
+
+def _generic(rnn_class, cell_class):
+    def layer(units, **options):
+        cell = cell_class(units, **{k: v for k, v in options.items() if k not in _LAYER_OPTIONS})
+        return rnn_class(cell, **{k: v for k, v in options.items() if k in _LAYER_OPTIONS})
+    return layer
+
+
+for _cell in ("SimpleRNNCell", "LSTMCell", "GRUCell"):
+    STOCK[f"RNN({_cell})"] = _generic(keras.layers.RNN, getattr(keras.layers, _cell))
+    FUSED[f"RNN({_cell})"] = _generic(fl.RNN, getattr(keras.layers, _cell))
 
 
 @pytest.fixture(autouse=True)
@@ -127,6 +141,12 @@ CASES = {
                                                   return_sequences=True),
     "bidirectional-gru-reset-before-state": dict(kind="GRU", bidirectional=True, reset_after=False,
                                                  return_state=True),
+    "generic-rnn-of-lstm-cell-any-mask-backwards-sequences-state": dict(
+        kind="RNN(LSTMCell)", pattern="any", go_backwards=True, return_sequences=True, return_state=True),
+    "generic-rnn-of-gru-cell-reset-before-right-padding": dict(kind="RNN(GRUCell)", pattern="right",
+                                                               reset_after=False),
+    "bidirectional-generic-rnn-of-relu-cell-sequences": dict(kind="RNN(SimpleRNNCell)", bidirectional=True,
+                                                             activation="relu", return_sequences=True),
 }
 
 
@@ -198,13 +218,25 @@ def test_embedding_mask_zero_and_initial_state(rng, kernel_calls):
     assert kernel_calls
 
 
+class OwnLSTMCell(keras.layers.LSTMCell):
+    """A user's cell: the same math as far as anyone knows, but its code could be anything."""
+
+
 @pytest.mark.parametrize("kind, options", [
     ("LSTM", dict(activation="relu")), ("GRU", dict(recurrent_activation="hard_sigmoid")),
     ("SimpleRNN", dict(unroll=True)), ("LSTM", dict(dtype="mixed_bfloat16")),
     ("GRU", dict(recurrent_dropout=0.3)),   # fused at inference only (Keras draws a mask per gate)
+    ("RNN(cells)", dict(cells=lambda: [keras.layers.LSTMCell(UNITS), keras.layers.GRUCell(UNITS)])),
+    ("RNN(cells)", dict(cells=lambda: OwnLSTMCell(UNITS))),
 ])
 def test_what_the_kernels_do_not_serve_runs_keras_loop(kind, options, rng, kernel_calls):
-    stock, fused = stock_and_fused(kind, return_sequences=True, seed=5, **options)
+    if kind == "RNN(cells)":
+        make = options.pop("cells")
+        stock = model_of(None, keras.layers.RNN(make(), return_sequences=True), None)
+        fused = model_of(None, fl.RNN(make(), return_sequences=True), None)
+        fused.set_weights(stock.get_weights())
+    else:
+        stock, fused = stock_and_fused(kind, return_sequences=True, seed=5, **options)
     x = masked_inputs(rng, None)
     got = fused(x, training=True)
     assert not kernel_calls
@@ -224,13 +256,17 @@ def test_enable_switches_existing_and_new_layers(rng, kernel_calls):
     np.testing.assert_allclose(numpy(model(x)), before, rtol=RTOL, atol=ATOL)
     assert kernel_calls == ["gru"]
     keras.layers.SimpleRNN(3)(x)
-    assert kernel_calls == ["gru", "rnn_tanh"]
+    generic = keras.layers.RNN(keras.layers.LSTMCell(3))
+    generic(x)
+    assert kernel_calls == ["gru", "rnn_tanh", "lstm"]
     fk.disable()
     assert not fk.is_enabled()
     model(x)
-    assert kernel_calls == ["gru", "rnn_tanh"]
-    fl.LSTM(3)(x)   # the subclasses run the kernels either way
+    generic(x)
     assert kernel_calls == ["gru", "rnn_tanh", "lstm"]
+    fl.LSTM(3)(x)   # the subclasses run the kernels either way
+    fl.RNN(keras.layers.GRUCell(3))(x)
+    assert kernel_calls == ["gru", "rnn_tanh", "lstm", "lstm", "gru"]
 
 
 def _config_json(path):
@@ -265,6 +301,21 @@ def test_keras_files_round_trip_both_ways(tmp_path, rng):
     np.testing.assert_allclose(numpy(back(x)), numpy(fused(x)), rtol=RTOL, atol=ATOL)
     assert _without_object_ids(json.loads(_config_json(plain_file))) == \
         _without_object_ids(json.loads(_config_json(fused_file)))
+
+
+def test_generic_rnn_saves_as_keras_and_converts_back(tmp_path, rng, kernel_calls):
+    x = masked_inputs(rng, None)
+    fused = model_of(None, fl.RNN(keras.layers.LSTMCell(UNITS), return_sequences=True), None)
+    path = tmp_path / "generic.keras"
+    fused.save(path)
+    assert "fusedrnn" not in _config_json(path)
+    plain = keras.models.load_model(path)
+    assert type(plain.layers[-1]) is keras.layers.RNN
+    back = fl.convert(keras.models.load_model(path))
+    assert type(back.layers[-1]) is fl.RNN and type(back.layers[-1].cell) is keras.layers.LSTMCell
+    kernel_calls.clear()
+    np.testing.assert_allclose(numpy(back(x)), numpy(plain(x)), rtol=RTOL, atol=ATOL)
+    assert kernel_calls == ["lstm"]
 
 
 def conv_lstm_dense(seed):

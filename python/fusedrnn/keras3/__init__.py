@@ -2,18 +2,20 @@
 
 Two ways in:
 
-- ``fusedrnn.keras3.enable()``: Keras's own ``keras.layers.SimpleRNN``, ``LSTM`` and ``GRU`` (and
-  so ``Bidirectional`` of them) run the fused kernels from then on, in new models and in models
+- ``fusedrnn.keras3.enable()``: Keras's own ``keras.layers.SimpleRNN``, ``LSTM`` and ``GRU``, the
+  generic ``keras.layers.RNN`` of one of their cells (``RNN(LSTMCell(64))``), and so
+  ``Bidirectional`` of them, run the fused kernels from then on, in new models and in models
   already built or loaded; ``disable()`` gives them back their own loop. An existing program
   changes by one line.
-- ``fusedrnn.keras3.layers.SimpleRNN``, ``LSTM``, ``GRU`` (and ``Bidirectional``): subclasses of
+- ``fusedrnn.keras3.layers.SimpleRNN``, ``LSTM``, ``GRU``, ``RNN`` (and ``Bidirectional``): subclasses of
   Keras's classes that always run the kernels (see :mod:`fusedrnn.keras3.layers`); ``convert(model)``
   switches the Keras layers of a model (say one just loaded) to them in place.
 
 Either way the layers keep everything of Keras's but the loop over time: arguments, variables,
 initializers, regularizers, constraints, state handling (``stateful``, ``initial_state``), masks
 of any pattern, ``go_backwards``, ``return_sequences``, ``return_state``, dropout masks and
-serialization. Keras's own loop runs instead, per call, with the TensorFlow backend, ``unroll=True``,
+serialization. Keras's own loop runs instead, per call, with the TensorFlow backend,
+``unroll=True``, other cells (a list of cells, a subclass of Keras's, one of the user's own),
 other activations, a GPU, other dtypes (mixed precision), and in training with LSTM/GRU
 ``recurrent_dropout`` (Keras draws a mask per gate there; SimpleRNN's recurrent dropout and
 every layer's input dropout run in the kernels).

@@ -36,18 +36,20 @@ _BACKENDS = ("torch", "jax")
 
 
 def _cell_name(layer):
-    """The kernels' cell for a stock-typed layer, or None."""
+    """The kernels' cell for a layer whose cell is one of Keras's own three, or None (another cell,
+    a list of cells: a generic RNN layer's cell can be anything)."""
     cell = layer.cell
+    kind = type(cell)
     tanh, sigmoid, relu = activations.get("tanh"), activations.get("sigmoid"), activations.get("relu")
-    if type(cell) is keras.layers.SimpleRNNCell:
+    if kind is keras.layers.SimpleRNNCell:
         return {tanh: "rnn_tanh", relu: "rnn_relu"}.get(cell.activation)
+    if kind not in (keras.layers.LSTMCell, keras.layers.GRUCell):
+        return None
     if cell.activation is not tanh or cell.recurrent_activation is not sigmoid:
         return None
-    if type(cell) is keras.layers.LSTMCell:
+    if kind is keras.layers.LSTMCell:
         return "lstm"
-    if type(cell) is keras.layers.GRUCell:
-        return "gru" if cell.reset_after else "gru_reset_before"
-    return None
+    return "gru" if cell.reset_after else "gru_reset_before"
 
 
 def _on_cpu(sequences):

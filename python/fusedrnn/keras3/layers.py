@@ -1,4 +1,4 @@
-"""Keras 3's SimpleRNN, LSTM, GRU (and Bidirectional) on the fused kernels.
+"""Keras 3's SimpleRNN, LSTM, GRU, RNN (of one of their cells) and Bidirectional on the fused kernels.
 
 Each class here is a subclass of Keras's own with nothing changed but its loop: the same
 arguments, cell, variables (``kernel``, ``recurrent_kernel``, ``bias``, in Keras's layout), state
@@ -21,10 +21,13 @@ from keras.src import api_export
 
 from . import _dispatch
 
-__all__ = ["SimpleRNN", "LSTM", "GRU", "Bidirectional", "convert"]
+__all__ = ["SimpleRNN", "LSTM", "GRU", "RNN", "Bidirectional", "convert"]
 
-#: Keras's classes' own loops (before any enable()), which the fallback runs.
-STOCK_INNER_LOOPS = {cls: cls.inner_loop for cls in (keras.layers.SimpleRNN, keras.layers.LSTM, keras.layers.GRU)}
+#: Keras's classes' own loops (before any enable()), which the fallback runs. (LSTM's and GRU's
+#: own loop ends in RNN's, RNN.inner_loop, which the fused one of RNN then replaces: it finds the
+#: same call unfit for the kernels and runs RNN's own.)
+STOCK_INNER_LOOPS = {cls: cls.inner_loop
+                     for cls in (keras.layers.SimpleRNN, keras.layers.LSTM, keras.layers.GRU, keras.layers.RNN)}
 
 
 def run_inner_loop(layer, stock_class, sequences, initial_state, mask, training):
@@ -64,7 +67,17 @@ class GRU(keras.layers.GRU):
         return run_inner_loop(self, keras.layers.GRU, sequences, initial_state, mask, training)
 
 
-_FUSED_OF_STOCK = {keras.layers.SimpleRNN: SimpleRNN, keras.layers.LSTM: LSTM, keras.layers.GRU: GRU}
+class RNN(keras.layers.RNN):
+    __doc__ = f"""Keras's RNN on the fused kernels when its cell is Keras's own ``SimpleRNNCell``, ``LSTMCell``
+    or ``GRUCell`` (the same loop as the layer of that cell); any other cell, a list of cells
+    included, runs Keras's loop.\n\n{keras.layers.RNN.__doc__}"""
+
+    def inner_loop(self, sequences, initial_state, mask, training=False):
+        return run_inner_loop(self, keras.layers.RNN, sequences, initial_state, mask, training)
+
+
+_FUSED_OF_STOCK = {keras.layers.SimpleRNN: SimpleRNN, keras.layers.LSTM: LSTM, keras.layers.GRU: GRU,
+                   keras.layers.RNN: RNN}
 
 
 class Bidirectional(keras.layers.Bidirectional):
@@ -84,7 +97,7 @@ _FUSED_OF_STOCK_OR_WRAPPER = {**_FUSED_OF_STOCK, keras.layers.Bidirectional: Bid
 
 
 def convert(model):
-    """Switches Keras's SimpleRNN, LSTM, GRU and Bidirectional layers inside `model` (a layer or
+    """Switches Keras's SimpleRNN, LSTM, GRU, RNN and Bidirectional layers inside `model` (a layer or
     model, e.g. one ``keras.models.load_model`` gave) to these classes, in place, keeping their
     weights and state; returns `model`. (On JAX, a model that already compiled a step keeps it
     until it is compiled again.)"""
