@@ -48,6 +48,16 @@ for _cell in ("SimpleRNNCell", "LSTMCell", "GRUCell"):
     FUSED[f"RNN({_cell})"] = _generic(fl.RNN, getattr(keras.layers, _cell))
 
 
+def stack_of_cells(units):
+    """Three cells of three kinds and widths: RNN of them runs as three layers in the kernels."""
+    return [keras.layers.LSTMCell(units), keras.layers.GRUCell(units - 1, reset_after=False),
+            keras.layers.SimpleRNNCell(units + 1)]
+
+
+STOCK["RNN(stack)"] = lambda units, **options: keras.layers.RNN(stack_of_cells(units), **options)
+FUSED["RNN(stack)"] = lambda units, **options: fl.RNN(stack_of_cells(units), **options)
+
+
 @pytest.fixture(autouse=True)
 def stock_keras():
     """Every test starts and ends with Keras's own layers (enable() off)."""
@@ -101,7 +111,8 @@ def stock_and_fused(kind, pattern=None, bidirectional=False, **kwargs):
 
 
 def as_list(outputs):
-    return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+    """A model's outputs, flat (a stack of cells returns a list of states per LSTM cell)."""
+    return keras.tree.flatten(outputs)
 
 
 def assert_same_outputs(stock, fused, x):
@@ -147,6 +158,11 @@ CASES = {
                                                                reset_after=False),
     "bidirectional-generic-rnn-of-relu-cell-sequences": dict(kind="RNN(SimpleRNNCell)", bidirectional=True,
                                                              activation="relu", return_sequences=True),
+    "stacked-cells-any-mask-backwards-sequences-state": dict(kind="RNN(stack)", pattern="any", go_backwards=True,
+                                                             return_sequences=True, return_state=True),
+    "bidirectional-stacked-cells-right-padding-zero-output": dict(kind="RNN(stack)", pattern="right",
+                                                                  bidirectional=True, return_sequences=True,
+                                                                  zero_output_for_mask=True),
 }
 
 
@@ -181,6 +197,28 @@ def test_dropout_draws_keras_masks(kind, options, rng):
     x = masked_inputs(rng, None)
     outputs = assert_same_outputs(stock, fused, x)   # inference: no dropout
     assert_same_training_step(stock, fused, x, outputs, rng)
+
+
+def test_stacked_cells_take_and_give_each_cells_states(rng, kernel_calls):
+    """A stack's states are a list with an entry per cell ([h, c] for an LSTM cell, h for the
+    others when given as a tensor): initial_state in that form, and return_state gives it back."""
+    layers = [layer_class(stack_of_cells(UNITS), return_state=True) for layer_class in (keras.layers.RNN, fl.RNN)]
+    x = masked_inputs(rng, None)
+    for layer in layers:
+        layer(x)
+    layers[1].set_weights(layers[0].get_weights())
+    widths = [UNITS, UNITS - 1, UNITS + 1]
+    given = [[rng.standard_normal((B, UNITS)).astype("float32") for _ in range(2)],
+             rng.standard_normal((B, widths[1])).astype("float32"), [rng.standard_normal((B, widths[2])).astype("float32")]]
+    kernel_calls.clear()
+    expected, got = (layer(x, initial_state=given) for layer in layers)
+    assert kernel_calls == ["lstm", "gru_reset_before", "rnn_tanh"]
+    assert len(got) == len(expected) == 4
+    for e, g in zip(expected, got):
+        e, g = (list(v) if isinstance(v, (list, tuple)) else [v] for v in (e, g))
+        assert len(g) == len(e)
+        for ei, gi in zip(e, g):
+            np.testing.assert_allclose(numpy(gi), numpy(ei), rtol=RTOL, atol=ATOL)
 
 
 def test_stateful_carries_state_across_batches(rng):
@@ -226,8 +264,12 @@ class OwnLSTMCell(keras.layers.LSTMCell):
     ("LSTM", dict(activation="relu")), ("GRU", dict(recurrent_activation="hard_sigmoid")),
     ("SimpleRNN", dict(unroll=True)), ("LSTM", dict(dtype="mixed_bfloat16")),
     ("GRU", dict(recurrent_dropout=0.3)),   # fused at inference only (Keras draws a mask per gate)
-    ("RNN(cells)", dict(cells=lambda: [keras.layers.LSTMCell(UNITS), keras.layers.GRUCell(UNITS)])),
+    ("RNN(cells)", dict(cells=lambda: [keras.layers.LSTMCell(UNITS), OwnLSTMCell(UNITS)])),
     ("RNN(cells)", dict(cells=lambda: OwnLSTMCell(UNITS))),
+    pytest.param("RNN(cells)", dict(cells=lambda: [keras.layers.LSTMCell(UNITS)]),   # a stack of one
+                 marks=pytest.mark.skipif(BACKEND == "jax", reason="Keras's own loop fails on JAX there")),
+    # Dropout in a stack (fused at inference only: each cell draws its masks from its own inputs).
+    ("RNN(cells)", dict(cells=lambda: [keras.layers.GRUCell(UNITS, dropout=0.3, seed=5), keras.layers.LSTMCell(UNITS)])),
 ])
 def test_what_the_kernels_do_not_serve_runs_keras_loop(kind, options, rng, kernel_calls):
     if kind == "RNN(cells)":

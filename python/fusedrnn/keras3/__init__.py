@@ -3,8 +3,8 @@
 Two ways in:
 
 - ``fusedrnn.keras3.enable()``: Keras's own ``keras.layers.SimpleRNN``, ``LSTM`` and ``GRU``, the
-  generic ``keras.layers.RNN`` of one of their cells (``RNN(LSTMCell(64))``), and so
-  ``Bidirectional`` of them, run the fused kernels from then on, in new models and in models
+  generic ``keras.layers.RNN`` of their cells (``RNN(LSTMCell(64))``, or of a list of them, run
+  as that many layers), and so ``Bidirectional`` of them, run the fused kernels from then on, in new models and in models
   already built or loaded; ``disable()`` gives them back their own loop. An existing program
   changes by one line.
 - ``fusedrnn.keras3.layers.SimpleRNN``, ``LSTM``, ``GRU``, ``RNN`` (and ``Bidirectional``): subclasses of
@@ -15,10 +15,10 @@ Either way the layers keep everything of Keras's but the loop over time: argumen
 initializers, regularizers, constraints, state handling (``stateful``, ``initial_state``), masks
 of any pattern, ``go_backwards``, ``return_sequences``, ``return_state``, dropout masks and
 serialization. Keras's own loop runs instead, per call, with the TensorFlow backend,
-``unroll=True``, other cells (a list of cells, a subclass of Keras's, one of the user's own),
+``unroll=True``, other cells (a subclass of Keras's, one of the user's own, anywhere in a list),
 other activations, a GPU, other dtypes (mixed precision), and in training with LSTM/GRU
 ``recurrent_dropout`` (Keras draws a mask per gate there; SimpleRNN's recurrent dropout and
-every layer's input dropout run in the kernels).
+every layer's input dropout run in the kernels) or with dropout in a list of cells.
 
 On JAX, a model that already compiled its ``fit``/``predict`` step keeps that step until it is
 compiled again: call ``enable()`` before the first ``fit``/``predict``, or ``compile()`` the model

@@ -35,10 +35,16 @@ _GRU_GATES = (1, 0, 2)   # the kernels' r, z, n are Keras's z, r, h at 1, 0, 2
 _BACKENDS = ("torch", "jax")
 
 
-def _cell_name(layer):
-    """The kernels' cell for a layer whose cell is one of Keras's own three, or None (another cell,
-    a list of cells: a generic RNN layer's cell can be anything)."""
+def _cells(layer):
+    """The layer's cells in order: its cell, or the cells of a ``StackedRNNCells`` (what
+    ``RNN([cell, cell, ...])`` makes of a list)."""
     cell = layer.cell
+    return list(cell.cells) if type(cell) is keras.layers.StackedRNNCells else [cell]
+
+
+def _cell_name(cell):
+    """The kernels' cell for one of Keras's own three cells, or None (a generic RNN layer's cell
+    can be anything)."""
     kind = type(cell)
     tanh, sigmoid, relu = activations.get("tanh"), activations.get("sigmoid"), activations.get("relu")
     if kind is keras.layers.SimpleRNNCell:
@@ -64,17 +70,20 @@ def fusable(layer, sequences, training):
 
     Keras's own loop runs: on another backend than torch or JAX; with ``unroll=True``; with a cell
     the kernels don't have (other activations than SimpleRNN's tanh/relu and LSTM/GRU's
-    tanh/sigmoid, or a cell subclass); off the CPU; for dtypes other than float32/float64 or a
-    mixed-precision policy; and in training with LSTM/GRU recurrent dropout or
-    ``implementation=1`` input dropout (Keras then draws a different mask per gate, which the
-    kernels' one recurrent scale cannot express).
+    tanh/sigmoid, or a cell subclass), anywhere in a stack of cells; off the CPU; for dtypes other
+    than float32/float64 or a mixed-precision policy; and in training with LSTM/GRU recurrent
+    dropout or ``implementation=1`` input dropout (Keras then draws a different mask per gate,
+    which the kernels' one recurrent scale cannot express), or with any dropout in a stack of cells.
     """
     if keras.backend.backend() not in _BACKENDS:
         return f"the {keras.backend.backend()} backend"
     if layer.unroll:
         return "unroll=True"
-    if _cell_name(layer) is None:
+    cells = _cells(layer)
+    if any(_cell_name(cell) is None for cell in cells):
         return "a cell or activation the kernels don't have"
+    if type(layer.cell) is keras.layers.StackedRNNCells and len(cells) < 2:
+        return "a stack of one cell"   # (Keras's loop unwraps its states)
     if not (layer.compute_dtype == layer.variable_dtype == keras.backend.standardize_dtype(sequences.dtype)
             and layer.compute_dtype in ("float32", "float64")):
         return "a dtype other than float32 or float64"
@@ -82,7 +91,9 @@ def fusable(layer, sequences, training):
         return "an empty or non-3D input"
     if not _on_cpu(sequences):
         return "a tensor off the CPU"
-    cell = layer.cell
+    if training and len(cells) > 1 and any(cell.dropout or cell.recurrent_dropout for cell in cells):
+        return "dropout in a stack of cells"   # (each cell draws its masks from its own inputs)
+    cell = cells[0]
     if training:
         per_gate = type(cell) is not keras.layers.SimpleRNNCell and getattr(cell, "implementation", 2) == 1
         if 0.0 < cell.recurrent_dropout < 1.0 and per_gate:
@@ -133,13 +144,16 @@ def _adapter():
 
 def inner_loop(layer, sequences, initial_state, mask, training):
     """``RNN.inner_loop`` on the kernels: ``(last_output, outputs, states)``, or None when
-    :func:`fusable` says they can't run it."""
+    :func:`fusable` says they can't run it. A stack of cells runs as that many layers, one after
+    the other on the whole sequence: the same values as Keras's step through the stack (a masked
+    step leaves every cell's state as it was, so what a lower layer outputs there is never read)."""
     if fusable(layer, sequences, training) is not None:
         return None
-    cell = layer.cell
-    cell_name = _cell_name(layer)
+    cells = _cells(layer)
+    stacked = type(layer.cell) is keras.layers.StackedRNNCells
     if isinstance(mask, (list, tuple)):
         mask = mask[0]
+    cell = cells[0]   # (dropout: one cell, see fusable)
     if training and 0.0 < cell.dropout < 1.0:
         # The mask RNN.call drew for this call (one per sequence, the same at every step).
         sequences = sequences * ops.expand_dims(cell.get_dropout_mask(sequences[:, 0, :]), 1)
@@ -153,15 +167,24 @@ def inner_loop(layer, sequences, initial_state, mask, training):
     if layer.go_backwards:   # Keras walks the flipped sequence and returns outputs in that order
         x = ops.flip(x, 0)
         mask = None if mask is None else ops.flip(mask, 0)
-    h0 = initial_state[0]
-    c0 = initial_state[1] if F.CELLS[cell_name].has_cell_state else None
-    y, h_n, c_n = _adapter().recurrent(
-        cell_name, x, h0, c0, torch_layout_weights(cell, cell_name), mask=mask,
-        masked_output="zero" if layer.zero_output_for_mask else "repeat", recurrent_scale=recurrent_scale)
-    states = [h_n] if c_n is None else [h_n, c_n]
+    # Each cell's states as given: a list ([h] or [h, c]), or (in a stack) a cell's one tensor;
+    # each cell's final states go back in the same form, as Keras's loop returns them.
+    final = []
+    for cell, given in zip(cells, initial_state if stacked else [initial_state]):
+        cell_name = _cell_name(cell)
+        listed = isinstance(given, (list, tuple))
+        given = list(given) if listed else [given]
+        h0 = given[0]
+        c0 = given[1] if F.CELLS[cell_name].has_cell_state else None
+        y, h_n, c_n = _adapter().recurrent(
+            cell_name, x, h0, c0, torch_layout_weights(cell, cell_name), mask=mask,
+            masked_output="zero" if layer.zero_output_for_mask else "repeat", recurrent_scale=recurrent_scale)
+        states = [h_n] if c_n is None else [h_n, c_n]
+        final.append(states if listed else h_n)
+        x = y   # (the next cell's input)
     # Without a mask the last output is h_n, the same values: a model that keeps only it then gives
     # the backward no gradient of y to build (a (T, B, P) tensor of zeros but for its last step),
     # which cost 3-4% of an LSTM/GRU/RNN layer's forward and backward at T=100, B=64, H=128 with
     # PyTorch. With a mask, y[-1] can differ (zero, or a sequence masked throughout).
     last = h_n if mask is None else y[-1]
-    return last, ops.transpose(y, (1, 0, 2)), states
+    return last, ops.transpose(y, (1, 0, 2)), final if stacked else final[0]

@@ -69,8 +69,8 @@ class GRU(keras.layers.GRU):
 
 class RNN(keras.layers.RNN):
     __doc__ = f"""Keras's RNN on the fused kernels when its cell is Keras's own ``SimpleRNNCell``, ``LSTMCell``
-    or ``GRUCell`` (the same loop as the layer of that cell); any other cell, a list of cells
-    included, runs Keras's loop.\n\n{keras.layers.RNN.__doc__}"""
+    or ``GRUCell`` (the same loop as the layer of that cell), or a list of them (run as that many
+    layers); any other cell runs Keras's loop.\n\n{keras.layers.RNN.__doc__}"""
 
     def inner_loop(self, sequences, initial_state, mask, training=False):
         return run_inner_loop(self, keras.layers.RNN, sequences, initial_state, mask, training)
