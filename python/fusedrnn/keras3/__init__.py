@@ -4,12 +4,12 @@ Two ways in:
 
 - ``fusedrnn.keras3.enable()``: Keras's own ``keras.layers.SimpleRNN``, ``LSTM`` and ``GRU``, the
   generic ``keras.layers.RNN`` of their cells (``RNN(LSTMCell(64))``, or of a list of them, run
-  as that many layers), and so ``Bidirectional`` of them, run the fused kernels from then on, in new models and in models
-  already built or loaded; ``disable()`` gives them back their own loop. An existing program
-  changes by one line.
-- ``fusedrnn.keras3.layers.SimpleRNN``, ``LSTM``, ``GRU``, ``RNN`` (and ``Bidirectional``): subclasses of
-  Keras's classes that always run the kernels (see :mod:`fusedrnn.keras3.layers`); ``convert(model)``
-  switches the Keras layers of a model (say one just loaded) to them in place.
+  as that many layers), and so ``Bidirectional`` of them, run the fused kernels from then on, in
+  new models and in models already built or loaded; ``disable()`` gives them back their own loop.
+  An existing program changes by one line.
+- ``fusedrnn.keras3.layers.SimpleRNN``, ``LSTM``, ``GRU``, ``RNN`` (and ``Bidirectional``):
+  subclasses of Keras's classes that always run the kernels (see :mod:`fusedrnn.keras3.layers`);
+  ``convert(model)`` switches the Keras layers of a model (say one just loaded) to them in place.
 
 Either way the layers keep everything of Keras's but the loop over time: arguments, variables,
 initializers, regularizers, constraints, state handling (``stateful``, ``initial_state``), masks

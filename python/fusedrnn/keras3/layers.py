@@ -1,4 +1,4 @@
-"""Keras 3's SimpleRNN, LSTM, GRU, RNN (of one of their cells) and Bidirectional on the fused kernels.
+"""Keras 3's SimpleRNN, LSTM, GRU, RNN (of their cells) and Bidirectional on the fused kernels.
 
 Each class here is a subclass of Keras's own with nothing changed but its loop: the same
 arguments, cell, variables (``kernel``, ``recurrent_kernel``, ``bias``, in Keras's layout), state
