@@ -360,6 +360,25 @@ def test_generic_rnn_saves_as_keras_and_converts_back(tmp_path, rng, kernel_call
     assert kernel_calls == ["lstm"]
 
 
+@pytest.mark.skipif(BACKEND != "torch", reason="Keras exports to ONNX through torch.onnx on the torch backend")
+def test_onnx_export_writes_keras_loop(tmp_path, rng):
+    """The kernels' operators have no ONNX form: an export runs Keras's own loop, and the file
+    computes what the model does (run by ONNX's reference evaluator)."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+    from onnx.reference import ReferenceEvaluator
+
+    x = masked_inputs(rng, None)
+    fk.enable()
+    model = keras.Sequential([keras.Input((T, I)), keras.layers.GRU(UNITS), keras.layers.Dense(1)])
+    expected = numpy(model(x))
+    path = tmp_path / "model.onnx"
+    model.export(str(path), format="onnx", verbose=False)
+    evaluator = ReferenceEvaluator(onnx.load(str(path)))
+    got = evaluator.run(None, {evaluator.input_names[0]: x})[0]
+    np.testing.assert_allclose(got, expected, rtol=RTOL, atol=ATOL)
+
+
 def conv_lstm_dense(seed):
     keras.utils.set_random_seed(seed)
     return keras.Sequential([keras.Input((T * 2, I)), keras.layers.Conv1D(8, 3, activation="relu"),

@@ -7,6 +7,7 @@ PyTorch's autograd with the same random cotangents.
 
 import contextlib
 import gc
+import io
 import itertools
 import weakref
 
@@ -636,6 +637,46 @@ def test_compiled_with_a_parametrized_weight_equals_torch_nn(rng, allow_rnn):
     x = torch.tensor(rng.standard_normal((T, B, I)))
     compiled = torch.compile(fused, fullgraph=True)
     assert_close(compiled(x)[0].detach().numpy(), oracle(x)[0].detach().numpy(), np.float64, OUTPUT)
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+@pytest.mark.parametrize("mode", ["lstm", "gru", "rnn_tanh"])  # (ONNX's reference evaluator has no relu RNN)
+def test_onnx_export_writes_onnx_recurrent_operators(rng, mode, exporter):
+    """torch.onnx.export of a fused module writes what torch.nn's writes: ONNX's own RNN, LSTM or
+    GRU operators, which compute the same outputs (run here by ONNX's reference evaluator), with
+    nothing of fusedrnn's in the file."""
+    onnx = pytest.importorskip("onnx")
+    if exporter == "dynamo":
+        pytest.importorskip("onnxscript")
+    from onnx.reference import ReferenceEvaluator
+
+    oracle, fused = modules(mode, torch.float32, 31, num_layers=2, bidirectional=True)
+    x = torch.tensor(rng.standard_normal((T, B, I)), dtype=torch.float32)
+    models = []
+    for module in (fused, oracle.float()):
+        buffer = io.BytesIO()
+        torch.onnx.export(module, (x,), buffer, dynamo=exporter == "dynamo")
+        models.append(onnx.load_from_string(buffer.getvalue()))
+    model, torch_nn_model = models
+    operators = {(node.domain, node.op_type) for node in model.graph.node}
+    assert operators == {(node.domain, node.op_type) for node in torch_nn_model.graph.node}
+    assert not any("fusedrnn" in domain for domain, _ in operators)
+    evaluator = ReferenceEvaluator(model)
+    y = evaluator.run(None, {evaluator.input_names[0]: x.numpy()})[0]
+    with torch.no_grad():
+        expected = oracle.double()(x.double())[0]
+    assert_close(y, expected.numpy(), np.float32, OUTPUT)
+
+
+def test_the_functional_op_refuses_an_onnx_export(rng):
+    pytest.importorskip("onnx")
+
+    class Layer(torch.nn.Module):
+        def forward(self, x):
+            return fr.recurrent("rnn_tanh", x, None, None, {"weight_ih": torch.ones(H, I), "weight_hh": torch.ones(H, H)})[0]
+
+    with pytest.raises(RuntimeError, match="no ONNX form"):
+        torch.onnx.export(Layer(), (torch.zeros(T, B, I),), io.BytesIO(), dynamo=False)
 
 
 def test_moving_a_module_drops_the_kept_views_of_its_old_parameters(rng):

@@ -16,7 +16,8 @@ initializers, regularizers, constraints, state handling (``stateful``, ``initial
 of any pattern, ``go_backwards``, ``return_sequences``, ``return_state``, dropout masks and
 serialization. Keras's own loop runs instead, per call, with the TensorFlow backend,
 ``unroll=True``, other cells (a subclass of Keras's, one of the user's own, anywhere in a list),
-other activations, a GPU, other dtypes (mixed precision), and in training with LSTM/GRU
+other activations, a GPU, other dtypes (mixed precision), an export to ONNX (torch backend: the
+file holds Keras's loop), and in training with LSTM/GRU
 ``recurrent_dropout`` (Keras draws a mask per gate there; SimpleRNN's recurrent dropout and
 every layer's input dropout run in the kernels) or with dropout in a list of cells.
 

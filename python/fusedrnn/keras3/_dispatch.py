@@ -58,6 +58,15 @@ def _cell_name(cell):
     return "gru" if cell.reset_after else "gru_reset_before"
 
 
+def _exporting_to_onnx():
+    # (On the torch backend, Keras's export to ONNX is torch.onnx.export: the file then holds
+    # Keras's own loop, which runs without fusedrnn, where the kernels' operators have no ONNX form.)
+    if keras.backend.backend() != "torch":
+        return False
+    import torch
+    return torch.onnx.is_in_onnx_export()
+
+
 def _on_cpu(sequences):
     if keras.backend.backend() == "torch":
         return sequences.device.type == "cpu"
@@ -71,9 +80,10 @@ def fusable(layer, sequences, training):
     Keras's own loop runs: on another backend than torch or JAX; with ``unroll=True``; with a cell
     the kernels don't have (other activations than SimpleRNN's tanh/relu and LSTM/GRU's
     tanh/sigmoid, or a cell subclass), anywhere in a stack of cells; off the CPU; for dtypes other
-    than float32/float64 or a mixed-precision policy; and in training with LSTM/GRU recurrent
-    dropout or ``implementation=1`` input dropout (Keras then draws a different mask per gate,
-    which the kernels' one recurrent scale cannot express), or with any dropout in a stack of cells.
+    than float32/float64 or a mixed-precision policy; in an export to ONNX (torch backend); and in
+    training with LSTM/GRU recurrent dropout or ``implementation=1`` input dropout (Keras then
+    draws a different mask per gate, which the kernels' one recurrent scale cannot express), or
+    with any dropout in a stack of cells.
     """
     if keras.backend.backend() not in _BACKENDS:
         return f"the {keras.backend.backend()} backend"
@@ -91,6 +101,8 @@ def fusable(layer, sequences, training):
         return "an empty or non-3D input"
     if not _on_cpu(sequences):
         return "a tensor off the CPU"
+    if _exporting_to_onnx():
+        return "an export to ONNX"
     if training and len(cells) > 1 and any(cell.dropout or cell.recurrent_dropout for cell in cells):
         return "dropout in a stack of cells"   # (each cell draws its masks from its own inputs)
     cell = cells[0]

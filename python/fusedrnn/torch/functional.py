@@ -53,11 +53,16 @@ def recurrent(cell, x, h0, c0, weights, *, lengths=None, mask=None, masked_outpu
     CUDA backend (every tensor on x's device). Threads, devices and streams: see
     :mod:`fusedrnn.torch._ops`. Under a ``torch.func`` transform (``vmap``, ``grad``, ...) it
     raises ``RuntimeError``: the operators cannot be transformed (the modules take torch.nn's own
-    path there).
+    path there). An export to ONNX of a call fails (PyTorch's TorchScript exporter gets a
+    ``RuntimeError`` from here, the default exporter its own error naming the operator): ONNX has
+    no form for the operators; the modules export as torch.nn's.
     """
     if _ops.under_torch_func_transform():
         raise RuntimeError("fusedrnn.torch.recurrent cannot run under torch.func's transforms (vmap, grad, jacrev, ...); "
                            "fusedrnn.torch.nn's modules take torch.nn's own path there")
+    if torch.onnx.is_in_onnx_export():
+        raise RuntimeError("fusedrnn.torch.recurrent has no ONNX form; fusedrnn.torch.nn's modules export as torch.nn's "
+                           "(ONNX's own RNN, LSTM and GRU operators)")
     info = _ops._cell_info(cell)
     weights = args.checked_weights(weights)
     weight_ih, weight_hh, bias_ih, bias_hh, weight_hr = weights.values()  # in WEIGHT_NAMES' order

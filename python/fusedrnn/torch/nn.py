@@ -26,7 +26,9 @@ with the same arguments:
   own error);
 - a call under a ``torch.func`` transform (``vmap``, ``grad``, ``jacrev``, ``functional_call``
   inside one, ...): the fused operators have no batching rule and an autograd that the
-  transforms cannot see through.
+  transforms cannot see through;
+- an export to ONNX (``torch.onnx.export``, either exporter): the file then holds ONNX's own
+  RNN/LSTM/GRU operators, as torch.nn's modules export, and runs without fusedrnn.
 
 Double backward (a gradient of a gradient) is not supported on the fused path: the operators'
 backward is not itself differentiable, so ``backward(create_graph=True)`` through these modules
@@ -287,7 +289,7 @@ class _Fused:
         return output, (hidden[0] if c_n is None else tuple(hidden))
 
     def forward(self, input, hx=None):
-        if _ops.under_torch_func_transform():
+        if _ops.under_torch_func_transform() or torch.onnx.is_in_onnx_export():
             return super().forward(input, hx)
         self._follow_replaced_weights()
         fast = self._forward_without_graph(input, hx)
