@@ -221,6 +221,24 @@ def test_stacked_cells_take_and_give_each_cells_states(rng, kernel_calls):
             np.testing.assert_allclose(numpy(gi), numpy(ei), rtol=RTOL, atol=ATOL)
 
 
+def test_dropout_in_a_stack_of_cells_draws_each_cells_keras_masks(rng, kernel_calls):
+    """Each cell of a stack draws its own masks (the input's from its own input): with the same
+    seeds both models draw the same ones, and a training step agrees."""
+    def stack():
+        return [keras.layers.GRUCell(UNITS, dropout=0.3, seed=7),
+                keras.layers.SimpleRNNCell(UNITS + 1, dropout=0.2, recurrent_dropout=0.4, seed=8),
+                keras.layers.LSTMCell(UNITS - 1, dropout=0.25, seed=9)]
+
+    stock = model_of(None, keras.layers.RNN(stack(), return_sequences=True), "any")
+    fused = model_of(None, fl.RNN(stack(), return_sequences=True), "any")
+    fused.set_weights(stock.get_weights())
+    x = masked_inputs(rng, "any")
+    outputs = assert_same_outputs(stock, fused, x)   # inference: no dropout
+    kernel_calls.clear()
+    assert_same_training_step(stock, fused, x, outputs, rng)
+    assert kernel_calls[:3] == ["gru", "rnn_tanh", "lstm"]   # (JAX may trace the step more than once)
+
+
 def test_stateful_carries_state_across_batches(rng):
     batch_shape = (B, T, I)
     models = []
@@ -268,8 +286,9 @@ class OwnLSTMCell(keras.layers.LSTMCell):
     ("RNN(cells)", dict(cells=lambda: OwnLSTMCell(UNITS))),
     pytest.param("RNN(cells)", dict(cells=lambda: [keras.layers.LSTMCell(UNITS)]),   # a stack of one
                  marks=pytest.mark.skipif(BACKEND == "jax", reason="Keras's own loop fails on JAX there")),
-    # Dropout in a stack (fused at inference only: each cell draws its masks from its own inputs).
-    ("RNN(cells)", dict(cells=lambda: [keras.layers.GRUCell(UNITS, dropout=0.3, seed=5), keras.layers.LSTMCell(UNITS)])),
+    # Recurrent dropout of an LSTM cell in a stack (fused at inference only: a mask per gate).
+    ("RNN(cells)", dict(cells=lambda: [keras.layers.GRUCell(UNITS), keras.layers.LSTMCell(UNITS, recurrent_dropout=0.3,
+                                                                                        seed=5)])),
 ])
 def test_what_the_kernels_do_not_serve_runs_keras_loop(kind, options, rng, kernel_calls):
     if kind == "RNN(cells)":

@@ -17,9 +17,9 @@ of any pattern, ``go_backwards``, ``return_sequences``, ``return_state``, dropou
 serialization. Keras's own loop runs instead, per call, with the TensorFlow backend,
 ``unroll=True``, other cells (a subclass of Keras's, one of the user's own, anywhere in a list),
 other activations, a GPU, other dtypes (mixed precision), an export to ONNX (torch backend: the
-file holds Keras's loop), and in training with LSTM/GRU
-``recurrent_dropout`` (Keras draws a mask per gate there; SimpleRNN's recurrent dropout and
-every layer's input dropout run in the kernels) or with dropout in a list of cells.
+file holds Keras's loop), and in training with LSTM/GRU ``recurrent_dropout`` (Keras draws a mask
+per gate there; SimpleRNN's recurrent dropout and every layer's input dropout run in the kernels,
+each cell's own in a list of cells).
 
 On JAX, a model that already compiled its ``fit``/``predict`` step keeps that step until it is
 compiled again: call ``enable()`` before the first ``fit``/``predict``, or ``compile()`` the model

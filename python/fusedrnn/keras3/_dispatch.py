@@ -16,9 +16,9 @@ of the uniform op (:mod:`fusedrnn.functional`), through the backend's adapter:
 - batch-major ``(B, T, I)`` to time-major, ``go_backwards`` as the flipped sequence (Keras's
   outputs are then in the order processed, as its own loop gives them), the ``(B, T)`` mask to
   ``(T, B)``; a masked step repeats the last output, or is zero with ``zero_output_for_mask``.
-- dropout: the mask Keras drew for this call (``cell.get_dropout_mask``) multiplies the inputs,
-  which is what Keras's cell does when one mask serves all gates; SimpleRNN's recurrent dropout
-  mask is the op's ``recurrent_scale``.
+- dropout: the mask Keras drew for this call (``cell.get_dropout_mask``) multiplies the inputs
+  (in a stack of cells, each cell's its own input), which is what Keras's cell does when one mask
+  serves all gates; SimpleRNN's recurrent dropout mask is the op's ``recurrent_scale``.
 
 What the kernels don't serve returns None, and the caller runs Keras's own loop (see
 :func:`fusable` for the list).
@@ -82,8 +82,8 @@ def fusable(layer, sequences, training):
     tanh/sigmoid, or a cell subclass), anywhere in a stack of cells; off the CPU; for dtypes other
     than float32/float64 or a mixed-precision policy; in an export to ONNX (torch backend); and in
     training with LSTM/GRU recurrent dropout or ``implementation=1`` input dropout (Keras then
-    draws a different mask per gate, which the kernels' one recurrent scale cannot express), or
-    with any dropout in a stack of cells.
+    draws a different mask per gate, which the kernels' one recurrent scale cannot express), in any
+    cell of a stack.
     """
     if keras.backend.backend() not in _BACKENDS:
         return f"the {keras.backend.backend()} backend"
@@ -103,10 +103,7 @@ def fusable(layer, sequences, training):
         return "a tensor off the CPU"
     if _exporting_to_onnx():
         return "an export to ONNX"
-    if training and len(cells) > 1 and any(cell.dropout or cell.recurrent_dropout for cell in cells):
-        return "dropout in a stack of cells"   # (each cell draws its masks from its own inputs)
-    cell = cells[0]
-    if training:
+    for cell in cells if training else ():
         per_gate = type(cell) is not keras.layers.SimpleRNNCell and getattr(cell, "implementation", 2) == 1
         if 0.0 < cell.recurrent_dropout < 1.0 and per_gate:
             return "recurrent dropout of LSTM or GRU (a mask per gate)"
@@ -165,14 +162,6 @@ def inner_loop(layer, sequences, initial_state, mask, training):
     stacked = type(layer.cell) is keras.layers.StackedRNNCells
     if isinstance(mask, (list, tuple)):
         mask = mask[0]
-    cell = cells[0]   # (dropout: one cell, see fusable)
-    if training and 0.0 < cell.dropout < 1.0:
-        # The mask RNN.call drew for this call (one per sequence, the same at every step).
-        sequences = sequences * ops.expand_dims(cell.get_dropout_mask(sequences[:, 0, :]), 1)
-    recurrent_scale = None
-    if training and 0.0 < cell.recurrent_dropout < 1.0:   # SimpleRNN only (see fusable)
-        recurrent_scale = cell.get_recurrent_dropout_mask(initial_state[0])
-
     x = ops.transpose(sequences, (1, 0, 2))
     if mask is not None:
         mask = ops.transpose(ops.cast(mask, "bool"), (1, 0))
@@ -188,6 +177,14 @@ def inner_loop(layer, sequences, initial_state, mask, training):
         given = list(given) if listed else [given]
         h0 = given[0]
         c0 = given[1] if F.CELLS[cell_name].has_cell_state else None
+        # The masks RNN.call drew for this call (each cell's own, one per sequence, the same at
+        # every step): the input's multiplies the cell's input, as Keras's cell does when one mask
+        # serves all gates; the recurrent one is the kernels' recurrent scale (see fusable).
+        if training and 0.0 < cell.dropout < 1.0:
+            x = x * ops.expand_dims(cell.get_dropout_mask(x[0]), 0)
+        recurrent_scale = None
+        if training and 0.0 < cell.recurrent_dropout < 1.0:
+            recurrent_scale = cell.get_recurrent_dropout_mask(h0)
         y, h_n, c_n = _adapter().recurrent(
             cell_name, x, h0, c0, torch_layout_weights(cell, cell_name), mask=mask,
             masked_output="zero" if layer.zero_output_for_mask else "repeat", recurrent_scale=recurrent_scale)
