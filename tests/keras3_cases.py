@@ -207,8 +207,8 @@ def test_stacked_cells_take_and_give_each_cells_states(rng, kernel_calls):
     for layer in layers:
         layer(x)
     layers[1].set_weights(layers[0].get_weights())
-    widths = [UNITS, UNITS - 1, UNITS + 1]
-    given = [[rng.standard_normal((B, UNITS)).astype("float32") for _ in range(2)],
+    widths = [UNITS, UNITS - 1, UNITS + 1]   # (stack_of_cells's)
+    given = [[rng.standard_normal((B, widths[0])).astype("float32") for _ in range(2)],
              rng.standard_normal((B, widths[1])).astype("float32"), [rng.standard_normal((B, widths[2])).astype("float32")]]
     kernel_calls.clear()
     expected, got = (layer(x, initial_state=given) for layer in layers)

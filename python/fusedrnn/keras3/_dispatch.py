@@ -35,11 +35,15 @@ _GRU_GATES = (1, 0, 2)   # the kernels' r, z, n are Keras's z, r, h at 1, 0, 2
 _BACKENDS = ("torch", "jax")
 
 
+def _stacked(layer):
+    """Whether the layer's cell is a ``StackedRNNCells`` (what ``RNN([cell, cell, ...])`` makes of
+    a list)."""
+    return type(layer.cell) is keras.layers.StackedRNNCells
+
+
 def _cells(layer):
-    """The layer's cells in order: its cell, or the cells of a ``StackedRNNCells`` (what
-    ``RNN([cell, cell, ...])`` makes of a list)."""
-    cell = layer.cell
-    return list(cell.cells) if type(cell) is keras.layers.StackedRNNCells else [cell]
+    """The layer's cells in order: its cell, or the cells of its stack."""
+    return list(layer.cell.cells) if _stacked(layer) else [layer.cell]
 
 
 def _cell_name(cell):
@@ -92,7 +96,7 @@ def fusable(layer, sequences, training):
     cells = _cells(layer)
     if any(_cell_name(cell) is None for cell in cells):
         return "a cell or activation the kernels don't have"
-    if type(layer.cell) is keras.layers.StackedRNNCells and len(cells) < 2:
+    if _stacked(layer) and len(cells) < 2:
         return "a stack of one cell"   # (Keras's loop unwraps its states)
     if not (layer.compute_dtype == layer.variable_dtype == keras.backend.standardize_dtype(sequences.dtype)
             and layer.compute_dtype in ("float32", "float64")):
@@ -159,7 +163,7 @@ def inner_loop(layer, sequences, initial_state, mask, training):
     if fusable(layer, sequences, training) is not None:
         return None
     cells = _cells(layer)
-    stacked = type(layer.cell) is keras.layers.StackedRNNCells
+    stacked = _stacked(layer)
     if isinstance(mask, (list, tuple)):
         mask = mask[0]
     x = ops.transpose(sequences, (1, 0, 2))
