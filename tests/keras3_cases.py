@@ -187,6 +187,72 @@ def test_float64_runs_in_the_kernels(rng, kernel_calls):
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-13)
 
 
+MIXED_CASES = {
+    "lstm-any-mask-backwards-sequences-state": dict(kind="LSTM", pattern="any", go_backwards=True,
+                                                    return_sequences=True, return_state=True),
+    "gru-reset-before-right-padding-sequences": dict(kind="GRU", pattern="right", reset_after=False,
+                                                     return_sequences=True),
+    "gru-reset-after-state": dict(kind="GRU", return_state=True),
+    "rnn-relu-sequences": dict(kind="SimpleRNN", activation="relu", return_sequences=True),
+    "stacked-cells-any-mask-sequences-state": dict(kind="RNN(stack)", pattern="any", return_sequences=True,
+                                                   return_state=True),
+}
+# One unit in the last place at 1 (the spacing of the values between 1 and 2).
+NARROW_EPS = {"bfloat16": 2.0 ** -7, "float16": 2.0 ** -10}
+
+
+def weight_deltas(model, x, targets):
+    """What one SGD step of rate 1 (Keras's train_on_batch) moves each weight by: minus its
+    gradient, as the model computes it."""
+    before = model.get_weights()
+    model.compile(optimizer=keras.optimizers.SGD(1.0), loss=["mse"] * len(targets))
+    model.train_on_batch(x, targets if len(targets) > 1 else targets[0])
+    return [after - w for after, w in zip(model.get_weights(), before)]
+
+
+@pytest.mark.parametrize("case, policy", [(case, policy) for case in MIXED_CASES
+                                          for policy in ("mixed_bfloat16", "mixed_float16", "bfloat16")
+                                          # (a stack's cells take no options: orthogonal init)
+                                          if not (policy == "bfloat16" and case.startswith("stacked"))])
+def test_mixed_precision_computes_in_float32_and_rounds_once(policy, case, rng, kernel_calls):
+    """A mixed-precision layer (float32 variables, bfloat16/float16 computations) runs in the
+    kernels in float32, from the inputs, states and weights as the compute dtype has them, and
+    Keras rounds the results to that dtype. The oracle: Keras's float32 layer given the same
+    rounded inputs and weights, its results rounded; the two differ by the float32 ulps of any
+    float32 layer, which can move a result across a rounding boundary: one unit in the narrow
+    dtype's last place (rtol = its eps). The gradients, which pass through the casts, are rounded
+    to the narrow dtype once too: each weight's step agrees to 2 eps of the largest one. With
+    narrow variables (the "bfloat16" policy) the step itself rounds to the weight's last place."""
+    options = dict(MIXED_CASES[case])
+    narrow = policy.removeprefix("mixed_")
+    eps = NARROW_EPS[narrow]
+    kind, pattern = options.pop("kind"), options.get("pattern")
+    options.pop("pattern", None)
+    if narrow == policy:   # (Keras's default orthogonal initializer has no bfloat16 QR)
+        options["recurrent_initializer"] = "glorot_uniform"
+    stock = model_of(None, STOCK[kind](UNITS, **options), pattern)
+    fused = model_of(None, FUSED[kind](UNITS, dtype=policy, **options), pattern)
+
+    def rounded(array):
+        return numpy(keras.ops.cast(keras.ops.cast(array, narrow), "float32"))
+
+    weights = [rounded(w) for w in stock.get_weights()]
+    stock.set_weights(weights)
+    fused.set_weights(weights)
+    x = rounded(masked_inputs(rng, pattern))
+    expected, got = as_list(stock(x)), as_list(fused(x))
+    assert kernel_calls, "the narrow-dtype model did not reach the kernels"
+    assert len(got) == len(expected)
+    for e, g in zip(expected, got):
+        assert keras.backend.standardize_dtype(g.dtype) == narrow and tuple(g.shape) == tuple(e.shape)
+        np.testing.assert_allclose(numpy(keras.ops.cast(g, "float32")), rounded(e), rtol=eps, atol=1e-6)
+    targets = [rng.standard_normal(tuple(o.shape)).astype("float32") for o in expected]
+    for want, step, w in zip(weight_deltas(stock, x, targets), weight_deltas(fused, x, targets), weights):
+        assert keras.backend.standardize_dtype(step.dtype) == ("float32" if narrow != policy else narrow)
+        bound = 2 * eps * np.abs(want).max() + (eps * np.abs(w) if narrow == policy else 0)
+        assert np.all(np.abs(step.astype("float32") - want) <= bound), np.abs(step.astype("float32") - want).max()
+
+
 @pytest.mark.parametrize("kind, options", [
     ("SimpleRNN", dict(dropout=0.3, recurrent_dropout=0.4)),   # both in the kernels
     ("LSTM", dict(dropout=0.3)),                                 # one input mask: in the kernels
@@ -280,7 +346,7 @@ class OwnLSTMCell(keras.layers.LSTMCell):
 
 @pytest.mark.parametrize("kind, options", [
     ("LSTM", dict(activation="relu")), ("GRU", dict(recurrent_activation="hard_sigmoid")),
-    ("SimpleRNN", dict(unroll=True)), ("LSTM", dict(dtype="mixed_bfloat16")),
+    ("SimpleRNN", dict(unroll=True)),
     ("GRU", dict(recurrent_dropout=0.3)),   # fused at inference only (Keras draws a mask per gate)
     ("RNN(cells)", dict(cells=lambda: [keras.layers.LSTMCell(UNITS), OwnLSTMCell(UNITS)])),
     ("RNN(cells)", dict(cells=lambda: OwnLSTMCell(UNITS))),

@@ -14,12 +14,14 @@ Two ways in:
 Either way the layers keep everything of Keras's but the loop over time: arguments, variables,
 initializers, regularizers, constraints, state handling (``stateful``, ``initial_state``), masks
 of any pattern, ``go_backwards``, ``return_sequences``, ``return_state``, dropout masks and
-serialization. Keras's own loop runs instead, per call, with the TensorFlow backend,
-``unroll=True``, other cells (a subclass of Keras's, one of the user's own, anywhere in a list),
-other activations, a GPU, other dtypes (mixed precision), an export to ONNX (torch backend: the
-file holds Keras's loop), and in training with LSTM/GRU ``recurrent_dropout`` (Keras draws a mask
-per gate there; SimpleRNN's recurrent dropout and every layer's input dropout run in the kernels,
-each cell's own in a list of cells).
+serialization, float32, float64 and mixed precision (``mixed_bfloat16``, ``mixed_float16``: the
+kernels compute in float32 from the inputs and weights as that dtype rounds them, and Keras
+rounds the results once, where its own loop rounds every step's). Keras's own loop runs instead,
+per call, with the TensorFlow backend, ``unroll=True``, other cells (a subclass of Keras's, one of
+the user's own, anywhere in a list), other activations, a GPU, an export to ONNX (torch backend:
+the file holds Keras's loop), and in training with LSTM/GRU ``recurrent_dropout`` (Keras draws a
+mask per gate there; SimpleRNN's recurrent dropout and every layer's input dropout run in the
+kernels, each cell's own in a list of cells).
 
 On JAX, a model that already compiled its ``fit``/``predict`` step keeps that step until it is
 compiled again: call ``enable()`` before the first ``fit``/``predict``, or ``compile()`` the model

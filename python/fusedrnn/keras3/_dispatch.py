@@ -78,16 +78,35 @@ def _on_cpu(sequences):
     return jax.default_backend() == "cpu"
 
 
+_NARROW = ("bfloat16", "float16")
+
+
+def _kernel_dtype(layer, sequences):
+    """The dtype the kernels compute this call in, or None where they can't.
+
+    float32 and float64 as they are. A bfloat16 or float16 layer (a mixed-precision policy, its
+    variables float32, or a narrow one) computes in float32 from the inputs, states and weights as
+    that dtype has them, and Keras's ``RNN.call`` rounds the results to it: where Keras's loop
+    rounds every step's products and states, the kernels round once at the end."""
+    compute = layer.compute_dtype
+    if keras.backend.standardize_dtype(sequences.dtype) != compute:
+        return None
+    if compute in ("float32", "float64"):
+        return compute if layer.variable_dtype == compute else None
+    if compute in _NARROW and layer.variable_dtype in _NARROW + ("float32",):
+        return "float32"
+    return None
+
+
 def fusable(layer, sequences, training):
     """Why the kernels can't run this call (a short phrase), or None when they can.
 
     Keras's own loop runs: on another backend than torch or JAX; with ``unroll=True``; with a cell
     the kernels don't have (other activations than SimpleRNN's tanh/relu and LSTM/GRU's
-    tanh/sigmoid, or a cell subclass), anywhere in a stack of cells; off the CPU; for dtypes other
-    than float32/float64 or a mixed-precision policy; in an export to ONNX (torch backend); and in
-    training with LSTM/GRU recurrent dropout or ``implementation=1`` input dropout (Keras then
-    draws a different mask per gate, which the kernels' one recurrent scale cannot express), in any
-    cell of a stack.
+    tanh/sigmoid, or a cell subclass), anywhere in a stack of cells; off the CPU; for a dtype
+    :func:`_kernel_dtype` refuses; in an export to ONNX (torch backend); and in training with
+    LSTM/GRU recurrent dropout or ``implementation=1`` input dropout (Keras then draws a different
+    mask per gate, which the kernels' one recurrent scale cannot express), in any cell of a stack.
     """
     if keras.backend.backend() not in _BACKENDS:
         return f"the {keras.backend.backend()} backend"
@@ -98,9 +117,8 @@ def fusable(layer, sequences, training):
         return "a cell or activation the kernels don't have"
     if _stacked(layer) and len(cells) < 2:
         return "a stack of one cell"   # (Keras's loop unwraps its states)
-    if not (layer.compute_dtype == layer.variable_dtype == keras.backend.standardize_dtype(sequences.dtype)
-            and layer.compute_dtype in ("float32", "float64")):
-        return "a dtype other than float32 or float64"
+    if _kernel_dtype(layer, sequences) is None:
+        return "a dtype the kernels don't take"
     if len(sequences.shape) != 3 or not sequences.shape[0] or not sequences.shape[1]:
         return "an empty or non-3D input"
     if not _on_cpu(sequences):
@@ -164,9 +182,14 @@ def inner_loop(layer, sequences, initial_state, mask, training):
         return None
     cells = _cells(layer)
     stacked = _stacked(layer)
+    dtype = _kernel_dtype(layer, sequences)
+
+    def to_kernel(tensor):   # (RNN.call casts what this returns to the layer's compute dtype)
+        return tensor if tensor is None or dtype == layer.compute_dtype else ops.cast(tensor, dtype)
+
     if isinstance(mask, (list, tuple)):
         mask = mask[0]
-    x = ops.transpose(sequences, (1, 0, 2))
+    x = to_kernel(ops.transpose(sequences, (1, 0, 2)))
     if mask is not None:
         mask = ops.transpose(ops.cast(mask, "bool"), (1, 0))
     if layer.go_backwards:   # Keras walks the flipped sequence and returns outputs in that order
@@ -179,18 +202,19 @@ def inner_loop(layer, sequences, initial_state, mask, training):
         cell_name = _cell_name(cell)
         listed = isinstance(given, (list, tuple))
         given = list(given) if listed else [given]
-        h0 = given[0]
-        c0 = given[1] if F.CELLS[cell_name].has_cell_state else None
+        h0 = to_kernel(given[0])
+        c0 = to_kernel(given[1]) if F.CELLS[cell_name].has_cell_state else None
         # The masks RNN.call drew for this call (each cell's own, one per sequence, the same at
         # every step): the input's multiplies the cell's input, as Keras's cell does when one mask
         # serves all gates; the recurrent one is the kernels' recurrent scale (see fusable).
         if training and 0.0 < cell.dropout < 1.0:
-            x = x * ops.expand_dims(cell.get_dropout_mask(x[0]), 0)
+            x = x * ops.expand_dims(to_kernel(cell.get_dropout_mask(x[0])), 0)
         recurrent_scale = None
         if training and 0.0 < cell.recurrent_dropout < 1.0:
-            recurrent_scale = cell.get_recurrent_dropout_mask(h0)
+            recurrent_scale = to_kernel(cell.get_recurrent_dropout_mask(h0))
+        weights = {name: to_kernel(w) for name, w in torch_layout_weights(cell, cell_name).items()}
         y, h_n, c_n = _adapter().recurrent(
-            cell_name, x, h0, c0, torch_layout_weights(cell, cell_name), mask=mask,
+            cell_name, x, h0, c0, weights, mask=mask,
             masked_output="zero" if layer.zero_output_for_mask else "repeat", recurrent_scale=recurrent_scale)
         states = [h_n] if c_n is None else [h_n, c_n]
         final.append(states if listed else h_n)
