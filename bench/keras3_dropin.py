@@ -4,7 +4,8 @@
 What a Keras user times: ``model.fit`` (one epoch, Adam, MSE) and ``model.predict`` of
 Input(T, I) -> SimpleRNN/LSTM/GRU(units) -> Dense(1), B=64, T=100, I=32, units 128 and 512; and at
 units 128 the same behind a Masking layer, on sequences of lengths in [T/2, T] padded with zeros
-(the masked rows: a Keras text model's batch, in no order of length). Keras
+(the masked rows: a Keras text model's batch, in no order of length), and under the
+mixed_bfloat16 policy (the output layer float32, as Keras's mixed-precision guide has it). Keras
 fixes its backend per process, so each backend runs in a subprocess of this script. Within one,
 the stock and the fused model hold the same weights and are timed interleaved, call by call, with
 the same threads (on the torch backend enable() is switched on and off around each call; on JAX
@@ -49,19 +50,22 @@ def run_backend(args):
     # layer in front: a Keras text model's batch.
     lengths = rng.integers(args.steps // 2, args.steps + 1, args.samples)
     x_padded = np.where(np.arange(args.steps)[None, :, None] < lengths[:, None, None], x, 0).astype("float32")
-    configurations = [(units, "full") for units in args.units] + [(units, "masked") for units in args.masked_units]
+    configurations = ([(units, "full", "float32") for units in args.units]
+                      + [(units, "masked", "float32") for units in args.masked_units]
+                      + [(units, "full", "mixed_bfloat16") for units in args.mixed_units])
     rows = []
     near = machine.NearLatency(args.threads, known=args.near_ns)
     for cell in args.cells:
-        for units, inputs in configurations:
+        for units, inputs, policy in configurations:
             data = x if inputs == "full" else x_padded
             masking = [] if inputs == "full" else [keras.layers.Masking(0.0)]
+            keras.mixed_precision.set_global_policy(policy)
             models = {}
             for fused in (False, True):
                 (fk.enable if fused else fk.disable)()
                 keras.utils.set_random_seed(1)
                 model = keras.Sequential([keras.Input((args.steps, args.features)), *masking, layer_of[cell](units),
-                                          keras.layers.Dense(1)])
+                                          keras.layers.Dense(1, dtype="float32")])
                 model.compile(optimizer="adam", loss="mse")
                 if fused:
                     model.set_weights(models[False].get_weights())
@@ -96,7 +100,8 @@ def run_backend(args):
             times, cross_core, retries = machine.measure_near(timed_rounds, near)
             for what in ("fit", "predict"):
                 stock, fused = times[False, what], times[True, what]
-                rows.append(dict(backend=keras.backend.backend(), cell=cell, units=units, inputs=inputs, what=what,
+                rows.append(dict(backend=keras.backend.backend(), cell=cell, units=units, inputs=inputs, policy=policy,
+                                 what=what,
                                  stock_median=statistics.median(stock), stock_min=min(stock),
                                  fused_median=statistics.median(fused), fused_min=min(fused),
                                  rounds=len(stock), cross_core_ns=cross_core, retries=retries))
@@ -111,6 +116,8 @@ def main():
     parser.add_argument("--units", nargs="+", type=int, default=[128, 512])
     parser.add_argument("--masked-units", nargs="*", type=int, default=[128],
                         help="sizes also timed on padded input behind a Masking layer")
+    parser.add_argument("--mixed-units", nargs="*", type=int, default=[128],
+                        help="sizes also timed under the mixed_bfloat16 policy")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=100, help="T")
     parser.add_argument("--features", type=int, default=32, help="I")
@@ -126,7 +133,8 @@ def main():
     parser.add_argument("--near-ns", type=float, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
-        args.units, args.masked_units, args.steps, args.samples, args.batch, args.repeats = [16], [16], 10, 32, 16, 1
+        args.units, args.masked_units, args.mixed_units = [16], [16], [16]
+        args.steps, args.samples, args.batch, args.repeats = 10, 32, 16, 1
         args.seconds = 0.0
     if args.run_backend:
         run_backend(args)
@@ -145,11 +153,12 @@ def main():
                  near_cross_core_ns=near.ns, displaced_pause_s=machine.DISPLACED_PAUSE_S, rows=[])
     print(f"{saved['cpu']}, {args.threads} threads; B={args.batch}, T={args.steps}, I={args.features}, "
           f"{args.samples} samples per call, median of {args.repeats}+ rounds (min); FMA peak {peak:.0f} GFLOP/s\n")
-    print("| backend | layer | units | input | call | Keras (s) | enable() (s) | Keras / enable() |")
-    print("|---|---|---:|---|---|---:|---:|---:|")
+    print("| backend | layer | units | input | policy | call | Keras (s) | enable() (s) | Keras / enable() |")
+    print("|---|---|---:|---|---|---|---:|---:|---:|")
     for backend in args.backends:
         command = [sys.executable, __file__, "--run-backend", backend, "--cells", *args.cells,
                    "--units", *map(str, args.units), "--masked-units", *map(str, args.masked_units),
+                   "--mixed-units", *map(str, args.mixed_units),
                    "--batch", str(args.batch), "--steps", str(args.steps),
                    "--features", str(args.features), "--samples", str(args.samples),
                    "--repeats", str(args.repeats), "--seconds", str(args.seconds), "--threads", str(args.threads)]
@@ -164,7 +173,8 @@ def main():
                 continue
             r = json.loads(line)
             saved["rows"].append(r)
-            print(f"| {r['backend']} | {r['cell']} | {r['units']} | {r['inputs']} | {r['what']} | {r['stock_median']:.3f} "
+            print(f"| {r['backend']} | {r['cell']} | {r['units']} | {r['inputs']} | {r['policy']} | {r['what']} | "
+                  f"{r['stock_median']:.3f} "
                   f"({r['stock_min']:.3f}) | {r['fused_median']:.3f} ({r['fused_min']:.3f}) | "
                   f"{r['stock_median'] / r['fused_median']:.1f}x |", flush=True)
     if args.save:

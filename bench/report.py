@@ -583,19 +583,21 @@ def keras3_section(doc):
            f"SimpleRNN/LSTM/GRU(units) -> Dense(1), B = {doc['B']}, T = {doc['T']}, I = {doc['I']}; fit = one "
            f"epoch of {doc['samples']} samples (Adam, MSE), predict of the same; {keras3_rounds(doc)}, "
            "x = stock / fused. Masked input: a Masking layer in front and sequences of lengths in "
-           "[T/2, T], in no order, padded with zeros.", ""]
+           "[T/2, T], in no order, padded with zeros. Policy: Keras's dtype policy (mixed_bfloat16: the "
+           "recurrent layer computes in bfloat16 in Keras's loop, in float32 from bfloat16 inputs and weights "
+           "in the kernels; the output layer float32).", ""]
     out += ["GFLOP: the recurrent layer's products in one call, 2*T*(I+units)*G*units a sample, 3x that in "
             "fit (forward and backward), padding included; GFLOP/s of each contender = GFLOP / its time.", ""]
     far_ns = far_threshold(doc["rows"])
     lines = []
     for r in doc["rows"]:
         gflop = keras3_gflop(doc, r)
-        lines.append([r["backend"], r["cell"], r["units"], r.get("inputs", "full"), r["what"],
+        lines.append([r["backend"], r["cell"], r["units"], r.get("inputs", "full"), r.get("policy", "float32"), r["what"],
                       num(r["stock_median"], 3), num(r["fused_median"], 3), num(r["stock_median"] / r["fused_median"]),
                       num(gflop, 1), num(gflop / r["stock_median"], 1), num(gflop / r["fused_median"], 1)]
                      + ([num(r.get("cross_core_ns"), 0), "far" if is_far(r, far_ns) else ""]
                         if far_ns is not None else []))
-    out += table(["backend", "layer", "units", "input", "call", "Keras s", "enable() s", "x", "GFLOP",
+    out += table(["backend", "layer", "units", "input", "policy", "call", "Keras s", "enable() s", "x", "GFLOP",
                   "Keras GFLOP/s", "enable() GFLOP/s"]
                  + (["cross-core ns then", "note"] if far_ns is not None else []), lines)
     if far_ns is not None:
@@ -627,10 +629,10 @@ def keras3_gflop(doc, r):
 
 
 def keras3_targets(doc):
-    """Issue #16's targets: (what, threshold, the rows it reads: the models without masking)."""
+    """Issue #16's targets: (what, threshold, the rows it reads: the float32 models without masking)."""
     def rows(backend, what):
-        return [r for r in doc["rows"]
-                if r["backend"] == backend and r["what"] == what and r.get("inputs", "full") == "full"]
+        return [r for r in doc["rows"] if r["backend"] == backend and r["what"] == what
+                and r.get("inputs", "full") == "full" and r.get("policy", "float32") == "float32"]
     return [("torch backend fit, x stock Keras", 5.0, rows("torch", "fit")),
             ("torch backend predict, x stock Keras", 3.0, rows("torch", "predict")),
             ("JAX backend fit, x stock Keras", 2.0, rows("jax", "fit"))]
