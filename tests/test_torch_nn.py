@@ -582,6 +582,23 @@ def test_the_weight_views_follow_every_change_of_the_parameters(rng, change):
     assert torch.equal(after, first) == (change == "freeze")
 
 
+@pytest.mark.parametrize("mode", ["lstm", "gru", "rnn_tanh"])
+def test_under_autocast_the_fused_layers_compute_in_float32(rng, mode):
+    """torch.autocast (bfloat16, CPU) leaves the fused operators alone: float32 in and out, the
+    values of a float32 call, gradients included (the module docstring says so)."""
+    oracle, fused = modules(mode, torch.float32, 23)
+    x = torch.tensor(rng.standard_normal((T, B, I)), dtype=torch.float32, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = fused(x)[0]
+    assert y.dtype == torch.float32
+    (dx,) = torch.autograd.grad(y.square().sum(), x)
+    x64 = x.detach().double().requires_grad_()
+    y64 = oracle(x64)[0]
+    (dx64,) = torch.autograd.grad(y64.square().sum(), x64)
+    assert_close(y.detach().numpy(), y64.detach().numpy(), np.float32, OUTPUT)
+    assert_close(dx.numpy(), dx64.numpy(), np.float32, INPUT_GRAD)
+
+
 REPARAMETRIZATIONS = {
     "orthogonal": lambda m: torch.nn.utils.parametrizations.orthogonal(m, "weight_hh_l0"),
     "spectral_norm": lambda m: torch.nn.utils.parametrizations.spectral_norm(m, "weight_ih_l0"),

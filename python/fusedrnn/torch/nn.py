@@ -30,6 +30,10 @@ with the same arguments:
 - an export to ONNX (``torch.onnx.export``, either exporter): the file then holds ONNX's own
   RNN/LSTM/GRU operators, as torch.nn's modules export, and runs without fusedrnn.
 
+Under ``torch.autocast`` on the CPU the fused layers compute in float32 and return float32 (the
+operators are on none of autocast's lists), as torch.nn's GRU and RNN do there; torch.nn's LSTM
+runs oneDNN's bfloat16 LSTM instead and returns bfloat16.
+
 Double backward (a gradient of a gradient) is not supported on the fused path: the operators'
 backward is not itself differentiable, so ``backward(create_graph=True)`` through these modules
 raises ``RuntimeError`` rather than leave the second-order terms out. Use the ``torch.nn`` modules
