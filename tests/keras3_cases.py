@@ -226,8 +226,7 @@ def test_mixed_precision_computes_in_float32_and_rounds_once(policy, case, rng, 
     options = dict(MIXED_CASES[case])
     narrow = policy.removeprefix("mixed_")
     eps = NARROW_EPS[narrow]
-    kind, pattern = options.pop("kind"), options.get("pattern")
-    options.pop("pattern", None)
+    kind, pattern = options.pop("kind"), options.pop("pattern", None)
     if narrow == policy:   # (Keras's default orthogonal initializer has no bfloat16 QR)
         options["recurrent_initializer"] = "glorot_uniform"
     stock = model_of(None, STOCK[kind](UNITS, **options), pattern)
