@@ -125,14 +125,23 @@ def assert_same_outputs(stock, fused, x):
     return expected
 
 
+def random_targets(rng, outputs):
+    """A float32 target of each output's shape."""
+    return [rng.standard_normal(tuple(o.shape)).astype("float32") for o in outputs]
+
+
+def sgd_step(model, x, targets, rate):
+    """One SGD step (Keras's train_on_batch: jitted on JAX), mean squared error to each target."""
+    model.compile(optimizer=keras.optimizers.SGD(rate), loss=["mse"] * len(targets))
+    model.train_on_batch(x, targets if len(targets) > 1 else targets[0])
+
+
 def assert_same_training_step(stock, fused, x, outputs, rng):
-    """One SGD step (Keras's train_on_batch: jitted on JAX) on random targets for `outputs`
-    leaves both models with the same weights."""
-    targets = [rng.standard_normal(tuple(o.shape)).astype("float32") for o in outputs]
+    """One SGD step on random targets for `outputs` leaves both models with the same weights."""
+    targets = random_targets(rng, outputs)
     before = stock.get_weights()
     for model in (stock, fused):
-        model.compile(optimizer=keras.optimizers.SGD(0.5), loss=["mse"] * len(targets))
-        model.train_on_batch(x, targets if len(targets) > 1 else targets[0])
+        sgd_step(model, x, targets, 0.5)
     for e, g in zip(stock.get_weights(), fused.get_weights()):
         np.testing.assert_allclose(g, e, rtol=RTOL, atol=ATOL)
     assert not all(np.array_equal(a, b) for a, b in zip(before, stock.get_weights())), "the step changed nothing"
@@ -202,11 +211,10 @@ NARROW_EPS = {"bfloat16": 2.0 ** -7, "float16": 2.0 ** -10}
 
 
 def weight_deltas(model, x, targets):
-    """What one SGD step of rate 1 (Keras's train_on_batch) moves each weight by: minus its
-    gradient, as the model computes it."""
+    """What one SGD step of rate 1 moves each weight by: minus its gradient, as the model
+    computes it."""
     before = model.get_weights()
-    model.compile(optimizer=keras.optimizers.SGD(1.0), loss=["mse"] * len(targets))
-    model.train_on_batch(x, targets if len(targets) > 1 else targets[0])
+    sgd_step(model, x, targets, 1.0)
     return [after - w for after, w in zip(model.get_weights(), before)]
 
 
@@ -245,7 +253,7 @@ def test_mixed_precision_computes_in_float32_and_rounds_once(policy, case, rng, 
     for e, g in zip(expected, got):
         assert keras.backend.standardize_dtype(g.dtype) == narrow and tuple(g.shape) == tuple(e.shape)
         np.testing.assert_allclose(numpy(keras.ops.cast(g, "float32")), rounded(e), rtol=eps, atol=1e-6)
-    targets = [rng.standard_normal(tuple(o.shape)).astype("float32") for o in expected]
+    targets = random_targets(rng, expected)
     for want, step, w in zip(weight_deltas(stock, x, targets), weight_deltas(fused, x, targets), weights):
         assert keras.backend.standardize_dtype(step.dtype) == ("float32" if narrow != policy else narrow)
         bound = 2 * eps * np.abs(want).max() + (eps * np.abs(w) if narrow == policy else 0)
