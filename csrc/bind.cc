@@ -100,14 +100,15 @@ void check_shared(Args& a, CellKind cell, const CellInfo& info, const py::array&
 }
 
 // forward(cell, x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh, recurrent_scale, lengths, mask,
-//         repeat_masked_output, reverse, training, bf16_weights=False, packed=None)
+//         repeat_masked_output, reverse, training, bf16_weights=False, packed=None,
+//         bf16_projections=False)
 //   -> (y, h_n, c_n | None, saved | None),
 //   saved = (gates [T,B,S*H], h [T+1,B,P], c [T+1,B,H] | None, m [T,B,H] | None)
 py::tuple forward(const std::string& cell_name, const py::array& x, const py::object& h0, const py::object& c0,
                   const py::object& w_ih, const py::object& w_hh, const py::object& w_hr, const py::object& b_ih,
                   const py::object& b_hh, const py::object& recurrent_scale, const py::object& lengths,
                   const py::object& mask, bool repeat_masked_output, bool reverse, bool training, bool bf16_weights,
-                  const py::object& packed) {
+                  const py::object& packed, bool bf16_projections) {
   const CellKind cell = fusedrnn::bind::parse_cell(cell_name);
   const CellInfo info = fusedrnn::cell_info(cell);
   return with_dtype("x", x, [&](auto dtype) -> py::tuple {
@@ -116,6 +117,9 @@ py::tuple forward(const std::string& cell_name, const py::array& x, const py::ob
                          info.two_phase)) {
       throw py::value_error("bfloat16 recurrent weights are for float32 inference only, without a projection, "
                             "recurrent dropout or the reset-before-product GRU");
+    }
+    if (bf16_projections && !bf16_weights) {
+      throw py::value_error("bfloat16 input projections come with bfloat16 recurrent weights: pass bf16_weights too");
     }
     fusedrnn::ForwardArgs<T> a{};
     check_shared<T>(a, cell, info, x, w_ih, w_hh, w_hr, recurrent_scale, lengths, mask, repeat_masked_output,
@@ -127,6 +131,7 @@ py::tuple forward(const std::string& cell_name, const py::array& x, const py::ob
     a.b_ih = checked<T>(b_ih, "b_ih", {G * H}, true);
     a.b_hh = checked<T>(b_hh, "b_hh", {G * H}, true);
     a.bf16_weights = bf16_weights;
+    a.bf16_projections = bf16_projections;
     if (!packed.is_none()) {
       if (!py::isinstance<fusedrnn::cpu::PackedWeights>(packed)) {
         throw py::type_error("packed must be a _core.PackedWeights or None");
@@ -248,7 +253,8 @@ py::object gemm_packed_typed(const py::array& a, const py::array& b) {
   return c;
 }
 
-// a @ b with both rounded to bfloat16 and float32 sums, through the bf16 inference mode's kernel.
+// a @ b with both rounded to bfloat16 and float32 sums, through the bf16 inference mode's kernel
+// (the rows of a split among the threads, as the bf16 input projections run).
 py::object gemm_bf16(const py::array& a, const py::array& b) {
   const int64_t M = a.shape(0), K = a.shape(1), N = b.shape(1);
   if (!(a.flags() & py::array::c_style)) throw py::value_error("a must be C-contiguous");
@@ -262,10 +268,8 @@ py::object gemm_bf16(const py::array& a, const py::array& b) {
     std::vector<int64_t> col_offset(N);
     for (int64_t j = 0; j < N; ++j) col_offset[j] = j * b_cs;
     std::vector<uint16_t> packed(fusedrnn::cpu::packed_bf16_size(K, N));
-    std::vector<uint32_t> pairs(M * ((K + 1) / 2));
     fusedrnn::cpu::pack_b_bf16(K, N, b_data, col_offset.data(), b_rs, packed.data());
-    fusedrnn::cpu::pack_a_bf16(M, K, a_data, K, pairs.data());
-    fusedrnn::cpu::gemm_bf16(M, N, K, pairs.data(), packed.data(), c_data, N);
+    fusedrnn::cpu::gemm_bf16_rows(M, N, K, a_data, K, packed.data(), c_data, N);
   }
   return c;
 }
@@ -328,7 +332,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("forward", &forward, py::arg("cell"), py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("w_ih"),
         py::arg("w_hh"), py::arg("w_hr"), py::arg("b_ih"), py::arg("b_hh"), py::arg("recurrent_scale"),
         py::arg("lengths"), py::arg("mask"), py::arg("repeat_masked_output"), py::arg("reverse"), py::arg("training"),
-        py::arg("bf16_weights") = false, py::arg("packed") = py::none());
+        py::arg("bf16_weights") = false, py::arg("packed") = py::none(), py::arg("bf16_projections") = false);
   py::class_<fusedrnn::cpu::PackedWeights>(
       m, "PackedWeights",
       "Packed copies of one layer direction's weights kept across forward calls (fusedrnn.functional.PackedWeights "

@@ -94,6 +94,8 @@ struct ForwardArgs {
   bool bf16_weights;          // inference only, float only: the recurrent product W_hh h in
                               // bfloat16 (on the CPU: cpu/gemm_bf16.h); not with w_hr,
                               // recurrent_scale, or a two-phase cell (reset-before-product GRU)
+  bool bf16_projections;      // with bf16_weights: the input projections x W_ih^T in bfloat16 too
+                              // (x and W_ih rounded, float32 sums)
   T* y;                       // out [T, B, P]
   T* h_n;                     // out [B, P]
   T* c_n;                     // out [B, H] (LSTM; else null)

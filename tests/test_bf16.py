@@ -152,6 +152,93 @@ def test_error_against_float32_as_documented(rng, cell):
     assert 1e-5 < error < 2e-2
 
 
+# -- bfloat16 input projections (bf16_projections=True: the bf16 compute mode) ---------------------
+def run_both(module, cell, p, projections=True, **options):
+    """(y, h_n) of recurrent_forward with every product in bfloat16 (projections=False: the
+    recurrent ones only)."""
+    weights = {name: p[name] for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+    y, h_n, _, _ = module.recurrent_forward(cell, p["x"], p["h0"], p["c0"] if cell == "lstm" else None, weights,
+                                            training=False, bf16_weights=True, bf16_projections=projections,
+                                            **options)
+    return y, h_n
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("B, H, I", [(1, 33, 5), (3, 64, 40), (70, 17, 9)])
+def test_bf16_projections_one_step_matches_reference(rng, cell, B, H, I, threads):
+    p = problem(rng, cell, 1, B, H, I=I)
+    y, h_n = run_both(F, cell, p)
+    y_ref, h_ref = run_both(_reference, cell, p)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(h_n, h_ref, rtol=1e-5, atol=1e-5)
+    y_recurrent_only, _ = run(F, cell, p, bf16_weights=True)
+    assert np.abs(y - y_recurrent_only).max() > 1e-5   # the projections did round
+
+
+# The projections run blocked (each thread its units' columns, a block of steps at a time) or as
+# one GEMM over every row (merged), as the caches and the team decide: a tiny L2 and one thread,
+# or a large L2 and two, take the other way for these sizes. Each way sums every product over the
+# whole of I in the same order, so the results' bits are the same.
+PROJECTION_WAYS = [(1, (16 << 10, 16 << 10, 0)), (1, (48 << 10, 2 << 20, 0)), (2, (16 << 10, 16 << 10, 0)),
+                   (2, (48 << 10, 2 << 20, 0))]
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("variant", ["plain", "reverse_lengths", "sorted_lengths", "mask_repeat"])
+def test_bf16_projections_sequences_match_reference_every_way(rng, cell, variant):
+    T, B, H, I = 12, 70, 40, 150
+    p = problem(rng, cell, T, B, H, I=I)
+    options = {}
+    if variant == "reverse_lengths":
+        options = dict(reverse=True, lengths=rng.integers(0, T + 1, B))
+    elif variant == "sorted_lengths":   # (the merged GEMM then runs on the rows taking a step only)
+        options = dict(lengths=make_sorted_lengths(T, B))
+    elif variant == "mask_repeat":
+        options = dict(mask=rng.random((T, B)) < 0.7, masked_output="repeat")
+    original = fusedrnn.get_num_threads()
+    results = []
+    try:
+        for threads, caches in PROJECTION_WAYS:
+            fusedrnn.set_num_threads(threads)
+            _core._set_cache_sizes(*caches)
+            results.append(run_both(F, cell, p, **options))
+    finally:
+        fusedrnn.set_num_threads(original)
+        _core._set_cache_sizes(0, 0, 0)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b)
+    y_ref, h_ref = run_both(_reference, cell, p, **options)
+    np.testing.assert_allclose(results[0][0], y_ref, atol=2e-3, rtol=0)   # (the module's notes: why 2e-3)
+    np.testing.assert_allclose(results[0][1], h_ref, atol=2e-3, rtol=0)
+
+
+def test_bf16_projections_kept_packed_hit_bitwise(rng):
+    p = problem(rng, "lstm", 5, 4, 48, I=40)
+    handle = F.PackedWeights()
+    expected = run_both(F, "lstm", p)
+    for _ in range(2):
+        for a, b in zip(run_both(F, "lstm", p, packed=handle, packed_version=0), expected):
+            np.testing.assert_array_equal(a, b)
+    # The same handle for the recurrent products alone: its own packed W_ih, float32.
+    for a, b in zip(run_both(F, "lstm", p, projections=False),
+                    run_both(F, "lstm", p, projections=False, packed=handle, packed_version=0)):
+        np.testing.assert_array_equal(a, b)
+    assert handle.hits == 2
+
+
+@pytest.mark.parametrize("M", [1, 63, 64, 65, 150])
+def test_kernel_rows_split_among_threads(rng, M, threads):
+    """_core.gemm_bf16 rounds the rows of a in blocks of 64, shared among the threads: each row
+    as the single-row product gives it."""
+    a = rng.standard_normal((M, 37)).astype(np.float32)
+    b = rng.standard_normal((37, 40)).astype(np.float32)
+    product = _core.gemm_bf16(a, b)
+    for i in (0, M // 2, M - 1):
+        np.testing.assert_array_equal(product[i], _core.gemm_bf16(a[i:i + 1], b)[0])
+    np.testing.assert_array_equal(product, _core._gemm_bf16_with(_core.bf16_kernel(), a, b))
+
+
 # -- what it refuses -----------------------------------------------------------------------------------
 def test_refused_arguments(rng):
     p = problem(rng, "lstm", 3, 2, 8)
@@ -173,6 +260,17 @@ def test_refused_arguments(rng):
                       bf16_weights=True)
     with pytest.raises(TypeError, match="bool"):
         F.lstm_forward(*args, training=False, bf16_weights="yes")
+    weights = dict(weight_ih=p["weight_ih"], weight_hh=p["weight_hh"])
+    with pytest.raises(ValueError, match="bf16_weights=True"):
+        F.recurrent_forward("lstm", p["x"], None, None, weights, training=False, bf16_projections=True)
+    with pytest.raises(TypeError, match="bf16_projections must be a bool"):
+        F.recurrent_forward("lstm", p["x"], None, None, weights, training=False, bf16_weights=True,
+                            bf16_projections=1)
+    with pytest.raises(ValueError, match="inference"):
+        F.recurrent_forward("lstm", p["x"], None, None, weights, bf16_weights=True, bf16_projections=True)
+    with pytest.raises(ValueError, match="bf16_weights too"):
+        _core.forward("lstm", p["x"], None, None, p["weight_ih"], p["weight_hh"], None, None, None, None, None,
+                      None, False, False, False, False, None, True)
     with pytest.raises(ValueError, match="inference"):
         _core.forward("lstm", p["x"], None, None, p["weight_ih"], p["weight_hh"], None, None, None, None, None,
                       None, False, False, True, True)

@@ -18,6 +18,8 @@ torch = pytest.importorskip("torch")
 
 import fusedrnn.torch as fr  # noqa: E402
 from fusedrnn.torch import nn as fnn  # noqa: E402
+from fusedrnn import _core  # noqa: E402
+from fusedrnn import functional as F  # noqa: E402
 from tolerances import INPUT_GRAD, OUTPUT, STATE, WEIGHT_GRAD, assert_close  # noqa: E402
 
 from torch.nn.utils import prune as torch_prune  # noqa: E402
@@ -597,6 +599,46 @@ def test_under_autocast_the_fused_layers_compute_in_float32(rng, mode):
     (dx64,) = torch.autograd.grad(y64.square().sum(), x64)
     assert_close(y.detach().numpy(), y64.detach().numpy(), np.float32, OUTPUT)
     assert_close(dx.numpy(), dx64.numpy(), np.float32, INPUT_GRAD)
+
+
+@pytest.mark.parametrize("mode", ["lstm", "gru", "rnn_tanh"])
+def test_inference_under_autocast_computes_as_torch_nn_does(rng, mode, isa):
+    """Without a graph, under bfloat16 autocast, an LSTM computes every product in bfloat16 (the
+    kernels' bf16 mode, where the CPU has AVX512-BF16; float32 elsewhere), as torch.nn's LSTM
+    computes in bfloat16 there; GRU and RNN in float32, as torch.nn's (with each instruction set
+    this machine runs: below AVX-512, float32 throughout). Inputs in bfloat16 (another
+    autocast operator's output) give results in bfloat16: in the bf16 mode the same values,
+    rounded; elsewhere (the general path, which rounds each layer's outputs to the input's dtype
+    before the next layer reads them) within a few bfloat16 units of them."""
+    torch.manual_seed(5)
+    kind, extra = MODES[mode]
+    fused = getattr(fnn, kind)(17, 24, num_layers=2, bidirectional=True, **extra)
+    x = torch.tensor(rng.standard_normal((9, 3, 17)), dtype=torch.float32)
+    with torch.no_grad():
+        float32 = fused(x)[0]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = fused(x)[0]
+            y_from_bf16 = fused(x.bfloat16())[0]
+    bf16 = mode == "lstm" and _core.bf16_native()
+    expected = x.numpy()
+    for layer in range(2):
+        outputs = []
+        for direction, suffix in enumerate(("", "_reverse")):
+            weights = {name: getattr(fused, f"{name}_l{layer}{suffix}").detach().numpy()
+                       for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+            outputs.append(F.recurrent_forward(fused._cell(), expected, None, None, weights, training=False,
+                                               reverse=bool(direction), bf16_weights=bf16, bf16_projections=bf16)[0])
+        expected = np.concatenate(outputs, axis=2)
+    assert y.dtype == torch.float32 and y_from_bf16.dtype == torch.bfloat16
+    np.testing.assert_array_equal(y.numpy(), expected)
+    assert torch.equal(y, float32) == (not bf16)
+    x_rounded = torch.tensor(x.bfloat16().float().numpy())
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        from_rounded = fused(x_rounded)[0]
+    if bf16:
+        assert torch.equal(y_from_bf16, from_rounded.bfloat16())
+    else:
+        np.testing.assert_allclose(y_from_bf16.float().numpy(), from_rounded.numpy(), atol=2 ** -6, rtol=2 ** -6)
 
 
 REPARAMETRIZATIONS = {

@@ -37,7 +37,7 @@ namespace fusedrnn::cpu {
 // the copies of the time-major arrays of a call run in another order of its batch (cpu/batch_order.h),
 // then the rows of a step's products copied apart (cpu/driver.h).
 constexpr int kPackedSlots = 4;
-constexpr int kBatchOrderSlots = kPackedSlots + 5;
+constexpr int kBatchOrderSlots = kPackedSlots + 6;  // (PackedWeights::kSlotCount)
 constexpr int kRowsApartSlot = kBatchOrderSlots + 4;
 constexpr int kWorkspaceSlots = kRowsApartSlot + 1;
 

@@ -105,8 +105,10 @@ struct InputProjections {
   // xp = the count steps' rows `mine` of x times this thread's packed W_ih chunks (x_cols
   // columns), step j's row b at xp row j * (mine.last - mine.first) + b - mine.first; of each step
   // only the rows below kept[j] (the sequences taking it: nothing reads the others').
-  void project(int64_t count, const T* x, const T* packed, int64_t x_cols, T* xp, const int64_t* kept,
-               BatchRows mine) const {
+  // multiply(n, x_rows, out): out (n x x_cols) = n rows of x times the chunks, at most `rows`.
+  template <class Multiply>
+  void project(int64_t count, const T* x, int64_t x_cols, T* xp, const int64_t* kept, BatchRows mine,
+               const Multiply& multiply) const {
     const int64_t own = mine.last - mine.first;
     for (int64_t j = 0; j < count;) {
       // A run of steps that keep every row is one range of rows (when this thread has them all), a
@@ -117,15 +119,14 @@ struct InputProjections {
       const int64_t end = next > j ? next * own : j * own + std::clamp(kept[j] - mine.first, int64_t(0), own);
       const T* x_first = x + (j * B + mine.first) * I;  // (rows of x run on with the next step's when own == B)
       for (int64_t r0 = begin; r0 < end; r0 += rows) {
-        gemm_packed_b<T>(std::min(rows, end - r0), x_cols, I, x_first + (r0 - begin) * I, I, packed, xp + r0 * x_cols,
-                         x_cols, false);
+        multiply(std::min(rows, end - r0), x_first + (r0 - begin) * I, xp + r0 * x_cols);
       }
       j = next > j ? next : j + 1;
     }
   }
 };
 
-static_assert(kPackedSlots + PackedWeights::kSlotCount <= kWorkspaceSlots, "a workspace slot for each packed matrix");
+static_assert(kPackedSlots + PackedWeights::kSlotCount == kBatchOrderSlots, "a workspace slot for each packed matrix");
 
 // Where one packed weight matrix lives for a call: in the caller's PackedWeights (then packed only
 // when the cache does not hold it yet) or in the calling thread's workspace (cpu/buffer.h).
@@ -352,6 +353,9 @@ void forward_layer(const ForwardArgs<T>& a, PackedWeights* cache) {
   InputProjections<T> inputs(B, I, team.rows_each(B),
                              G * NR * (by_rows ? units.count : ceil_div(units.count, threads)), steps, threads,
                              cache_sizes().l2);
+  // bfloat16 input projections (the bf16 compute mode: a caller's autocast), blocked or merged as
+  // float32's are: W_ih packed as bfloat16, and the rows of x rounded a GEMM call's rows at a time.
+  const bool bf16_inputs = bf16 && a.bf16_projections;
   // A call whose projections take one GEMM call a thread (a few rows: a generation step) computes
   // them from the threads' packed chunks of W_ih: each thread packs its own share (or finds it in
   // the cache) rather than one thread packing all of W_ih inside the merged GEMM. The choice does
@@ -361,8 +365,11 @@ void forward_layer(const ForwardArgs<T>& a, PackedWeights* cache) {
     inputs.blocked = true;
     inputs.steps = steps;
   }
-  const int64_t ih_size = inputs.blocked && !in_place ? packed_b_size<T>(I, G * NR) : 0;
+  const bool blocked_f32 = inputs.blocked && !in_place && !bf16_inputs;
+  const int64_t ih_size = blocked_f32 ? packed_b_size<T>(I, G * NR) : 0;
   PackedMatrix<T> packed_ih(cache, PackedWeights::kIh, units.count * ih_size);
+  const int64_t ih_bf16_size = inputs.blocked && bf16_inputs ? packed_bf16_size(I, G * NR) : 0;
+  PackedMatrix<uint16_t> packed_ih_bf16(cache, PackedWeights::kIhBf16, units.count * ih_bf16_size);
   // Where each time row's projections start in the merged GEMM's result: there, when the rows
   // taking no step are many (a PackedSequence of varied lengths), the GEMM runs on the others
   // only (active_rows[t] of time row t, the first ones), gathered, if the multiply-adds that saves
@@ -372,12 +379,24 @@ void forward_layer(const ForwardArgs<T>& a, PackedWeights* cache) {
   std::vector<int64_t> first_row(steps);
   for (int64_t t = 0, r = 0; t < steps; r += gathered ? active_rows[t] : B, ++t) first_row[t] = r;
   T* xp_merged = inputs.blocked ? nullptr : workspace<T>(0, (gathered ? kept_rows : steps * B) * GH);
-  if (gathered) {
-    T* x_kept = workspace<T>(1, kept_rows * I);
-    gather_kept_rows(a.x, I, I, steps, B, active_rows.data(), x_kept);
-    gemm<T>(kept_rows, GH, I, x_kept, I, 1, a.w_ih, 1, I, xp_merged, GH, /*accumulate=*/false);
-  } else if (!inputs.blocked) {
-    gemm<T>(steps * B, GH, I, a.x, I, 1, a.w_ih, 1, I, xp_merged, GH, /*accumulate=*/false);
+  if (!inputs.blocked) {
+    const T* x_rows = a.x;
+    if (gathered) {
+      T* x_kept = workspace<T>(1, kept_rows * I);
+      gather_kept_rows(a.x, I, I, steps, B, active_rows.data(), x_kept);
+      x_rows = x_kept;
+    }
+    const int64_t rows = gathered ? kept_rows : steps * B;
+    if constexpr (kBf16Capable) {
+      if (bf16_inputs) {  // (W_ih packed for this call: the cache's slot holds the blocked layout)
+        std::vector<int64_t> row_of_w_ih(GH);  // (column j of W_ih^T: row j of W_ih)
+        for (int64_t j = 0; j < GH; ++j) row_of_w_ih[j] = j * I;
+        Buffer<uint16_t> w_ih_bf16(packed_bf16_size(I, GH));
+        pack_b_bf16(I, GH, a.w_ih, row_of_w_ih.data(), 1, w_ih_bf16.get());
+        gemm_bf16_rows(rows, GH, I, x_rows, I, w_ih_bf16.get(), xp_merged, GH);
+      }
+    }
+    if (!bf16_inputs) gemm<T>(rows, GH, I, x_rows, I, 1, a.w_ih, 1, I, xp_merged, GH, /*accumulate=*/false);
   }
   const ForwardStep<Cell, T> step{a, sch, b_ih.get(), b_hh.get(), rz_step.get(), rh_step.get()};
   // An RNN's chunks have one gate, so a run of them lies unit by unit everywhere (its blocked
@@ -410,9 +429,12 @@ void forward_layer(const ForwardArgs<T>& a, PackedWeights* cache) {
     if (projected && packed_hr.pack) {
       pack_chunks(dims, P, 1, H, a.w_hr, 1, [&](int, int64_t p) { return p * H; }, packed_hr.get(), panel_size);
     }
-    if (inputs.blocked && packed_ih.pack && !in_place) {
-      pack_chunks(units, H, G, I, a.w_ih, 1, [&](int g, int64_t u) { return (g * H + u) * I; }, packed_ih.get(),
-                  ih_size);
+    const auto w_ih_column = [&](int g, int64_t u) { return (g * H + u) * I; };
+    if (blocked_f32 && packed_ih.pack) pack_chunks(units, H, G, I, a.w_ih, 1, w_ih_column, packed_ih.get(), ih_size);
+    if constexpr (kBf16Capable) {
+      if (ih_bf16_size && packed_ih_bf16.pack) {
+        pack_chunks(units, H, G, I, a.w_ih, 1, w_ih_column, packed_ih_bf16.get(), ih_bf16_size);
+      }
     }
     if (by_rows) step_end.wait();  // (every thread reads every chunk's packed weights)
     const BatchRows my_rows = by_rows ? rows_of_this_thread(team.work) : BatchRows{0, B};
@@ -423,6 +445,7 @@ void forward_layer(const ForwardArgs<T>& a, PackedWeights* cache) {
     // (Sized by the columns and rows this thread owns in the team it got, which may be smaller
     // than planned, e.g. inside another parallel region.)
     Buffer<T> xp_block(inputs.blocked ? inputs.steps * own_rows * x_cols : 0);
+    Buffer<uint32_t> x_pairs(ih_bf16_size ? inputs.rows * ((I + 1) / 2) : 0);  // (a GEMM call's rows of x)
     T* xp = xp_block.get();
     int64_t t_first = 0;  // the time row of xp's first rows
     // The input projections for the step of time row t, sequence b, and the chunk of unit u0:
@@ -438,9 +461,21 @@ void forward_layer(const ForwardArgs<T>& a, PackedWeights* cache) {
         t_first = a.reverse ? steps - s - count : s;
         if (in_place) {
           row_times_chunks(I, a.x, a.w_ih, H, G, first, last - first, xp);
+        } else if (ih_bf16_size) {
+          if constexpr (kBf16Capable) {
+            const uint16_t* mine = packed_ih_bf16.get() + first * ih_bf16_size;
+            inputs.project(count, a.x + t_first * B * I, x_cols, xp, active_rows.data() + t_first, my_rows,
+                           [&](int64_t n, const T* x_rows, T* out) {
+              pack_a_bf16(n, I, x_rows, I, x_pairs.get());
+              gemm_bf16(n, x_cols, I, x_pairs.get(), mine, out, x_cols);
+            });
+          }
         } else {
-          inputs.project(count, a.x + t_first * B * I, packed_ih.get() + first * ih_size, x_cols, xp,
-                         active_rows.data() + t_first, my_rows);
+          const T* mine = packed_ih.get() + first * ih_size;
+          inputs.project(count, a.x + t_first * B * I, x_cols, xp, active_rows.data() + t_first, my_rows,
+                         [&](int64_t n, const T* x_rows, T* out) {
+            gemm_packed_b<T>(n, x_cols, I, x_rows, I, mine, out, x_cols, false);
+          });
         }
       }
       const int64_t taking = active_rows[sch.row(s)];  // the products leave out the rows after these
@@ -527,6 +562,7 @@ void forward_layer(const ForwardArgs<T>& a, PackedWeights* cache) {
 
   for (auto* matrix : {&packed_hh, &packed_hr, &packed_hn, &packed_ih}) matrix->packed_by_team();
   packed_hh_bf16.packed_by_team();
+  packed_ih_bf16.packed_by_team();
 
   std::copy_n(state_in_y ? a.y + sch.row(steps - 1) * B * P : h_state.get() + (steps & 1) * B * P, B * P, a.h_n);
   if constexpr (Cell::kHasCell) std::copy_n(c_state.get() + (steps & 1) * B * H, B * H, a.c_n);

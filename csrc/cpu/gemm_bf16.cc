@@ -8,6 +8,10 @@
 #include "cpu/buffer.h"
 #include "cpu/gemm.h"
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 namespace fusedrnn::cpu {
 namespace {
 
@@ -141,6 +145,32 @@ void gemm_bf16(int64_t M, int64_t N, int64_t K, const uint32_t* A, const uint16_
 #endif
   const detail::GemmBf16Fn widening = detail::widening_bf16_gemm(static_cast<int>(current_isa()));
   (widening ? widening : &gemm_bf16_portable)(M, N, pairs(K), A, Bp, C, ldc);
+}
+
+void gemm_bf16_rows(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const uint16_t* Bp, float* C,
+                    int64_t ldc) {
+  if (M <= 0 || N <= 0) return;
+  // A block of rows is rounded into pairs that stay in L1 (64 rows of K = 256: 32 KiB) while the
+  // product reads them; all of B is read once a block, from L2 where it fits.
+  constexpr int64_t kRows = 64;
+  const int64_t Kp = pairs(K), blocks = (M + kRows - 1) / kRows;
+  int threads = 1;
+#ifdef _OPENMP
+  threads = static_cast<int>(std::min<int64_t>(omp_get_max_threads(), blocks));
+#pragma omp parallel num_threads(threads) if (threads > 1)
+#endif
+  {
+    Buffer<uint32_t> rows_as_pairs(kRows * Kp);
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+    for (int64_t block = 0; block < blocks; ++block) {
+      const int64_t r0 = block * kRows, rows = std::min(kRows, M - r0);
+      pack_a_bf16(rows, K, A + r0 * lda, lda, rows_as_pairs.get());
+      gemm_bf16(rows, N, K, rows_as_pairs.get(), Bp, C + r0 * ldc, ldc);
+    }
+  }
+  (void)threads;
 }
 
 }  // namespace fusedrnn::cpu

@@ -30,6 +30,13 @@ void pack_a_bf16(int64_t M, int64_t K, const float* A, int64_t lda, uint32_t* ds
 // C (M x N, row stride ldc) = A B, overwritten.
 void gemm_bf16(int64_t M, int64_t N, int64_t K, const uint32_t* A, const uint16_t* Bp, float* C, int64_t ldc);
 
+// The same from float32 rows of A (row stride lda), rounded to bfloat16 here, a block of rows at a
+// time, on OpenMP threads started inside (call it outside any parallel region): the input
+// projections x W_ih^T of the bf16 compute mode. Each row is one thread's, so the results' bits do
+// not depend on the thread count.
+void gemm_bf16_rows(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const uint16_t* Bp, float* C,
+                    int64_t ldc);
+
 // Whether gemm_bf16 runs on AVX512-BF16 here (else kernels with the same results, apart from
 // float32 denormals, which the instruction flushes to zero).
 bool bf16_native();

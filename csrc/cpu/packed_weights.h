@@ -29,7 +29,7 @@ namespace fusedrnn::cpu {
 class PackedWeights {
  public:
   // The matrices a forward packs.
-  enum Slot : int { kHh, kHhBf16, kHn, kHr, kIh, kSlotCount };
+  enum Slot : int { kHh, kHhBf16, kHn, kHr, kIh, kIhBf16, kSlotCount };
 
   // What the packed copies depend on besides the weights' values.
   struct Layout {

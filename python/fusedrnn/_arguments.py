@@ -103,9 +103,12 @@ def check_memory(cell, elements, itemsize):
                           f"machine's {memory / 2**30:.1f} GiB" if memory else f"{what} needs {needed} bytes")
 
 
-def check_bf16(bf16_weights, info, dtype, training, weight_hr, recurrent_scale):
-    if not isinstance(bf16_weights, (bool, np.bool_)):
-        raise TypeError(f"bf16_weights must be a bool, got {type(bf16_weights).__name__}")
+def check_bf16(bf16_weights, info, dtype, training, weight_hr, recurrent_scale, bf16_projections=False):
+    for name, value in (("bf16_weights", bf16_weights), ("bf16_projections", bf16_projections)):
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    if bf16_projections and not bf16_weights:
+        raise ValueError("bf16_projections=True comes with bf16_weights=True (the recurrent products in bfloat16 too)")
     if not bf16_weights:
         return
     if training:

@@ -57,10 +57,10 @@ def _sizes(cell, gates, weight_hh, weight_hr):
 
 
 def forward(cell, info, x, h0, c0, weights, *, lengths, mask, masked_output, reverse, training, recurrent_scale,
-            bf16_weights):
+            bf16_weights, bf16_projections):
     """recurrent_forward on the device; returns (y, h_n, c_n, computed, inputs, lengths, mask)."""
     _device._require()
-    if bf16_weights:
+    if bf16_weights or bf16_projections:
         raise ValueError("bf16_weights=True is a CPU inference mode: the CUDA backend has no bfloat16 kernels")
     x = _device._with_interface(x)
     # (DLPack-only weights viewed once here: their shapes are read before they are checked.)

@@ -356,10 +356,16 @@ def gru_backward(dy, dh_n, saved):
 
 
 def recurrent_forward(cell, x, h0, c0, weights, *, lengths=None, mask=None, masked_output="zero",
-                      reverse=False, training=True, recurrent_scale=None, bf16_weights=False):
+                      reverse=False, training=True, recurrent_scale=None, bf16_weights=False,
+                      bf16_projections=False):
     """The uniform op of fusedrnn.functional: any cell by name, weights as a dict (weight_ih,
-    weight_hh, bias_ih, bias_hh, weight_hr). Returns (y, h_n, c_n or None, saved)."""
+    weight_hh, bias_ih, bias_hh, weight_hr). Returns (y, h_n, c_n or None, saved).
+
+    bf16_projections: x and weight_ih rounded to bfloat16 before the input projections (summed
+    in float32), as the bf16 compute mode does."""
     w = [weights.get(name) for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+    if bf16_projections:
+        x, w[0] = _bf16(x), _bf16(w[0])
     options = dict(lengths=lengths, reverse=reverse, training=training, mask=mask, masked_output=masked_output,
                    recurrent_scale=recurrent_scale, bf16_weights=bf16_weights)
     if cell == "lstm":

@@ -45,7 +45,10 @@ bits) and float32 sums, on AVX512-BF16 where the CPU has it. At a batch of a few
 bound by reading W_hh, and this halves those bytes. Each rounding errs by at most 2^-9 relatively,
 so a gate's pre-activation moves by up to about 2^-8 * sum_k |W_hh[j, k] h_k| per step (the input
 projection stays float32); over a sequence the outputs typically differ from float32 by 1e-3 to
-1e-2. Not with a projection, recurrent dropout, or ``reset_after=False``.
+1e-2. Not with a projection, recurrent dropout, or ``reset_after=False``. With it,
+:func:`recurrent_forward`'s ``bf16_projections=True`` rounds x and W_ih to bfloat16 for the input
+projections too (float32 sums), a product that the instruction runs at twice float32's rate: the
+bf16 compute mode that PyTorch's bfloat16 autocast asks of an LSTM (:mod:`fusedrnn.torch.nn`).
 
 Packed weights (``packed=``, a :class:`PackedWeights`): every call packs the weights into the
 kernels' layout first; a handle passed to every call keeps them packed while they are unchanged
@@ -171,7 +174,7 @@ def _fingerprints(arrays):
 
 def recurrent_forward(cell, x, h0, c0, weights, *, lengths=None, mask=None, masked_output="zero",
                       reverse=False, training=True, recurrent_scale=None, bf16_weights=False,
-                      check_unchanged=True, packed=None, packed_version=None):
+                      bf16_projections=False, check_unchanged=True, packed=None, packed_version=None):
     """One recurrent layer in one direction, any cell.
 
     Args:
@@ -188,6 +191,7 @@ def recurrent_forward(cell, x, h0, c0, weights, *, lengths=None, mask=None, mask
         training: save what backward needs (otherwise ``saved`` is None).
         recurrent_scale: ``(B, P)`` recurrent dropout scale (see the module's notes), or None.
         bf16_weights: the recurrent products in bfloat16 (inference only; see the module's notes).
+        bf16_projections: with bf16_weights, the input projections in bfloat16 too.
         check_unchanged: record fingerprints of x and the weights, so that the backward raises if
             one was changed in place in between.
         packed: a :class:`PackedWeights` that keeps this layer direction's packed weights from one
@@ -205,10 +209,12 @@ def recurrent_forward(cell, x, h0, c0, weights, *, lengths=None, mask=None, mask
     if type(x) is not np.ndarray and _cuda_device.is_device_array(x):  # (the type first: hasattr costs more)
         return _forward_on_device(cell, info, x, h0, c0, weights, lengths=lengths, mask=mask,
                                   masked_output=masked_output, reverse=reverse, training=training,
-                                  recurrent_scale=recurrent_scale, bf16_weights=bf16_weights)
+                                  recurrent_scale=recurrent_scale, bf16_weights=bf16_weights,
+                                  bf16_projections=bf16_projections)
     x = args.float_array(x, "x")
-    if bf16_weights is not False:
-        args.check_bf16(bf16_weights, info, x.dtype, training, weights["weight_hr"], recurrent_scale)
+    if bf16_weights is not False or bf16_projections is not False:
+        args.check_bf16(bf16_weights, info, x.dtype, training, weights["weight_hr"], recurrent_scale,
+                        bf16_projections)
     args.no_cell_state(cell, info, c0, "c0")
     if x.ndim != 3:
         raise ValueError(f"x must have 3 dimensions (T, B, I), got shape {x.shape}")
@@ -238,7 +244,7 @@ def recurrent_forward(cell, x, h0, c0, weights, *, lengths=None, mask=None, mask
         a = arrays  # (positional: the binding then matches no keyword names, a cost at every call)
         return _core.forward(cell, a["x"], a["h0"], a["c0"], a["w_ih"], a["w_hh"], a["w_hr"], a["b_ih"], a["b_hh"],
                              a["recurrent_scale"], a["lengths"], a["mask"], repeat, bool(reverse), bool(training),
-                             bool(bf16_weights), handle)
+                             bool(bf16_weights), handle, bool(bf16_projections))
 
     # The binding checks every array itself (dtype, shape, layout: bind.h), so a call of plain
     # C-contiguous arrays of x's dtype goes to it as they are; only when it refuses one do the

@@ -212,6 +212,14 @@ def under_torch_func_transform():
     return not torch.compiler.is_compiling() and _interpreter_stack() is not None
 
 
+def autocast_bf16_compute():
+    """Whether an LSTM computes in bfloat16 now, as torch.nn's does: under ``torch.autocast`` on
+    the CPU with bfloat16, where the CPU has AVX512-BF16 (elsewhere the kernels' bfloat16 products
+    run no faster than float32's, and float32 it stays)."""
+    return (torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+            and _core.bf16_native())
+
+
 def _use_threads():
     """The kernels run with fusedrnn.set_num_threads's count if the user set one, else PyTorch's."""
     wanted = fusedrnn._user_threads or torch.get_num_threads()

@@ -30,9 +30,13 @@ with the same arguments:
 - an export to ONNX (``torch.onnx.export``, either exporter): the file then holds ONNX's own
   RNN/LSTM/GRU operators, as torch.nn's modules export, and runs without fusedrnn.
 
-Under ``torch.autocast`` on the CPU the fused layers compute in float32 and return float32 (the
-operators are on none of autocast's lists), as torch.nn's GRU and RNN do there; torch.nn's LSTM
-runs oneDNN's bfloat16 LSTM instead and returns bfloat16.
+Under ``torch.autocast`` on the CPU (bfloat16) the fused layers compute in the precision
+torch.nn's do there. An LSTM without ``proj_size``, in a call that needs no graph, runs its input
+and recurrent products with both factors rounded to bfloat16 and float32 sums (the kernels' bf16
+mode: ``fusedrnn.functional``'s ``bf16_weights`` and ``bf16_projections``), as torch.nn's LSTM runs
+oneDNN's bfloat16 LSTM; on a CPU without AVX512-BF16, where those products run no faster, it stays
+in float32. Training under autocast, and the GRU and RNN (which torch.nn computes in float32
+there), compute in float32. The results have the input's dtype (torch.nn's LSTM returns bfloat16).
 
 Double backward (a gradient of a gradient) is not supported on the fused path: the operators'
 backward is not itself differentiable, so ``backward(create_graph=True)`` through these modules
@@ -236,10 +240,15 @@ class _Fused:
             states = (hx,)
         tensors = (input, *states)
         dtype = input.dtype
-        if dtype not in _SERVED_DTYPES or not all(type(t) is torch.Tensor and t.is_cpu and t.dtype == dtype
-                                                  for t in tensors):
+        # Under bfloat16 autocast an LSTM computes in bfloat16 (both products: the kernels' bf16
+        # mode), from float32 inputs, or from bfloat16 ones that autocast's other operators gave
+        # (widened, then the results rounded back to their dtype, as the general path returns them).
+        bf16 = is_lstm and not self.proj_size and _ops.autocast_bf16_compute()
+        weight_dtype = torch.float32 if bf16 and dtype == torch.bfloat16 else dtype
+        if weight_dtype not in _SERVED_DTYPES or not all(type(t) is torch.Tensor and t.is_cpu and t.dtype == dtype
+                                                         for t in tensors):
             return None
-        arrays = self._weight_arrays(dtype)
+        arrays = self._weight_arrays(weight_dtype)
         if arrays is None:
             return None
         weights_need_grad, weights = arrays
@@ -267,7 +276,8 @@ class _Fused:
                     k = layer * D + direction
                     h0, c0 = (None if s is None else s[k] for s in (h0s, c0s))
                     y, h, c, _ = F.recurrent_forward(self._cell(), x, h0, c0, weights[k], reverse=bool(direction),
-                                                     training=False, packed=owned_packed_weights(self, k))
+                                                     training=False, bf16_weights=bf16, bf16_projections=bf16,
+                                                     packed=owned_packed_weights(self, k))
                     ys.append(y)
                     h_n.append(h)
                     c_n.append(c)
@@ -276,7 +286,8 @@ class _Fused:
             return None  # (a state of the wrong batch or size: PyTorch's check says so, below)
         # Shaped as torch.nn returns them while still arrays, then one tensor each: a NumPy view
         # costs a fraction of a tensor's (a one-step call makes three of them).
-        return self._padded_result(x, h_n, c_n if is_lstm else None, batched, np.stack, torch.from_numpy)
+        as_tensor = torch.from_numpy if dtype == weight_dtype else lambda a: torch.from_numpy(a).to(dtype)
+        return self._padded_result(x, h_n, c_n if is_lstm else None, batched, np.stack, as_tensor)
 
     def _padded_result(self, x, h_n, c_n, batched, stack=torch.stack, as_tensor=None):
         """(output, h_n or (h_n, c_n)) as torch.nn returns them for a padded input, from the last
