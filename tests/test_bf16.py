@@ -74,13 +74,31 @@ def test_kernel_is_the_rounded_product(rng, M, K, N, layout):
     assert np.abs(product - a.astype(np.float64) @ b).max() > 0   # it did round
 
 
-def test_rounding_is_to_nearest_even():
+def test_rounding_is_to_nearest_even(isa):
+    """The rows of a are rounded by a loop compiled for each instruction set: each rounds alike,
+    overflow to infinity and NaN included."""
     # bfloat16 keeps 7 bits after the point: 1 + 2^-8 is a tie between 1 and 1 + 2^-7.
-    values = np.array([1.0, 1 + 2 ** -7, 1 + 2 ** -8, 1 + 3 * 2 ** -8, 1 + 2 ** -8 + 2 ** -20, -2.5], np.float32)
-    expected = np.array([1.0, 1 + 2 ** -7, 1.0, 1 + 2 ** -6, 1 + 2 ** -7, -2.5], np.float32)
-    product = _core.gemm_bf16(values[:, None], np.ones((1, 1), np.float32))[:, 0]
+    largest = np.finfo(np.float32).max  # (rounds up to infinity)
+    values = np.array([1.0, 1 + 2 ** -7, 1 + 2 ** -8, 1 + 3 * 2 ** -8, 1 + 2 ** -8 + 2 ** -20, -2.5, largest,
+                       -np.inf, np.nan] * 3, np.float32)
+    expected = np.array([1.0, 1 + 2 ** -7, 1.0, 1 + 2 ** -6, 1 + 2 ** -7, -2.5, np.inf, -np.inf, np.nan] * 3,
+                        np.float32)
     np.testing.assert_array_equal(bf16(values), expected)
-    np.testing.assert_array_equal(product, expected)
+    # Each value alone in a row (K = 1: a pair's high half zero), and as the even and the odd k of
+    # a full pair whose other value is zero (times 1 and 0: no inf times 0).
+    np.testing.assert_array_equal(_core.gemm_bf16(values[:, None], np.ones((1, 1), np.float32))[:, 0], expected)
+    zeros = np.zeros_like(values)
+    for pair, pick in ((np.stack([values, zeros], 1), [[1], [0]]), (np.stack([zeros, values], 1), [[0], [1]])):
+        np.testing.assert_array_equal(_core.gemm_bf16(pair, np.array(pick, np.float32))[:, 0], expected)
+    # And in rows of 48 (the rounding loop's vector part): value i at k = 5 i mod 48 of row i, the
+    # rest of the row finite, read through the identity (column k: that value alone).
+    rows = np.tile(np.linspace(-3, 3, 48, dtype=np.float32), (values.size, 1))
+    where = 5 * np.arange(values.size) % 48
+    rows[np.arange(values.size), where] = values
+    product = _core.gemm_bf16(rows, np.eye(48, dtype=np.float32))
+    np.testing.assert_array_equal(product[np.arange(values.size), where], expected)
+    finite_rows = np.isfinite(values) & (values != largest)
+    np.testing.assert_array_equal(product[finite_rows], bf16(rows[finite_rows]))
 
 
 def test_portable_loop_equals_the_instruction(rng):

@@ -550,6 +550,8 @@ GemmBf16Fn widening_bf16_gemm(int isa) {
     const Isa which = static_cast<Isa>(isa);
     return isa_usable(which) ? kernel_table(which).gemm_bf16 : nullptr;
 }
+
+PackABf16Fn pack_a_bf16_for_isa() { return kernel_table(current_isa()).pack_a_bf16; }
 }  // namespace detail
 
 template <class T>

@@ -96,7 +96,7 @@ void transpose_rows16(const float* const* rows, int64_t K, float* dst) {
 
 const KernelTable& avx2_kernel_table() {
     static const KernelTable table{"avx2", make_kernels<Avx2Float>(), make_kernels<Avx2Double>(),
-                                   &transpose_rows16, &gemm_bf16_shift<Avx2Bf16>};
+                                   &transpose_rows16, &gemm_bf16_shift<Avx2Bf16>, &round_rows_bf16};
     return table;
 }
 

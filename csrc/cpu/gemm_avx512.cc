@@ -98,7 +98,7 @@ struct Avx512Bf16 {
 
 const KernelTable& avx512_kernel_table() {
     static const KernelTable table{"avx512", make_kernels<Avx512Float>(), make_kernels<Avx512Double>(),
-                                   &transpose_rows16, &gemm_bf16_shift<Avx512Bf16>};
+                                   &transpose_rows16, &gemm_bf16_shift<Avx512Bf16>, &round_rows_bf16};
     return table;
 }
 

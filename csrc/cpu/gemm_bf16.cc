@@ -7,6 +7,7 @@
 
 #include "cpu/buffer.h"
 #include "cpu/gemm.h"
+#include "cpu/gemm_bf16_kernels.h"  // (bf16_bits and round_rows_bf16, compiled here for any CPU)
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -45,10 +46,7 @@ void gemm_bf16_portable(int64_t M, int64_t N, int64_t Kp, const uint32_t* A, con
 uint16_t to_bf16(float x) {
   uint32_t bits;
   std::memcpy(&bits, &x, sizeof bits);
-  const uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
-  const uint32_t quiet_nan = (bits >> 16) | 0x40u;
-  // Branch-free, so that the packing loops vectorize.
-  return static_cast<uint16_t>((bits & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
+  return static_cast<uint16_t>(detail::bf16_bits(bits));
 }
 
 float from_bf16(uint16_t x) {
@@ -84,14 +82,7 @@ void pack_b_bf16(int64_t K, int64_t N, const float* src, const int64_t* col_offs
 }
 
 void pack_a_bf16(int64_t M, int64_t K, const float* A, int64_t lda, uint32_t* dst) {
-  const int64_t Kp = pairs(K);
-  for (int64_t i = 0; i < M; ++i) {
-    const float* a = A + i * lda;
-    for (int64_t q = 0; q < Kp; ++q) {
-      const uint32_t even = to_bf16(a[2 * q]), odd = 2 * q + 1 < K ? to_bf16(a[2 * q + 1]) : 0;
-      dst[i * Kp + q] = even | odd << 16;
-    }
-  }
+  detail::pack_a_bf16_for_isa()(M, K, A, lda, dst);
 }
 
 bool bf16_native() {

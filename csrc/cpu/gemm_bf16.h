@@ -53,6 +53,8 @@ bool gemm_bf16_with(const char* kernel, int64_t M, int64_t N, int64_t K, const u
 namespace detail {
 using GemmBf16Fn = void (*)(int64_t M, int64_t N, int64_t Kp, const uint32_t* A, const uint16_t* Bp, float* C,
                             int64_t ldc);
+using PackABf16Fn = void (*)(int64_t M, int64_t K, const float* A, int64_t lda, uint32_t* dst);
+PackABf16Fn pack_a_bf16_for_isa();  // pack_a_bf16 compiled for the current ISA (gemm.cc)
 GemmBf16Fn avx512bf16_gemm();  // defined where the build has gemm_bf16_avx512.cc
 GemmBf16Fn widening_bf16_gemm(int isa);  // an Isa's widening kernel if compiled and usable, else null (gemm.cc)
 }  // namespace detail

@@ -30,6 +30,37 @@ namespace {
 
 constexpr int64_t kBf16Cols = 16;  // columns of a packed panel
 
+// A float32's bits rounded to bfloat16 (to_bf16, cpu/gemm_bf16.h): nearest, ties to even, a NaN
+// kept a NaN; in the low half. Branch-free, so that loops of it vectorize.
+inline uint32_t bf16_bits(uint32_t bits) {
+  const uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+  const uint32_t quiet_nan = (bits >> 16) | 0x40u;
+  return (bits & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded;
+}
+
+// pack_a_bf16 (cpu/gemm_bf16.h): rows of A as bfloat16 pairs. The loop over full pairs has no
+// test in it, so that the compiler vectorizes it with the including file's instruction set: a
+// batch's state is rounded so at every step of the bf16 mode, and x for its input projections.
+// (inline: no unused-function warning where a file includes this without taking it.)
+inline FUSEDRNN_NOINLINE void round_rows_bf16(int64_t M, int64_t K, const float* A, int64_t lda, uint32_t* dst) {
+  const int64_t Kp = (K + 1) / 2, full = K / 2;
+  for (int64_t i = 0; i < M; ++i) {
+    const float* a = A + i * lda;
+    uint32_t* out = dst + i * Kp;
+    for (int64_t q = 0; q < full; ++q) {
+      uint32_t even, odd;
+      std::memcpy(&even, a + 2 * q, sizeof even);
+      std::memcpy(&odd, a + 2 * q + 1, sizeof odd);
+      out[q] = bf16_bits(even) | bf16_bits(odd) << 16;
+    }
+    if (full < Kp) {  // (an odd K: the last pair's high half is zero)
+      uint32_t even;
+      std::memcpy(&even, a + 2 * full, sizeof even);
+      out[full] = bf16_bits(even);
+    }
+  }
+}
+
 inline float bf16_high(uint32_t pair) {
   const uint32_t bits = pair & 0xffff0000u;
   float f;

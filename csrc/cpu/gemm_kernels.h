@@ -75,6 +75,7 @@ struct KernelTable {
     GemmKernels<double> f64;
     TransposeRows16Fn transpose_rows16;  // null where the ISA has no fast transpose
     GemmBf16Fn gemm_bf16;                 // bfloat16 weights widened in registers, or null
+    PackABf16Fn pack_a_bf16;              // rows rounded to bfloat16 pairs (gemm_bf16_kernels.h)
 };
 
 // Defined by each ISA file; gemm.cc references only those its build defines.

@@ -8,6 +8,7 @@
 // scalars (a 4 x 1-panel tile) and make of them what they can.
 #include <cstring>
 
+#include "gemm_bf16_kernels.h"
 #include "gemm_kernels.h"
 
 namespace fusedrnn::cpu::detail {
@@ -65,7 +66,8 @@ using PortableDouble = Scalar4Rows<double>;
 const KernelTable& portable_kernel_table() {
     static const KernelTable table{"portable", make_kernels<PortableFloat>(),
                                    make_kernels<PortableDouble>(), nullptr,
-                                   nullptr};  // bfloat16: gemm_bf16.cc's own loop
+                                   nullptr,  // bfloat16 products: gemm_bf16.cc's own loop
+                                   &round_rows_bf16};
     return table;
 }
 
