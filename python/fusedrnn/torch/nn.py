@@ -31,12 +31,13 @@ with the same arguments:
   RNN/LSTM/GRU operators, as torch.nn's modules export, and runs without fusedrnn.
 
 Under ``torch.autocast`` on the CPU (bfloat16) the fused layers compute in the precision
-torch.nn's do there. An LSTM without ``proj_size``, in a call that needs no graph, runs its input
-and recurrent products with both factors rounded to bfloat16 and float32 sums (the kernels' bf16
-mode: ``fusedrnn.functional``'s ``bf16_weights`` and ``bf16_projections``), as torch.nn's LSTM runs
-oneDNN's bfloat16 LSTM; on a CPU without AVX512-BF16, where those products run no faster, it stays
-in float32. Training under autocast, and the GRU and RNN (which torch.nn computes in float32
-there), compute in float32. The results have the input's dtype (torch.nn's LSTM returns bfloat16).
+torch.nn's do there. An LSTM without ``proj_size``, in an eager call that needs no graph (on a
+tensor, not a PackedSequence), runs its input and recurrent products with both factors rounded to bfloat16 and float32 sums (the
+kernels' bf16 mode: ``fusedrnn.functional``'s ``bf16_weights`` and ``bf16_projections``), as
+torch.nn's LSTM runs oneDNN's bfloat16 LSTM; on a CPU without AVX512-BF16, where those products
+run no faster, it stays in float32. Training under autocast, calls inside ``torch.compile``, and
+the GRU and RNN (which torch.nn computes in float32 there) compute in float32. The results have
+the input's dtype (torch.nn's LSTM returns bfloat16).
 
 Double backward (a gradient of a gradient) is not supported on the fused path: the operators'
 backward is not itself differentiable, so ``backward(create_graph=True)`` through these modules
@@ -51,11 +52,12 @@ place; gradients reach the parameters behind them.
 Calls that need no gradient (``torch.no_grad()``, ``inference_mode``, or nothing that requires
 grad) on CPU tensors, not packed, not traced: each layer direction calls the uniform op
 (:func:`fusedrnn.functional.recurrent_forward`) on NumPy views of the tensors straight away,
-without the operators and their conversions, with bitwise the same results. The parameters' views
-are kept from call to call while each parameter keeps its memory, shape and strides (in-place
-changes show through them) and dropped by ``.to()`` and the like; a copy of the module starts
-without them. At T = B = 1 (a generation step, H = 256) that cut a call from 85 to 53 us, against
-torch.nn's 70. ``torch.jit.trace`` records the operators.
+without the operators and their conversions, with bitwise the same results (but for an LSTM
+under autocast: above). The parameters' views are kept from call to call while each parameter
+keeps its memory, shape and strides (in-place changes show through them) and dropped by ``.to()``
+and the like; a copy of the module starts without them. At T = B = 1 (a generation step,
+H = 256) that cut a call from 85 to 53 us, against torch.nn's 70. ``torch.jit.trace`` records
+the operators.
 
 Packed weights: in calls that need no gradient (``torch.no_grad()``, ``inference_mode``, or
 parameters that do not require grad) each layer direction keeps its weights packed in the kernels'
