@@ -1,8 +1,8 @@
 """torch.nn's recurrent layers against fusedrnn.torch's under torch.autocast (CPU, bfloat16).
 
-Under bfloat16 autocast torch.nn's LSTM runs oneDNN's bfloat16 LSTM, and its GRU and RNN stay in
-float32; the fused layers do the same (an LSTM's calls without a graph run the kernels' bf16 mode
-where the CPU has AVX512-BF16; training stays float32). For each cell, batch and hidden size this
+Under bfloat16 autocast torch.nn's layers compute their products in bfloat16 (its LSTM through
+oneDNN's bfloat16 LSTM); the fused layers' calls without a graph run the kernels' bf16 mode where
+the CPU has AVX512-BF16, and their training stays float32. For each cell, batch and hidden size this
 times one layer (T = 100, I = H, float32 inputs) in inference (`torch.no_grad()`) and in training
 (forward and backward of the sum of the outputs), both contenders under autocast and, for scale,
 both without it; the calls of a row are interleaved round by round in this one process with the

@@ -670,9 +670,9 @@ def autocast_section(doc):
            f"{doc['torch']}, the kernels' bfloat16 products on {doc['bf16_kernel']}. One layer, T = {doc['T']}, "
            "I = H, float32 inputs; inference under `torch.no_grad()`, training = forward and backward of the "
            f"outputs' sum; medians of {doc['rounds']} rounds of the four calls, interleaved. Under autocast "
-           "torch.nn's LSTM runs oneDNN's bfloat16 LSTM and its GRU and RNN float32; the fused LSTM's inference "
-           "runs the kernels' bf16 mode (where the CPU has AVX512-BF16), its training and the GRU and RNN "
-           "float32. x = torch.nn / fused (above 1: fused is faster).", ""]
+           "torch.nn's layers compute their products in bfloat16; the fused layers' inference runs the kernels' "
+           "bf16 mode (where the CPU has AVX512-BF16), their training float32. x = torch.nn / fused (above 1: "
+           "fused is faster).", ""]
     lines = []
     for r in doc["rows"]:
         ms = r["ms"]

@@ -603,13 +603,13 @@ def test_under_autocast_the_fused_layers_compute_in_float32(rng, mode):
 
 @pytest.mark.parametrize("mode", ["lstm", "gru", "rnn_tanh"])
 def test_inference_under_autocast_computes_as_torch_nn_does(rng, mode, isa):
-    """Without a graph, under bfloat16 autocast, an LSTM computes every product in bfloat16 (the
-    kernels' bf16 mode, where the CPU has AVX512-BF16; float32 elsewhere), as torch.nn's LSTM
-    computes in bfloat16 there; GRU and RNN in float32, as torch.nn's (with each instruction set
-    this machine runs: below AVX-512, float32 throughout). Inputs in bfloat16 (another
-    autocast operator's output) give results in bfloat16: in the bf16 mode the same values,
-    rounded; elsewhere (the general path, which rounds each layer's outputs to the input's dtype
-    before the next layer reads them) within a few bfloat16 units of them."""
+    """Without a graph, under bfloat16 autocast, every cell computes its products in bfloat16 (the
+    kernels' bf16 mode, where the CPU has AVX512-BF16; float32 elsewhere), as torch.nn's compute
+    there (torch.nn's GRU returns float32 but differs from a float32 call as much); checked with
+    each instruction set this machine runs: below AVX-512, float32 throughout. Inputs in bfloat16
+    (another autocast operator's output) give results in bfloat16: in the bf16 mode the same
+    values, rounded; elsewhere (the general path, which rounds each layer's outputs to the input's
+    dtype before the next layer reads them) within a few bfloat16 units of them."""
     torch.manual_seed(5)
     kind, extra = MODES[mode]
     fused = getattr(fnn, kind)(17, 24, num_layers=2, bidirectional=True, **extra)
@@ -617,9 +617,10 @@ def test_inference_under_autocast_computes_as_torch_nn_does(rng, mode, isa):
     with torch.no_grad():
         float32 = fused(x)[0]
         with torch.autocast("cpu", dtype=torch.bfloat16):
+            theirs = getattr(torch.nn, kind).forward(fused, x)[0].float()   # (torch.nn's own forward)
             y = fused(x)[0]
             y_from_bf16 = fused(x.bfloat16())[0]
-    bf16 = mode == "lstm" and _core.bf16_native()
+    bf16 = _core.bf16_native()
     expected = x.numpy()
     for layer in range(2):
         outputs = []
@@ -629,6 +630,7 @@ def test_inference_under_autocast_computes_as_torch_nn_does(rng, mode, isa):
             outputs.append(F.recurrent_forward(fused._cell(), expected, None, None, weights, training=False,
                                                reverse=bool(direction), bf16_weights=bf16, bf16_projections=bf16)[0])
         expected = np.concatenate(outputs, axis=2)
+    assert (theirs - float32).abs().max() > 1e-4   # (torch.nn's products are bfloat16 there, every cell's)
     assert y.dtype == torch.float32 and y_from_bf16.dtype == torch.bfloat16
     np.testing.assert_array_equal(y.numpy(), expected)
     assert torch.equal(y, float32) == (not bf16)

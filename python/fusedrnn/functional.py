@@ -48,7 +48,7 @@ projection stays float32); over a sequence the outputs typically differ from flo
 1e-2. Not with a projection, recurrent dropout, or ``reset_after=False``. With it,
 :func:`recurrent_forward`'s ``bf16_projections=True`` rounds x and W_ih to bfloat16 for the input
 projections too (float32 sums), a product that the instruction runs at twice float32's rate: the
-bf16 compute mode that PyTorch's bfloat16 autocast asks of an LSTM (:mod:`fusedrnn.torch.nn`).
+bf16 compute mode that PyTorch's bfloat16 autocast asks for (:mod:`fusedrnn.torch.nn`).
 
 Packed weights (``packed=``, a :class:`PackedWeights`): every call packs the weights into the
 kernels' layout first; a handle passed to every call keeps them packed while they are unchanged

@@ -213,7 +213,7 @@ def under_torch_func_transform():
 
 
 def autocast_bf16_compute():
-    """Whether an LSTM computes in bfloat16 now, as torch.nn's does: under ``torch.autocast`` on
+    """Whether the layers compute in bfloat16 now, as torch.nn's do: under ``torch.autocast`` on
     the CPU with bfloat16, where the CPU has AVX512-BF16 (elsewhere the kernels' bfloat16 products
     run no faster than float32's, and float32 it stays)."""
     return (torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16

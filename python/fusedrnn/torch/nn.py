@@ -30,14 +30,13 @@ with the same arguments:
 - an export to ONNX (``torch.onnx.export``, either exporter): the file then holds ONNX's own
   RNN/LSTM/GRU operators, as torch.nn's modules export, and runs without fusedrnn.
 
-Under ``torch.autocast`` on the CPU (bfloat16) the fused layers compute in the precision
-torch.nn's do there. An LSTM without ``proj_size``, in an eager call that needs no graph (on a
-tensor, not a PackedSequence), runs its input and recurrent products with both factors rounded to bfloat16 and float32 sums (the
-kernels' bf16 mode: ``fusedrnn.functional``'s ``bf16_weights`` and ``bf16_projections``), as
-torch.nn's LSTM runs oneDNN's bfloat16 LSTM; on a CPU without AVX512-BF16, where those products
-run no faster, it stays in float32. Training under autocast, calls inside ``torch.compile``, and
-the GRU and RNN (which torch.nn computes in float32 there) compute in float32. The results have
-the input's dtype (torch.nn's LSTM returns bfloat16).
+Under ``torch.autocast`` on the CPU (bfloat16) torch.nn's layers compute their products in
+bfloat16 (PyTorch 2.13: its LSTM and RNN return bfloat16, its GRU float32). The fused layers do
+so in an eager call that needs no graph, on a tensor: both factors of the input and recurrent
+products rounded to bfloat16, float32 sums (the kernels' bf16 mode: ``fusedrnn.functional``'s
+``bf16_weights`` and ``bf16_projections``). Training under autocast, calls inside
+``torch.compile``, a PackedSequence, ``proj_size``, and a CPU without AVX512-BF16 (where those
+products run no faster) compute in float32. The results have the input's dtype.
 
 Double backward (a gradient of a gradient) is not supported on the fused path: the operators'
 backward is not itself differentiable, so ``backward(create_graph=True)`` through these modules
@@ -52,10 +51,10 @@ place; gradients reach the parameters behind them.
 Calls that need no gradient (``torch.no_grad()``, ``inference_mode``, or nothing that requires
 grad) on CPU tensors, not packed, not traced: each layer direction calls the uniform op
 (:func:`fusedrnn.functional.recurrent_forward`) on NumPy views of the tensors straight away,
-without the operators and their conversions, with bitwise the same results (but for an LSTM
-under autocast: above). The parameters' views are kept from call to call while each parameter
-keeps its memory, shape and strides (in-place changes show through them) and dropped by ``.to()``
-and the like; a copy of the module starts without them. At T = B = 1 (a generation step,
+without the operators and their conversions, with bitwise the same results (but under autocast:
+above). The parameters' views are kept from call to call while each parameter keeps its memory,
+shape and strides (in-place changes show through them) and dropped by ``.to()`` and the like; a
+copy of the module starts without them. At T = B = 1 (a generation step,
 H = 256) that cut a call from 85 to 53 us, against torch.nn's 70. ``torch.jit.trace`` records
 the operators.
 
@@ -242,10 +241,10 @@ class _Fused:
             states = (hx,)
         tensors = (input, *states)
         dtype = input.dtype
-        # Under bfloat16 autocast an LSTM computes in bfloat16 (both products: the kernels' bf16
-        # mode), from float32 inputs, or from bfloat16 ones that autocast's other operators gave
-        # (widened, then the results rounded back to their dtype, as the general path returns them).
-        bf16 = is_lstm and not self.proj_size and _ops.autocast_bf16_compute()
+        # Under bfloat16 autocast the products run in bfloat16 (the kernels' bf16 mode), from
+        # float32 inputs, or from bfloat16 ones that autocast's other operators gave (widened, then
+        # the results rounded back to their dtype, as the general path returns them).
+        bf16 = not self.proj_size and _ops.autocast_bf16_compute()
         weight_dtype = torch.float32 if bf16 and dtype == torch.bfloat16 else dtype
         if weight_dtype not in _SERVED_DTYPES or not all(type(t) is torch.Tensor and t.is_cpu and t.dtype == dtype
                                                          for t in tensors):
