@@ -194,9 +194,9 @@ def test_bf16_projections_one_step_matches_reference(rng, cell, B, H, I, threads
 
 
 # The projections run blocked (each thread its units' columns, a block of steps at a time) or as
-# one GEMM over every row (merged), as the caches and the team decide: a tiny L2 and one thread,
-# or a large L2 and two, take the other way for these sizes. Each way sums every product over the
-# whole of I in the same order, so the results' bits are the same.
+# one GEMM over every row (merged), as the caches and the team decide: for these sizes a 16 KiB L2
+# makes them merged, a 2 MiB one blocked, with one thread and with two. Each way sums every product
+# over the whole of I in the same order, so the results' bits are the same.
 PROJECTION_WAYS = [(1, (16 << 10, 16 << 10, 0)), (1, (48 << 10, 2 << 20, 0)), (2, (16 << 10, 16 << 10, 0)),
                    (2, (48 << 10, 2 << 20, 0))]
 
@@ -238,11 +238,13 @@ def test_bf16_projections_kept_packed_hit_bitwise(rng):
     for _ in range(2):
         for a, b in zip(run_both(F, "lstm", p, packed=handle, packed_version=0), expected):
             np.testing.assert_array_equal(a, b)
-    # The same handle for the recurrent products alone: its own packed W_ih, float32.
+    # The same handle for the recurrent products alone: a hit that packs one matrix, its own
+    # float32 W_ih (the bfloat16 one stays for the next call with projections).
+    packs = handle._native.packs
     for a, b in zip(run_both(F, "lstm", p, projections=False),
                     run_both(F, "lstm", p, projections=False, packed=handle, packed_version=0)):
         np.testing.assert_array_equal(a, b)
-    assert handle.hits == 2
+    assert handle.hits == 2 and handle._native.packs == packs + 1
 
 
 @pytest.mark.parametrize("M", [1, 63, 64, 65, 150])

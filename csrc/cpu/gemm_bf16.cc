@@ -7,7 +7,7 @@
 
 #include "cpu/buffer.h"
 #include "cpu/gemm.h"
-#include "cpu/gemm_bf16_kernels.h"  // (bf16_bits and round_rows_bf16, compiled here for any CPU)
+#include "cpu/gemm_bf16_kernels.h"  // (bf16_bits: the rounding the kernels' loops use too)
 
 #ifdef _OPENMP
 #include <omp.h>

@@ -54,9 +54,8 @@ grad) on CPU tensors, not packed, not traced: each layer direction calls the uni
 without the operators and their conversions, with bitwise the same results (but under autocast:
 above). The parameters' views are kept from call to call while each parameter keeps its memory,
 shape and strides (in-place changes show through them) and dropped by ``.to()`` and the like; a
-copy of the module starts without them. At T = B = 1 (a generation step,
-H = 256) that cut a call from 85 to 53 us, against torch.nn's 70. ``torch.jit.trace`` records
-the operators.
+copy of the module starts without them. At T = B = 1 (a generation step, H = 256) that cut a call
+from 85 to 53 us, against torch.nn's 70. ``torch.jit.trace`` records the operators.
 
 Packed weights: in calls that need no gradient (``torch.no_grad()``, ``inference_mode``, or
 parameters that do not require grad) each layer direction keeps its weights packed in the kernels'
@@ -244,7 +243,7 @@ class _Fused:
         # Under bfloat16 autocast the products run in bfloat16 (the kernels' bf16 mode), from
         # float32 inputs, or from bfloat16 ones that autocast's other operators gave (widened, then
         # the results rounded back to their dtype, as the general path returns them).
-        bf16 = not self.proj_size and _ops.autocast_bf16_compute()
+        bf16 = dtype != torch.float64 and not self.proj_size and _ops.autocast_bf16_compute()
         weight_dtype = torch.float32 if bf16 and dtype == torch.bfloat16 else dtype
         if weight_dtype not in _SERVED_DTYPES or not all(type(t) is torch.Tensor and t.is_cpu and t.dtype == dtype
                                                          for t in tensors):
