@@ -365,8 +365,7 @@ void forward_layer(const ForwardArgs<T>& a, PackedWeights* cache) {
     inputs.blocked = true;
     inputs.steps = steps;
   }
-  const bool blocked_f32 = inputs.blocked && !in_place && !bf16_inputs;
-  const int64_t ih_size = blocked_f32 ? packed_b_size<T>(I, G * NR) : 0;
+  const int64_t ih_size = inputs.blocked && !in_place && !bf16_inputs ? packed_b_size<T>(I, G * NR) : 0;
   PackedMatrix<T> packed_ih(cache, PackedWeights::kIh, units.count * ih_size);
   const int64_t ih_bf16_size = inputs.blocked && bf16_inputs ? packed_bf16_size(I, G * NR) : 0;
   PackedMatrix<uint16_t> packed_ih_bf16(cache, PackedWeights::kIhBf16, units.count * ih_bf16_size);
@@ -387,16 +386,17 @@ void forward_layer(const ForwardArgs<T>& a, PackedWeights* cache) {
       x_rows = x_kept;
     }
     const int64_t rows = gathered ? kept_rows : steps * B;
-    if constexpr (kBf16Capable) {
-      if (bf16_inputs) {  // (W_ih packed for this call: the cache's slot holds the blocked layout)
+    if (bf16_inputs) {  // (W_ih packed for this call: the cache's slot holds the blocked layout)
+      if constexpr (kBf16Capable) {
         std::vector<int64_t> row_of_w_ih(GH);  // (column j of W_ih^T: row j of W_ih)
         for (int64_t j = 0; j < GH; ++j) row_of_w_ih[j] = j * I;
         Buffer<uint16_t> w_ih_bf16(packed_bf16_size(I, GH));
         pack_b_bf16(I, GH, a.w_ih, row_of_w_ih.data(), 1, w_ih_bf16.get());
         gemm_bf16_rows(rows, GH, I, x_rows, I, w_ih_bf16.get(), xp_merged, GH);
       }
+    } else {
+      gemm<T>(rows, GH, I, x_rows, I, 1, a.w_ih, 1, I, xp_merged, GH, /*accumulate=*/false);
     }
-    if (!bf16_inputs) gemm<T>(rows, GH, I, x_rows, I, 1, a.w_ih, 1, I, xp_merged, GH, /*accumulate=*/false);
   }
   const ForwardStep<Cell, T> step{a, sch, b_ih.get(), b_hh.get(), rz_step.get(), rh_step.get()};
   // An RNN's chunks have one gate, so a run of them lies unit by unit everywhere (its blocked
@@ -430,7 +430,7 @@ void forward_layer(const ForwardArgs<T>& a, PackedWeights* cache) {
       pack_chunks(dims, P, 1, H, a.w_hr, 1, [&](int, int64_t p) { return p * H; }, packed_hr.get(), panel_size);
     }
     const auto w_ih_column = [&](int g, int64_t u) { return (g * H + u) * I; };
-    if (blocked_f32 && packed_ih.pack) pack_chunks(units, H, G, I, a.w_ih, 1, w_ih_column, packed_ih.get(), ih_size);
+    if (ih_size && packed_ih.pack) pack_chunks(units, H, G, I, a.w_ih, 1, w_ih_column, packed_ih.get(), ih_size);
     if constexpr (kBf16Capable) {
       if (ih_bf16_size && packed_ih_bf16.pack) {
         pack_chunks(units, H, G, I, a.w_ih, 1, w_ih_column, packed_ih_bf16.get(), ih_bf16_size);

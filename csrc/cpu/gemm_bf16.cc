@@ -145,9 +145,8 @@ void gemm_bf16_rows(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda
   // product reads them; all of B is read once a block, from L2 where it fits.
   constexpr int64_t kRows = 64;
   const int64_t Kp = pairs(K), blocks = (M + kRows - 1) / kRows;
-  int threads = 1;
 #ifdef _OPENMP
-  threads = static_cast<int>(std::min<int64_t>(omp_get_max_threads(), blocks));
+  const int threads = static_cast<int>(std::min<int64_t>(omp_get_max_threads(), blocks));
 #pragma omp parallel num_threads(threads) if (threads > 1)
 #endif
   {
@@ -161,7 +160,6 @@ void gemm_bf16_rows(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda
       gemm_bf16(rows, N, K, rows_as_pairs.get(), Bp, C + r0 * ldc, ldc);
     }
   }
-  (void)threads;
 }
 
 }  // namespace fusedrnn::cpu
